@@ -1,0 +1,193 @@
+"""Task registry: what each image-classification task is and where its files live."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DatasetError
+
+__all__ = [
+    "DATASETS_DIR_ENV",
+    "TASKS",
+    "TaskSpec",
+    "get_task",
+    "list_tasks",
+    "resolve_root",
+]
+
+#: Environment variable naming a folder that holds one sub-folder per task
+#: (``$NAS_DATASETS_DIR/<task-name>``).
+DATASETS_DIR_ENV = "NAS_DATASETS_DIR"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Static description of an image-classification task.
+
+    Attributes:
+        name: canonical task name (the key in :data:`TASKS` and the sub-folder name under
+            ``$NAS_DATASETS_DIR``).
+        input_shape: ``(C, H, W)`` of one image as the model sees it.
+        num_classes: labels are guaranteed to lie in ``[0, num_classes)`` after loading.
+        class_names: human-readable name of each class id, ``len == num_classes``.
+        mean, std: per-channel normalisation on the ``[0, 1]`` pixel scale; the values
+            documented for the dataset, so that scores are comparable with the literature.
+        default_root: folder used when neither ``root=`` nor ``$NAS_DATASETS_DIR`` is given
+            (``None``: the task has no default location and one of those must be set).
+        val_size: number of images carved out of the original training set as the fixed
+            validation split (used to score architectures; the test split is only for
+            final evaluation).
+        family: on-disk format family: ``"idx"`` (MNIST-style) or ``"cifar"``.
+        augment_pad: zero padding used by the random-crop training augmentation.
+        augment_flip: whether random horizontal flips are label-preserving for this task.
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    default_root: str | None
+    val_size: int
+    family: str
+    augment_pad: int
+    augment_flip: bool
+
+    def __post_init__(self) -> None:
+        # Catch registry typos at import time rather than as odd broadcasting later.
+        channels = self.input_shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"{self.name}: mean/std must have one value per channel")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: class_names must have num_classes entries")
+        if self.family not in ("idx", "cifar"):
+            raise ValueError(f"{self.name}: unknown family {self.family!r}")
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            name="fashion-mnist",
+            input_shape=(1, 28, 28),
+            num_classes=10,
+            class_names=(
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ),
+            mean=(0.2860,),
+            std=(0.3530,),
+            default_root="/usr/share/datasets/fashion-mnist",
+            val_size=5000,
+            family="idx",
+            augment_pad=2,
+            augment_flip=False,
+        ),
+        TaskSpec(
+            name="mnist",
+            input_shape=(1, 28, 28),
+            num_classes=10,
+            class_names=tuple(str(d) for d in range(10)),
+            mean=(0.1307,),
+            std=(0.3081,),
+            default_root="/usr/share/datasets/mnist",
+            val_size=5000,
+            family="idx",
+            augment_pad=2,
+            augment_flip=False,
+        ),
+        TaskSpec(
+            name="cifar10",
+            input_shape=(3, 32, 32),
+            num_classes=10,
+            class_names=(
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ),
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2470, 0.2435, 0.2616),
+            default_root=None,
+            val_size=5000,
+            family="cifar",
+            augment_pad=4,
+            augment_flip=True,
+        ),
+    )
+}
+
+# Spellings people commonly type; they all map to one canonical name so that caches and
+# folder names never fork.
+_ALIASES = {
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+}
+
+
+def list_tasks() -> list[str]:
+    """Return the canonical names of all known tasks, sorted."""
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    """Return the spec of task ``name``.
+
+    Matching ignores case, surrounding spaces and ``_`` vs ``-``, and accepts a few common
+    aliases (``cifar-10``, ``fashion_mnist``...). Raises :class:`DatasetError` listing the
+    known names when nothing matches.
+    """
+    key = str(name).strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    try:
+        return TASKS[key]
+    except KeyError:
+        raise DatasetError(
+            f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}"
+        ) from None
+
+
+def resolve_root(spec: TaskSpec, root: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """Decide which folder holds ``spec``'s files.
+
+    Precedence (first that applies wins, no fallback to the next one, so that a
+    misconfigured folder is reported rather than silently replaced):
+
+    1. ``root`` when given;
+    2. ``$NAS_DATASETS_DIR/<task-name>`` when the variable is set and non-empty;
+    3. ``spec.default_root``.
+
+    Returns ``(folder, origin)`` where ``origin`` says which rule picked it (used in error
+    messages). Raises :class:`DatasetError` when no rule applies. The folder is not
+    checked for existence here.
+    """
+    if root is not None:
+        return Path(root).expanduser(), "root argument"
+    env = os.environ.get(DATASETS_DIR_ENV, "").strip()
+    if env:
+        return Path(env).expanduser() / spec.name, f"${DATASETS_DIR_ENV}={env}"
+    if spec.default_root is not None:
+        return Path(spec.default_root), "default folder"
+    raise DatasetError(
+        f"no folder given: pass root=... or set ${DATASETS_DIR_ENV} so that the files are "
+        f"found in ${DATASETS_DIR_ENV}/{spec.name}",
+        task=spec.name,
+    )

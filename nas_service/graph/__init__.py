@@ -1,0 +1,26 @@
+"""The one representation of an architecture: ``nas-graph/1`` documents, validation, shape
+inference, parameter/MAC counting, and conversion to and from ``torch.nn.Module``."""
+
+from .architecture import FORMAT, ArchitectureGraph, GraphNode
+from .builder import GraphBuilder
+from .errors import GraphProblem, GraphValidationError
+from .limits import DEFAULT_LIMITS, GraphLimits
+from .network import GraphNetwork, to_module
+from .ops import ACTIVATIONS, OP_NAMES, OPS, OpSpec
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_LIMITS",
+    "FORMAT",
+    "OPS",
+    "OP_NAMES",
+    "ArchitectureGraph",
+    "GraphBuilder",
+    "GraphLimits",
+    "GraphNetwork",
+    "GraphNode",
+    "GraphProblem",
+    "GraphValidationError",
+    "OpSpec",
+    "to_module",
+]

@@ -1,0 +1,63 @@
+"""``to_module``: a runnable ``torch.nn.Module`` for an :class:`ArchitectureGraph`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .architecture import ArchitectureGraph
+
+
+class GraphNetwork(nn.Module):
+    """Runs an architecture graph.
+
+    Each node with state is a child module registered under the node's id, so ``state_dict``
+    keys are ``"<node id>.<parameter>"`` and line up with :meth:`ArchitectureGraph.parameter_shapes`
+    and with weights predicted by a graph hypernetwork.
+
+    Input: ``(B, *graph.input_shape)``; output: ``(B, graph.num_classes)`` logits.
+    """
+
+    def __init__(self, graph: ArchitectureGraph):
+        super().__init__()
+        self.graph = graph
+        index = {n.id: i for i, n in enumerate(graph.nodes)}
+        last_use = {n.id: i for i, n in enumerate(graph.nodes)}
+        for i, n in enumerate(graph.nodes):
+            for src in n.inputs:
+                last_use[src] = i
+        # Node ids may coincide with nn.Module attribute names ("eval", "to", ...): write into
+        # _modules directly, which is what add_module does minus that attribute check. Forward
+        # never looks modules up by attribute, so nothing is shadowed.
+        plan = []
+        for i, n in enumerate(graph.nodes[1:], start=1):
+            module = n.spec.build(n.attrs, list(n.input_shapes), n.shape)
+            self._modules[n.id] = module  # registered even when stateless: train()/eval() reach it
+            free = tuple(index[s] for s in dict.fromkeys(n.inputs) if last_use[s] == i)
+            plan.append((module, tuple(index[s] for s in n.inputs), free))
+        self._plan = plan
+        self._num_values = len(graph.nodes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = self.graph.input_shape
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"expected input of shape (batch, {', '.join(map(str, expected))}), "
+                f"got {tuple(x.shape)}")
+        values: list[torch.Tensor | None] = [None] * self._num_values
+        values[0] = x
+        out = x
+        for i, (module, inputs, free) in enumerate(self._plan, start=1):
+            out = module(*[values[j] for j in inputs])
+            values[i] = out
+            for j in free:  # drop activations nobody needs any more
+                values[j] = None
+        return out
+
+    def extra_repr(self) -> str:
+        return f"graph={self.graph!r}"
+
+
+def to_module(graph: ArchitectureGraph) -> GraphNetwork:
+    """Builds a runnable network for ``graph`` with PyTorch's default initialisation."""
+    return GraphNetwork(graph)

@@ -1,0 +1,735 @@
+"""The op vocabulary of ``nas-graph/1``.
+
+Each op is one :class:`OpSpec`: its attribute schema (a pydantic model that forbids unknown keys),
+how many inputs it takes, shape inference, the shapes of its parameters, its multiply-accumulate
+count and the ``torch.nn.Module`` that computes it.
+
+Shapes never include the batch dimension. Three ranks flow through a graph:
+
+* ``(C, H, W)`` — feature maps (convolutions, pooling, batch norm),
+* ``(T, D)`` — token sequences (patch embeddings, attention),
+* ``(F,)`` — flat features (linear layers, the classifier).
+
+The order of :data:`OP_NAMES` is part of the format: graph hypernetworks embed ops by their index
+in it, so new ops are only ever appended.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from torch import nn
+
+from .errors import ShapeError
+
+Shape = tuple[int, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Attribute schemas
+# --------------------------------------------------------------------------------------------
+
+
+def _as_pair(value: Any) -> Any:
+    """Accept ``3`` or ``[3, 3]`` (or ``(3, 3)``) for a 2-D size; always store a pair."""
+    if isinstance(value, bool):
+        return value  # rejected by the int check below with a clear message
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, list | tuple) and len(value) == 1:
+        return (value[0], value[0])
+    return value
+
+
+PositivePair = Annotated[
+    tuple[Annotated[int, Field(strict=True, ge=1)], Annotated[int, Field(strict=True, ge=1)]],
+    BeforeValidator(_as_pair),
+]
+NonNegativePair = Annotated[
+    tuple[Annotated[int, Field(strict=True, ge=0)], Annotated[int, Field(strict=True, ge=0)]],
+    BeforeValidator(_as_pair),
+]
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Attrs(BaseModel):
+    """Base of every op's attributes: immutable, unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoAttrs(Attrs):
+    pass
+
+
+class InputAttrs(Attrs):
+    shape: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(min_length=1, max_length=3)]
+    """Shape of one sample: ``[C, H, W]`` for images, ``[T, D]`` for sequences, ``[F]`` for vectors."""
+
+
+class OutputAttrs(Attrs):
+    num_classes: PositiveInt
+
+
+class Conv2dAttrs(Attrs):
+    out_channels: PositiveInt
+    kernel_size: PositivePair
+    stride: PositivePair = (1, 1)
+    padding: NonNegativePair = (0, 0)
+    dilation: PositivePair = (1, 1)
+    groups: PositiveInt = 1
+    bias: bool = True
+
+
+class LinearAttrs(Attrs):
+    out_features: PositiveInt
+    bias: bool = True
+
+
+class BatchNormAttrs(Attrs):
+    eps: Epsilon = 1e-5
+    momentum: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    affine: bool = True
+
+
+class LayerNormAttrs(Attrs):
+    eps: Epsilon = 1e-5
+    affine: bool = True
+
+
+class GroupNormAttrs(Attrs):
+    num_groups: PositiveInt
+    eps: Epsilon = 1e-5
+    affine: bool = True
+
+
+class LeakyReluAttrs(Attrs):
+    negative_slope: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+
+
+class EluAttrs(Attrs):
+    alpha: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+
+
+class GeluAttrs(Attrs):
+    approximate: Literal["none", "tanh"] = "none"
+
+
+class PoolAttrs(Attrs):
+    kernel_size: PositivePair
+    stride: PositivePair | None = None
+    """Defaults to ``kernel_size``, as in PyTorch."""
+    padding: NonNegativePair = (0, 0)
+    ceil_mode: bool = False
+
+
+class AvgPoolAttrs(PoolAttrs):
+    count_include_pad: bool = True
+
+
+class AdaptivePoolAttrs(Attrs):
+    output_size: PositivePair
+
+
+class GlobalPoolAttrs(Attrs):
+    keepdim: bool = False
+    """``True`` keeps ``(C, 1, 1)``, as squeeze-excitation gates need; ``False`` gives ``(C,)``."""
+
+
+class ConcatAttrs(Attrs):
+    axis: Annotated[int, Field(strict=True, ge=-3, le=2)] = 0
+    """Axis of the per-sample shape (0 = channels of a feature map, tokens of a sequence)."""
+
+
+class DropoutAttrs(Attrs):
+    p: Probability = 0.0
+
+
+class PatchEmbedAttrs(Attrs):
+    embed_dim: PositiveInt
+    patch_size: PositivePair
+    bias: bool = True
+
+
+class AttentionAttrs(Attrs):
+    num_heads: PositiveInt
+    bias: bool = True
+    dropout: Probability = 0.0
+
+
+class SelectTokenAttrs(Attrs):
+    index: Annotated[int, Field(strict=True)] = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Modules that torch.nn lacks
+# --------------------------------------------------------------------------------------------
+
+
+class Add(nn.Module):
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Mul(nn.Module):
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+
+class Concat(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.dim)
+
+
+class GlobalPool(nn.Module):
+    """Mean or max over every position: ``(C, H, W) -> (C,)`` or ``(T, D) -> (D,)``."""
+
+    def __init__(self, mode: str, keepdim: bool, rank: int):
+        super().__init__()
+        self.mode, self.keepdim = mode, keepdim
+        self.dims = (2, 3) if rank == 3 else (1,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "avg":
+            return x.mean(dim=self.dims, keepdim=self.keepdim)
+        return x.amax(dim=self.dims, keepdim=self.keepdim)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """Layer norm over the channels of a ``(B, C, H, W)`` map (as in ConvNeXt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Conv2d):
+    """Non-overlapping patches projected to ``embed_dim``: ``(C, H, W) -> (H/p * W/p, D)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).flatten(2).transpose(1, 2)
+
+
+class ToTokens(nn.Module):
+    """Every position of a feature map becomes a token: ``(C, H, W) -> (H * W, C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class ClassToken(nn.Module):
+    """Prepends a learned token: ``(T, D) -> (T + 1, D)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.weight.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+class PositionalEmbedding(nn.Module):
+    """Adds a learned embedding per position: ``(T, D) -> (T, D)``."""
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, tokens, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight
+
+
+class SelectToken(nn.Module):
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention over tokens, or over the positions of a feature map.
+
+    Parameter names match ``torch.nn.MultiheadAttention`` (``in_proj_weight``, ``in_proj_bias``,
+    ``out_proj.weight``, ``out_proj.bias``) so weights move between the two by name.
+    A ``(C, H, W)`` input is attended as ``H * W`` tokens of width ``C`` and reshaped back.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        if bias:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.dim() == 4
+        if spatial:
+            b, c, h, w = x.shape
+            x = x.flatten(2).transpose(1, 2)
+        B, T, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3D)
+        qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, T, D / heads)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        y = self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+        if spatial:
+            y = y.transpose(1, 2).reshape(b, c, h, w)
+        return y
+
+
+# --------------------------------------------------------------------------------------------
+# Op specifications
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything the system knows about one op.
+
+    ``infer_shape(attrs, input_shapes) -> output shape`` raises :class:`ShapeError`.
+    ``parameter_shapes(attrs, input_shapes, output_shape) -> {name: shape}`` lists trainable
+    parameters in ``state_dict`` order, named as in the built module.
+    ``flops(attrs, input_shapes, output_shape)`` counts multiply-accumulates of one sample.
+    ``build(attrs, input_shapes, output_shape)`` returns the module computing the op; it takes
+    the node's inputs as positional arguments.
+    """
+
+    name: str
+    category: str
+    attrs: type[Attrs]
+    min_inputs: int
+    max_inputs: int | None
+    infer_shape: Callable[[Any, list[Shape]], Shape]
+    build: Callable[[Any, list[Shape], Shape], nn.Module]
+    parameter_shapes: Callable[[Any, list[Shape], Shape], dict[str, Shape]] = (
+        lambda a, i, o: {}
+    )
+    flops: Callable[[Any, list[Shape], Shape], int] = lambda a, i, o: 0
+    description: str = ""
+
+
+def _require_rank(shape: Shape, ranks: Sequence[int], what: str = "input") -> None:
+    if len(shape) not in ranks:
+        names = {3: "(C, H, W) feature map", 2: "(T, D) token sequence", 1: "(F,) vector"}
+        wanted = " or ".join(names[r] for r in ranks)
+        raise ShapeError(f"{what} must be a {wanted}, got shape {list(shape)}")
+
+
+def _window_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
+                ceil_mode: bool = False) -> int:
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    # PyTorch: with ceil_mode the last window must start inside the input or left padding.
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _spatial(attrs: Any, h: int, w: int, dilation: tuple[int, int] = (1, 1),
+             ceil_mode: bool = False, stride: tuple[int, int] | None = None) -> tuple[int, int]:
+    stride = stride or attrs.stride
+    oh = _window_out(h, attrs.kernel_size[0], stride[0], attrs.padding[0], dilation[0], ceil_mode)
+    ow = _window_out(w, attrs.kernel_size[1], stride[1], attrs.padding[1], dilation[1], ceil_mode)
+    if oh < 1 or ow < 1:
+        raise ShapeError(
+            f"spatial size collapses to {oh}x{ow} (input {h}x{w}, kernel "
+            f"{list(attrs.kernel_size)}, stride {list(stride)}, padding {list(attrs.padding)}"
+            + (f", dilation {list(dilation)}" if dilation != (1, 1) else "") + ")",
+            field="kernel_size",
+        )
+    return oh, ow
+
+
+# ---- conv2d ---------------------------------------------------------------------------------
+
+
+def _conv_shape(a: Conv2dAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3])
+    c, h, w = x
+    if c % a.groups:
+        raise ShapeError(f"input channels {c} are not divisible by groups={a.groups}", "groups")
+    if a.out_channels % a.groups:
+        raise ShapeError(
+            f"out_channels {a.out_channels} is not divisible by groups={a.groups}", "groups"
+        )
+    oh, ow = _spatial(a, h, w, a.dilation)
+    return (a.out_channels, oh, ow)
+
+
+def _conv_params(a: Conv2dAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    p = {"weight": (a.out_channels, ins[0][0] // a.groups, *a.kernel_size)}
+    if a.bias:
+        p["bias"] = (a.out_channels,)
+    return p
+
+
+def _conv_flops(a: Conv2dAttrs, ins: list[Shape], out: Shape) -> int:
+    return math.prod(out) * (ins[0][0] // a.groups) * a.kernel_size[0] * a.kernel_size[1]
+
+
+def _conv_build(a: Conv2dAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    return nn.Conv2d(ins[0][0], a.out_channels, a.kernel_size, a.stride, a.padding,
+                     a.dilation, a.groups, a.bias)
+
+
+# ---- linear ---------------------------------------------------------------------------------
+
+
+def _linear_shape(a: LinearAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [1, 2])
+    return (*x[:-1], a.out_features)
+
+
+def _linear_params(a: LinearAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    p = {"weight": (a.out_features, ins[0][-1])}
+    if a.bias:
+        p["bias"] = (a.out_features,)
+    return p
+
+
+# ---- normalisation ----------------------------------------------------------------------------
+
+
+def _batch_norm_shape(a: BatchNormAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [3, 1])
+    return ins[0]
+
+
+def _affine_params(a: Any, ins: list[Shape], out: Shape, axis: int = 0) -> dict[str, Shape]:
+    if not a.affine:
+        return {}
+    n = ins[0][axis]
+    return {"weight": (n,), "bias": (n,)}
+
+
+def _batch_norm_build(a: BatchNormAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    cls = nn.BatchNorm2d if len(ins[0]) == 3 else nn.BatchNorm1d
+    return cls(ins[0][0], eps=a.eps, momentum=a.momentum, affine=a.affine)
+
+
+def _layer_norm_axis(shape: Shape) -> int:
+    # Channels of a feature map, the last axis otherwise.
+    return 0 if len(shape) == 3 else -1
+
+
+def _layer_norm_build(a: LayerNormAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    cls = ChannelLayerNorm if len(ins[0]) == 3 else nn.LayerNorm
+    return cls(ins[0][_layer_norm_axis(ins[0])], eps=a.eps, elementwise_affine=a.affine)
+
+
+def _group_norm_shape(a: GroupNormAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [3])
+    if ins[0][0] % a.num_groups:
+        raise ShapeError(
+            f"channels {ins[0][0]} are not divisible by num_groups={a.num_groups}", "num_groups"
+        )
+    return ins[0]
+
+
+# ---- pooling ----------------------------------------------------------------------------------
+
+
+def _pool_shape(a: PoolAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3])
+    for i in range(2):
+        if a.padding[i] * 2 > a.kernel_size[i]:
+            raise ShapeError(
+                f"padding {list(a.padding)} must be at most half of kernel_size "
+                f"{list(a.kernel_size)}", "padding"
+            )
+    stride = a.stride or a.kernel_size
+    oh, ow = _spatial(a, x[1], x[2], ceil_mode=a.ceil_mode, stride=stride)
+    return (x[0], oh, ow)
+
+
+def _max_pool_build(a: PoolAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    return nn.MaxPool2d(a.kernel_size, a.stride or a.kernel_size, a.padding, ceil_mode=a.ceil_mode)
+
+
+def _avg_pool_build(a: AvgPoolAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    return nn.AvgPool2d(a.kernel_size, a.stride or a.kernel_size, a.padding,
+                        ceil_mode=a.ceil_mode, count_include_pad=a.count_include_pad)
+
+
+def _adaptive_shape(a: AdaptivePoolAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [3])
+    return (ins[0][0], *a.output_size)
+
+
+def _global_avg_shape(a: GlobalPoolAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3, 2])
+    if len(x) == 2:
+        if a.keepdim:
+            raise ShapeError("keepdim applies to (C, H, W) feature maps only", "keepdim")
+        return (x[1],)
+    return (x[0], 1, 1) if a.keepdim else (x[0],)
+
+
+def _global_max_shape(a: GlobalPoolAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [3])
+    return _global_avg_shape(a, ins)
+
+
+# ---- element-wise and structural ---------------------------------------------------------------
+
+
+def _broadcast_shape(a: Attrs, ins: list[Shape]) -> Shape:
+    """PyTorch broadcasting of per-sample shapes (the batch dimension is shared)."""
+    rank = max(len(s) for s in ins)
+    if any(len(s) != rank for s in ins):
+        raise ShapeError(
+            "inputs must have the same rank, got shapes " + ", ".join(str(list(s)) for s in ins)
+        )
+    out = []
+    for dims in zip(*ins, strict=True):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise ShapeError(
+                "input shapes do not match (nor broadcast): "
+                + ", ".join(str(list(s)) for s in ins)
+            )
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _concat_shape(a: ConcatAttrs, ins: list[Shape]) -> Shape:
+    rank = len(ins[0])
+    if any(len(s) != rank for s in ins):
+        raise ShapeError(
+            "inputs must have the same rank, got shapes " + ", ".join(str(list(s)) for s in ins)
+        )
+    axis = a.axis + rank if a.axis < 0 else a.axis
+    if not 0 <= axis < rank:
+        raise ShapeError(f"axis {a.axis} is out of range for rank-{rank} inputs", "axis")
+    for s in ins[1:]:
+        if any(s[i] != ins[0][i] for i in range(rank) if i != axis):
+            raise ShapeError(
+                f"inputs must match on every axis but {axis}, got shapes "
+                + ", ".join(str(list(s)) for s in ins)
+            )
+    out = list(ins[0])
+    out[axis] = sum(s[axis] for s in ins)
+    return tuple(out)
+
+
+def _same_shape(a: Attrs, ins: list[Shape]) -> Shape:
+    return ins[0]
+
+
+def _flatten_shape(a: Attrs, ins: list[Shape]) -> Shape:
+    return (math.prod(ins[0]),)
+
+
+# ---- transformer pieces -----------------------------------------------------------------------
+
+
+def _patch_embed_shape(a: PatchEmbedAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3])
+    ph, pw = a.patch_size
+    if x[1] < ph or x[2] < pw:
+        raise ShapeError(
+            f"patch_size {list(a.patch_size)} is larger than the input {x[1]}x{x[2]}", "patch_size"
+        )
+    return ((x[1] // ph) * (x[2] // pw), a.embed_dim)
+
+
+def _patch_embed_params(a: PatchEmbedAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    p = {"weight": (a.embed_dim, ins[0][0], *a.patch_size)}
+    if a.bias:
+        p["bias"] = (a.embed_dim,)
+    return p
+
+
+def _tokens_shape(a: Attrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [3])
+    c, h, w = ins[0]
+    return (h * w, c)
+
+
+def _class_token_shape(a: Attrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [2])
+    return (ins[0][0] + 1, ins[0][1])
+
+
+def _pos_embed_shape(a: Attrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [2])
+    return ins[0]
+
+
+def _attention_dims(x: Shape) -> tuple[int, int]:
+    """(tokens, width) of an attention input."""
+    return (x[1] * x[2], x[0]) if len(x) == 3 else (x[0], x[1])
+
+
+def _attention_shape(a: AttentionAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [2, 3])
+    _, d = _attention_dims(x)
+    if d % a.num_heads:
+        raise ShapeError(f"width {d} is not divisible by num_heads={a.num_heads}", "num_heads")
+    return x
+
+
+def _attention_params(a: AttentionAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    _, d = _attention_dims(ins[0])
+    p: dict[str, Shape] = {"in_proj_weight": (3 * d, d)}
+    if a.bias:
+        p["in_proj_bias"] = (3 * d,)
+    p["out_proj.weight"] = (d, d)
+    if a.bias:
+        p["out_proj.bias"] = (d,)
+    return p
+
+
+def _attention_flops(a: AttentionAttrs, ins: list[Shape], out: Shape) -> int:
+    t, d = _attention_dims(ins[0])
+    return t * d * 3 * d + 2 * t * t * d + t * d * d
+
+
+def _select_token_shape(a: SelectTokenAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [2])
+    t = ins[0][0]
+    if not -t <= a.index < t:
+        raise ShapeError(f"index {a.index} is out of range for {t} tokens", "index")
+    return (ins[0][1],)
+
+
+def _input_shape(a: InputAttrs, ins: list[Shape]) -> Shape:
+    return tuple(a.shape)
+
+
+def _output_shape(a: OutputAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    if x != (a.num_classes,):
+        raise ShapeError(
+            f"the output's input must be a vector of num_classes={a.num_classes} logits, "
+            f"got shape {list(x)}", "num_classes"
+        )
+    return x
+
+
+def _activation(name: str, make: Callable[[Any], nn.Module], attrs: type[Attrs] = NoAttrs,
+                description: str = "") -> OpSpec:
+    return OpSpec(name, "activation", attrs, 1, 1, _same_shape,
+                  lambda a, i, o: make(a), description=description)
+
+
+def _module(cls: Callable[[], nn.Module]) -> Callable[[Any, list[Shape], Shape], nn.Module]:
+    return lambda a, i, o: cls()
+
+
+_OPS: list[OpSpec] = [
+    OpSpec("input", "io", InputAttrs, 0, 0, _input_shape, _module(nn.Identity),
+           description="The network's input; `shape` is one sample's shape."),
+    OpSpec("output", "io", OutputAttrs, 1, 1, _output_shape, _module(nn.Identity),
+           description="The network's logits; its input must be a vector of `num_classes`."),
+    OpSpec("conv2d", "conv", Conv2dAttrs, 1, 1, _conv_shape, _conv_build, _conv_params,
+           _conv_flops, "2-D convolution: any kernel, stride, padding, dilation and groups."),
+    OpSpec("linear", "linear", LinearAttrs, 1, 1, _linear_shape,
+           lambda a, i, o: nn.Linear(i[0][-1], a.out_features, a.bias), _linear_params,
+           lambda a, i, o: math.prod(o) * i[0][-1],
+           "Fully connected layer over the last axis."),
+    OpSpec("batch_norm", "norm", BatchNormAttrs, 1, 1, _batch_norm_shape, _batch_norm_build,
+           _affine_params, description="Batch norm over channels of a map or features of a vector."),
+    OpSpec("layer_norm", "norm", LayerNormAttrs, 1, 1, _same_shape, _layer_norm_build,
+           lambda a, i, o: _affine_params(a, i, o, _layer_norm_axis(i[0])),
+           description="Layer norm over the last axis (over channels for a feature map)."),
+    OpSpec("group_norm", "norm", GroupNormAttrs, 1, 1, _group_norm_shape,
+           lambda a, i, o: nn.GroupNorm(a.num_groups, i[0][0], a.eps, a.affine), _affine_params,
+           description="Group norm over channel groups of a feature map."),
+    _activation("relu", lambda a: nn.ReLU()),
+    _activation("relu6", lambda a: nn.ReLU6()),
+    _activation("leaky_relu", lambda a: nn.LeakyReLU(a.negative_slope), LeakyReluAttrs),
+    _activation("elu", lambda a: nn.ELU(a.alpha), EluAttrs),
+    _activation("gelu", lambda a: nn.GELU(a.approximate), GeluAttrs),
+    _activation("silu", lambda a: nn.SiLU()),
+    _activation("mish", lambda a: nn.Mish()),
+    _activation("tanh", lambda a: nn.Tanh()),
+    _activation("sigmoid", lambda a: nn.Sigmoid()),
+    _activation("hardswish", lambda a: nn.Hardswish()),
+    _activation("hardsigmoid", lambda a: nn.Hardsigmoid()),
+    OpSpec("max_pool", "pool", PoolAttrs, 1, 1, _pool_shape, _max_pool_build,
+           description="Max pooling; `stride` defaults to `kernel_size`."),
+    OpSpec("avg_pool", "pool", AvgPoolAttrs, 1, 1, _pool_shape, _avg_pool_build,
+           description="Average pooling; `stride` defaults to `kernel_size`."),
+    OpSpec("adaptive_avg_pool", "pool", AdaptivePoolAttrs, 1, 1, _adaptive_shape,
+           lambda a, i, o: nn.AdaptiveAvgPool2d(a.output_size),
+           description="Average pooling to a fixed `output_size`."),
+    OpSpec("global_avg_pool", "pool", GlobalPoolAttrs, 1, 1, _global_avg_shape,
+           lambda a, i, o: GlobalPool("avg", a.keepdim, len(i[0])),
+           description="Mean over all positions of a map, or over the tokens of a sequence."),
+    OpSpec("global_max_pool", "pool", GlobalPoolAttrs, 1, 1, _global_max_shape,
+           lambda a, i, o: GlobalPool("max", a.keepdim, 3),
+           description="Max over all positions of a feature map."),
+    OpSpec("add", "merge", NoAttrs, 2, None, _broadcast_shape, _module(Add),
+           description="Element-wise sum of two or more inputs (PyTorch broadcasting)."),
+    OpSpec("mul", "merge", NoAttrs, 2, None, _broadcast_shape, _module(Mul),
+           description="Element-wise product (squeeze-excitation gates: (C,H,W) * (C,1,1))."),
+    OpSpec("concat", "merge", ConcatAttrs, 1, None, _concat_shape,
+           lambda a, i, o: Concat((a.axis % len(i[0])) + 1),
+           description="Concatenation along `axis` of the per-sample shape (0 = channels)."),
+    OpSpec("flatten", "shape", NoAttrs, 1, 1, _flatten_shape, _module(nn.Flatten),
+           description="Flattens one sample to a vector."),
+    OpSpec("dropout", "regularise", DropoutAttrs, 1, 1, _same_shape,
+           lambda a, i, o: nn.Dropout(a.p), description="Dropout with probability `p`."),
+    OpSpec("identity", "shape", NoAttrs, 1, 1, _same_shape, _module(nn.Identity),
+           description="Passes its input through (skip connections)."),
+    OpSpec("patch_embed", "transformer", PatchEmbedAttrs, 1, 1, _patch_embed_shape,
+           lambda a, i, o: PatchEmbed(i[0][0], a.embed_dim, a.patch_size, a.patch_size,
+                                      bias=a.bias),
+           _patch_embed_params,
+           lambda a, i, o: math.prod(o) * i[0][0] * a.patch_size[0] * a.patch_size[1],
+           "Non-overlapping patches projected to `embed_dim` tokens (ViT)."),
+    OpSpec("to_tokens", "shape", NoAttrs, 1, 1, _tokens_shape, _module(ToTokens),
+           description="Every position of a (C,H,W) map becomes a token: (H*W, C)."),
+    OpSpec("class_token", "transformer", NoAttrs, 1, 1, _class_token_shape,
+           lambda a, i, o: ClassToken(i[0][1]), lambda a, i, o: {"weight": (1, 1, i[0][1])},
+           description="Prepends a learned class token."),
+    OpSpec("pos_embed", "transformer", NoAttrs, 1, 1, _pos_embed_shape,
+           lambda a, i, o: PositionalEmbedding(*i[0]), lambda a, i, o: {"weight": (1, *i[0])},
+           description="Adds a learned positional embedding."),
+    OpSpec("self_attention", "transformer", AttentionAttrs, 1, 1, _attention_shape,
+           lambda a, i, o: MultiHeadSelfAttention(_attention_dims(i[0])[1], a.num_heads, a.bias,
+                                                  a.dropout),
+           _attention_params, _attention_flops,
+           "Multi-head self-attention over tokens, or over the positions of a feature map."),
+    OpSpec("select_token", "transformer", SelectTokenAttrs, 1, 1, _select_token_shape,
+           lambda a, i, o: SelectToken(a.index),
+           description="Picks one token (the class token at `index` 0)."),
+]
+
+OPS: dict[str, OpSpec] = {op.name: op for op in _OPS}
+OP_NAMES: tuple[str, ...] = tuple(op.name for op in _OPS)
+ACTIVATIONS: tuple[str, ...] = tuple(op.name for op in _OPS if op.category == "activation")
