@@ -1,0 +1,250 @@
+"""Training a graph hypernetwork with meta-batches of sampled architectures (GHN-2, sec. 3).
+
+Each step samples ``meta_batch`` architectures from the search spaces, the GHN predicts all their
+parameters, every network runs on the same image batch, and the sum of their cross-entropies is
+back-propagated into the GHN. Everything random is a function of ``(seed, step)``, so a run
+resumed from its checkpoint continues exactly as if it had never stopped.
+
+Checkpoints (every ``checkpoint_every`` steps, written atomically next to each other):
+
+* ``<out>/ghn.safetensors`` — the GHN (loadable with :func:`~nas_service.ghn.load_ghn`),
+* ``<out>/optimizer.safetensors`` — AdamW moments, no pickle,
+* ``<out>/state.json`` — step, config and the best validation accuracy,
+* ``<out>/log.jsonl`` — one line per logged step and per validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+
+from nas_service.data import load_task
+from nas_service.ghn import GHNConfig, GraphHyperNetwork
+from nas_service.ghn.checkpoint import load_ghn, resolve_device, save_ghn
+from nas_service.graph import ArchitectureGraph, GraphNetwork, to_module
+from nas_service.spaces import get_space
+
+from .evaluation import accuracy, load_parameters
+
+# Seeds of architectures used for training start here; held-out evaluation architectures use
+# seeds below it, so no held-out architecture is ever trained on.
+TRAIN_SEED_OFFSET = 1_000_000
+
+
+@dataclass
+class TrainingConfig:
+    task: str = "fashion-mnist"
+    data_root: str | None = None
+    spaces: tuple[str, ...] = ("cells", "macro")
+    steps: int = 3000
+    meta_batch: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    max_parameters: int = 1_000_000
+    max_flops: int = 30_000_000
+    seed: int = 0
+    validate_every: int = 250
+    validation_architectures: int = 16
+    checkpoint_every: int = 50
+    log_every: int = 10
+    ghn: dict = field(default_factory=dict)
+    """Overrides of :class:`GHNConfig` fields."""
+
+
+def _lr_at(step: int, cfg: TrainingConfig) -> float:
+    """Linear warm-up, then cosine decay to 1 % of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def sample_architectures(spaces: tuple[str, ...], seeds: list[int], input_shape: tuple[int, ...],
+                         num_classes: int, max_parameters: int, max_flops: int
+                         ) -> list[ArchitectureGraph]:
+    """Architecture ``i`` comes from ``spaces[seed % len(spaces)]`` with that seed."""
+    return [get_space(spaces[s % len(spaces)]).sample(
+        s, input_shape=input_shape, num_classes=num_classes, max_parameters=max_parameters,
+        max_flops=max_flops) for s in seeds]
+
+
+def held_out_architectures(cfg: TrainingConfig, count: int, input_shape: tuple[int, ...],
+                           num_classes: int) -> list[ArchitectureGraph]:
+    """The fixed evaluation set: seeds ``0..count-1``, never used in training."""
+    return sample_architectures(cfg.spaces, list(range(count)), input_shape, num_classes,
+                                cfg.max_parameters, cfg.max_flops)
+
+
+class _NetworkCache:
+    """Target networks by content hash: building one is cheap, but not free."""
+
+    def __init__(self, device: torch.device, maxsize: int = 256):
+        self.device, self.maxsize = device, maxsize
+        self._nets: dict[str, GraphNetwork] = {}
+
+    def get(self, graph: ArchitectureGraph) -> GraphNetwork:
+        key = graph.content_hash()
+        net = self._nets.get(key)
+        if net is None:
+            if len(self._nets) >= self.maxsize:
+                self._nets.pop(next(iter(self._nets)))
+            net = self._nets[key] = to_module(graph).to(self.device)
+        return net
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    tensors = {}
+    for i, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    flat = load_file(str(path))
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | None = None,
+              resume: bool = True, progress: bool = True,
+              on_log: Callable[[dict], None] | None = None) -> GraphHyperNetwork:
+    """Trains (or resumes training) a GHN; returns it. See the module docstring."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    task = load_task(cfg.task, cfg.data_root)
+    spec = task.spec
+    x_train, y_train = task.tensors("train", device=dev)
+    x_val, y_val = task.tensors("val", device=dev)
+
+    state_path, ghn_path, opt_path = out / "state.json", out / "ghn.safetensors", \
+        out / "optimizer.safetensors"
+    start_step, best = 0, 0.0
+    if resume and state_path.exists() and ghn_path.exists():
+        state = json.loads(state_path.read_text())
+        ghn = load_ghn(ghn_path, dev).train()
+        start_step, best = state["step"], state.get("best_val_accuracy", 0.0)
+    else:
+        ghn = GraphHyperNetwork(GHNConfig(**cfg.ghn)).to(dev)
+    ghn.train()
+    opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if start_step and opt_path.exists():
+        _load_optimizer(opt, opt_path)
+
+    nets = _NetworkCache(dev)
+    held_out = held_out_architectures(cfg, cfg.validation_architectures, spec.input_shape,
+                                      spec.num_classes)
+    log_file = (out / "log.jsonl").open("a")
+    use_amp = dev.type == "cuda"
+
+    def log(record: dict) -> None:
+        record["time"] = time.time()
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if on_log:
+            on_log(record)
+
+    def validate(step: int) -> float:
+        ghn.eval()
+        with torch.no_grad():
+            params = ghn.predict(held_out)
+        accs = []
+        for g, p in zip(held_out, params, strict=True):
+            net = load_parameters(nets.get(g), p)
+            accs.append(accuracy(net, x_val[:2000], y_val[:2000], bn_mode="batch",
+                                 batch_size=500))
+        ghn.train()
+        mean = sum(accs) / len(accs)
+        log({"step": step, "val_accuracy": mean, "val_min": min(accs), "val_max": max(accs)})
+        return mean
+
+    def checkpoint(step: int) -> None:
+        record = {"config": asdict(cfg), "step": step, "best_val_accuracy": best}
+        save_ghn(ghn, ghn_path, task=cfg.task, training=record)
+        _save_optimizer(opt, opt_path)
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, state_path)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train-ghn", unit="step",
+                   dynamic_ncols=True)
+    running_loss = running_acc = 0.0
+    seen = 0
+    t0 = time.time()
+    try:
+        for step in range(start_step, cfg.steps):
+            rng = random.Random(cfg.seed * 1_000_003 + step)
+            seeds = [TRAIN_SEED_OFFSET + rng.randrange(1 << 30) for _ in range(cfg.meta_batch)]
+            graphs = sample_architectures(cfg.spaces, seeds, spec.input_shape, spec.num_classes,
+                                          cfg.max_parameters, cfg.max_flops)
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=g).to(dev)
+            x, y = x_train[idx], y_train[idx]
+
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                batch, requests = ghn.prepare(graphs)
+                params = ghn(batch, requests)
+                loss = torch.zeros((), device=dev)
+                correct = 0.0
+                for graph, p in zip(graphs, params, strict=True):
+                    logits = functional_call(nets.get(graph).train(), p, (x,))
+                    loss = loss + F.cross_entropy(logits.float(), y)
+                    correct += (logits.argmax(1) == y).float().mean().item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ghn.parameters(), cfg.grad_clip)
+            opt.step()
+
+            running_loss += loss.item() / len(graphs)
+            running_acc += correct / len(graphs)
+            seen += 1
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % cfg.log_every == 0:
+                rec = {"step": done, "loss": running_loss / seen, "train_accuracy":
+                       running_acc / seen, "lr": _lr_at(step, cfg),
+                       "seconds_per_step": (time.time() - t0) / seen}
+                log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_accuracy']:.3f}")
+                running_loss = running_acc = 0.0
+                seen = 0
+                t0 = time.time()
+            if done % cfg.validate_every == 0 or done == cfg.steps:
+                best = max(best, validate(done))
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                checkpoint(done)
+    finally:
+        if bar is not None:
+            bar.close()
+        log_file.close()
+    return ghn.eval()

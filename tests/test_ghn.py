@@ -1,0 +1,227 @@
+"""The graph hypernetwork: featurisation, predicted shapes for every op, checkpoints, determinism."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from nas_service.ghn import GHNConfig, GraphHyperNetwork, UnsupportedArchitectureError, featurize
+from nas_service.ghn.checkpoint import CheckpointError, load_ghn, read_metadata, save_ghn
+from nas_service.ghn.features import (
+    EDGE_BACKWARD,
+    EDGE_FORWARD,
+    EDGE_VIRTUAL_FORWARD,
+    parameter_requests,
+    shortest_path_lengths,
+)
+from nas_service.graph import OP_NAMES, ArchitectureGraph, GraphBuilder, to_module
+
+TINY = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
+
+
+def every_op_graph() -> ArchitectureGraph:
+    """One graph that uses every op of the vocabulary at least once."""
+    b = GraphBuilder((3, 16, 16), name="every-op")
+    x = b.add("conv2d", b.input, out_channels=12, kernel_size=3, padding=1, bias=False)
+    x = b.add("batch_norm", x)
+    x = b.add("relu", x)
+    y = b.add("conv2d", x, out_channels=12, kernel_size=(1, 9), padding=(0, 4), groups=12)
+    y = b.add("group_norm", y, num_groups=3)
+    y = b.add("relu6", y)
+    y = b.add("conv2d", y, out_channels=12, kernel_size=3, padding=2, dilation=2)
+    y = b.add("layer_norm", y)
+    for act in ("leaky_relu", "elu", "gelu", "silu", "mish", "tanh", "hardswish"):
+        y = b.add(act, y)
+    gate = b.add("global_avg_pool", y, keepdim=True)
+    gate = b.add("conv2d", gate, out_channels=12, kernel_size=1)
+    gate = b.add("hardsigmoid", gate)
+    y = b.add("mul", y, gate)
+    x = b.add("add", x, y)
+    x = b.add("self_attention", x, num_heads=2)
+    p = b.add("max_pool", x, kernel_size=2)
+    q = b.add("avg_pool", x, kernel_size=3, stride=2, padding=1)
+    x = b.add("concat", p, q)  # (24, 8, 8)
+    s = b.add("sigmoid", b.add("global_max_pool", x))
+    a = b.add("flatten", b.add("adaptive_avg_pool", x, output_size=2))
+    t = b.add("to_tokens", x)
+    t = b.add("linear", t, out_features=16)
+    v = b.add("patch_embed", b.input, embed_dim=16, patch_size=4)
+    v = b.add("concat", v, t)
+    v = b.add("class_token", v)
+    v = b.add("pos_embed", v)
+    v = b.add("self_attention", v, num_heads=4)
+    c = b.add("select_token", v)
+    m = b.add("global_avg_pool", v)
+    h = b.add("concat", s, a, c, m)
+    h = b.add("batch_norm", h)
+    h = b.add("dropout", h, p=0.1)
+    h = b.add("identity", h)
+    return b.build(b.add("linear", h, out_features=7), num_classes=7)
+
+
+def test_every_op_graph_covers_the_vocabulary():
+    assert {n.op for n in every_op_graph().nodes} == set(OP_NAMES)
+
+
+def test_predicted_tensors_have_the_shape_of_every_parameter():
+    graph = every_op_graph()
+    ghn = GraphHyperNetwork(TINY)
+    params = ghn.predict([graph])[0]
+    expected = graph.parameter_shapes()
+    assert list(params) == list(expected)
+    for name, shape in expected.items():
+        assert tuple(params[name].shape) == shape, name
+        assert torch.isfinite(params[name]).all(), name
+    out = functional_call(to_module(graph), params, (torch.randn(3, 3, 16, 16),))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_large_layers_are_tiled_and_large_kernels_resized():
+    b = GraphBuilder((3, 32, 32))
+    x = b.add("conv2d", b.input, out_channels=70, kernel_size=11, padding=5)
+    x = b.add("relu", x)
+    x = b.add("conv2d", x, out_channels=150, kernel_size=(7, 1), padding=(3, 0))
+    x = b.add("global_avg_pool", x)
+    graph = b.build(b.add("linear", x, out_features=10), num_classes=10)
+    params = GraphHyperNetwork(TINY).predict([graph])[0]
+    assert params["conv2d_0.weight"].shape == (70, 3, 11, 11)
+    assert params["conv2d_1.weight"].shape == (150, 70, 7, 1)
+    # Fan-in normalisation: std close to sqrt(gain / fan_in).
+    w = params["conv2d_0.weight"]
+    assert w.pow(2).mean().sqrt().item() == pytest.approx((2 / (3 * 121)) ** 0.5, rel=1e-3)
+
+
+def test_activations_change_the_prediction():
+    def net(act: str) -> ArchitectureGraph:
+        b = GraphBuilder((1, 8, 8))
+        x = b.add(act, b.add("conv2d", b.input, out_channels=4, kernel_size=3, id="conv"))
+        x = b.add("global_avg_pool", b.add("conv2d", x, out_channels=4, kernel_size=3))
+        return b.build(b.add("linear", x, out_features=3), num_classes=3)
+
+    ghn = GraphHyperNetwork(TINY)
+    relu, tanh = ghn.predict([net("relu"), net("tanh")])
+    assert not torch.allclose(relu["conv.weight"], tanh["conv.weight"])
+
+
+def test_batched_prediction_equals_one_by_one_and_is_deterministic():
+    torch.manual_seed(0)
+    ghn = GraphHyperNetwork(TINY).eval()
+    graphs = [every_op_graph(), _chain(3), _chain(5)]
+    together = ghn.predict(graphs)
+    for g, batched in zip(graphs, together, strict=True):
+        alone = ghn.predict([g])[0]
+        for k in alone:
+            torch.testing.assert_close(batched[k], alone[k], rtol=1e-5, atol=1e-6)
+    again = ghn.predict(graphs)
+    for a, b in zip(together, again, strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k])
+
+
+def _chain(depth: int) -> ArchitectureGraph:
+    b = GraphBuilder((1, 12, 12))
+    x = b.input
+    for _ in range(depth):
+        x = b.add("relu", b.add("conv2d", x, out_channels=6, kernel_size=3, padding=1))
+    x = b.add("global_avg_pool", x)
+    return b.build(b.add("linear", x, out_features=4), num_classes=4)
+
+
+def _bfs_distances(graph: ArchitectureGraph) -> np.ndarray:
+    ids = [n.id for n in graph.nodes]
+    index = {k: i for i, k in enumerate(ids)}
+    children = graph.consumers()
+    n = len(ids)
+    dist = np.full((n, n), np.iinfo(np.int32).max)
+    for s in range(n):
+        dist[s, s] = 0
+        queue = deque([s])
+        while queue:
+            u = queue.popleft()
+            for c in children[ids[u]]:
+                v = index[c]
+                if dist[s, v] > dist[s, u] + 1:
+                    dist[s, v] = dist[s, u] + 1
+                    queue.append(v)
+    return dist
+
+
+@pytest.mark.parametrize("cutoff", [1, 3, 50])
+def test_shortest_paths_match_breadth_first_search(cutoff):
+    graph = every_op_graph()
+    fast = shortest_path_lengths(graph, cutoff).astype(np.int64)
+    slow = np.minimum(_bfs_distances(graph), cutoff + 1)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_features_have_real_and_virtual_edges_in_both_directions():
+    graph = _chain(4)  # input -> (conv -> relu) x4 -> pool -> linear -> output
+    data = featurize(graph, cutoff=3)
+    assert data.num_nodes == len(graph.nodes)
+    assert data.feat.shape == (len(graph.nodes), data.feat.shape[1])
+    types = data.edge_type.tolist()
+    real = len(graph.nodes) - 1  # a chain
+    assert types.count(EDGE_FORWARD) == types.count(EDGE_BACKWARD) == real
+    # Pairs at distance 2 and 3 in a chain of n nodes: (n - 2) + (n - 3).
+    n = len(graph.nodes)
+    assert types.count(EDGE_VIRTUAL_FORWARD) == (n - 2) + (n - 3)
+    # Each (target, type) group of weights sums to 1 / mean distance <= 1.
+    assert float(data.edge_weight.max()) <= 1.0
+
+
+def test_unknown_op_for_an_older_ghn_is_a_clear_error():
+    ghn = GraphHyperNetwork(GHNConfig(**{**TINY.__dict__, "ops": tuple(
+        o for o in OP_NAMES if o != "mish")}))
+    b = GraphBuilder((1, 8, 8))
+    x = b.add("global_avg_pool", b.add("mish", b.add("conv2d", b.input, out_channels=2,
+                                                             kernel_size=3)))
+    graph = b.build(b.add("linear", x, out_features=2), num_classes=2)
+    with pytest.raises(UnsupportedArchitectureError, match="mish"):
+        ghn.predict([graph])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    ghn = GraphHyperNetwork(TINY)
+    path = save_ghn(ghn, tmp_path / "ghn.safetensors", task="fashion-mnist",
+                    training={"steps": 3})
+    meta = read_metadata(path)
+    assert meta["task"] == "fashion-mnist" and meta["training"] == {"steps": 3}
+    loaded = load_ghn(path, device="cpu")
+    assert loaded.config == ghn.config
+    graph = every_op_graph()
+    a = ghn.eval().predict([graph])[0]
+    b = loaded.predict([graph])[0]
+    for k in a:
+        assert torch.equal(a[k], b[k])
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_ghn(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError):
+        load_ghn(bad)
+
+
+def test_gradients_reach_every_ghn_parameter():
+    ghn = GraphHyperNetwork(TINY)
+    graph = every_op_graph()
+    params = ghn.predict([graph])[0]
+    out = functional_call(to_module(graph), params, (torch.randn(4, 3, 16, 16),))
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 3])).backward()
+    for name, p in ghn.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_parameter_requests_mark_the_classifier_and_relu_gain():
+    graph = _chain(2)
+    kinds = {r.name: (r.kind, r.gain) for r in parameter_requests(graph)}
+    assert kinds["linear_0.weight"] == ("classifier", 1.0)
+    assert kinds["conv2d_0.weight"] == ("conv", 2.0)
+    assert kinds["conv2d_0.bias"][0] == "bias"
