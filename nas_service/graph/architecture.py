@@ -13,6 +13,7 @@ import heapq
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,18 @@ from .limits import DEFAULT_LIMITS, GraphLimits
 from .ops import OPS, Attrs, OpSpec, Shape
 
 FORMAT = "nas-graph/1"
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+# Messages quote the offending value; keep it short and safe for deeply nested values.
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlevel = 3
+
+
+def _count(n: int) -> str:
+    """``n`` with thousands separators; Python refuses to print ints over 4300 digits."""
+    return f"{n:,}" if n.bit_length() <= 100 else f"more than 2^{n.bit_length() - 1}"
+
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 _NODE_KEYS = ("id", "op", "inputs")
 _DOC_KEYS = {"format", "name", "nodes", "parameter_sources"}
 
@@ -87,7 +99,7 @@ class ArchitectureGraph:
     def from_json(cls, text: str | bytes, limits: GraphLimits = DEFAULT_LIMITS) -> ArchitectureGraph:
         try:
             doc = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also >4300-digit integers
             raise GraphValidationError([GraphProblem(f"not valid JSON: {e}")]) from None
         return cls.from_dict(doc, limits)
 
@@ -209,6 +221,7 @@ class _RawNode:
     op: str
     inputs: list[str]
     attrs: Attrs | None
+    inputs_ok: bool = True
 
 
 def _pydantic_problems(e: ValidationError, node: str, index: int) -> list[GraphProblem]:
@@ -238,7 +251,7 @@ def _parse_nodes(nodes: list[Any], limits: GraphLimits,
         if not isinstance(node_id, str):
             problems.append(GraphProblem("missing or non-string 'id'", field="id", index=index))
             continue
-        if len(node_id) > limits.max_id_length or not _ID_PATTERN.match(node_id):
+        if len(node_id) > limits.max_id_length or not _ID_PATTERN.fullmatch(node_id):
             problems.append(GraphProblem(
                 f"id must be 1-{limits.max_id_length} characters of letters, digits, '_' and "
                 f"'-' (not starting with '-')", node=node_id[:64], field="id", index=index))
@@ -257,14 +270,15 @@ def _parse_nodes(nodes: list[Any], limits: GraphLimits,
                 close = difflib.get_close_matches(op, OPS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append(GraphProblem(
-                f"unknown op {op!r}{hint} (see docs/graph-format.md for the vocabulary)",
+                f"unknown op {_short.repr(op)}{hint} (see docs/graph-format.md for the vocabulary)",
                 node=node_id, field="op", index=index))
 
         inputs = item.get("inputs", [])
+        inputs_ok = True
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
             problems.append(GraphProblem("'inputs' must be a list of node ids", node=node_id,
                                          field="inputs", index=index))
-            inputs = []
+            inputs, inputs_ok = [], False
         elif spec is not None:
             lo, hi = spec.min_inputs, spec.max_inputs
             hi_eff = limits.max_inputs_per_node if hi is None else min(hi, limits.max_inputs_per_node)
@@ -273,6 +287,7 @@ def _parse_nodes(nodes: list[Any], limits: GraphLimits,
                 problems.append(GraphProblem(
                     f"op {op!r} takes {want} input(s), got {len(inputs)}", node=node_id,
                     field="inputs", index=index))
+                inputs_ok = False
             elif len(set(inputs)) != len(inputs) and op not in ("add", "mul", "concat"):
                 problems.append(GraphProblem("the same input is listed twice", node=node_id,
                                              field="inputs", index=index))
@@ -284,7 +299,8 @@ def _parse_nodes(nodes: list[Any], limits: GraphLimits,
                 attrs = spec.attrs.model_validate(values)
             except ValidationError as e:
                 problems.extend(_pydantic_problems(e, node_id, index))
-        raw.append(_RawNode(index, node_id, op if isinstance(op, str) else "", inputs, attrs))
+        raw.append(_RawNode(index, node_id, op if isinstance(op, str) else "", inputs, attrs,
+                            inputs_ok))
     return raw
 
 
@@ -338,8 +354,8 @@ def _validate(doc: Any, limits: GraphLimits) -> ArchitectureGraph:
         raise GraphValidationError(
             [GraphProblem(f"the document must be a JSON object, got {type(doc).__name__}")])
     if doc.get("format") != FORMAT:
-        problems.append(GraphProblem(f"'format' must be {FORMAT!r}, got {doc.get('format')!r}",
-                                     field="format"))
+        problems.append(GraphProblem(
+            f"'format' must be {FORMAT!r}, got {_short.repr(doc.get('format'))}", field="format"))
     for key in doc:
         if key not in _DOC_KEYS:
             problems.append(GraphProblem(f"unknown top-level key {key!r}", field=str(key)[:64]))
@@ -406,7 +422,7 @@ def _infer_shapes(order: list[_RawNode], limits: GraphLimits,
     result: list[GraphNode] = []
     total_params = total_flops = 0
     for n in order:
-        if n.attrs is None or not n.op:
+        if n.attrs is None or not n.op or not n.inputs_ok:
             continue  # already reported; its consumers are skipped below
         if any(i not in shapes for i in n.inputs):
             continue  # an input failed: do not cascade errors downstream
@@ -446,7 +462,8 @@ def _check_input(attrs: Any, limits: GraphLimits) -> None:
     if len(shape) == 3 and shape[0] > limits.max_input_channels:
         raise ShapeError(f"input channels {shape[0]} exceed the limit of "
                          f"{limits.max_input_channels}", "shape")
-    if any(s > limits.max_input_size for s in shape[-2:]):
+    spatial = shape[1:] if len(shape) == 3 else shape[:1] if len(shape) == 2 else ()
+    if any(s > limits.max_input_size for s in spatial):
         raise ShapeError(f"input size {list(shape)} exceeds the limit of "
                          f"{limits.max_input_size} per axis", "shape")
 
@@ -461,10 +478,10 @@ def _check_node_limits(attrs: Any, out: Shape, pshapes: dict[str, Shape],
     if width > limits.max_channels:
         return f"{width} channels/features exceed the limit of {limits.max_channels}"
     if math.prod(out) > limits.max_activation_elements:
-        return (f"output of {math.prod(out):,} elements per sample exceeds the limit of "
+        return (f"output of {_count(math.prod(out))} elements per sample exceeds the limit of "
                 f"{limits.max_activation_elements:,}")
     params = sum(math.prod(s) for s in pshapes.values())
     if params > limits.max_parameters_per_node:
-        return (f"{params:,} parameters in one node exceed the limit of "
+        return (f"{_count(params)} parameters in one node exceed the limit of "
                 f"{limits.max_parameters_per_node:,}")
     return None

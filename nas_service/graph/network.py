@@ -38,6 +38,14 @@ class GraphNetwork(nn.Module):
         self._plan = plan
         self._num_values = len(graph.nodes)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # Node ids live in _modules and may equal plain attribute names ("training", "_plan"):
+        # nn.Module would refuse to shadow a child module with a non-module value.
+        if isinstance(value, nn.Module | torch.Tensor):
+            super().__setattr__(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = self.graph.input_shape
         if tuple(x.shape[1:]) != expected:

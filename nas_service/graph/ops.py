@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from torch import nn
 
 from .errors import ShapeError
@@ -56,8 +56,8 @@ NonNegativePair = Annotated[
     BeforeValidator(_as_pair),
 ]
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
-Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
-Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
+Probability = Annotated[float, Field(strict=True, ge=0.0, lt=1.0)]
+Epsilon = Annotated[float, Field(strict=True, gt=0.0, le=1.0)]
 
 
 class Attrs(BaseModel):
@@ -86,37 +86,37 @@ class Conv2dAttrs(Attrs):
     padding: NonNegativePair = (0, 0)
     dilation: PositivePair = (1, 1)
     groups: PositiveInt = 1
-    bias: bool = True
+    bias: StrictBool = True
 
 
 class LinearAttrs(Attrs):
     out_features: PositiveInt
-    bias: bool = True
+    bias: StrictBool = True
 
 
 class BatchNormAttrs(Attrs):
     eps: Epsilon = 1e-5
-    momentum: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
-    affine: bool = True
+    momentum: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = 0.1
+    affine: StrictBool = True
 
 
 class LayerNormAttrs(Attrs):
     eps: Epsilon = 1e-5
-    affine: bool = True
+    affine: StrictBool = True
 
 
 class GroupNormAttrs(Attrs):
     num_groups: PositiveInt
     eps: Epsilon = 1e-5
-    affine: bool = True
+    affine: StrictBool = True
 
 
 class LeakyReluAttrs(Attrs):
-    negative_slope: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    negative_slope: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = 0.01
 
 
 class EluAttrs(Attrs):
-    alpha: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    alpha: Annotated[float, Field(strict=True, gt=0.0, le=10.0)] = 1.0
 
 
 class GeluAttrs(Attrs):
@@ -128,11 +128,11 @@ class PoolAttrs(Attrs):
     stride: PositivePair | None = None
     """Defaults to ``kernel_size``, as in PyTorch."""
     padding: NonNegativePair = (0, 0)
-    ceil_mode: bool = False
+    ceil_mode: StrictBool = False
 
 
 class AvgPoolAttrs(PoolAttrs):
-    count_include_pad: bool = True
+    count_include_pad: StrictBool = True
 
 
 class AdaptivePoolAttrs(Attrs):
@@ -140,7 +140,7 @@ class AdaptivePoolAttrs(Attrs):
 
 
 class GlobalPoolAttrs(Attrs):
-    keepdim: bool = False
+    keepdim: StrictBool = False
     """``True`` keeps ``(C, 1, 1)``, as squeeze-excitation gates need; ``False`` gives ``(C,)``."""
 
 
@@ -156,12 +156,12 @@ class DropoutAttrs(Attrs):
 class PatchEmbedAttrs(Attrs):
     embed_dim: PositiveInt
     patch_size: PositivePair
-    bias: bool = True
+    bias: StrictBool = True
 
 
 class AttentionAttrs(Attrs):
     num_heads: PositiveInt
-    bias: bool = True
+    bias: StrictBool = True
     dropout: Probability = 0.0
 
 
@@ -343,13 +343,11 @@ def _require_rank(shape: Shape, ranks: Sequence[int], what: str = "input") -> No
 def _window_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
                 ceil_mode: bool = False) -> int:
     span = size + 2 * pad - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1  # floor, like PyTorch's div_rtn
     # PyTorch: with ceil_mode the last window must start inside the input or left padding.
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 def _spatial(attrs: Any, h: int, w: int, dilation: tuple[int, int] = (1, 1),

@@ -1,0 +1,33 @@
+"""Seeded generators of architectures, and their mutations.
+
+>>> from nas_service.spaces import get_space
+>>> genome, graph = get_space("cells").sample_with_genome(42, (1, 28, 28), 10)
+>>> child_genome, child = get_space("cells").mutate(genome, seed=7)
+
+``docs/spaces.md`` describes each space, its genome and its bounds.
+"""
+
+from .base import (
+    DEFAULT_INPUT_SHAPE,
+    Genome,
+    GenomeSearchSpace,
+    SearchSpace,
+    SearchSpaceError,
+)
+from .cells import CELL_OPS, CellSpace
+from .macro import MacroSpace
+from .registry import SPACES, get_space, sample_architecture
+
+__all__ = [
+    "CELL_OPS",
+    "DEFAULT_INPUT_SHAPE",
+    "SPACES",
+    "CellSpace",
+    "Genome",
+    "GenomeSearchSpace",
+    "MacroSpace",
+    "SearchSpace",
+    "SearchSpaceError",
+    "get_space",
+    "sample_architecture",
+]
