@@ -7,6 +7,7 @@ from .errors import GraphProblem, GraphValidationError
 from .limits import DEFAULT_LIMITS, GraphLimits
 from .network import GraphNetwork, to_module
 from .ops import ACTIVATIONS, OP_NAMES, OPS, OpSpec
+from .tracing import UnsupportedModuleError, from_module, map_state_dict
 
 __all__ = [
     "ACTIVATIONS",
@@ -22,5 +23,8 @@ __all__ = [
     "GraphProblem",
     "GraphValidationError",
     "OpSpec",
+    "UnsupportedModuleError",
+    "from_module",
+    "map_state_dict",
     "to_module",
 ]

@@ -1,0 +1,344 @@
+"""The ``nas-service`` command line.
+
+Every subcommand is one ``_add_<name>(add_parser)`` function that declares its arguments and
+points ``handler`` at a ``_<name>(args) -> int`` function; :data:`COMMANDS` lists them and is the
+one place a new command is registered. Handlers import what they need inside their body, so
+``nas-service info`` never pays for the web or database stack and a command whose package is not
+installed yet fails on its own without breaking the others.
+
+Exit status: 0 success, 1 the command failed (an invalid graph, an unreadable file, a bad value),
+2 a usage error reported by argparse, 130 interrupted. A user mistake is reported as one line on
+stderr, never as a traceback: handlers raise :class:`CommandError` for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nas_service.version import __version__
+
+if TYPE_CHECKING:
+    from nas_service.graph import ArchitectureGraph
+
+PROG = "nas-service"
+STDIN = "-"
+
+AddParser = Callable[..., argparse.ArgumentParser]
+"""``add_parser`` of an argparse sub-parsers object: what each ``_add_<name>`` receives."""
+
+
+class CommandError(Exception):
+    """A user mistake (missing file, bad value): printed as ``nas-service: error: <message>``,
+    exit status 1."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared by commands
+# ------------------------------------------------------------------------------------------------
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _read_input(path: str) -> bytes:
+    """The bytes of ``path`` (``-``: standard input). Raises :class:`CommandError` if unreadable."""
+    if path == STDIN:
+        # Tests swap sys.stdin for a StringIO, which has no binary buffer.
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        data = stream.read()
+        return data.encode() if isinstance(data, str) else data
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _display_name(path: str) -> str:
+    return "<stdin>" if path == STDIN else path
+
+
+def _load_graph(path: str) -> ArchitectureGraph:
+    """Reads and validates one ``nas-graph/1`` file; problems are raised, not printed."""
+    from nas_service.graph import ArchitectureGraph
+
+    return ArchitectureGraph.from_json(_read_input(path))
+
+
+def _counts(graph: ArchitectureGraph) -> str:
+    return (f"{len(graph.nodes)} nodes, {graph.num_parameters:,} parameters, "
+            f"{graph.flops:,} MACs")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """``"1,28,28"`` -> ``(1, 28, 28)``."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated sizes such as 1,28,28, got {text!r}") from None
+    if not 1 <= len(shape) <= 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to 3 positive sizes (C,H,W / T,D / F), got {text!r}")
+    return shape
+
+
+def _device() -> str:
+    """The device the GHN runs on, by the rule of :func:`nas_service.ghn.checkpoint.resolve_device`
+    (``$NAS_DEVICE``, else ``cuda`` when available, else ``cpu``); a bad ``$NAS_DEVICE`` raises
+    :class:`CommandError`."""
+    from nas_service.ghn.checkpoint import resolve_device
+
+    try:
+        return str(resolve_device())
+    except (RuntimeError, ValueError):
+        raise CommandError(f"NAS_DEVICE={os.environ.get('NAS_DEVICE')!r} is not a torch device "
+                           "(use cpu, cuda or cuda:N)") from None
+
+
+def _example_graph() -> Path | None:
+    """``examples/graphs/small_cnn.json`` of a source checkout (or of the working directory)."""
+    relative = Path("examples", "graphs", "small_cnn.json")
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / relative).is_file():
+            return root / relative
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# info
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_info(add_parser: AddParser) -> None:
+    p = add_parser("info", help="print versions, the device and what this installation has",
+                   description="Print the version, torch and its device, the op vocabulary, "
+                               "search spaces, tasks and the bundled example graph.")
+    p.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas_service.graph import OP_NAMES
+
+    device = _device()
+    origin = "from NAS_DEVICE" if os.environ.get("NAS_DEVICE", "").strip() else (
+        "CUDA available" if device == "cuda" else "CUDA not available")
+    print(f"{PROG} {__version__}")
+    print(f"python       {platform.python_version()}")
+    print(f"torch        {torch.__version__}")
+    print(f"device       {device} ({origin})")
+    print(f"graph ops    {len(OP_NAMES)} in nas-graph/1")
+
+    try:
+        import nas_service.spaces as spaces
+    except ImportError as e:
+        spaces, why = None, str(e)
+    else:  # an empty folder imports as a namespace package: require the real entry point
+        why = "nas_service.spaces has no get_space()"
+    if spaces is None or not hasattr(spaces, "get_space"):
+        print(f"spaces       not available ({why})")
+    else:
+        names = (spaces.list_spaces() if hasattr(spaces, "list_spaces")
+                 else sorted(getattr(spaces, "SPACES", {})))
+        print(f"spaces       {', '.join(names) if names else '(none listed)'}")
+
+    try:
+        from nas_service.data import (
+            DATASETS_DIR_ENV,
+            DatasetError,
+            get_task,
+            list_tasks,
+            resolve_root,
+        )
+    except ImportError as e:
+        print(f"tasks        not available ({e})")
+    else:
+        print("tasks")
+        for name in list_tasks():
+            spec = get_task(name)
+            try:
+                folder, _ = resolve_root(spec)
+                where = f"{folder} ({'present' if folder.is_dir() else 'missing'})"
+            except DatasetError:  # no default folder for this task
+                where = f"no folder (set {DATASETS_DIR_ENV})"
+            shape = "x".join(map(str, spec.input_shape))
+            print(f"  {name:<14} {shape:<8} {spec.num_classes:>3} classes  {where}")
+
+    example = _example_graph()
+    if example is not None:
+        from nas_service.graph import GraphValidationError
+
+        try:
+            graph = _load_graph(str(example))
+        except GraphValidationError as e:
+            for problem in e.problems:
+                _err(f"{example}: {problem}")
+            return 1
+        print(f"example      {example}: valid, {_counts(graph)}")
+        print(graph.summary())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# graph validate | summary | sample
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_graph(add_parser: AddParser) -> None:
+    p = add_parser("graph", help="validate, summarise and sample nas-graph/1 documents",
+                   description="Work with nas-graph/1 architecture documents.")
+    sub = p.add_subparsers(title="graph commands", metavar="COMMAND", required=True)
+
+    v = sub.add_parser("validate", help="check graph files; exit 1 if any is invalid",
+                       description="Validate nas-graph/1 files. Each problem is printed as "
+                                   "FILE: node 'x', field 'y': message.")
+    v.add_argument("files", nargs="+", metavar="FILE", help="a JSON file, or - for stdin")
+    v.set_defaults(handler=_graph_validate)
+
+    s = sub.add_parser("summary", help="print a table of nodes, shapes, parameters and MACs")
+    s.add_argument("file", metavar="FILE", help="a JSON file, or - for stdin")
+    s.set_defaults(handler=_graph_summary)
+
+    g = sub.add_parser("sample", help="sample an architecture from a search space",
+                       description="Sample one architecture, deterministically from its seed, "
+                                   "and print it as nas-graph/1 JSON.")
+    g.add_argument("--space", required=True, metavar="{cells,macro}",
+                   help="search space name")
+    g.add_argument("--seed", required=True, type=int, help="the same seed gives the same graph")
+    g.add_argument("--input-shape", type=_shape, default=(1, 28, 28), metavar="C,H,W",
+                   help="per-sample input shape (default: 1,28,28)")
+    g.add_argument("--num-classes", type=_positive_int, default=10,
+                   help="number of classes (default: 10)")
+    g.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    g.set_defaults(handler=_graph_sample)
+
+
+def _graph_validate(args: argparse.Namespace) -> int:
+    from nas_service.graph import GraphValidationError
+
+    failed = 0
+    for path in args.files:
+        name = _display_name(path)
+        try:
+            graph = _load_graph(path)
+        except CommandError as e:
+            _err(str(e))
+            failed += 1
+            continue
+        except GraphValidationError as e:
+            for problem in e.problems:
+                print(f"{name}: {problem}")
+            failed += 1
+            continue
+        print(f"{name}: valid ({_counts(graph)})")
+    if failed and len(args.files) > 1:
+        _err(f"{failed} of {len(args.files)} files invalid")
+    return 1 if failed else 0
+
+
+def _graph_summary(args: argparse.Namespace) -> int:
+    from nas_service.graph import GraphValidationError
+
+    try:
+        graph = _load_graph(args.file)
+    except GraphValidationError as e:
+        for problem in e.problems:
+            _err(f"{_display_name(args.file)}: {problem}")
+        return 1
+    print(graph.summary())
+    return 0
+
+
+def _graph_sample(args: argparse.Namespace) -> int:
+    from nas_service.graph import GraphValidationError
+
+    try:
+        from nas_service.spaces import get_space
+    except ImportError as e:
+        raise CommandError(f"search spaces are not available here ({e})") from None
+    try:
+        space = get_space(args.space)
+    except (LookupError, ValueError) as e:
+        raise CommandError(str(e.args[0]) if e.args else f"unknown space {args.space!r}") from None
+    try:
+        graph = space.sample(args.seed, input_shape=args.input_shape,
+                             num_classes=args.num_classes)
+    except GraphValidationError as e:
+        for problem in e.problems:
+            _err(f"{args.space}/seed {args.seed}: {problem}")
+        return 1
+    except ValueError as e:  # e.g. an input shape the space cannot handle
+        raise CommandError(f"{args.space}: {e}") from None
+    text = graph.to_json(indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise CommandError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    _err(f"wrote {args.output}: {_counts(graph)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry and entry point
+# ------------------------------------------------------------------------------------------------
+
+COMMANDS: tuple[Callable[[AddParser], None], ...] = (
+    _add_info,
+    _add_graph,
+)
+"""Every subcommand, in the order ``--help`` lists them. Register a new one here."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Neural architecture search with graph hypernetworks.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub.add_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line and returns its exit status (never raises for user mistakes)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors: argparse already printed
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except CommandError as e:
+        _err(f"{PROG}: error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `nas-service graph sample ... | head`
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
