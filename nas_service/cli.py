@@ -300,12 +300,77 @@ def _graph_sample(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# train-ghn
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_train_ghn(add_parser: AddParser) -> None:
+    from dataclasses import fields
+
+    from nas_service.training.config import TrainingConfig
+
+    defaults = {f.name: f.default for f in fields(TrainingConfig) if f.name != "ghn"}
+    p = add_parser("train-ghn", help="train a graph hypernetwork (resumable)",
+                   description="Train a GHN with meta-batches of sampled architectures. Every "
+                               "random choice derives from --seed and the step, so a run "
+                               "resumed from OUT continues exactly where it stopped. OUT holds "
+                               "ghn.safetensors, optimizer.safetensors, state.json, log.jsonl.")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if present)")
+    p.add_argument("--task", default=defaults["task"], help="task name (default: %(default)s)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
+    p.add_argument("--spaces", default=",".join(defaults["spaces"]),
+                   help="comma-separated search spaces (default: %(default)s)")
+    for name in ("steps", "meta_batch", "batch_size", "warmup_steps", "max_parameters",
+                 "max_flops", "validate_every", "validation_architectures",
+                 "checkpoint_every", "log_every"):
+        p.add_argument("--" + name.replace("_", "-"), type=_positive_int, default=defaults[name],
+                       help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=defaults["seed"], help="default: %(default)s")
+    for name in ("lr", "weight_decay", "grad_clip"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name],
+                       help="default: %(default)s")
+    p.add_argument("--hidden", type=_positive_int, default=None, help="GHN width")
+    p.add_argument("--layers", type=_positive_int, default=None, help="GHN propagation rounds")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NAS_DEVICE, "
+                                                  "else cuda when available, else cpu)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing run in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train_ghn)
+
+
+def _train_ghn(args: argparse.Namespace) -> int:
+    from nas_service.data import DatasetError
+    from nas_service.spaces import SearchSpaceError
+    from nas_service.training.config import TrainingConfig
+    from nas_service.training.ghn_training import train_ghn
+
+    ghn = {k: getattr(args, k) for k in ("hidden", "layers") if getattr(args, k) is not None}
+    cfg = TrainingConfig(
+        task=args.task, data_root=args.data_root,
+        spaces=tuple(s.strip() for s in args.spaces.split(",") if s.strip()),
+        steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, max_parameters=args.max_parameters, max_flops=args.max_flops,
+        seed=args.seed, validate_every=args.validate_every,
+        validation_architectures=args.validation_architectures,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, ghn=ghn)
+    try:
+        train_ghn(cfg, args.out, device=args.device, resume=not args.restart,
+                  progress=not args.no_progress)
+    except (DatasetError, SearchSpaceError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # Registry and entry point
 # ------------------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     _add_info,
     _add_graph,
+    _add_train_ghn,
 )
 """Every subcommand, in the order ``--help`` lists them. Register a new one here."""
 

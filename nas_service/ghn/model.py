@@ -14,8 +14,9 @@ Three parts, readable top to bottom:
    ``K``); each code becomes a ``block_out x block_in`` slice; the block is sliced or tiled to
    ``(out, in)``. 1-D tensors come from a separate head. A learned embedding of the parameter's
    kind (conv, classifier, attention, bias, norm weight, ...) conditions both heads.
-   Outputs are normalised as in GHN-2: weights ``w * sqrt(gain / fan_in)`` (gain 2 before a ReLU),
-   norm weights ``2 * sigmoid``, biases ``tanh``.
+   Outputs are normalised as in GHN-2: weights ``w * sqrt(gain / fan_in)`` (gain 2 before a ReLU)
+   after RMS-normalising the raw block, times a learned per-tensor scale ``exp(s)``; norm weights
+   ``2 * sigmoid``, biases ``tanh``.
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ class GraphHyperNetwork(nn.Module):
         self.code_head = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(),
                                        nn.Linear(2 * h, c.kernel * c.kernel * c.code))
         self.block_head = nn.Linear(c.code, c.block_out * c.block_in)
+        # log of a per-tensor gain on top of the normalised scale; zero-initialised so training
+        # starts from He/LeCun scales, but the GHN can learn to shrink a classifier's logits or
+        # damp a residual branch of a network without batch norm.
+        self.scale_head = nn.Linear(h, 1)
+        nn.init.zeros_(self.scale_head.weight)
+        nn.init.zeros_(self.scale_head.bias)
         self.vector_head = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.Linear(2 * h, c.vector))
         self._op_index = {op: i for i, op in enumerate(c.ops)}
         self._features = FeatureCache(cutoff=c.virtual_cutoff)
@@ -198,8 +205,9 @@ class GraphHyperNetwork(nn.Module):
                          items: list[tuple[int, ParameterRequest]]
                          ) -> dict[tuple[int, str], torch.Tensor]:
         c = self.config
-        codes = self.code_head(self._conditioned(x, ptr, items))
-        codes = codes.view(len(items), c.code, c.kernel, c.kernel)  # (R, Dc, K, K)
+        z = self._conditioned(x, ptr, items)
+        codes = self.code_head(z).view(len(items), c.code, c.kernel, c.kernel)  # (R, Dc, K, K)
+        gains = torch.exp(self.scale_head(z).squeeze(-1).clamp(-6.0, 3.0))  # (R,)
         by_kernel: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, (_, r) in enumerate(items):
             by_kernel[_kernel_of(r)].append(i)
@@ -210,7 +218,7 @@ class GraphHyperNetwork(nn.Module):
             blocks = blocks.view(len(idx), kh, kw, c.block_out, c.block_in).permute(0, 3, 4, 1, 2)
             for j, i in enumerate(idx):
                 g, r = items[i]
-                out[(g, r.name)] = _matrix_to_parameter(blocks[j], r)
+                out[(g, r.name)] = _matrix_to_parameter(blocks[j], r) * gains[i]
         return out
 
     def _decode_vectors(self, x: torch.Tensor, ptr: list[int],

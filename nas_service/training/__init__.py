@@ -1,6 +1,5 @@
-"""GHN training, evaluation of predicted-parameter networks, ranking metrics, the surrogate."""
+"""GHN training, evaluation of predicted-parameter networks, ranking metrics, the surrogate.
 
-from .evaluation import accuracy, load_parameters, recalibrate_batch_norm
-from .ghn_training import TrainingConfig, train_ghn
-
-__all__ = ["TrainingConfig", "accuracy", "load_parameters", "recalibrate_batch_norm", "train_ghn"]
+Submodules are imported where they are used (``from nas_service.training.ghn_training import
+train_ghn``): the CLI reads :mod:`~nas_service.training.config` without loading torch-geometric.
+"""

@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,34 +35,8 @@ from nas_service.ghn.checkpoint import load_ghn, resolve_device, save_ghn
 from nas_service.graph import ArchitectureGraph, GraphNetwork, to_module
 from nas_service.spaces import get_space
 
+from .config import TRAIN_SEED_OFFSET, TrainingConfig
 from .evaluation import accuracy, load_parameters
-
-# Seeds of architectures used for training start here; held-out evaluation architectures use
-# seeds below it, so no held-out architecture is ever trained on.
-TRAIN_SEED_OFFSET = 1_000_000
-
-
-@dataclass
-class TrainingConfig:
-    task: str = "fashion-mnist"
-    data_root: str | None = None
-    spaces: tuple[str, ...] = ("cells", "macro")
-    steps: int = 2200
-    meta_batch: int = 8
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    warmup_steps: int = 100
-    grad_clip: float = 5.0
-    max_parameters: int = 1_000_000
-    max_flops: int = 20_000_000
-    seed: int = 0
-    validate_every: int = 250
-    validation_architectures: int = 16
-    checkpoint_every: int = 50
-    log_every: int = 10
-    ghn: dict = field(default_factory=dict)
-    """Overrides of :class:`GHNConfig` fields."""
 
 
 def _lr_at(step: int, cfg: TrainingConfig) -> float:
@@ -102,8 +76,42 @@ class _NetworkCache:
         if net is None:
             if len(self._nets) >= self.maxsize:
                 self._nets.pop(next(iter(self._nets)))
-            net = self._nets[key] = to_module(graph).to(self.device)
+            net = self._nets[key] = to_module(graph, initialize=False, device=self.device)
         return net
+
+
+def meta_step(ghn: GraphHyperNetwork, opt: torch.optim.Optimizer,
+              graphs: list[ArchitectureGraph], nets: list[GraphNetwork], x: torch.Tensor,
+              y: torch.Tensor, grad_clip: float) -> tuple[float, float]:
+    """One GHN-2 update: predict every graph's parameters, run all networks on the same batch,
+    back-propagate the summed cross-entropy. Returns the mean loss and accuracy per network.
+    Mixed precision (bfloat16) on CUDA; batch norm of the networks uses batch statistics."""
+    use_amp = x.device.type == "cuda"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        batch, requests = ghn.prepare(graphs)
+        params = ghn(batch, requests)
+        loss = torch.zeros((), device=x.device)
+        correct = 0.0
+        for net, p in zip(nets, params, strict=True):
+            logits = functional_call(net.train(), p, (x,))
+            loss = loss + F.cross_entropy(logits.float(), y)
+            correct += (logits.argmax(1) == y).float().mean().item()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ghn.parameters(), grad_clip)
+    opt.step()
+    return loss.item() / len(graphs), correct / len(graphs)
+
+
+def _check_same_run(saved: dict, cfg: TrainingConfig) -> None:
+    """A resumed run must keep its settings (only ``steps`` may grow): anything else would
+    silently mix two experiments in one checkpoint."""
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as saved
+    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
+               if k != "steps" and k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError("the run being resumed was started with other settings ("
+                         + "; ".join(changed) + "); use the same settings or start over")
 
 
 def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
@@ -145,6 +153,7 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
     start_step, best = 0, 0.0
     if resume and state_path.exists() and ghn_path.exists():
         state = json.loads(state_path.read_text())
+        _check_same_run(state.get("config", {}), cfg)
         ghn = load_ghn(ghn_path, dev).train()
         start_step, best = state["step"], state.get("best_val_accuracy", 0.0)
     else:
@@ -158,7 +167,6 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
     held_out = held_out_architectures(cfg, cfg.validation_architectures, spec.input_shape,
                                       spec.num_classes)
     log_file = (out / "log.jsonl").open("a")
-    use_amp = dev.type == "cuda"
 
     def log(record: dict) -> None:
         record["time"] = time.time()
@@ -209,22 +217,10 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
 
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                batch, requests = ghn.prepare(graphs)
-                params = ghn(batch, requests)
-                loss = torch.zeros((), device=dev)
-                correct = 0.0
-                for graph, p in zip(graphs, params, strict=True):
-                    logits = functional_call(nets.get(graph).train(), p, (x,))
-                    loss = loss + F.cross_entropy(logits.float(), y)
-                    correct += (logits.argmax(1) == y).float().mean().item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(ghn.parameters(), cfg.grad_clip)
-            opt.step()
-
-            running_loss += loss.item() / len(graphs)
-            running_acc += correct / len(graphs)
+            loss, acc = meta_step(ghn, opt, graphs, [nets.get(g) for g in graphs], x, y,
+                                  cfg.grad_clip)
+            running_loss += loss
+            running_acc += acc
             seen += 1
             done = step + 1
             if bar is not None:

@@ -82,7 +82,7 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
         sources = graph.parameter_sources
         load_parameters_by_name(net, {sources.get(k, k): v for k, v in params.items()})
     else:
-        net = load_parameters(to_module(graph).to(ghn.device), params)
+        net = load_parameters(to_module(graph, initialize=False, device=ghn.device), params)
     return recalibrate_batch_norm(net, _recalibration_batches(data, ghn.device))
 
 

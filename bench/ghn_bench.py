@@ -1,0 +1,120 @@
+"""GHN speed: end to end from ``nn.Module`` to predicted weights, 2 CPU threads, batch of one.
+
+Cases (each in a fresh subprocess so that its peak memory is its own):
+
+* ``resnet50`` — ResNet-50 with a CIFAR stem at 3x32x32 (GHN-2 here: 0.21 s end to end),
+* ``darts20`` — a 20-cell DARTS network, C=36, at 3x32x32 (GHN-2 here: 2.22 s),
+* ``batch32`` — 32 architectures of the ``cells`` space (1x28x28) predicted in one batch.
+
+Times are medians of 7 runs after one warm-up; the feature cache is cleared before every run so
+featurisation is counted. Writes ``bench/results/ghn_bench.json``.
+
+    python bench/ghn_bench.py
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+REPEATS = 7
+GHN2_SECONDS = {"resnet50": 0.21, "darts20": 2.22}
+
+
+def _median_time(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _load_ghn():
+    from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
+
+    path = bundled_checkpoint_path()
+    if path.is_file():
+        return load_ghn(path, "cpu"), "bundled"
+    from nas_service.ghn import GraphHyperNetwork
+
+    return GraphHyperNetwork().eval(), "untrained (no bundled checkpoint)"
+
+
+def run_case(case: str) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    from nas_service.graph import from_module
+    from nas_service.zoo import darts_like, resnet50
+
+    ghn, which = _load_ghn()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def predict(graphs):
+        ghn._features._items.clear()
+        with torch.no_grad():
+            return ghn.predict(graphs)
+
+    if case in ("resnet50", "darts20"):
+        module = resnet50(num_classes=10) if case == "resnet50" else darts_like(cells=20, C=36)
+        graph = from_module(module, (3, 32, 32))
+        result = {
+            "nodes": len(graph.nodes),
+            "parameters": graph.num_parameters,
+            "graph_build_s": _median_time(lambda: from_module(module, (3, 32, 32))),
+            "ghn_forward_s": _median_time(lambda: predict([graph])),
+            "end_to_end_s": _median_time(lambda: predict([from_module(module, (3, 32, 32))])),
+            "ghn2_end_to_end_s": GHN2_SECONDS[case],
+        }
+        result["speedup_vs_ghn2"] = round(GHN2_SECONDS[case] / result["end_to_end_s"], 2)
+    elif case == "batch32":
+        from nas_service.spaces import get_space
+
+        space = get_space("cells")
+        graphs = [space.sample(s, input_shape=(1, 28, 28), num_classes=10) for s in range(32)]
+        seconds = _median_time(lambda: predict(graphs))
+        result = {"graphs": 32, "nodes_total": sum(len(g.nodes) for g in graphs),
+                  "parameters_total": sum(g.num_parameters for g in graphs),
+                  "seconds": seconds, "graphs_per_second": 32 / seconds}
+    else:
+        raise SystemExit(f"unknown case {case!r}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result.update(ghn=which, peak_rss_mb=round(peak / 1024, 1),
+                  peak_rss_increase_mb=round((peak - base_rss) / 1024, 1))
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--case":
+        print(json.dumps(run_case(sys.argv[2])))
+        return
+    import torch
+
+    results = {}
+    for case in ("resnet50", "darts20", "batch32"):
+        out = subprocess.run([sys.executable, __file__, "--case", case], check=True,
+                             capture_output=True, text=True)
+        results[case] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(case, json.dumps(results[case]))
+    record = {"benchmark": "ghn", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "torch": torch.__version__, "python": platform.python_version(), "threads": 2,
+              "repeats": REPEATS, "statistic": "median", "cases": results}
+    out_path = ROOT / "bench" / "results" / "ghn_bench.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out_path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
