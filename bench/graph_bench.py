@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from nas_service.graph import ArchitectureGraph, to_module  # noqa: E402
 from nas_service.graph.tracing import from_module  # noqa: E402
-from tests.zoo import darts_like, resnet50  # noqa: E402
+from nas_service.zoo import darts_like, resnet50  # noqa: E402
 
 INPUT_SHAPE = (3, 32, 32)
 # GHN-2 (Knyazev et al., 2021) builds its graph from the autograd graph of a forward pass.

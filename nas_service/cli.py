@@ -364,6 +364,101 @@ def _train_ghn(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# evaluate-ghn | rank-ghn
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_ghn_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ghn", default=None, metavar="FILE",
+                   help="GHN checkpoint (default: the bundled Fashion-MNIST GHN)")
+    p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
+    p.add_argument("--held-out", type=_positive_int, default=50,
+                   help="held-out generated architectures (default: %(default)s)")
+    p.add_argument("--sgd-epochs", type=float, default=1.0,
+                   help="epochs of the SGD baseline (default: %(default)s)")
+    p.add_argument("--sgd-max-images", type=_positive_int, default=None,
+                   help="cap on training images per SGD epoch (CPU budgets)")
+    p.add_argument("--eval-images", type=_positive_int, default=None,
+                   help="cap on images each score is measured on")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="writes result.json, report.md and scatter.png here")
+
+
+def _add_evaluate_ghn(add_parser: AddParser) -> None:
+    p = add_parser("evaluate-ghn", help="accuracy of predicted parameters on held-out networks",
+                   description="Test accuracy of held-out generated architectures and of the "
+                               "reference zoo with GHN-predicted parameters (batch-statistics "
+                               "and recalibrated batch norm), random initialisation and SGD.")
+    _add_ghn_source(p)
+    p.add_argument("--no-zoo", action="store_true", help="skip the reference models")
+    p.set_defaults(handler=_evaluate_ghn)
+
+
+def _add_rank_ghn(add_parser: AddParser) -> None:
+    p = add_parser("rank-ghn", help="how well cheap scores rank architectures (Kendall tau)",
+                   description="Trains the held-out architectures with SGD (cached, resumable) "
+                               "and compares each cheap score's ranking with theirs.")
+    _add_ghn_source(p)
+    p.add_argument("--epochs", type=float, default=5.0,
+                   help="SGD epochs of the ground truth (default: %(default)s)")
+    p.add_argument("--max-images", type=_positive_int, default=None,
+                   help="cap on training images per ground-truth epoch")
+    p.add_argument("--truth-eval-images", type=_positive_int, default=None,
+                   help="cap on test images that score the ground truth")
+    p.add_argument("--cache", default=None, metavar="FILE",
+                   help="ground-truth cache (default: OUT/ground-truth.json)")
+    p.set_defaults(handler=_rank_ghn)
+
+
+def _ghn_for(args: argparse.Namespace):
+    from nas_service.ghn.checkpoint import CheckpointError, load_ghn
+
+    try:
+        return load_ghn(args.ghn)
+    except CheckpointError as e:
+        raise CommandError(str(e)) from None
+
+
+def _evaluate_ghn(args: argparse.Namespace) -> int:
+    from nas_service.data import DatasetError
+    from nas_service.training.evaluate import evaluate_ghn
+    from nas_service.training.report import write_report
+
+    ghn = _ghn_for(args)
+    try:
+        result = evaluate_ghn(ghn, args.task, held_out=args.held_out, zoo=not args.no_zoo,
+                              sgd_epochs=args.sgd_epochs, sgd_max_images=args.sgd_max_images,
+                              eval_images=args.eval_images, data_root=args.data_root,
+                              progress=True)
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    paths = write_report(result, args.out)
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+def _rank_ghn(args: argparse.Namespace) -> int:
+    from nas_service.data import DatasetError
+    from nas_service.training.ranking import rank_surrogates
+    from nas_service.training.report import write_report
+
+    ghn = _ghn_for(args)
+    try:
+        result = rank_surrogates(
+            ghn, args.task, held_out=args.held_out, epochs=args.epochs,
+            max_images=args.max_images, cache_path=args.cache or Path(args.out) / "ground-truth.json",
+            sgd_epochs_baseline=args.sgd_epochs, sgd_max_images=args.sgd_max_images,
+            eval_images=args.eval_images, truth_eval_images=args.truth_eval_images,
+            data_root=args.data_root, progress=True)
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    paths = write_report(result, args.out)
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # Registry and entry point
 # ------------------------------------------------------------------------------------------------
 
@@ -371,6 +466,8 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     _add_info,
     _add_graph,
     _add_train_ghn,
+    _add_evaluate_ghn,
+    _add_rank_ghn,
 )
 """Every subcommand, in the order ``--help`` lists them. Register a new one here."""
 

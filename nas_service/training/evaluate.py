@@ -42,8 +42,9 @@ from nas_service.graph import (
     to_module,
 )
 
+from .config import TrainingConfig
 from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate_batch_norm
-from .ghn_training import TrainingConfig, held_out_architectures
+from .ghn_training import held_out_architectures
 from .surrogate import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES
 
 SCORES = ("predicted_batch", "predicted_recalibrated", "random_init", "sgd_1_epoch")
@@ -52,6 +53,8 @@ SCORES = ("predicted_batch", "predicted_recalibrated", "random_init", "sgd_1_epo
 EVAL_BATCH_SIZE = 250
 """Images per forward pass when scoring: small enough for ResNet-50 at 32x32 on a CPU."""
 
+SGD_BATCH_SIZE = 128
+SGD_LR = 0.05
 SGD_GRAD_CLIP = 5.0
 """Gradient-norm clip of :func:`sgd_train`: some sampled architectures (no batch norm, deep
 residual sums) diverge at lr 0.05 without it, and a NaN score says nothing about the GHN."""
@@ -88,10 +91,10 @@ def _as_graph(graph_or_module: ArchitectureGraph | nn.Module, input_shape: Seque
 
 
 def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskData, *,
-              epochs: float, batch_size: int = 128, lr: float = 0.05, momentum: float = 0.9,
-              weight_decay: float = 5e-4, seed: int = 0, max_images: int | None = None,
-              augment: bool = False, device: str | torch.device | None = None,
-              progress: bool = False) -> nn.Module:
+              epochs: float, batch_size: int = SGD_BATCH_SIZE, lr: float = SGD_LR,
+              momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+              max_images: int | None = None, augment: bool = False,
+              device: str | torch.device | None = None, progress: bool = False) -> nn.Module:
     """Trains a network with plain SGD on the task's training split; returns it in eval mode.
 
     A graph is built with ``to_module`` under ``torch.manual_seed(seed)`` (PyTorch's default

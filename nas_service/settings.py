@@ -1,0 +1,130 @@
+"""The service's settings: one pydantic-settings class, read from ``NAS_*`` environment variables.
+
+The library (graph, spaces, data, ghn, training) never reads this module; the API, the workers and
+the command line do, through :func:`get_settings`. Every field can be set by an environment
+variable named ``NAS_<FIELD>`` (``NAS_DATABASE_URL``, ``NAS_API_KEYS``, ...), or by keyword in
+tests (``Settings(data_dir=tmp_path)``).
+
+Defaults are for one person on one machine (``make run``): a SQLite file and checkpoints under
+``./data`` (relative to the working directory when the settings are read, then made absolute), no
+API keys. ``NAS_ENVIRONMENT=production`` turns the unsafe defaults into start-up errors: see
+:meth:`Settings._refuse_unsafe_production_defaults`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SQLITE_FILE_NAME = "nas.db"
+CHECKPOINTS_DIR_NAME = "checkpoints"
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told at start-up.
+
+    Derived defaults: ``database_url`` defaults to ``sqlite:///<data_dir>/nas.db`` and
+    ``checkpoint_dir`` to ``<data_dir>/checkpoints``, so setting ``NAS_DATA_DIR`` alone moves all
+    state. Paths are made absolute when the settings are built, so a later ``chdir`` does not move
+    the database.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="NAS_",
+        # Other NAS_* variables belong to the library (NAS_DATASETS_DIR) or to the container's
+        # entry point (NAS_MIGRATE, NAS_DB_WAIT_SECONDS): not ours to reject.
+        extra="ignore",
+        validate_default=True,
+    )
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty: <data_dir>/nas.db")
+    checkpoint_dir: Path | None = None
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:N; None: automatic")
+
+    # Secrets stay out of repr() and so out of logs and tracebacks.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    allow_anonymous: bool = False
+
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: object) -> object:
+        # NAS_API_KEYS="key1,key2": a comma-separated list, blanks and surrounding spaces dropped.
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _blank_device_is_automatic(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = self.data_dir / CHECKPOINTS_DIR_NAME
+        else:
+            self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
+        if not self.database_url.strip():
+            self.database_url = f"sqlite:///{self.data_dir / SQLITE_FILE_NAME}"
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be shorter than "
+                             f"lease_seconds ({self.lease_seconds:g}), or every lease expires "
+                             "between two heartbeats")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_defaults(self) -> Settings:
+        """In production, an open API and an in-memory database are mistakes, not choices.
+
+        SQLite itself is allowed (one machine, a few workers: WAL and ``BEGIN IMMEDIATE`` make
+        that safe); an anonymous API must be asked for with ``NAS_ALLOW_ANONYMOUS=true``.
+        """
+        if self.environment != "production":
+            return self
+        problems = []
+        if not self.api_keys and not self.allow_anonymous:
+            problems.append("NAS_API_KEYS is empty: set API keys, or NAS_ALLOW_ANONYMOUS=true to "
+                            "serve without authentication")
+        if _is_in_memory_sqlite(self.database_url):
+            problems.append("NAS_DATABASE_URL is an in-memory SQLite database: every connection "
+                            "would see a different, empty database")
+        if problems:
+            raise ValueError("unsafe settings for NAS_ENVIRONMENT=production: "
+                             + "; ".join(problems))
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _is_in_memory_sqlite(url: str) -> bool:
+    if not url.startswith("sqlite"):
+        return False
+    path = url.split("://", 1)[-1].lstrip("/")
+    return path in ("", ":memory:") or "mode=memory" in url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once. Tests that change the environment
+    call ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,396 @@
+"""Does a cheap score rank architectures as training would? The logic of ``nas-service rank-ghn``.
+
+Protocol (``docs/evaluation.md``): the GHN's held-out architectures are trained from scratch with
+plain SGD (:func:`~nas_service.training.evaluate.sgd_train`) and scored on the **test** split:
+that is the ground truth. Every cheap score is computed on the **validation** split (the one the
+service ranks candidates on): predicted accuracy in both batch-norm modes, parameter count,
+FLOPs, accuracy after one epoch of SGD, accuracy at random initialisation. Agreement with the
+ground truth is reported as Kendall's tau-b and Spearman's rho, plus where the score's favourite
+lands in the true ranking, and what the score costs per architecture.
+
+Training is the slow part, so its results go to a :class:`GroundTruthCache`, written after each
+architecture: an interrupted run resumes where it stopped, and a rerun with a new GHN trains
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas_service.data import TaskData, load_task
+from nas_service.ghn import GraphHyperNetwork, UnsupportedArchitectureError
+from nas_service.ghn.checkpoint import resolve_device
+from nas_service.graph import ArchitectureGraph
+
+from .evaluate import (
+    EVAL_BATCH_SIZE,
+    SGD_BATCH_SIZE,
+    SGD_LR,
+    describe_ghn,
+    evaluate_architecture,
+    evaluation_tensors,
+    sgd_train,
+    training_config_of,
+)
+from .evaluation import accuracy
+from .ghn_training import held_out_architectures
+
+RANKED_SCORES = ("predicted_batch", "predicted_recalibrated", "parameters", "flops",
+                 "sgd_1_epoch", "random_init")
+"""The cheap scores :func:`rank_surrogates` compares with the ground truth; higher is taken to
+mean better for every one of them (more parameters, more FLOPs, higher accuracy)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Rank correlations (no scipy)
+# ------------------------------------------------------------------------------------------------
+
+
+def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two 1-D sequences of one length, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("rank correlations need finite values")
+    return a, b
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    r"""Kendall's tau-b (Kendall, 1945), which accounts for ties in either sequence.
+
+    .. math::
+        \tau_b = \frac{n_c - n_d}{\sqrt{(n_0 - n_1)(n_0 - n_2)}}
+
+    over the :math:`n_0 = n(n-1)/2` pairs: :math:`n_c` concordant, :math:`n_d` discordant,
+    :math:`n_1` (:math:`n_2`) tied in ``x`` (``y``). In ``[-1, 1]``; ``nan`` when either
+    sequence is constant or shorter than 2. O(n^2) time, O(n * 512) memory.
+    """
+    a, b = _pair(x, y)
+    n = len(a)
+    if n < 2:
+        return math.nan
+    s = ties_x = ties_y = 0
+    for start in range(0, n, 512):  # rows in blocks bound the memory of the sign matrices
+        rows = slice(start, min(start + 512, n))
+        dx = np.sign(a[rows, None] - a[None, :])  # (rows, n)
+        dy = np.sign(b[rows, None] - b[None, :])
+        s += int((dx * dy).sum())
+        ties_x += int((dx == 0).sum())
+        ties_y += int((dy == 0).sum())
+    # Every unordered pair was counted twice, and the diagonal (n self-pairs) counts as ties.
+    n0 = n * (n - 1) // 2
+    n1, n2 = (ties_x - n) // 2, (ties_y - n) // 2
+    denom = math.sqrt((n0 - n1) * (n0 - n2))
+    return math.nan if denom == 0 else (s / 2) / denom
+
+
+def average_ranks(x: Sequence[float]) -> np.ndarray:
+    """1-based ranks; tied values share the mean of the ranks they span (``[1, 2.5, 2.5, 4]``)."""
+    a = np.asarray(x, dtype=np.float64)
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct value's first copy
+    return (first + (counts + 1) / 2)[inverse.reshape(-1)]
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the average ranks (ties handled).
+
+    In ``[-1, 1]``; ``nan`` when either sequence is constant or shorter than 2.
+    """
+    a, b = _pair(x, y)
+    if len(a) < 2:
+        return math.nan
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
+    return math.nan if denom == 0 else float((ra * rb).sum()) / denom
+
+
+# ------------------------------------------------------------------------------------------------
+# Ground truth, cached
+# ------------------------------------------------------------------------------------------------
+
+
+class GroundTruthCache:
+    """Trained accuracies by architecture and protocol, in one JSON file.
+
+    The file maps :meth:`key` strings to ``{"accuracy", "seconds", "name"}``. Guarantees:
+
+    * every :meth:`put` rewrites the file atomically (temporary file, ``fsync``, rename), so a
+      crash leaves the previous or the new version, never half a file;
+    * :meth:`put` first merges what is on disk, so two runs sharing a file (say, two workers on
+      different architectures) keep each other's results, except for two writes that race
+      within the same instant (there is no lock).
+
+    A file that is not a JSON object raises ``ValueError`` rather than being overwritten.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._entries = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"ground-truth cache {self.path} is unreadable: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"ground-truth cache {self.path} is not a JSON object")
+        return data
+
+    @staticmethod
+    def key(graph: ArchitectureGraph, task_data: TaskData, epochs: float,
+            max_images: int | None, seed: int, *, split: str = "test",
+            eval_images: int | None = None) -> str:
+        """``"<graph content hash>|<task>|<epochs>|<max_images>|<seed>"`` with ``<task>`` the
+        task's name and training-split size (``fashion-mnist/55000``: a run on a subset of the
+        training images is another experiment) and ``<max_images>`` ``all`` for ``None``;
+        ``|<split>`` and ``|eval=<n>`` are appended when the accuracy is not on the full test
+        split. Everything else of the protocol (batch 128, lr 0.05, ...) is fixed."""
+        parts = [graph.content_hash(), f"{task_data.spec.name}/{len(task_data.train)}",
+                 f"{float(epochs):g}", "all" if max_images is None else str(max_images),
+                 str(seed)]
+        if split != "test":
+            parts.append(split)
+        if eval_images is not None:
+            parts.append(f"eval={eval_images}")
+        return "|".join(parts)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        merged = self._read()
+        merged.update(self._entries)
+        merged[key] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(merged, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._entries = merged
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def ground_truth(graphs: Sequence[ArchitectureGraph], task_data: TaskData, epochs: float, *,
+                 max_images: int | None = None, seed: int = 0,
+                 cache: GroundTruthCache | None = None, split: str = "test",
+                 eval_images: int | None = None, device: str | torch.device | None = None,
+                 progress: bool = False,
+                 on_trained: Callable[[int, dict[str, Any]], None] | None = None) -> list[float]:
+    """Accuracy on ``split`` (its first ``eval_images`` images; all when ``None``) of each graph
+    after :func:`sgd_train` (``epochs``, ``max_images``, ``seed``), in the order of ``graphs``.
+
+    Only architectures missing from ``cache`` are trained; each result is written to the cache
+    before the next one starts, then ``on_trained(index, record)`` is called (an exception from
+    it stops the run with everything so far saved).
+    """
+    records = ground_truth_records(graphs, task_data, epochs, max_images=max_images, seed=seed,
+                                   cache=cache, split=split, eval_images=eval_images,
+                                   device=device, progress=progress, on_trained=on_trained)
+    return [r["accuracy"] for r in records]
+
+
+def ground_truth_records(graphs: Sequence[ArchitectureGraph], task_data: TaskData,
+                         epochs: float, *, max_images: int | None = None, seed: int = 0,
+                         cache: GroundTruthCache | None = None, split: str = "test",
+                         eval_images: int | None = None,
+                         device: str | torch.device | None = None, progress: bool = False,
+                         on_trained: Callable[[int, dict[str, Any]], None] | None = None
+                         ) -> list[dict[str, Any]]:
+    """:func:`ground_truth` with whole records: ``{"accuracy", "seconds" (training and scoring),
+    "name", "cached"}``."""
+    dev = resolve_device(device)
+    x = y = None
+    out: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(graphs), desc=f"train {float(epochs):g} epochs ({split})",
+                   unit="arch", dynamic_ncols=True)
+    try:
+        for i, graph in enumerate(graphs):
+            key = GroundTruthCache.key(graph, task_data, epochs, max_images, seed, split=split,
+                                       eval_images=eval_images)
+            record = cache.get(key) if cache is not None else None
+            if record is not None:
+                record = {**record, "cached": True}
+            else:
+                if x is None:
+                    x, y = evaluation_tensors(task_data, split, eval_images, dev)
+                t0 = time.perf_counter()
+                net = sgd_train(graph, task_data, epochs=epochs, max_images=max_images,
+                                seed=seed, device=dev)
+                acc = accuracy(net, x, y, "recalibrated", EVAL_BATCH_SIZE)
+                record = {"accuracy": acc, "seconds": time.perf_counter() - t0,
+                          "name": graph.name}
+                if cache is not None:
+                    cache.put(key, record)
+                record = {**record, "cached": False}
+                if on_trained is not None:
+                    on_trained(i, record)
+            out.append(record)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The comparison
+# ------------------------------------------------------------------------------------------------
+
+
+def _finite_or_none(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def compare_scores(truth: Sequence[float], score: Sequence[float]) -> dict[str, Any]:
+    """Agreement of one score with the ground truth: ``kendall_tau``, ``spearman_rho`` (``None``
+    when undefined, e.g. a constant score), and ``top1_rank``: the 1-based rank by ground truth
+    (1 = best trained; tied accuracies share the better rank) of the architecture the score
+    puts first (the first in order among ``top1_ties`` architectures sharing the best score),
+    its ``top1_trained_accuracy``, and ``top1_regret`` (best trained accuracy minus it)."""
+    t = np.asarray(truth, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    top = int(np.argmax(s))
+    return {"kendall_tau": _finite_or_none(kendall_tau(s, t)),
+            "spearman_rho": _finite_or_none(spearman_rho(s, t)),
+            "top1_rank": 1 + int((t > t[top]).sum()),
+            "top1_ties": int((s == s[top]).sum()),
+            "top1_trained_accuracy": float(t[top]),
+            "top1_regret": float(t.max() - t[top])}
+
+
+def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist", *,
+                    held_out: int = 50, epochs: float = 5.0, max_images: int | None = None,
+                    cache_path: str | os.PathLike | None = None,
+                    sgd_epochs_baseline: float | None = 1.0,
+                    sgd_max_images: int | None = None, eval_images: int | None = None,
+                    truth_eval_images: int | None = None, seed: int = 0,
+                    data_root: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Ranks the GHN's held-out architectures by each cheap score and by training; compares.
+
+    Ground truth: accuracy on the test split (its first ``truth_eval_images`` images; all when
+    ``None``) after ``epochs`` of SGD on at most ``max_images`` training images per epoch
+    (cached in ``cache_path`` when given). Cheap scores, on the first
+    ``eval_images`` validation images: see :data:`RANKED_SCORES`; the SGD baseline runs
+    ``sgd_epochs_baseline`` epochs on at most ``sgd_max_images`` images per epoch (cached too;
+    ``None`` leaves it out). Architectures the GHN cannot predict are left out of the comparison
+    (listed in ``excluded``).
+
+    Returns ``{"kind": "ranking", "task", "ghn": describe_ghn(ghn), "protocol", "architectures":
+    [{"name", "seed", "hash", "trained_accuracy", "trained_seconds", <score>: value, ...}],
+    "excluded": [{"name", "error"}], "scores": {<score>: compare_scores(...) +
+    {"seconds_per_architecture"}}, "ground_truth": {"best", "mean", "seconds_per_architecture"}}``.
+    Parameter and FLOP counts cost what validating the graph document costs.
+    """
+    data = task if isinstance(task, TaskData) else load_task(task, data_root)
+    spec = data.spec
+    dev = ghn.device
+    cfg = training_config_of(ghn)
+    graphs = held_out_architectures(cfg, held_out, spec.input_shape, spec.num_classes)
+    cache = GroundTruthCache(cache_path) if cache_path is not None else None
+
+    rows: list[dict[str, Any]] = []
+    kept: list[ArchitectureGraph] = []
+    excluded: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(graphs), desc="cheap scores", unit="arch", dynamic_ncols=True)
+    try:
+        for i, graph in enumerate(graphs):
+            name = graph.name or f"held-out-{i}"
+            try:
+                r = evaluate_architecture(ghn, graph, data, split="val", eval_images=eval_images,
+                                          sgd_epochs=None, seed=seed)
+            except UnsupportedArchitectureError as e:
+                excluded.append({"name": name, "seed": i, "error": str(e)})
+                continue
+            finally:
+                if bar is not None:
+                    bar.update(1)
+            t0 = time.perf_counter()
+            ArchitectureGraph.from_dict(graph.to_dict())
+            counting = time.perf_counter() - t0
+            r["seconds"].update(parameters=counting, flops=counting)
+            r.update(name=name, seed=i)
+            rows.append(r)
+            kept.append(graph)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if sgd_epochs_baseline is not None:
+        baseline = ground_truth_records(
+            kept, data, sgd_epochs_baseline, max_images=sgd_max_images, seed=seed, cache=cache,
+            split="val", eval_images=eval_images, device=dev, progress=progress)
+        for row, rec in zip(rows, baseline, strict=True):
+            row["sgd_1_epoch"] = rec["accuracy"]
+            row["seconds"]["sgd_1_epoch"] = rec["seconds"]
+
+    truth_records = ground_truth_records(
+        kept, data, epochs, max_images=max_images, seed=seed, cache=cache,
+        eval_images=truth_eval_images, device=dev, progress=progress)
+    truth = [rec["accuracy"] for rec in truth_records]
+    for row, rec in zip(rows, truth_records, strict=True):
+        row["trained_accuracy"], row["trained_seconds"] = rec["accuracy"], rec["seconds"]
+    trained_seconds = [rec["seconds"] for rec in truth_records]
+
+    scores: dict[str, Any] = {}
+    for name in RANKED_SCORES:
+        if not rows or rows[0].get(name) is None:
+            continue
+        values = [float(r[name]) for r in rows]
+        scores[name] = compare_scores(truth, values)
+        scores[name]["seconds_per_architecture"] = statistics.fmean(
+            r["seconds"][name] for r in rows)
+
+    architectures = [
+        {k: r.get(k) for k in ("name", "seed", "hash", "parameters", "flops", "nodes",
+                               "trained_accuracy", "trained_seconds", "predicted_batch",
+                               "predicted_recalibrated", "sgd_1_epoch", "random_init")}
+        for r in rows]
+    return {
+        "kind": "ranking", "task": spec.name, "ghn": describe_ghn(ghn),
+        "protocol": {"held_out": held_out, "epochs": epochs, "max_images": max_images,
+                     "truth_split": "test", "truth_eval_images": truth_eval_images,
+                     "score_split": "val", "eval_images": eval_images,
+                     "sgd_epochs_baseline": sgd_epochs_baseline,
+                     "sgd_max_images": sgd_max_images, "seed": seed,
+                     "batch_size": SGD_BATCH_SIZE, "lr": SGD_LR, "spaces": list(cfg.spaces),
+                     "device": str(dev)},
+        "architectures": architectures, "excluded": excluded, "scores": scores,
+        "ground_truth": {
+            "best": max(truth) if truth else None,
+            "mean": statistics.fmean(truth) if truth else None,
+            "seconds_per_architecture": statistics.fmean(trained_seconds)
+            if trained_seconds else None},
+    }

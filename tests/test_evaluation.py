@@ -1,0 +1,413 @@
+"""GHN evaluation and surrogate ranking: rank correlations, the resumable ground-truth cache, the
+per-architecture scores, the reference-model set, and the report with its hand-made PNG."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas_service.data import DatasetError, load_task
+from nas_service.ghn import GHNConfig, GraphHyperNetwork
+from nas_service.graph import ArchitectureGraph, GraphBuilder, from_module, to_module
+from nas_service.training.evaluate import (
+    SCORES,
+    evaluate_architecture,
+    evaluate_ghn,
+    sgd_train,
+    training_config_of,
+)
+from nas_service.training.ranking import (
+    GroundTruthCache,
+    average_ranks,
+    compare_scores,
+    ground_truth,
+    kendall_tau,
+    rank_surrogates,
+    spearman_rho,
+)
+from nas_service.training.report import encode_png, text_mask, write_report
+from nas_service.zoo import evaluation_models
+
+TINY = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
+# Small held-out architectures, so that the end-to-end tests stay fast on a CPU.
+SMALL_TRAINING_RECORD = {"step": 7, "best_val_accuracy": 0.5,
+                         "config": {"spaces": ["macro", "cells"], "max_parameters": 50_000,
+                                    "max_flops": 2_000_000, "not_a_field": 1}}
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        return load_task("fashion-mnist", limit_train=1024)
+    except DatasetError as e:
+        pytest.skip(f"Fashion-MNIST is not installed: {e}")
+
+
+@pytest.fixture
+def tiny_ghn() -> GraphHyperNetwork:
+    torch.manual_seed(0)
+    ghn = GraphHyperNetwork(TINY).eval()
+    ghn.task = "fashion-mnist"
+    ghn.training_record = SMALL_TRAINING_RECORD
+    return ghn
+
+
+def tiny_graph(width: int = 4, name: str = "tiny") -> ArchitectureGraph:
+    b = GraphBuilder((1, 28, 28), name=name)
+    x = b.add("conv2d", b.input, out_channels=width, kernel_size=3, stride=2, padding=1)
+    x = b.add("batch_norm", x)
+    x = b.add("relu", x)
+    x = b.add("global_avg_pool", x)
+    return b.build(b.add("linear", x, out_features=10), num_classes=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rank correlations
+# ------------------------------------------------------------------------------------------------
+
+
+def _brute_kendall_tau_b(x, y) -> float:
+    concordant = discordant = ties_x = ties_y = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        ties_x += dx == 0
+        ties_y += dy == 0
+        concordant += dx * dy > 0
+        discordant += dx * dy < 0
+    n0 = len(x) * (len(x) - 1) / 2
+    return (concordant - discordant) / math.sqrt((n0 - ties_x) * (n0 - ties_y))
+
+
+def test_rank_correlations_are_one_for_agreement_and_minus_one_for_reversal():
+    x = [0.1, 0.5, 0.3, 0.9, 0.7]
+    assert kendall_tau(x, x) == pytest.approx(1.0)
+    assert spearman_rho(x, x) == pytest.approx(1.0)
+    assert kendall_tau(x, [-v for v in x]) == pytest.approx(-1.0)
+    assert spearman_rho(x, [-v for v in x]) == pytest.approx(-1.0)
+    # Monotone transforms change nothing: only ranks matter.
+    assert kendall_tau(x, [math.exp(10 * v) for v in x]) == pytest.approx(1.0)
+
+
+def test_kendall_tau_matches_hand_counted_pairs():
+    # Pairs of (1,2,3) vs (1,3,2): (0,1) and (0,2) concordant, (1,2) discordant -> 1/3.
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    # Textbook tau-b with ties in both (scipy's kendalltau example): 2 concordant, 6 discordant,
+    # 2 pairs tied in x and 1 in y, out of 10 -> (2 - 6) / sqrt(8 * 9).
+    tau = kendall_tau([12, 2, 1, 12, 2], [1, 4, 7, 1, 0])
+    assert tau == pytest.approx(-4 / math.sqrt(72))
+    assert tau == pytest.approx(-0.47140452079103173)
+
+
+@pytest.mark.parametrize("n", [2, 9, 600])  # 600 crosses the 512-row blocks
+def test_kendall_tau_b_equals_brute_force_counting_with_many_ties(n: int):
+    rng = np.random.default_rng(n)
+    x, y = rng.integers(0, 6, n).astype(float), rng.integers(0, 4, n).astype(float)
+    if len(set(x)) == 1 or len(set(y)) == 1:
+        x[0], y[0] = 10.0, 10.0
+    assert kendall_tau(x, y) == pytest.approx(_brute_kendall_tau_b(x, y), abs=1e-12)
+
+
+def test_average_ranks_share_the_mean_rank_of_ties():
+    assert average_ranks([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]
+    assert average_ranks([3, 1, 3, 3]).tolist() == [3, 1, 3, 3]
+
+
+def test_spearman_rho_with_ties_matches_the_textbook_value():
+    # Ranks (1..5) vs (1, 2, 3.5, 5, 3.5): covariance 8, variances 10 and 9.5.
+    rho = spearman_rho([1, 2, 3, 4, 5], [5, 6, 7, 8, 7])
+    assert rho == pytest.approx(8 / math.sqrt(95))
+    assert rho == pytest.approx(0.8207826816681233)
+
+
+def test_spearman_rho_without_ties_is_the_classic_formula():
+    rng = np.random.default_rng(1)
+    x, y = rng.permutation(20), rng.permutation(20)
+    d = x - y
+    assert spearman_rho(x, y) == pytest.approx(1 - 6 * (d ** 2).sum() / (20 * (20 ** 2 - 1)))
+
+
+def test_rank_correlations_are_nan_when_undefined_and_refuse_bad_input():
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(spearman_rho([1, 2, 3], [4, 4, 4]))
+    assert math.isnan(kendall_tau([1], [2]))
+    with pytest.raises(ValueError):
+        kendall_tau([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError):
+        spearman_rho([1, float("nan")], [1, 2])
+
+
+def test_compare_scores_locates_the_favourite_of_a_score_in_the_true_ranking():
+    truth = [0.9, 0.5, 0.7, 0.7]
+    r = compare_scores(truth, [1, 4, 3, 2])  # favours index 1, the worst trained
+    assert r["top1_rank"] == 4 and r["top1_regret"] == pytest.approx(0.4)
+    r = compare_scores(truth, [0, 0, 5, 1])  # index 2 ties with index 3 for second place
+    assert r["top1_rank"] == 2 and r["top1_ties"] == 1
+    assert compare_scores(truth, [1, 1, 1, 1])["kendall_tau"] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Training and the ground-truth cache
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sgd_train_is_reproducible_and_zero_epochs_is_the_seeded_initialisation(fashion):
+    graph = tiny_graph()
+    a = sgd_train(graph, fashion, epochs=0.5, max_images=64, batch_size=16, seed=3)
+    b = sgd_train(graph, fashion, epochs=0.5, max_images=64, batch_size=16, seed=3)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    torch.manual_seed(3)
+    init = to_module(graph)
+    untrained = sgd_train(graph, fashion, epochs=0, seed=3)
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in untrained.state_dict().items())
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), init.parameters(),
+                                                      strict=True))
+    assert not a.training
+
+
+def test_sgd_train_leaves_the_callers_random_state_alone(fashion):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    sgd_train(tiny_graph(), fashion, epochs=0.1, max_images=32, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_ground_truth_cache_resumes_an_interrupted_run(fashion, tmp_path: Path):
+    graphs = [tiny_graph(4, "a"), tiny_graph(6, "b")]
+    path = tmp_path / "cache" / "truth.json"
+
+    def stop(i: int, record: dict) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        ground_truth(graphs, fashion, 1, max_images=64, cache=GroundTruthCache(path),
+                     eval_images=128, on_trained=stop)
+    saved = json.loads(path.read_text())
+    assert len(saved) == 1
+    (key, first), = saved.items()
+    assert key == GroundTruthCache.key(graphs[0], fashion, 1, 64, 0, eval_images=128)
+    assert key.startswith(graphs[0].content_hash() + "|fashion-mnist/1024|1|64|0")
+    assert 0 <= first["accuracy"] <= 1 and first["seconds"] >= 0
+
+    trained: list[int] = []
+    accs = ground_truth(graphs, fashion, 1.0, max_images=64, cache=GroundTruthCache(path),
+                        eval_images=128, on_trained=lambda i, r: trained.append(i))
+    assert trained == [1]  # only the second architecture is trained
+    assert accs[0] == first["accuracy"] and 0 <= accs[1] <= 1
+    assert len(json.loads(path.read_text())) == 2
+    assert list(path.parent.iterdir()) == [path]  # no temporary files left behind
+
+    again: list[int] = []
+    assert ground_truth(graphs, fashion, 1, max_images=64, cache=GroundTruthCache(path),
+                        eval_images=128, on_trained=lambda i, r: again.append(i)) == accs
+    assert again == []
+
+
+def test_ground_truth_cache_refuses_a_file_that_is_not_a_json_object(tmp_path: Path):
+    path = tmp_path / "truth.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        GroundTruthCache(path)
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="unreadable"):
+        GroundTruthCache(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring architectures and whole GHNs
+# ------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_architecture_returns_every_score_as_an_accuracy(tiny_ghn, fashion):
+    r = evaluate_architecture(tiny_ghn, tiny_graph(), fashion, eval_images=64,
+                              sgd_epochs=0.5, sgd_max_images=64)
+    for key in SCORES:
+        assert 0 <= r[key] <= 1, key
+    assert r["name"] == "tiny" and r["eval_images"] == 64 and r["split"] == "test"
+    assert r["parameters"] == tiny_graph().num_parameters and r["flops"] == tiny_graph().flops
+    assert r["predict_seconds"] >= 0 and r["sgd_seconds"] >= 0
+    assert set(r["seconds"]) == set(SCORES)
+    json.dumps(r)  # JSON-ready
+
+
+def test_evaluate_architecture_leaves_out_what_is_not_asked_and_takes_modules(tiny_ghn, fashion):
+    module = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    r = evaluate_architecture(tiny_ghn, module, fashion, modes=("recalibrated",),
+                              random_init=False, sgd_epochs=None, split="val", eval_images=32)
+    assert r["predicted_batch"] is None and r["random_init"] is None
+    assert r["sgd_1_epoch"] is None and r["sgd_seconds"] is None
+    assert 0 <= r["predicted_recalibrated"] <= 1 and r["split"] == "val"
+    assert r["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
+
+
+def test_held_out_set_follows_the_ghns_recorded_training_config(tiny_ghn):
+    cfg = training_config_of(tiny_ghn)
+    assert cfg.spaces == ("macro", "cells") and cfg.max_parameters == 50_000
+    tiny_ghn.training_record = {}
+    assert training_config_of(tiny_ghn).max_parameters == 1_000_000  # TrainingConfig default
+
+
+def test_evaluate_ghn_scores_held_out_architectures_and_reports_a_summary(tiny_ghn, fashion):
+    seen: list[tuple[str, str]] = []
+    result = evaluate_ghn(tiny_ghn, fashion, held_out=2, zoo=False, sgd_epochs=0.25,
+                          sgd_max_images=64, eval_images=64, progress=False,
+                          on_result=lambda section, r: seen.append((section, r["name"])))
+    assert [r["name"] for r in result["held_out"]] == ["macro/seed=0", "cells/seed=1"]
+    assert seen == [("held_out", "macro/seed=0"), ("held_out", "cells/seed=1")]
+    assert all(r["parameters"] <= 50_000 for r in result["held_out"])
+    assert result["zoo"] == [] and result["ghn"]["step"] == 7
+    summary = result["summary"]["held_out"]
+    for key in SCORES:
+        assert summary[key]["count"] == 2
+        assert 0 <= summary[key]["min"] <= summary[key]["median"] <= summary[key]["max"] <= 1
+    json.dumps(result)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference models
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "classes"), [((1, 28, 28), 7), ((3, 32, 32), 10)])
+def test_reference_models_build_and_convert_at_the_tasks_shape(shape, classes):
+    factories, skipped = evaluation_models(shape, classes)
+    expected = ["ResNet-18", "ResNet-50", "MobileNetV2", "VGG-11-BN", "DenseNet-BC",
+                "ViT (small)", "MLP"]
+    if shape[1] == 28:
+        assert "VGG-11-BN" in skipped and "32x32" in skipped["VGG-11-BN"]
+        expected.remove("VGG-11-BN")
+    else:
+        assert skipped == {}
+    assert list(factories) == expected
+    for name, make in factories.items():
+        graph = from_module(make().eval(), shape, name=name, num_classes=classes)
+        assert graph.input_shape == shape and graph.num_classes == classes, name
+
+
+def test_tests_zoo_re_exports_the_package_zoo():
+    import zoo
+
+    import nas_service.zoo as package_zoo
+
+    assert zoo.resnet18 is package_zoo.resnet18 and zoo.darts_like is package_zoo.darts_like
+    assert set(zoo.__all__) == set(package_zoo.__all__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranking end to end, and the report
+# ------------------------------------------------------------------------------------------------
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, kind
+        chunks.append((kind, body))
+        pos += 12 + length
+    assert pos == len(data)
+    return chunks
+
+
+def assert_valid_png(data: bytes) -> tuple[int, int]:
+    chunks = _png_chunks(data)
+    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
+    w, h, depth, color, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert (depth, color) == (8, 2)
+    idat = [body for kind, body in chunks if kind == b"IDAT"]
+    assert idat
+    for body in idat:  # each IDAT here is a whole zlib stream
+        zlib.decompressobj().decompress(body)
+    raw = zlib.decompress(b"".join(idat))
+    assert len(raw) == h * (1 + 3 * w)
+    return w, h
+
+
+def test_encode_png_round_trips_pixels():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    data = encode_png(pixels)
+    assert assert_valid_png(data) == (7, 5)
+    raw = zlib.decompress(b"".join(b for k, b in _png_chunks(data) if k == b"IDAT"))
+    rows = np.frombuffer(raw, np.uint8).reshape(5, 1 + 21)
+    assert (rows[:, 0] == 0).all()
+    assert np.array_equal(rows[:, 1:].reshape(5, 7, 3), pixels)
+
+
+def test_the_bitmap_font_covers_what_the_plot_writes():
+    ink = text_mask("TAU 0.55 (RECAL., VAL)", scale=2)
+    assert ink.shape == (14, 2 * (22 * 6 - 1)) and ink.any()
+    assert not text_mask(" ").any()
+
+
+def test_rank_surrogates_then_report_writes_three_valid_files(tiny_ghn, fashion, tmp_path):
+    cache = tmp_path / "truth.json"
+    kwargs = dict(held_out=3, epochs=0.5, max_images=64, cache_path=cache,
+                  sgd_epochs_baseline=0.25, sgd_max_images=64, eval_images=64,
+                  truth_eval_images=64, progress=False)
+    ranking = rank_surrogates(tiny_ghn, fashion, **kwargs)
+    assert len(ranking["architectures"]) == 3 and ranking["excluded"] == []
+    assert set(ranking["scores"]) == {"predicted_batch", "predicted_recalibrated",
+                                      "parameters", "flops", "sgd_1_epoch", "random_init"}
+    for name, s in ranking["scores"].items():
+        for corr in ("kendall_tau", "spearman_rho"):
+            assert s[corr] is None or -1 <= s[corr] <= 1, name
+        assert 1 <= s["top1_rank"] <= 3 and s["seconds_per_architecture"] >= 0, name
+    assert len(json.loads(cache.read_text())) == 6  # 3 ground truths + 3 SGD baselines
+    again = rank_surrogates(tiny_ghn, fashion, **kwargs)  # from the cache: nothing trained
+    assert [a["trained_accuracy"] for a in again["architectures"]] == \
+        [a["trained_accuracy"] for a in ranking["architectures"]]
+
+    evaluation = evaluate_ghn(tiny_ghn, fashion, held_out=2, zoo=False, sgd_epochs=0.25,
+                              sgd_max_images=64, eval_images=64, progress=False)
+    evaluation["zoo"] = [{"name": "ResNet-18", "parameters": 11_000_000, "flops": 500_000_000,
+                          "predicted_batch": 0.5, "predicted_recalibrated": 0.6,
+                          "random_init": 0.1, "sgd_1_epoch": 0.7, "predict_seconds": 0.2},
+                         {"name": "Broken", "error": "no"}]
+    evaluation["zoo_skipped"] = {"VGG-11-BN": "needs 32x32 inputs"}
+    paths = write_report({"evaluation": evaluation, "ranking": ranking}, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"result.json", "report.md",
+                                                              "scatter.png"}
+    assert json.loads(paths["json"].read_text())["ranking"]["task"] == "fashion-mnist"
+    md = paths["markdown"].read_text()
+    for heading in ("Held-out architectures", "Reference models", "Ranking", "Kendall tau",
+                    "ResNet-18", "VGG-11-BN skipped", "scatter.png"):
+        assert heading in md
+    png = paths["scatter"].read_bytes()
+    assert assert_valid_png(png) == (640, 520)
+
+    # The evaluation alone still gets a plot (against the SGD baseline).
+    alone = write_report(evaluation, tmp_path / "alone")
+    assert_valid_png(alone["scatter"].read_bytes())
+
+
+def test_report_png_opens_with_pillow_when_it_is_installed(tmp_path: Path):
+    image_module = pytest.importorskip("PIL.Image")
+    result = {"kind": "ranking", "task": "t", "ghn": {}, "protocol": {"epochs": 1},
+              "architectures": [{"trained_accuracy": 0.5, "predicted_recalibrated": 0.4}],
+              "scores": {}, "ground_truth": {}}
+    paths = write_report(result, tmp_path)
+    with image_module.open(paths["scatter"]) as im:
+        im.load()
+        assert im.size == (640, 520) and im.mode == "RGB"
+
+
+def test_report_refuses_something_that_is_not_a_result(tmp_path: Path):
+    with pytest.raises(ValueError):
+        write_report({"foo": 1}, tmp_path)
