@@ -218,7 +218,7 @@ class GraphHyperNetwork(nn.Module):
             blocks = blocks.view(len(idx), kh, kw, c.block_out, c.block_in).permute(0, 3, 4, 1, 2)
             for j, i in enumerate(idx):
                 g, r = items[i]
-                out[(g, r.name)] = _matrix_to_parameter(blocks[j], r) * gains[i]
+                out[(g, r.name)] = _matrix_to_parameter(blocks[j], r, gains[i])
         return out
 
     def _decode_vectors(self, x: torch.Tensor, ptr: list[int],
@@ -255,24 +255,32 @@ def _fit_grid(codes: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
 
 
 def _tile(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Slice ``t`` to ``shape`` where it is larger, repeat it where it is smaller."""
-    reps = [max(1, math.ceil(s / d)) for s, d in zip(shape, t.shape, strict=False)]
+    """Slice ``t`` to ``shape`` where it is larger, repeat it cyclically where it is smaller
+    (one full-size copy, by ``repeat``)."""
+    t = t[tuple(slice(0, min(s, d)) for s, d in zip(shape, t.shape, strict=True))]
+    reps = [math.ceil(s / d) for s, d in zip(shape, t.shape, strict=True)]
     if any(r > 1 for r in reps):
-        t = t.repeat(*reps, *([1] * (t.dim() - len(reps))))
-    return t[tuple(slice(0, s) for s in shape)]
+        t = t.repeat(*reps)[tuple(slice(0, s) for s in shape)]
+    return t
 
 
-def _matrix_to_parameter(block: torch.Tensor, r: ParameterRequest) -> torch.Tensor:
-    """``block``: ``(Bo, Bi, kh, kw)``; returns the parameter with fan-in normalisation."""
+def _matrix_to_parameter(block: torch.Tensor, r: ParameterRequest,
+                         learned_gain: torch.Tensor) -> torch.Tensor:
+    """``block``: ``(Bo, Bi, kh, kw)``; returns the parameter, normalised then tiled.
+
+    The block is cut to at most the parameter's size and RMS-normalised before GHN-2's fan-in
+    scaling, so every predicted layer starts from the scale that keeps activations stable
+    (He/LeCun init) and ``learned_gain`` adjusts it. Scaling the small block before tiling keeps
+    the only full-size operation the copy that materialises the tensor.
+    """
     if r.kind in ("conv", "patch"):
         out_ch, in_ch, kh, kw = r.shape
-        w = _tile(block, (out_ch, in_ch, kh, kw))
+        b = block[:out_ch, :in_ch]
         fan_in = in_ch * kh * kw
     else:
-        rows, cols = (r.shape[-2], r.shape[-1])
-        w = _tile(block[:, :, 0, 0], (rows, cols))
-        fan_in = cols
-    # RMS-normalise before GHN-2's fan-in scaling: every predicted layer starts from the scale
-    # that keeps activations stable (He/LeCun init) and the GHN learns directions, not scales.
-    w = w * (math.sqrt(r.gain / fan_in) / (w.pow(2).mean().sqrt() + 1e-6))
-    return w.reshape(r.shape)
+        out_ch, in_ch = r.shape[-2], r.shape[-1]
+        b = block[:out_ch, :in_ch, 0, 0]
+        fan_in = in_ch
+    scale = learned_gain * math.sqrt(r.gain / fan_in) / (b.pow(2).mean().sqrt() + 1e-6)
+    full = (out_ch, in_ch, *r.shape[2:]) if r.kind in ("conv", "patch") else (out_ch, in_ch)
+    return _tile(b * scale, full).reshape(r.shape)
