@@ -376,7 +376,7 @@ def _add_ghn_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-out", type=_positive_int, default=50,
                    help="held-out generated architectures (default: %(default)s)")
     p.add_argument("--sgd-epochs", type=float, default=1.0,
-                   help="epochs of the SGD baseline (default: %(default)s)")
+                   help="epochs of the SGD baseline; 0 skips it (default: %(default)s)")
     p.add_argument("--sgd-max-images", type=_positive_int, default=None,
                    help="cap on training images per SGD epoch (CPU budgets)")
     p.add_argument("--eval-images", type=_positive_int, default=None,
@@ -428,8 +428,8 @@ def _evaluate_ghn(args: argparse.Namespace) -> int:
     ghn = _ghn_for(args)
     try:
         result = evaluate_ghn(ghn, args.task, held_out=args.held_out, zoo=not args.no_zoo,
-                              sgd_epochs=args.sgd_epochs, sgd_max_images=args.sgd_max_images,
-                              eval_images=args.eval_images, data_root=args.data_root,
+                              sgd_epochs=args.sgd_epochs or None,
+                              sgd_max_images=args.sgd_max_images, eval_images=args.eval_images, data_root=args.data_root,
                               progress=True)
     except DatasetError as e:
         raise CommandError(str(e)) from None
@@ -459,6 +459,70 @@ def _rank_ghn(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# db upgrade | current
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_db(add_parser: AddParser) -> None:
+    p = add_parser("db", help="database schema: upgrade, current",
+                   description="Manage the service database named by NAS_DATABASE_URL "
+                               "(default: a SQLite file under NAS_DATA_DIR).")
+    sub = p.add_subparsers(title="db commands", metavar="COMMAND", required=True)
+    u = sub.add_parser("upgrade", help="apply migrations up to the newest revision")
+    u.add_argument("--url", default=None, help="database URL (default: NAS_DATABASE_URL)")
+    u.set_defaults(handler=_db_upgrade)
+    c = sub.add_parser("current", help="print the database's revision and the code's")
+    c.add_argument("--url", default=None, help="database URL (default: NAS_DATABASE_URL)")
+    c.set_defaults(handler=_db_current)
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    from pydantic import ValidationError
+
+    from nas_service.settings import get_settings
+
+    if args.url:
+        return args.url
+    try:
+        return get_settings().database_url
+    except ValidationError as e:
+        raise CommandError(f"invalid settings: {e}") from None
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from nas_service.db import migrate
+    from nas_service.db.errors import StorageError
+
+    try:
+        before, after = migrate.upgrade(_database_url(args))
+    except StorageError as e:
+        raise CommandError(str(e)) from None
+    except SQLAlchemyError as e:
+        raise CommandError(f"cannot reach the database: {e.orig or e}") from None
+    print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from nas_service.db import migrate
+    from nas_service.db.engine import make_engine
+
+    engine = make_engine(_database_url(args))
+    try:
+        print(f"database: {migrate.current_revision(engine) or 'not migrated'}")
+        print(f"code:     {migrate.head_revision()}")
+    except SQLAlchemyError as e:
+        raise CommandError(f"cannot reach the database: {e.orig or e}") from None
+    finally:
+        engine.dispose()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # Registry and entry point
 # ------------------------------------------------------------------------------------------------
 
@@ -468,6 +532,7 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     _add_train_ghn,
     _add_evaluate_ghn,
     _add_rank_ghn,
+    _add_db,
 )
 """Every subcommand, in the order ``--help`` lists them. Register a new one here."""
 

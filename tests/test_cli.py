@@ -300,3 +300,33 @@ def test_sample_writes_the_output_file_with_the_requested_shape(
 def test_sample_from_an_unknown_space_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graph", "sample", "--space", "no-such-space", "--seed", "0"]) == 1
     _assert_one_clean_line(capsys.readouterr().err)
+
+
+def test_db_upgrade_is_idempotent_and_current_reports_the_revision(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    assert main(["db", "current", "--url", url]) == 0
+    assert "not migrated" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--url", url]) == 0
+    assert "(was None)" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--url", url]) == 0
+    assert "was" not in capsys.readouterr().out
+    assert main(["db", "current", "--url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == lines[1].split()[-1] != "migrated"
+
+
+def test_db_upgrade_of_an_unreachable_database_is_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"
+    assert main(["db", "upgrade", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nas-service: error: cannot reach the database")
+    assert "Traceback" not in err
+
+
+def test_train_and_evaluate_commands_explain_a_missing_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.safetensors"
+    assert main(["evaluate-ghn", "--ghn", str(missing), "--out", str(tmp_path)]) == 1
+    assert "GHN checkpoint not found" in capsys.readouterr().err

@@ -56,14 +56,29 @@ def make_engine(url: str | URL, *, sqlite_foreign_keys: bool = True, echo: bool 
     API stay far below the server's ``max_connections``) and ``pool_pre_ping`` so a connection
     dropped by a server restart is replaced instead of failing the next request.
     """
-    url = make_url(url)
+    url = database_url(url)
     if url.get_backend_name() == "sqlite":
         return _make_sqlite_engine(url, foreign_keys=sqlite_foreign_keys, echo=echo)
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=POSTGRES_POOL_SIZE,
-                             max_overflow=POSTGRES_MAX_OVERFLOW, pool_pre_ping=True, echo=echo)
+        try:
+            return create_engine(url, pool_size=POSTGRES_POOL_SIZE,
+                                 max_overflow=POSTGRES_MAX_OVERFLOW, pool_pre_ping=True,
+                                 echo=echo)
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(f"{e}: PostgreSQL needs the driver, "
+                                      "pip install 'nas-service[postgres]'") from e
     raise ValueError(f"unsupported database {url.get_backend_name()!r}: nas-service runs on "
                      "SQLite (sqlite:///path) or PostgreSQL (postgresql+psycopg://...)")
+
+
+def database_url(url: str | URL) -> URL:
+    """``url`` parsed, with PostgreSQL pinned to the psycopg 3 driver: ``postgres://`` and
+    ``postgresql://`` (what hosting providers and docker-compose files write) would otherwise
+    mean psycopg2, which the service does not install."""
+    url = make_url(url)
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
 
 
 def _make_sqlite_engine(url: URL, *, foreign_keys: bool, echo: bool) -> Engine:

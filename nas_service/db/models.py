@@ -109,7 +109,7 @@ class Checkpoint(Base):
     id: Mapped[str] = mapped_column(String(HASH_LENGTH), primary_key=True)  # sha256 of the file
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(default=db_now)
+    created_at: Mapped[datetime] = mapped_column(default=db_now())
 
 
 class Architecture(Base):
@@ -133,7 +133,7 @@ class Architecture(Base):
         ForeignKey("checkpoints.id", ondelete="SET NULL"))
     # {"featurize": 0.01, "predict": 0.12, "score": 0.4} in seconds
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=db_now)
+    created_at: Mapped[datetime] = mapped_column(default=db_now())
 
 
 class SearchJob(Base):
@@ -175,7 +175,7 @@ class SearchJob(Base):
     heartbeat_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
-    created_at: Mapped[datetime] = mapped_column(default=db_now)
+    created_at: Mapped[datetime] = mapped_column(default=db_now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
@@ -200,7 +200,7 @@ class Candidate(Base):
     num_parameters: Mapped[int | None] = mapped_column(BigInteger)
     flops: Mapped[int | None] = mapped_column(BigInteger)
     seconds: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(default=db_now)
+    created_at: Mapped[datetime] = mapped_column(default=db_now())
 
 
 class JobEvent(Base):
@@ -213,6 +213,6 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("search_jobs.id", ondelete="CASCADE"))
-    at: Mapped[datetime] = mapped_column(default=db_now)
+    at: Mapped[datetime] = mapped_column(default=db_now())
     kind: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any] | None]

@@ -14,6 +14,8 @@ operation so that it works on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy.engine import Connection
 
@@ -21,6 +23,10 @@ from nas_service.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+# Only the alembic command has an ini file; nas-service leaves the application's logging alone.
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
 def _url() -> str:

@@ -1,0 +1,728 @@
+"""The work queue, and every query the API and the workers make: the one module that talks to
+the database.
+
+The protocol
+------------
+A client's search request becomes a ``queued`` row in ``search_jobs`` (:func:`create_job`). A
+worker claims the oldest claimable job (:func:`claim_next_job`) and receives a *lease*: a random
+token and an expiry time on the database clock. While it works it renews the lease
+(:func:`heartbeat`) well before expiry, writes candidate *i* of the job with
+:func:`record_candidate`, and ends with :func:`finish_job`. Each of those writes names the token
+and is refused when the token no longer matches: the lease is lost, the worker stops.
+
+A worker that dies stops heartbeating; once its lease expires the job is claimable again, by any
+worker, which gets a new token (the old one is then refused everywhere) and redoes only the
+candidates not yet recorded (:attr:`ClaimedJob.done_indices`). A job whose lease expired
+``max_attempts`` times becomes ``failed``; a job whose worker died after a cancel request becomes
+``cancelled``. Nothing stays ``running`` for ever.
+
+Guarantees
+----------
+Atomic (one transaction each, all or nothing):
+
+- :func:`claim_next_job`: at most one worker holds a job's lease at a time. Two concurrent
+  claims never return the same job (PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` then a
+  conditional ``UPDATE``; SQLite: the whole claim inside ``BEGIN IMMEDIATE``, so claims run one
+  after another).
+- :func:`heartbeat`, :func:`record_candidate`, :func:`finish_job`, :func:`release_job`: the
+  token check and the write happen in the same transaction (PostgreSQL locks the job row), so a
+  worker whose lease was taken over writes nothing, not even one last row.
+- :func:`record_candidate` inserts candidate *i* at most once (``INSERT ... ON CONFLICT (job_id,
+  index) DO NOTHING``) and updates the job's ``progress_done`` and ``best_candidate_id`` in the
+  same transaction, from the candidates table itself, so they are never out of step with it.
+- :func:`create_job` with an idempotency key creates at most one job per key, even under
+  concurrent replays; :func:`save_architecture` stores at most one row per (content hash, task).
+
+What may race, by design:
+
+- Leases are checked at write time, not continuously: a worker stalled past its lease (a long GC
+  pause) may compute a candidate that the next holder computes too. Only one of them is stored,
+  and both are the same candidate, derived from ``(seed, index)``.
+- A cancel request reaches a running job at its worker's next heartbeat; candidates recorded in
+  between are kept.
+- Listings page with keyset cursors: rows inserted while a client pages appear or not depending
+  on where they sort, but no row is returned twice and no existing row is skipped.
+
+Sessions and engines: functions that form their own transaction (the worker's side) take the
+``Engine``; functions that the API composes into a request's transaction take a ``Session``, which
+must come from :func:`nas_service.db.engine.write_session` when the function writes
+(:func:`create_job`, :func:`request_cancel`, :func:`add_event`, :func:`save_architecture`,
+:func:`save_checkpoint`) and may come from ``read_session`` otherwise. All times come from the
+database clock (:class:`nas_service.db.clock.db_now`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from nas_service.db.clock import db_now
+from nas_service.db.engine import writer
+from nas_service.db.errors import IdempotencyConflict, InvalidCursor, LeaseLost
+from nas_service.db.models import (
+    Architecture,
+    Candidate,
+    CandidateStatus,
+    Checkpoint,
+    JobEvent,
+    JobStatus,
+    SearchJob,
+    SearchStrategy,
+    new_id,
+)
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_MAX_ATTEMPTS = 3
+# Rows a claim may find changed under it before giving up for this call (PostgreSQL, only if a
+# row escaped SKIP LOCKED; the caller polls again anyway).
+_CLAIM_TRIES = 3
+CandidateOrder = Literal["score", "index"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker now holds, with everything it needs to run it."""
+
+    job_id: str
+    lease_token: str
+    worker_id: str
+    attempt: int  # 1 for the first claim, 2 after one expired lease, ...
+    lease_expires_at: datetime
+    space: str
+    task: str
+    strategy: SearchStrategy
+    seed: int
+    budget_candidates: int
+    budget_seconds: float | None
+    constraints: dict[str, Any]
+    # Candidates recorded by earlier attempts: skip them, they are already stored.
+    done_indices: frozenset[int]
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    """The answer to a heartbeat. Truthy when the lease is still held, so ``if not
+    heartbeat(...)`` reads as "the lease is lost"."""
+
+    held: bool
+    cancel_requested: bool
+    lease_expires_at: datetime | None
+
+    def __bool__(self) -> bool:
+        return self.held
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; ``next_cursor`` is ``None`` on the last page."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def fingerprint_request(payload: Mapping[str, Any]) -> str:
+    """The SHA-256 of a request body in canonical JSON: the ``request_hash`` stored with an
+    idempotency key. Pass the validated body (``model.model_dump(mode="json")``), so that two
+    spellings of the same request (key order, defaults) hash the same."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _dialect_name(bind: Session | Connection) -> str:
+    return bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
+
+
+def _insert(bind: Session | Connection) -> Callable[..., Any]:
+    """The dialect's ``insert`` (both support ``on_conflict_do_nothing``)."""
+    name = _dialect_name(bind)
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise ValueError(f"unsupported database {name!r}")
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+
+
+def _insert_event(conn: Connection, job_id: str, kind: str,
+                  data: Mapping[str, Any] | None = None) -> None:
+    conn.execute(_insert(conn)(JobEvent).values(job_id=job_id, kind=kind,
+                                               data=dict(data) if data is not None else None))
+
+
+_JOB_IS_RUNNING = SearchJob.status == JobStatus.RUNNING
+
+
+def _lease_expired() -> ColumnElement[bool]:
+    return and_(_JOB_IS_RUNNING, SearchJob.lease_expires_at < db_now())
+
+
+def _holds_lease(job_id: str, token: str) -> ColumnElement[bool]:
+    return and_(SearchJob.id == job_id, SearchJob.lease_token == token, _JOB_IS_RUNNING)
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs: creation and cancellation (API side)
+# ------------------------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    space: str,
+    task: str,
+    strategy: SearchStrategy | str,
+    seed: int,
+    budget_candidates: int,
+    budget_seconds: float | None = None,
+    constraints: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[SearchJob, bool]:
+    """Queue a search job; return ``(job, created)``.
+
+    With an ``idempotency_key``: the first request creates the job; a replay with the same key
+    and the same ``request_hash`` (:func:`fingerprint_request`) returns that job with ``created``
+    false; the same key with a different hash raises :class:`IdempotencyConflict`. Safe under
+    concurrent replays: exactly one of them creates the job.
+    """
+    if budget_candidates < 1:
+        raise ValueError(f"budget_candidates must be at least 1, got {budget_candidates}")
+    if budget_seconds is not None and not budget_seconds > 0:
+        raise ValueError(f"budget_seconds must be positive, got {budget_seconds}")
+    job_id = new_id()
+    stmt = _insert(session)(SearchJob).values(
+        id=job_id, status=JobStatus.QUEUED, space=space, task=task,
+        strategy=SearchStrategy(strategy), seed=seed, budget_candidates=budget_candidates,
+        budget_seconds=budget_seconds, constraints=dict(constraints or {}),
+        idempotency_key=idempotency_key, request_hash=request_hash,
+        progress_done=0, progress_total=budget_candidates, attempts=0, cancel_requested=False,
+    )
+    if idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[SearchJob.idempotency_key])
+    created = session.execute(stmt.returning(SearchJob.id)).first() is not None
+    if created:
+        session.add(JobEvent(job_id=job_id, kind="queued"))
+        session.flush()
+        job = session.get(SearchJob, job_id)
+        assert job is not None
+        return job, True
+    existing = session.scalars(
+        select(SearchJob).where(SearchJob.idempotency_key == idempotency_key)).one()
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict(idempotency_key or "", existing.id)
+    return existing, False
+
+
+def request_cancel(session: Session, job_id: str) -> SearchJob | None:
+    """Ask for a job to stop; return it (``None``: no such job).
+
+    A queued job is cancelled at once. A running job gets ``cancel_requested``: its worker sees it
+    at the next heartbeat and finishes the job as ``cancelled`` (or, if the worker is dead, the
+    next claim does). A finished job is returned unchanged.
+    """
+    cancelled_now = session.execute(
+        update(SearchJob)
+        .where(SearchJob.id == job_id, SearchJob.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=db_now())
+        .returning(SearchJob.id)).first()
+    flagged = None if cancelled_now else session.execute(
+        update(SearchJob)
+        .where(SearchJob.id == job_id, _JOB_IS_RUNNING, SearchJob.cancel_requested == false())
+        .values(cancel_requested=True)
+        .returning(SearchJob.id)).first()
+    if cancelled_now:
+        session.add(JobEvent(job_id=job_id, kind="cancelled", data={"while": "queued"}))
+    elif flagged:
+        session.add(JobEvent(job_id=job_id, kind="cancel_requested"))
+    session.flush()
+    return session.get(SearchJob, job_id, populate_existing=True)
+
+
+def add_event(session: Session, job_id: str, kind: str,
+              data: Mapping[str, Any] | None = None) -> JobEvent:
+    """Append an event to a job's log (in the caller's transaction)."""
+    event = JobEvent(job_id=job_id, kind=kind, data=dict(data) if data is not None else None)
+    session.add(event)
+    session.flush()
+    return event
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs: the worker's side
+# ------------------------------------------------------------------------------------------------
+
+
+def claim_next_job(
+    engine: Engine,
+    worker_id: str,
+    lease_seconds: float,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> ClaimedJob | None:
+    """Claim the oldest claimable job for ``worker_id``; ``None`` when there is none.
+
+    Claimable: ``queued``, or ``running`` with a lease expired on the database clock, fewer than
+    ``max_attempts`` claims so far and no cancel request. The claim sets the job ``running`` with a
+    fresh token, ``lease_expires_at = now + lease_seconds`` and ``attempts + 1``. Before choosing,
+    it settles abandoned jobs: expired and out of attempts → ``failed`` (the error says so);
+    expired with a cancel request → ``cancelled``.
+    """
+    if lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+    claimable = and_(
+        SearchJob.attempts < max_attempts,
+        or_(SearchJob.status == JobStatus.QUEUED,
+            and_(_lease_expired(), SearchJob.cancel_requested == false())),
+    )
+    with writer(engine).begin() as conn:
+        _settle_abandoned_jobs(conn, max_attempts)
+        for _ in range(_CLAIM_TRIES):
+            # SKIP LOCKED: concurrent claimers each take a different row instead of queueing on
+            # the first one (SQLite renders no FOR UPDATE: BEGIN IMMEDIATE serialises claims).
+            chosen = conn.execute(
+                select(SearchJob.id, SearchJob.lease_owner, SearchJob.attempts)
+                .where(claimable)
+                .order_by(SearchJob.created_at, SearchJob.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if chosen is None:
+                return None
+            token = secrets.token_hex(16)
+            # Compare-and-set: the condition is checked again by the UPDATE itself, so even a
+            # row that changed since the SELECT is never claimed twice; it is then skipped.
+            claimed = conn.execute(
+                update(SearchJob)
+                .where(SearchJob.id == chosen.id, claimable)
+                .values(status=JobStatus.RUNNING, lease_owner=worker_id, lease_token=token,
+                        lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now(),
+                        attempts=SearchJob.attempts + 1,
+                        started_at=func.coalesce(SearchJob.started_at, db_now()))
+                .returning(SearchJob.attempts, SearchJob.lease_expires_at, SearchJob.space,
+                           SearchJob.task, SearchJob.strategy, SearchJob.seed,
+                           SearchJob.budget_candidates, SearchJob.budget_seconds,
+                           SearchJob.constraints)
+            ).first()
+            if claimed is not None:
+                break
+        else:
+            return None
+        if chosen.attempts:
+            _insert_event(conn, chosen.id, "reclaimed", {"worker": worker_id,
+                                                          "attempt": claimed.attempts,
+                                                          "previous_worker": chosen.lease_owner})
+        else:
+            _insert_event(conn, chosen.id, "claimed", {"worker": worker_id, "attempt": 1})
+        done = conn.scalars(select(Candidate.index).where(Candidate.job_id == chosen.id)).all()
+    return ClaimedJob(
+        job_id=chosen.id, lease_token=token, worker_id=worker_id, attempt=claimed.attempts,
+        lease_expires_at=claimed.lease_expires_at, space=claimed.space, task=claimed.task,
+        strategy=claimed.strategy, seed=claimed.seed,
+        budget_candidates=claimed.budget_candidates, budget_seconds=claimed.budget_seconds,
+        constraints=dict(claimed.constraints or {}), done_indices=frozenset(done),
+    )
+
+
+def _settle_abandoned_jobs(conn: Connection, max_attempts: int) -> None:
+    """Expired leases that must not be claimed again: out of attempts, or cancelled."""
+    abandoned = and_(_lease_expired(), or_(SearchJob.attempts >= max_attempts,
+                                           SearchJob.cancel_requested == true()))
+    rows = conn.execute(
+        select(SearchJob.id, SearchJob.attempts, SearchJob.cancel_requested,
+               SearchJob.lease_owner)
+        .where(abandoned)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        if row.cancel_requested:
+            status, error = JobStatus.CANCELLED, None
+        else:
+            status = JobStatus.FAILED
+            error = (f"gave up after {row.attempts} attempt(s) (max_attempts={max_attempts}): "
+                     f"the lease of worker {row.lease_owner!r} expired before the job finished")
+        conn.execute(
+            update(SearchJob)
+            .where(SearchJob.id == row.id, abandoned)
+            .values(status=status, error=error, finished_at=db_now(), lease_token=None,
+                    lease_expires_at=None))
+        _insert_event(conn, row.id, status.value,
+                      {"reason": "lease expired", "attempts": row.attempts, "error": error})
+
+
+def heartbeat(engine: Engine, job_id: str, token: str, lease_seconds: float) -> LeaseStatus:
+    """Renew the lease: ``lease_expires_at = now + lease_seconds`` if ``token`` still holds it.
+
+    Returns a :class:`LeaseStatus`, false when the lease is lost (the worker must stop writing),
+    with ``cancel_requested`` set when a client asked to cancel (the worker should finish the job
+    as ``cancelled``). A lease that expired but was not yet claimed by anyone is still held.
+    """
+    if lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+    with writer(engine).begin() as conn:
+        renewed = conn.execute(
+            update(SearchJob)
+            .where(_holds_lease(job_id, token))
+            .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now())
+            .returning(SearchJob.cancel_requested, SearchJob.lease_expires_at)
+        ).first()
+        if renewed is not None:
+            return LeaseStatus(True, bool(renewed.cancel_requested), renewed.lease_expires_at)
+        cancel = conn.scalar(select(SearchJob.cancel_requested).where(SearchJob.id == job_id))
+    return LeaseStatus(False, bool(cancel), None)
+
+
+def record_candidate(
+    engine: Engine,
+    job_id: str,
+    token: str,
+    index: int,
+    *,
+    status: CandidateStatus | str,
+    score: float | None = None,
+    architecture_id: str | None = None,
+    reason: str | None = None,
+    num_parameters: int | None = None,
+    flops: int | None = None,
+    seconds: float | None = None,
+) -> bool:
+    """Store candidate ``index`` of a job; return whether this call stored it.
+
+    Raises :class:`LeaseLost` (and writes nothing) unless ``token`` holds the job's lease.
+    Idempotent on ``(job_id, index)``: recording an index that is already stored (a rerun after a
+    crash) changes nothing and returns ``False``. In the same transaction the job's
+    ``progress_done`` becomes the number of stored candidates and ``best_candidate_id`` the scored
+    candidate with the highest score (ties: the lowest index).
+
+    A ``scored`` candidate needs a finite ``score``; ``rejected`` and ``failed`` ones have none
+    (``reason`` says why).
+    """
+    status = CandidateStatus(status)
+    if status is CandidateStatus.SCORED:
+        if score is None or not math.isfinite(score):
+            raise ValueError(f"a scored candidate needs a finite score, got {score!r}")
+    elif score is not None:
+        raise ValueError(f"a {status.value} candidate has no score, got {score!r}")
+    with writer(engine).begin() as conn:
+        # FOR UPDATE: a concurrent reclaim waits until this transaction ends, so the token
+        # cannot change between the check and the write (SQLite: the database is locked).
+        budget = conn.scalar(select(SearchJob.budget_candidates)
+                             .where(_holds_lease(job_id, token)).with_for_update())
+        if budget is None:
+            raise LeaseLost(job_id)
+        if not 0 <= index < budget:
+            raise ValueError(f"candidate index {index} outside the job's budget 0..{budget - 1}")
+        inserted = conn.execute(
+            _insert(conn)(Candidate)
+            .values(id=new_id(), job_id=job_id, index=index, status=status, score=score,
+                    architecture_id=architecture_id, reason=reason,
+                    num_parameters=num_parameters, flops=flops, seconds=seconds)
+            .on_conflict_do_nothing(index_elements=[Candidate.job_id, Candidate.index])
+            .returning(Candidate.id)
+        ).first()
+        if inserted is None:
+            return False
+        best = (select(Candidate.id)
+                .where(Candidate.job_id == job_id, Candidate.status == CandidateStatus.SCORED)
+                .order_by(Candidate.score.desc(), Candidate.index)
+                .limit(1).scalar_subquery())
+        done = (select(func.count()).select_from(Candidate)
+                .where(Candidate.job_id == job_id).scalar_subquery())
+        conn.execute(update(SearchJob).where(SearchJob.id == job_id)
+                     .values(progress_done=done, best_candidate_id=best))
+    return True
+
+
+def finish_job(
+    engine: Engine,
+    job_id: str,
+    token: str,
+    status: JobStatus | str,
+    error: str | None = None,
+) -> None:
+    """End a job the caller holds: ``succeeded``, ``failed`` (with ``error``) or ``cancelled``.
+
+    Clears the lease. Raises :class:`LeaseLost` (and changes nothing) unless ``token`` holds it.
+    """
+    status = JobStatus(status)
+    if not status.is_final:
+        raise ValueError(f"finish_job takes succeeded, failed or cancelled, not {status.value}")
+    with writer(engine).begin() as conn:
+        finished = conn.execute(
+            update(SearchJob)
+            .where(_holds_lease(job_id, token))
+            .values(status=status, error=error, finished_at=db_now(), lease_token=None,
+                    lease_expires_at=None)
+            .returning(SearchJob.id)
+        ).first()
+        if finished is None:
+            raise LeaseLost(job_id)
+        _insert_event(conn, job_id, status.value, {"error": error} if error else None)
+
+
+def release_job(engine: Engine, job_id: str, token: str) -> None:
+    """Give a job back to the queue without counting the attempt (a worker shutting down
+    cleanly): it becomes ``queued`` again and any worker can claim it at once, keeping the
+    candidates already recorded. Raises :class:`LeaseLost` unless ``token`` holds the lease."""
+    with writer(engine).begin() as conn:
+        released = conn.execute(
+            update(SearchJob)
+            .where(_holds_lease(job_id, token))
+            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None,
+                    attempts=SearchJob.attempts - 1)
+            .returning(SearchJob.lease_owner)
+        ).first()
+        if released is None:
+            raise LeaseLost(job_id)
+        _insert_event(conn, job_id, "released", {"worker": released.lease_owner})
+
+
+# ------------------------------------------------------------------------------------------------
+# Queries (API side)
+# ------------------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: str) -> SearchJob | None:
+    return session.get(SearchJob, job_id)
+
+
+def queue_depth(session: Session) -> int:
+    """How many jobs wait for a worker (status ``queued``)."""
+    return session.scalar(select(func.count()).select_from(SearchJob)
+                          .where(SearchJob.status == JobStatus.QUEUED)) or 0
+
+
+def job_counts(session: Session) -> dict[JobStatus, int]:
+    """The number of jobs in each status (every status present, zeros included)."""
+    counts = dict.fromkeys(JobStatus, 0)
+    for status, count in session.execute(
+            select(SearchJob.status, func.count()).group_by(SearchJob.status)):
+        counts[JobStatus(status)] = count
+    return counts
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> Page[SearchJob]:
+    """Jobs, newest first (``created_at``, then ``id``, descending), optionally of one status.
+
+    ``cursor`` is the ``next_cursor`` of the previous page; a cursor this listing did not produce
+    raises :class:`InvalidCursor`.
+    """
+    _check_limit(limit)
+    query = select(SearchJob)
+    if status is not None:
+        query = query.where(SearchJob.status == JobStatus(status))
+    if cursor is not None:
+        created_text, last_id = _decode_cursor(cursor, "jobs", ("str", "str"))
+        try:
+            created_at = datetime.fromisoformat(created_text)
+        except ValueError:
+            raise InvalidCursor("invalid cursor") from None
+        if created_at.tzinfo is None:
+            raise InvalidCursor("invalid cursor")
+        query = query.where(or_(SearchJob.created_at < created_at,
+                                and_(SearchJob.created_at == created_at,
+                                     SearchJob.id < last_id)))
+    rows = list(session.scalars(
+        query.order_by(SearchJob.created_at.desc(), SearchJob.id.desc()).limit(limit + 1)))
+    items, more = rows[:limit], len(rows) > limit
+    next_cursor = (_encode_cursor("jobs", [items[-1].created_at.isoformat(), items[-1].id])
+                   if more else None)
+    return Page(items, next_cursor)
+
+
+def list_candidates(
+    session: Session,
+    job_id: str,
+    *,
+    order_by: CandidateOrder = "score",
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> Page[Candidate]:
+    """A job's candidates, by ``"score"`` (best first, unscored last, ties by index) or by
+    ``"index"``. Cursors as in :func:`list_jobs`; a cursor from the other order is invalid."""
+    _check_limit(limit)
+    if order_by not in ("score", "index"):
+        raise ValueError(f"order_by must be 'score' or 'index', got {order_by!r}")
+    listing = f"candidates:{order_by}"
+    query = select(Candidate).where(Candidate.job_id == job_id)
+    if order_by == "index":
+        if cursor is not None:
+            (last_index,) = _decode_cursor(cursor, listing, ("int",))
+            query = query.where(Candidate.index > last_index)
+        query = query.order_by(Candidate.index)
+    else:
+        if cursor is not None:
+            last_score, last_index = _decode_cursor(cursor, listing, ("score", "int"))
+            if last_score is None:
+                query = query.where(Candidate.score.is_(None), Candidate.index > last_index)
+            else:
+                query = query.where(or_(
+                    Candidate.score < last_score,
+                    and_(Candidate.score == last_score, Candidate.index > last_index),
+                    Candidate.score.is_(None)))
+        query = query.order_by(Candidate.score.desc().nulls_last(), Candidate.index)
+    rows = list(session.scalars(query.limit(limit + 1)))
+    items, more = rows[:limit], len(rows) > limit
+    next_cursor = None
+    if more:
+        last = items[-1]
+        key: list[Any] = [last.index] if order_by == "index" else [last.score, last.index]
+        next_cursor = _encode_cursor(listing, key)
+    return Page(items, next_cursor)
+
+
+def list_events(session: Session, job_id: str, *, after_id: int | None = None,
+                limit: int = DEFAULT_PAGE_SIZE) -> list[JobEvent]:
+    """A job's events in the order they happened, those after ``after_id`` (for polling)."""
+    _check_limit(limit)
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after_id is not None:
+        query = query.where(JobEvent.id > after_id)
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def _encode_cursor(listing: str, key: list[Any]) -> str:
+    text = json.dumps({"l": listing, "k": key}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[Any]:
+    """The sort key in ``cursor``, checked against the listing and the kinds of its parts:
+    ``"int"``, ``"str"`` or ``"score"`` (a finite number or null)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
+        data = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, UnicodeError, ValueError, TypeError, AttributeError):
+        raise InvalidCursor("invalid cursor") from None
+    if not isinstance(data, dict) or data.get("l") != listing:
+        raise InvalidCursor("invalid cursor (not from this listing)")
+    key = data.get("k")
+    if not isinstance(key, list) or len(key) != len(kinds):
+        raise InvalidCursor("invalid cursor")
+    decoded: list[Any] = []
+    for value, kind in zip(key, kinds, strict=True):
+        # bool is an int to Python, never a valid key part.
+        if isinstance(value, bool):
+            raise InvalidCursor("invalid cursor")
+        if (kind == "int" and isinstance(value, int) and -2**63 <= value < 2**63
+                or kind == "str" and isinstance(value, str)):
+            decoded.append(value)
+        elif kind == "score" and (value is None or isinstance(value, (int, float))
+                                  and math.isfinite(value)):
+            decoded.append(None if value is None else float(value))
+        else:
+            raise InvalidCursor("invalid cursor")
+    return decoded
+
+
+# ------------------------------------------------------------------------------------------------
+# Architectures and checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def get_architecture_by_hash(session: Session, content_hash: str,
+                             task: str) -> Architecture | None:
+    return session.scalars(select(Architecture).where(
+        Architecture.content_hash == content_hash, Architecture.task == task)).one_or_none()
+
+
+def get_architecture(session: Session, architecture_id: str) -> Architecture | None:
+    return session.get(Architecture, architecture_id)
+
+
+def save_architecture(
+    session: Session,
+    *,
+    content_hash: str,
+    task: str,
+    graph: str | Mapping[str, Any],
+    num_parameters: int,
+    flops: int,
+    name: str | None = None,
+    scores: Mapping[str, Any] | None = None,
+    ghn_version: str | None = None,
+    checkpoint_id: str | None = None,
+    timings: Mapping[str, Any] | None = None,
+) -> tuple[Architecture, bool]:
+    """Insert-or-get on ``(content_hash, task)``; return ``(architecture, created)``.
+
+    Under concurrency exactly one caller creates the row; the others get it back unchanged (the
+    first scores stored win). ``graph`` is the ``nas-graph/1`` document or its JSON text.
+    """
+    graph_text = graph if isinstance(graph, str) else json.dumps(graph, separators=(",", ":"))
+    inserted = session.execute(
+        _insert(session)(Architecture)
+        .values(id=new_id(), content_hash=content_hash, task=task, graph=graph_text, name=name,
+                num_parameters=num_parameters, flops=flops, scores=dict(scores or {}),
+                ghn_version=ghn_version, checkpoint_id=checkpoint_id,
+                timings=dict(timings or {}))
+        .on_conflict_do_nothing(index_elements=[Architecture.content_hash, Architecture.task])
+        .returning(Architecture.id)
+    ).first()
+    architecture = get_architecture_by_hash(session, content_hash, task)
+    assert architecture is not None
+    return architecture, inserted is not None
+
+
+def get_checkpoint(session: Session, sha256: str) -> Checkpoint | None:
+    return session.get(Checkpoint, sha256)
+
+
+def save_checkpoint(session: Session, *, sha256: str, path: str,
+                    size_bytes: int) -> tuple[Checkpoint, bool]:
+    """Insert-or-get a checkpoint file named by its content hash; return ``(row, created)``."""
+    inserted = session.execute(
+        _insert(session)(Checkpoint)
+        .values(id=sha256, path=path, size_bytes=size_bytes)
+        .on_conflict_do_nothing(index_elements=[Checkpoint.id])
+        .returning(Checkpoint.id)
+    ).first()
+    checkpoint = session.get(Checkpoint, sha256)
+    assert checkpoint is not None
+    return checkpoint, inserted is not None
