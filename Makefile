@@ -15,8 +15,9 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 DATASET_DIR ?= /usr/share/datasets/fashion-mnist
 DATASET_PACKAGE ?= dataset-fashion-mnist
-# What `make run` starts. The one line to change once the service exists: SERVE_CMD ?= serve
-SERVE_CMD ?= info
+# What `make run` starts: the API with an in-process worker, on SQLite under ./data (migrated at
+# start-up) and the bundled GHN. SERVE_CMD=info only prints what this installation has.
+SERVE_CMD ?= serve
 PYTEST_ARGS ?=
 # Stamp of a finished install: redone when the project's metadata changes, instant otherwise.
 INSTALLED := $(VENV)/.installed

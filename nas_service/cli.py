@@ -523,6 +523,140 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# serve | worker
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_serve(add_parser: AddParser) -> None:
+    p = add_parser("serve", help="run the HTTP API (and, by default, one worker thread)",
+                   description="Serve the /v1 API with uvicorn. Settings come from NAS_* "
+                               "variables (docs/api.md). A SQLite database is migrated at "
+                               "start-up; PostgreSQL must be migrated with `nas-service db "
+                               "upgrade` (the container's entry point does).")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--no-worker", action="store_true",
+                   help="no in-process worker (run `nas-service worker` processes instead)")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(handler=_serve)
+
+
+def _add_worker(add_parser: AddParser) -> None:
+    p = add_parser("worker", help="run search jobs from the database queue",
+                   description="Claim search jobs from NAS_DATABASE_URL and run them with the "
+                               "GHN, until SIGTERM or SIGINT (the current job is then released "
+                               "to the queue).")
+    p.add_argument("--once", action="store_true",
+                   help="run at most one job, then exit (at once if none is queued)")
+    p.add_argument("--id", default=None, metavar="NAME",
+                   help="worker name in the job's lease (default: host:pid:random)")
+    p.set_defaults(handler=_worker)
+
+
+def _service_settings():
+    from pydantic import ValidationError
+
+    from nas_service.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as e:
+        raise CommandError(f"invalid settings: {e}") from None
+
+
+def _prepare_database(settings) -> None:
+    """The embedded default migrates itself: one SQLite file, one machine, nobody else to do
+    it. PostgreSQL is migrated explicitly (`nas-service db upgrade`, the container's entry
+    point); serve and worker only check its schema."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from nas_service.db import migrate
+    from nas_service.db.errors import StorageError
+
+    if not settings.is_sqlite:
+        return
+    try:
+        before, after = migrate.upgrade(settings.database_url)
+    except (StorageError, SQLAlchemyError) as e:
+        raise CommandError(f"cannot migrate {settings.database_url}: {e}") from None
+    if before != after:
+        print(f"database migrated to revision {after}", file=sys.stderr)
+
+
+def _startup_errors():
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from nas_service.db.errors import StorageError
+    from nas_service.ghn.checkpoint import CheckpointError
+
+    return (StorageError, CheckpointError, SQLAlchemyError)
+
+
+def _startup_failure(settings, error: Exception) -> CommandError:
+    from nas_service.ghn.checkpoint import CheckpointError
+
+    message = str(error)
+    if isinstance(error, CheckpointError) and settings.ghn_path is None:
+        message += (" (the bundled GHN is missing from this installation: set NAS_GHN_PATH to a "
+                    "checkpoint written by `nas-service train-ghn`)")
+    return CommandError(message)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from nas_service.api import create_app
+
+    settings = _service_settings()
+    _prepare_database(settings)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(settings, run_worker=False if args.no_worker else None)
+    except _startup_errors() as e:
+        raise _startup_failure(settings, e) from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from nas_service.api import load_scorer
+    from nas_service.db import make_engine, migrate
+    from nas_service.search import CheckpointStore, Worker
+
+    settings = _service_settings()
+    _prepare_database(settings)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = make_engine(settings.database_url)
+    try:
+        migrate.check_schema(engine)
+        scorer = load_scorer(settings)
+    except _startup_errors() as e:
+        engine.dispose()
+        raise _startup_failure(settings, e) from None
+    worker = Worker.from_settings(settings, engine, scorer,
+                                  CheckpointStore(settings.checkpoint_dir), worker_id=args.id)
+    # SIGTERM (docker stop, systemd) and SIGINT: finish the batch, release the job, exit 0.
+    previous = {sig: signal.signal(sig, lambda *_: worker.stop())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    print(f"worker {worker.worker_id} polling {settings.database_url.split('@')[-1]}",
+          file=sys.stderr)
+    try:
+        worker.run(once=args.once)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        engine.dispose()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # Registry and entry point
 # ------------------------------------------------------------------------------------------------
 
@@ -533,6 +667,8 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     _add_evaluate_ghn,
     _add_rank_ghn,
     _add_db,
+    _add_serve,
+    _add_worker,
 )
 """Every subcommand, in the order ``--help`` lists them. Register a new one here."""
 

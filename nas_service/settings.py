@@ -56,6 +56,25 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
+    # The surrogate (nas_service.search.scoring) and the workers.
+    ghn_path: Path | None = Field(default=None,
+                                  description="GHN checkpoint; None: the bundled Fashion-MNIST GHN")
+    worker_in_process: bool = Field(default=True,
+                                    description="`serve` also runs one worker thread")
+    worker_poll_seconds: float = Field(default=2.0, gt=0)
+    ghn_batch_size: int = Field(default=8, ge=1, le=256,
+                                description="graphs per GHN forward pass in a search")
+    eval_images: int | None = Field(default=None, gt=0,
+                                    description="validation images per score; None: all")
+    recalibration_batches: int = Field(default=4, ge=1)
+    recalibration_batch_size: int = Field(default=128, ge=1)
+    # What the API accepts, tighter than the graph layer's own limits: every accepted graph is
+    # built and evaluated on this machine.
+    max_graph_nodes: int = Field(default=2048, ge=2)
+    max_graph_parameters: int = Field(default=50_000_000, ge=1)
+    max_graph_flops: int = Field(default=20_000_000_000, ge=1)
+    max_search_candidates: int = Field(default=10_000, ge=1)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:
@@ -71,9 +90,18 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("ghn_path", "eval_images", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
+        if self.ghn_path is not None:
+            self.ghn_path = self.ghn_path.expanduser().resolve()
         if self.checkpoint_dir is None:
             self.checkpoint_dir = self.data_dir / CHECKPOINTS_DIR_NAME
         else:

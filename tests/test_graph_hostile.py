@@ -565,3 +565,12 @@ def test_structural_mutations_only_ever_raise_graph_validation_error(data: st.Da
                                            "extra"]))] = data.draw(json_values)
             break
     validate_or_report(doc)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "line\nbreak", "x" * 257, 7])
+def test_graph_names_with_control_characters_or_wrong_type_are_refused(name: object):
+    doc = json.loads(VALID_TEXT)
+    doc["name"] = name
+    with pytest.raises(GraphValidationError) as e:
+        ArchitectureGraph.from_dict(doc)
+    assert any(p.field == "name" for p in e.value.problems)

@@ -651,7 +651,8 @@ def _decode_cursor(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[An
         if isinstance(value, bool):
             raise InvalidCursor("invalid cursor")
         if (kind == "int" and isinstance(value, int) and -2**63 <= value < 2**63
-                or kind == "str" and isinstance(value, str)):
+                # PostgreSQL refuses NUL in text, SQLite would just match nothing.
+                or kind == "str" and isinstance(value, str) and "\x00" not in value):
             decoded.append(value)
         elif kind == "score" and (value is None or isinstance(value, (int, float))
                                   and math.isfinite(value)):

@@ -360,9 +360,11 @@ def _validate(doc: Any, limits: GraphLimits) -> ArchitectureGraph:
         if key not in _DOC_KEYS:
             problems.append(GraphProblem(f"unknown top-level key {key!r}", field=str(key)[:64]))
     name = doc.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 256):
-        problems.append(GraphProblem("'name' must be a string of at most 256 characters",
-                                     field="name"))
+    if name is not None and (not isinstance(name, str) or len(name) > 256
+                             or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
+        problems.append(GraphProblem(
+            "'name' must be a string of at most 256 characters without control characters",
+            field="name"))
         name = None
     sources = doc.get("parameter_sources")
     if sources is not None and not (isinstance(sources, dict) and all(

@@ -14,7 +14,7 @@ class TrainingConfig:
     task: str = "fashion-mnist"
     data_root: str | None = None
     spaces: tuple[str, ...] = ("cells", "macro")
-    steps: int = 1700
+    steps: int = 1500
     meta_batch: int = 8
     batch_size: int = 32
     lr: float = 1e-3

@@ -1,0 +1,147 @@
+"""The FastAPI application: :func:`create_app`.
+
+Built eagerly: ``create_app`` opens the database engine, refuses a database whose schema is not
+this version's (:class:`nas_service.db.SchemaError`), and loads the GHN (raises
+:class:`nas_service.ghn.checkpoint.CheckpointError` when the checkpoint is missing), so a
+misconfigured service fails at start-up, not on its first request. The lifespan only starts and
+stops the in-process worker thread and warms the task data.
+
+Layers, outermost first: Starlette's error middleware (the catch-all 500 problem), request
+metrics, the body-size limit, then FastAPI's routing with its exception handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from nas_service.db import make_engine, migrate
+from nas_service.graph import DEFAULT_LIMITS, GraphLimits
+from nas_service.search import ArchitectureScorer, CheckpointStore, Worker, WorkerHooks
+from nas_service.settings import Settings, get_settings
+from nas_service.version import __version__
+
+from .auth import APIKeys, require_api_key
+from .deps import ServiceState
+from .errors import install_error_handlers
+from .metrics import ServiceMetrics
+from .middleware import BodySizeLimit, RequestMetrics
+from .routers import architectures, candidates, catalog, health, search_jobs
+
+log = logging.getLogger("nas_service.api")
+
+WORKER_JOIN_SECONDS = 60.0
+
+DESCRIPTION = """\
+Score neural architectures with a graph hypernetwork (GHN) and search spaces of them.
+
+`POST /v1/architectures` predicts an architecture's weights in one GHN forward pass and reports
+its accuracy on the task's validation split; `POST /v1/search-jobs` queues a search whose
+candidates workers score. Errors are RFC 9457 problems (`application/problem+json`). When API
+keys are configured, `/v1` needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+"""
+
+
+def graph_limits(settings: Settings) -> GraphLimits:
+    """The graph layer's limits, tightened by the service's settings."""
+    d = DEFAULT_LIMITS
+    return replace(d, max_nodes=min(settings.max_graph_nodes, d.max_nodes),
+                   max_parameters=min(settings.max_graph_parameters, d.max_parameters),
+                   max_parameters_per_node=min(settings.max_graph_parameters,
+                                               d.max_parameters_per_node),
+                   max_flops=min(settings.max_graph_flops, d.max_flops))
+
+
+def load_scorer(settings: Settings) -> ArchitectureScorer:
+    """The GHN named by the settings (``ghn_path``, else the bundled one), ready to score."""
+    return ArchitectureScorer.load(
+        settings.ghn_path, device=settings.device, eval_images=settings.eval_images,
+        recalibration_batches=settings.recalibration_batches,
+        recalibration_batch_size=settings.recalibration_batch_size)
+
+
+def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer | None = None,
+               run_worker: bool | None = None) -> FastAPI:
+    """The service's ASGI app.
+
+    ``scorer`` replaces the GHN the settings name (tests share one); ``run_worker`` overrides
+    ``settings.worker_in_process`` (the worker thread runs while the app's lifespan does).
+    """
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        migrate.check_schema(engine)
+        scorer = scorer or load_scorer(settings)
+    except Exception:
+        engine.dispose()
+        raise
+    metrics = ServiceMetrics()
+    state = ServiceState(settings=settings, engine=engine, scorer=scorer,
+                         store=CheckpointStore(settings.checkpoint_dir), metrics=metrics,
+                         api_keys=APIKeys(settings.api_keys),
+                         graph_limits=graph_limits(settings))
+    if settings.worker_in_process if run_worker is None else run_worker:
+        state.worker = Worker.from_settings(settings, engine, scorer, state.store,
+                                            hooks=_metrics_hooks(metrics))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _warm_up(state)
+        if state.worker is not None:
+            state.worker_thread = threading.Thread(target=state.worker.run, name="nas-worker",
+                                                   daemon=True)
+            state.worker_thread.start()
+        try:
+            yield
+        finally:
+            if state.worker is not None and state.worker_thread is not None:
+                state.worker.stop()  # releases its job, if any, between two batches
+                state.worker_thread.join(WORKER_JOIN_SECONDS)
+            engine.dispose()
+
+    app = FastAPI(title="nas-service", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.service = state
+    app.state.unhandled_errors = metrics.unhandled_errors
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    for module in (architectures, search_jobs, candidates, catalog):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app
+
+
+def _metrics_hooks(metrics: ServiceMetrics) -> WorkerHooks:
+    def heartbeat(held: bool) -> None:
+        metrics.heartbeats.inc(held=str(held).lower())
+        if held:
+            metrics.last_heartbeat.set(time.time())
+
+    return WorkerHooks(candidate_recorded=lambda status: metrics.candidates.inc(status=status),
+                       heartbeat=heartbeat,
+                       job_finished=lambda outcome: metrics.jobs_finished.inc(outcome=outcome))
+
+
+def _warm_up(state: ServiceState) -> None:
+    """Decodes the GHN's task data in the background, so the first request does not pay."""
+    scorer = state.scorer
+    if scorer is None or scorer.task is None:
+        return
+
+    def load() -> None:
+        try:
+            scorer.task_tensors(scorer.task or "")
+        except Exception as e:  # noqa: BLE001 - scoring requests will report it
+            log.warning("cannot load the data of task %r: %s", scorer.task, e)
+
+    threading.Thread(target=load, name="nas-warm-up", daemon=True).start()

@@ -1,0 +1,72 @@
+"""Dependencies of the routers, as ``Annotated`` aliases::
+
+    def get_job(job_id: str, session: ReadSessionDep, service: ServiceDep) -> ...
+
+``ReadSessionDep`` is one read-only transaction per request: a sync generator, so FastAPI runs
+it, like the sync endpoints that use it, in its thread pool and database calls never block the
+event loop. Writes are not a dependency: an endpoint opens ``write_session`` itself, so the
+transaction has committed before the response is sent (a client that reads right after a 201 or
+202 sees what it created) and a failed commit is an error response, not a lost write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from nas_service.db import read_session
+from nas_service.graph import GraphLimits
+from nas_service.search import ArchitectureScorer, CheckpointStore, Worker
+from nas_service.settings import Settings
+
+from .auth import APIKeys
+from .errors import Problem
+from .metrics import ServiceMetrics
+
+
+@dataclass
+class ServiceState:
+    """Everything the routers share, built once by :func:`nas_service.api.create_app`."""
+
+    settings: Settings
+    engine: Engine
+    scorer: ArchitectureScorer | None
+    store: CheckpointStore
+    metrics: ServiceMetrics
+    api_keys: APIKeys
+    graph_limits: GraphLimits
+    worker: Worker | None = None
+    worker_thread: threading.Thread | None = None
+    # One GHN evaluation at a time from the API; waiting requests wait here, in the event loop,
+    # not in a thread pool slot (which the database endpoints need).
+    scoring_limiter: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(1))
+    waiting_scores: int = 0
+
+    def require_scorer(self) -> ArchitectureScorer:
+        if self.scorer is None:
+            raise Problem(503, "no hypernetwork is loaded", slug="not-ready",
+                          headers={"Retry-After": "30"})
+        return self.scorer
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
+
+
+def _read_session(service: ServiceDep) -> Iterator[Session]:
+    with read_session(service.engine) as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(_read_session)]

@@ -1,0 +1,183 @@
+"""``/v1/architectures``: score one architecture, read it back, download its weights."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from nas_service.data import DatasetError, TaskSpec
+from nas_service.db import Architecture, queue, read_session
+from nas_service.ghn import UnsupportedArchitectureError
+from nas_service.graph import ArchitectureGraph, GraphLimits, GraphValidationError
+from nas_service.search import TaskNotSupported, evaluate_architectures
+from nas_service.spaces import SearchSpaceError, get_space
+
+from ..deps import ReadSessionDep, ServiceDep, ServiceState
+from ..errors import (
+    Problem,
+    field_error,
+    graph_problems,
+    not_found,
+    problem_responses,
+    require_id,
+)
+from ..schemas import ArchitectureRequest, ArchitectureResponse
+from ..views import architecture_url, architecture_view
+from .downloads import checkpoint_response
+
+router = APIRouter(prefix="/architectures", tags=["architectures"])
+
+MAX_WAITING_SCORES = 32
+"""Architectures waiting for the GHN before new ones are turned away with 503."""
+MAX_REPORTED_PROBLEMS = 100
+
+
+
+def _build_graph(body: ArchitectureRequest, spec: TaskSpec,
+                 limits: GraphLimits) -> ArchitectureGraph:
+    """The validated graph of the request, checked against the task; 422 problems otherwise."""
+    if body.graph is None:
+        assert body.space is not None and body.seed is not None
+        try:
+            return get_space(body.space).sample(body.seed, spec.input_shape, spec.num_classes,
+                                                limits=limits)
+        except SearchSpaceError as e:
+            raise Problem(422, str(e), slug="invalid-request", title="Invalid request",
+                          errors=[field_error("/body/space", str(e), field="space")]) from None
+    try:
+        graph = ArchitectureGraph.from_dict(body.graph, limits)
+    except GraphValidationError as e:
+        problems = e.problems
+        raise Problem(422, f"{len(problems)} problem(s) in the graph", slug="invalid-graph",
+                      title="Invalid architecture graph",
+                      errors=graph_problems(problems[:MAX_REPORTED_PROBLEMS], "/body/graph")
+                      ) from None
+    errors = []
+    index = {n.id: i for i, n in enumerate(graph.nodes)}
+    if tuple(graph.input_shape) != tuple(spec.input_shape):
+        node = graph.input_node
+        errors.append(field_error(
+            f"/body/graph/nodes/{index[node.id]}/shape",
+            f"task {spec.name!r} has inputs of shape {list(spec.input_shape)}, the graph's input "
+            f"node {node.id!r} has {list(graph.input_shape)}", node=node.id, field="shape"))
+    if graph.num_classes != spec.num_classes:
+        node = graph.output_node
+        errors.append(field_error(
+            f"/body/graph/nodes/{index[node.id]}/num_classes",
+            f"task {spec.name!r} has {spec.num_classes} classes, the graph's output node "
+            f"{node.id!r} has {graph.num_classes}", node=node.id, field="num_classes"))
+    if errors:
+        raise Problem(422, f"the graph does not fit task {spec.name!r}", slug="task-mismatch",
+                      title="Graph does not fit the task", errors=errors)
+    return graph
+
+
+def _cached(service: ServiceState, graph: ArchitectureGraph,
+            task: str) -> ArchitectureResponse | None:
+    with read_session(service.engine) as session:
+        architecture = queue.get_architecture_by_hash(session, graph.content_hash(), task)
+        return _view(session, architecture) if architecture is not None else None
+
+
+def _view(session: Session, architecture: Architecture) -> ArchitectureResponse:
+    checkpoint = (queue.get_checkpoint(session, architecture.checkpoint_id)
+                  if architecture.checkpoint_id else None)
+    return architecture_view(architecture, checkpoint)
+
+
+def _score(service: ServiceState, graph: ArchitectureGraph, task: str,
+           graph_seconds: float) -> tuple[ArchitectureResponse, bool]:
+    scorer = service.require_scorer()
+    (evaluation,) = evaluate_architectures(service.engine, scorer, service.store, [graph], task,
+                                           extra_timings={"graph": graph_seconds})
+    error = evaluation.error
+    if isinstance(error, (UnsupportedArchitectureError, TaskNotSupported)):
+        raise Problem(422, str(error), slug="unsupported-architecture",
+                      title="The hypernetwork cannot predict this architecture")
+    if isinstance(error, MemoryError):
+        raise Problem(503, "not enough memory to evaluate this architecture",
+                      slug="insufficient-resources", headers={"Retry-After": "60"})
+    if error is not None:
+        raise error
+    assert evaluation.architecture is not None
+    if evaluation.seconds:
+        service.metrics.ghn_seconds.observe(evaluation.seconds)
+    with read_session(service.engine) as session:
+        return _view(session, evaluation.architecture), evaluation.created
+
+
+@router.post(
+    "", status_code=201, response_model=ArchitectureResponse,
+    summary="Score an architecture with GHN-predicted weights",
+    responses={200: {"description": "already scored: the stored result",
+                     "model": ArchitectureResponse}, **problem_responses(400, 413, 422, 503)})
+async def create_architecture(body: ArchitectureRequest, response: Response,
+                              service: ServiceDep) -> ArchitectureResponse:
+    """Validates the graph (or samples ``space``/``seed``), predicts its parameters with the GHN,
+    recalibrates batch norm and measures accuracy on the task's validation split. The same graph
+    and task again returns the stored result (200) without running the GHN."""
+    scorer = service.require_scorer()
+    try:
+        spec = scorer.check_task(body.task)
+    except TaskNotSupported as e:
+        raise Problem(422, str(e), slug="task-not-supported", title="Task not supported",
+                      errors=[field_error("/body/task", str(e), field="task")]) from None
+    started = time.perf_counter()
+    graph = await run_in_threadpool(_build_graph, body, spec, service.graph_limits)
+    graph_seconds = time.perf_counter() - started
+
+    cached = await run_in_threadpool(_cached, service, graph, spec.name)
+    if cached is not None:
+        service.metrics.architectures.inc(cached="true")
+        response.status_code = 200
+        response.headers["Location"] = architecture_url(cached.id)
+        return cached
+
+    if service.waiting_scores >= MAX_WAITING_SCORES:
+        raise Problem(503, "too many architectures are waiting for the hypernetwork; retry later",
+                      slug="busy", headers={"Retry-After": "5"})
+    service.waiting_scores += 1
+    try:
+        view, created = await anyio.to_thread.run_sync(
+            _score, service, graph, spec.name, graph_seconds, limiter=service.scoring_limiter)
+    except DatasetError as e:
+        raise Problem(503, f"the data of task {spec.name!r} is not available: {e}",
+                      slug="task-data-unavailable") from None
+    finally:
+        service.waiting_scores -= 1
+    service.metrics.architectures.inc(cached="false")
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = architecture_url(view.id)
+    return view
+
+
+@router.get("/{architecture_id}", response_model=ArchitectureResponse,
+            responses=problem_responses(404))
+def get_architecture(architecture_id: str, session: ReadSessionDep) -> ArchitectureResponse:
+    architecture = queue.get_architecture(session, require_id("architecture", architecture_id))
+    if architecture is None:
+        raise not_found("architecture", architecture_id)
+    return _view(session, architecture)
+
+
+@router.get(
+    "/{architecture_id}/checkpoint", response_class=Response,
+    responses={200: {"description": "safetensors file: the graph's state_dict, with the graph "
+                                    "JSON and the scores in its metadata",
+                     "content": {"application/octet-stream": {}}},
+               304: {"description": "If-None-Match matched the ETag"},
+               404: {"description": "unknown id, or the file is missing"}})
+def get_architecture_checkpoint(
+    architecture_id: str, request: Request, session: ReadSessionDep, service: ServiceDep,
+    if_none_match: Annotated[str | None, Header(max_length=4096)] = None,
+) -> Response:
+    architecture = queue.get_architecture(session, require_id("architecture", architecture_id))
+    if architecture is None:
+        raise not_found("architecture", architecture_id)
+    return checkpoint_response(session, service, architecture, if_none_match,
+                               filename=f"architecture-{architecture.id}.safetensors")

@@ -1,0 +1,48 @@
+"""Checkpoint downloads, shared by architectures and candidates: ``ETag`` is the file's SHA-256,
+``If-None-Match`` is honoured (304), the body is the safetensors file as stored."""
+
+from __future__ import annotations
+
+from fastapi import Response
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from nas_service.db import Architecture, queue
+
+from ..deps import ServiceState
+from ..errors import Problem
+
+MEDIA_TYPE = "application/octet-stream"
+
+
+def etag_of(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 13.1.2: ``*`` or any listed tag equal to ``etag`` under weak comparison."""
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def checkpoint_response(session: Session, service: ServiceState, architecture: Architecture,
+                        if_none_match: str | None, *, filename: str) -> Response:
+    if architecture.checkpoint_id is None:
+        raise Problem(404, f"architecture {architecture.id} has no checkpoint",
+                      slug="no-checkpoint", title="No checkpoint")
+    etag = etag_of(architecture.checkpoint_id)
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    row = queue.get_checkpoint(session, architecture.checkpoint_id)
+    path = service.store.resolve(row.path) if row is not None else None
+    if path is None:
+        raise Problem(404, f"the checkpoint file of architecture {architecture.id} is missing "
+                      f"from {service.store.root}", slug="checkpoint-missing",
+                      title="Checkpoint file missing")
+    return FileResponse(path, media_type=MEDIA_TYPE, filename=filename, headers=headers)

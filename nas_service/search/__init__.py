@@ -1,0 +1,54 @@
+"""Search: strategies, the evaluation of candidates through the GHN, checkpoint files, and the
+worker that runs search jobs from the database queue.
+
+::
+
+    from nas_service.search import ArchitectureScorer, CheckpointStore, Worker
+
+    scorer = ArchitectureScorer.load(settings.ghn_path, device=settings.device)
+    store = CheckpointStore(settings.checkpoint_dir)
+    Worker.from_settings(settings, engine, scorer, store).run()
+
+``docs/api.md`` describes the jobs as the API shows them; ``docs/storage.md`` the queue.
+"""
+
+from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore, StoredCheckpoint, checkpoint_metadata
+from .evaluation import Evaluation, evaluate_architectures
+from .scoring import SCORE_NAME, ArchitectureScorer, ScoredGraph, TaskNotSupported
+from .strategies import (
+    STRATEGIES,
+    Outcome,
+    Proposal,
+    RandomSearch,
+    RegularizedEvolution,
+    SearchStrategy,
+    candidate_seed,
+    check_constraints,
+    make_strategy,
+)
+from .worker import Worker, WorkerHooks, default_worker_id
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "SCORE_NAME",
+    "STRATEGIES",
+    "ArchitectureScorer",
+    "CheckpointStore",
+    "Evaluation",
+    "Outcome",
+    "Proposal",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "ScoredGraph",
+    "SearchStrategy",
+    "StoredCheckpoint",
+    "TaskNotSupported",
+    "Worker",
+    "WorkerHooks",
+    "candidate_seed",
+    "check_constraints",
+    "checkpoint_metadata",
+    "default_worker_id",
+    "evaluate_architectures",
+    "make_strategy",
+]

@@ -1,0 +1,250 @@
+"""The surrogate score of architectures, as the service computes it: one GHN forward pass for a
+batch of graphs, then, per graph, the predicted weights in a runnable network, batch norm
+recalibrated on a few training batches, and accuracy on the validation split in eval mode.
+
+:class:`ArchitectureScorer` is the one object that owns the GHN in a process. It holds the task
+data in memory (decoded once, cut to the evaluation images, on the GHN's device) and a lock: the
+API's request threads and the in-process worker thread share one GHN, and torch gains nothing
+from two forward passes racing on the same cores.
+
+Guarantees:
+
+- :meth:`ArchitectureScorer.score` is deterministic: the same graph, task and settings give the
+  same parameters, the same recalibrated statistics (fixed training batches, seed 0) and the same
+  accuracy on the same images (the first ``eval_images`` of the fixed validation split).
+- A failure in one graph of a batch (an op the GHN was not trained with, a network that does not
+  fit in memory) is returned as that graph's result; the other graphs are still scored.
+- The returned ``state`` is exactly ``to_module(graph).state_dict()``'s key set (parameters and
+  batch-norm buffers), as CPU tensors, ready for a safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas_service.data import DatasetError, TaskSpec, get_task, load_task
+from nas_service.ghn import GraphHyperNetwork
+from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
+from nas_service.graph import ArchitectureGraph, to_module
+from nas_service.training.evaluation import accuracy, load_parameters, recalibrate_batch_norm
+from nas_service.training.surrogate import SURROGATE_MODE
+
+SCORE_NAME = f"predicted-{SURROGATE_MODE}"
+"""The name of the score the service reports: accuracy with GHN-predicted parameters, batch norm
+recalibrated on training batches, evaluated in eval mode."""
+SCORE_SPLIT = "val"
+
+
+class TaskNotSupported(ValueError):
+    """The loaded GHN was not trained for this task, or the graph does not fit the task."""
+
+
+@dataclass(frozen=True)
+class ScoredGraph:
+    """One graph's score, its predicted (and recalibrated) state and where the time went."""
+
+    graph: ArchitectureGraph
+    accuracy: float
+    images: int
+    state: dict[str, torch.Tensor]  # to_module(graph).state_dict() keys, CPU tensors
+    timings: dict[str, float]  # seconds: "predict" (its share of the batch), "score"
+
+    def score_record(self, recalibration_images: int) -> dict[str, Any]:
+        """The ``scores`` JSON stored with the architecture and returned by the API."""
+        return {"value": self.accuracy, "name": SCORE_NAME, "split": SCORE_SPLIT,
+                "images": self.images, "recalibration_images": recalibration_images}
+
+
+@dataclass
+class _TaskTensors:
+    spec: TaskSpec
+    val_images: torch.Tensor  # (N, C, H, W) normalised, on the GHN's device
+    val_labels: torch.Tensor  # (N,)
+    recalibration: list[torch.Tensor] = field(default_factory=list)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArchitectureScorer:
+    """The GHN of this process, the task data it scores on, and the lock that serialises them.
+
+    ``ghn_version`` identifies the GHN's weights (the first 16 hex digits of its checkpoint's
+    SHA-256): stored with every architecture, so a score says which GHN produced it.
+    """
+
+    def __init__(self, ghn: GraphHyperNetwork, *, ghn_version: str,
+                 ghn_path: str | None = None, eval_images: int | None = None,
+                 recalibration_batches: int = 4, recalibration_batch_size: int = 128,
+                 data_root: str | None = None) -> None:
+        self.ghn = ghn.eval()
+        self.ghn_version = ghn_version
+        self.ghn_path = ghn_path
+        self.eval_images = eval_images
+        self.recalibration_batches = recalibration_batches
+        self.recalibration_batch_size = recalibration_batch_size
+        self.data_root = data_root
+        self.lock = threading.Lock()
+        self._tasks: dict[str, _TaskTensors] = {}
+        self._tasks_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, device: str | None = None,
+             eval_images: int | None = None, recalibration_batches: int = 4,
+             recalibration_batch_size: int = 128) -> ArchitectureScorer:
+        """A scorer around the GHN checkpoint at ``path`` (``None``: the bundled one).
+
+        Raises :class:`nas_service.ghn.checkpoint.CheckpointError` when it is missing or broken.
+        """
+        resolved = Path(path) if path is not None else bundled_checkpoint_path()
+        ghn = load_ghn(resolved, device)
+        version = file_sha256(resolved)[:16]
+        return cls(ghn, ghn_version=version, ghn_path=str(resolved), eval_images=eval_images,
+                   recalibration_batches=recalibration_batches,
+                   recalibration_batch_size=recalibration_batch_size)
+
+    # ---- what this scorer can do -----------------------------------------------------------
+
+    @property
+    def task(self) -> str | None:
+        """The task the GHN was trained on (the only one it scores)."""
+        return getattr(self.ghn, "task", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ghn.device
+
+    @property
+    def recalibration_images(self) -> int:
+        return self.recalibration_batches * self.recalibration_batch_size
+
+    def supports(self, task: str) -> bool:
+        try:
+            return get_task(task).name == get_task(self.task or "").name
+        except DatasetError:
+            return False
+
+    def check_task(self, task: str) -> TaskSpec:
+        """The spec of ``task``; :class:`TaskNotSupported` unless this GHN scores it."""
+        spec = get_task(task)  # DatasetError for unknown names
+        if not self.supports(spec.name):
+            raise TaskNotSupported(f"no hypernetwork is loaded for task {spec.name!r} "
+                                   f"(loaded: {self.task!r})")
+        return spec
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded, for ``GET /v1/hypernetworks``."""
+        return {"task": self.task, "version": self.ghn_version, "path": self.ghn_path,
+                "device": str(self.device),
+                "parameters": sum(p.numel() for p in self.ghn.parameters()),
+                "config": _jsonable(vars(self.ghn.config)),
+                "training": getattr(self.ghn, "training_record", {}) or {},
+                "score": {"name": SCORE_NAME, "split": SCORE_SPLIT,
+                          "images": self.eval_images,
+                          "recalibration_images": self.recalibration_images}}
+
+    # ---- scoring -----------------------------------------------------------------------------
+
+    def task_tensors(self, task: str) -> _TaskTensors:
+        """The evaluation and recalibration tensors of ``task``, loaded once per process."""
+        spec = self.check_task(task)
+        with self._tasks_lock:
+            cached = self._tasks.get(spec.name)
+            if cached is not None:
+                return cached
+            data = load_task(spec.name, self.data_root)
+            x, y = data.tensors(SCORE_SPLIT, device=self.device)
+            if self.eval_images is not None:
+                x, y = x[:self.eval_images], y[:self.eval_images]
+            # The same batches as nas_service.training.surrogate: seed 0, the first k.
+            recalibration = []
+            for xb, _ in data.batches("train", self.recalibration_batch_size, shuffle=True,
+                                      seed=0, device=self.device):
+                if len(recalibration) == self.recalibration_batches:
+                    break
+                recalibration.append(xb)
+            tensors = _TaskTensors(spec, x.contiguous(), y.contiguous(), recalibration)
+            self._tasks[spec.name] = tensors
+            return tensors
+
+    def score(self, graphs: Sequence[ArchitectureGraph], task: str
+              ) -> list[ScoredGraph | Exception]:
+        """Scores ``graphs`` on ``task``: one GHN forward pass for all of them, then one
+        evaluation each. Each entry is the graph's :class:`ScoredGraph` or the exception that
+        stopped it; exceptions about the task itself (unknown, not supported, no data) are
+        raised instead, since no graph could be scored."""
+        if not graphs:
+            return []
+        data = self.task_tensors(task)
+        results: list[ScoredGraph | Exception | None] = [
+            _mismatch(graph, data.spec) for graph in graphs]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if not todo:
+            return results  # type: ignore[return-value]
+        with self.lock, torch.no_grad():
+            started = time.perf_counter()
+            batch = [graphs[i] for i in todo]
+            try:
+                predicted: list[dict[str, torch.Tensor] | Exception] = list(
+                    self.ghn.predict(batch))
+            except Exception:
+                # One graph spoiled the batch: predict them one by one to find out which.
+                predicted = [self._predict_one(g) for g in batch]
+            predict_seconds = (time.perf_counter() - started) / len(batch)
+            for i, params in zip(todo, predicted, strict=True):
+                if isinstance(params, Exception):
+                    results[i] = params
+                    continue
+                try:
+                    results[i] = self._evaluate(graphs[i], params, data, predict_seconds)
+                except Exception as e:  # noqa: BLE001 - reported as this graph's failure
+                    results[i] = e
+        return results  # type: ignore[return-value]
+
+    def _predict_one(self, graph: ArchitectureGraph) -> dict[str, torch.Tensor] | Exception:
+        try:
+            return self.ghn.predict([graph])[0]
+        except Exception as e:  # noqa: BLE001 - reported as this graph's failure
+            return e
+
+    def _evaluate(self, graph: ArchitectureGraph, params: dict[str, torch.Tensor],
+                  data: _TaskTensors, predict_seconds: float) -> ScoredGraph:
+        started = time.perf_counter()
+        net = load_parameters(to_module(graph, initialize=False, device=self.device), params)
+        recalibrate_batch_norm(net, data.recalibration)
+        value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE)
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+        return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels), state=state,
+                           timings={"predict": predict_seconds,
+                                    "score": time.perf_counter() - started})
+
+
+def _mismatch(graph: ArchitectureGraph, spec: TaskSpec) -> TaskNotSupported | None:
+    if tuple(graph.input_shape) != tuple(spec.input_shape):
+        return TaskNotSupported(f"the graph's input shape {list(graph.input_shape)} is not the "
+                                f"task's {list(spec.input_shape)}")
+    if graph.num_classes != spec.num_classes:
+        return TaskNotSupported(f"the graph has {graph.num_classes} classes, the task "
+                                f"{spec.num_classes}")
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,320 @@
+"""The worker: claims search jobs from the database queue and runs them.
+
+One job, as :meth:`Worker.run_job` runs it::
+
+    claim_next_job ─> strategy for (space, task, seed, constraints)
+        └─ for each batch of missing candidate indices (a generation, for evolution):
+             heartbeat (lease lost: stop writing; cancel requested: finish "cancelled";
+                        stop asked (SIGTERM): release the job; budget_seconds spent: finish)
+             propose candidate i from (seed, i) and the recorded history
+             constraints checked on the graph before any GHN work  ─> "rejected" + reason
+             one GHN forward pass for the batch, then each network scored ─> "scored"
+             an exception while scoring one candidate ─> "failed" + the error, the job goes on
+             record_candidate with the lease token
+    finish_job("succeeded")
+
+A background thread renews the lease every ``heartbeat_seconds`` while a batch is being scored,
+so a slow batch does not lose its lease; each write still names the token, so a worker whose
+lease was taken over writes nothing more (``LeaseLost`` stops it at once).
+
+Failures of a whole job: a job that cannot start (unknown space or task, no GHN for the task) is
+finished as ``failed`` at once. Any other exception (the database went away, out of memory)
+abandons the job without finishing it: its lease expires and the queue hands it out again, up to
+``max_attempts`` claims; on its last attempt the worker finishes it as ``failed`` with the error.
+
+``budget_seconds`` counts from the moment this worker claimed the job (each attempt gets the
+whole budget); the candidates recorded when it runs out are the job's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from nas_service.data import DatasetError
+from nas_service.db import LeaseLost, queue, read_session, write_session
+from nas_service.db.queue import ClaimedJob, LeaseStatus
+from nas_service.spaces import SearchSpaceError
+
+from .checkpoints import CheckpointStore
+from .evaluation import evaluate_architectures
+from .scoring import ArchitectureScorer, TaskNotSupported
+from .strategies import Outcome, Proposal, SearchStrategy, check_constraints, make_strategy
+
+if TYPE_CHECKING:
+    from nas_service.settings import Settings
+
+log = logging.getLogger("nas_service.worker")
+
+MAX_REASON_LENGTH = 2000
+
+
+def _ignore(*_args: object) -> None:
+    return None
+
+
+@dataclass
+class WorkerHooks:
+    """Callbacks the process embedding a worker uses to observe it (the API's metrics, tests)."""
+
+    candidate_recorded: Callable[[str], None] = _ignore  # status
+    heartbeat: Callable[[bool], None] = _ignore  # lease still held
+    job_finished: Callable[[str], None] = _ignore  # outcome, see Worker.run_job
+    batch_done: Callable[[str, list[int]], None] = _ignore  # job id, indices recorded
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass
+class _LeaseState:
+    lost: bool = False
+    cancel_requested: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Worker:
+    """Runs jobs from the queue until :meth:`stop` is called (or one job, with ``once``)."""
+
+    def __init__(self, engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore, *,
+                 worker_id: str | None = None, lease_seconds: float = 30.0,
+                 heartbeat_seconds: float = 10.0, max_attempts: int = 3, batch_size: int = 8,
+                 poll_seconds: float = 2.0, hooks: WorkerHooks | None = None) -> None:
+        if heartbeat_seconds >= lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        self.engine = engine
+        self.scorer = scorer
+        self.store = store
+        self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.hooks = hooks or WorkerHooks()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, engine: Engine, scorer: ArchitectureScorer,
+                      store: CheckpointStore, *, worker_id: str | None = None,
+                      hooks: WorkerHooks | None = None) -> Worker:
+        return cls(engine, scorer, store, worker_id=worker_id,
+                   lease_seconds=settings.lease_seconds,
+                   heartbeat_seconds=settings.heartbeat_seconds,
+                   max_attempts=settings.max_attempts, batch_size=settings.ghn_batch_size,
+                   poll_seconds=settings.worker_poll_seconds, hooks=hooks)
+
+    # ---- control -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to stop: between two batches it releases its job (queued again, the
+        attempt not counted) and :meth:`run` returns. Safe from a signal handler."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wake(self) -> None:
+        """A job was queued: claim now instead of at the end of the poll interval."""
+        self._wake.set()
+
+    def run(self, *, once: bool = False) -> None:
+        """Claims and runs jobs until stopped; with ``once``, runs at most one job and returns
+        (at once when the queue is empty)."""
+        while not self._stop.is_set():
+            try:
+                claimed = queue.claim_next_job(self.engine, self.worker_id, self.lease_seconds,
+                                               max_attempts=self.max_attempts)
+            except Exception:
+                log.exception("worker %s: cannot claim a job", self.worker_id)
+                claimed = None
+                if once:
+                    return
+            if claimed is None:
+                if once:
+                    return
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+                continue
+            self.run_job(claimed)
+            if once:
+                return
+
+    # ---- one job -------------------------------------------------------------------------------
+
+    def run_job(self, claimed: ClaimedJob) -> str:
+        """Runs a claimed job; returns what became of it: ``succeeded``, ``failed``,
+        ``cancelled``, ``released`` (stop requested), ``lease_lost`` or ``abandoned``."""
+        log.info("worker %s: job %s (attempt %d)", self.worker_id, claimed.job_id, claimed.attempt)
+        lease = _LeaseState()
+        done = threading.Event()
+        keeper = threading.Thread(target=self._keep_lease, args=(claimed, lease, done),
+                                  name=f"lease-{claimed.job_id[:8]}", daemon=True)
+        keeper.start()
+        try:
+            outcome = self._run(claimed, lease)
+        except LeaseLost:
+            outcome = "lease_lost"
+        except Exception as e:
+            log.exception("worker %s: job %s crashed", self.worker_id, claimed.job_id)
+            outcome = self._crashed(claimed, e)
+        finally:
+            done.set()
+            keeper.join()
+        log.info("worker %s: job %s %s", self.worker_id, claimed.job_id, outcome)
+        self.hooks.job_finished(outcome)
+        return outcome
+
+    def _run(self, claimed: ClaimedJob, lease: _LeaseState) -> str:
+        try:
+            spec = self.scorer.check_task(claimed.task)
+            strategy = make_strategy(claimed.strategy.value, claimed.space, seed=claimed.seed,
+                                     input_shape=spec.input_shape, num_classes=spec.num_classes,
+                                     constraints=claimed.constraints)
+        except (DatasetError, TaskNotSupported, SearchSpaceError, ValueError) as e:
+            queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "failed",
+                             error=f"cannot run this job: {e}")
+            return "failed"
+        history = self._history(claimed.job_id)
+        pending = [i for i in range(claimed.budget_candidates) if i not in claimed.done_indices]
+        deadline = (time.monotonic() + claimed.budget_seconds
+                    if claimed.budget_seconds is not None else None)
+        for batch in _batches(pending, self.batch_size, strategy.generation_size):
+            if self._stop.is_set():
+                queue.release_job(self.engine, claimed.job_id, claimed.lease_token)
+                return "released"
+            status = self._beat(claimed, lease)
+            if not status:
+                return "lease_lost"
+            if status.cancel_requested:
+                queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "cancelled")
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                with write_session(self.engine) as session:
+                    queue.add_event(session, claimed.job_id, "budget_seconds_spent",
+                                    {"budget_seconds": claimed.budget_seconds,
+                                     "recorded": len(history)})
+                break
+            self._run_batch(claimed, strategy, batch, history, lease)
+            self.hooks.batch_done(claimed.job_id, list(batch))
+        if lease.cancel_requested or self._beat(claimed, lease).cancel_requested:
+            queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "cancelled")
+            return "cancelled"
+        queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "succeeded")
+        return "succeeded"
+
+    def _run_batch(self, claimed: ClaimedJob, strategy: SearchStrategy, batch: Sequence[int],
+                   history: dict[int, Outcome], lease: _LeaseState) -> None:
+        started = time.perf_counter()
+        proposals: list[Proposal] = [strategy.propose(i, history) for i in batch]
+        propose_seconds = (time.perf_counter() - started) / len(batch)
+        to_score: list[Proposal] = []
+        for p in proposals:
+            reason = p.reason if p.graph is None else check_constraints(p.graph,
+                                                                        claimed.constraints)
+            if reason is None:
+                to_score.append(p)
+                continue
+            self._record(claimed, lease, history, p.index, "rejected", reason=reason,
+                         num_parameters=p.graph.num_parameters if p.graph else None,
+                         flops=p.graph.flops if p.graph else None, seconds=propose_seconds)
+        if not to_score:
+            return
+        evaluations = evaluate_architectures(self.engine, self.scorer, self.store,
+                                             [p.graph for p in to_score if p.graph is not None],
+                                             claimed.task)
+        for p, ev in zip(to_score, evaluations, strict=True):
+            graph = ev.graph
+            if ev.architecture is None:
+                error = ev.error or RuntimeError("not scored")
+                self._record(claimed, lease, history, p.index, "failed",
+                             reason=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH],
+                             num_parameters=graph.num_parameters, flops=graph.flops,
+                             seconds=propose_seconds + ev.seconds)
+                continue
+            self._record(claimed, lease, history, p.index, "scored",
+                         score=float(ev.architecture.scores["value"]),
+                         architecture_id=ev.architecture.id,
+                         num_parameters=graph.num_parameters, flops=graph.flops,
+                         seconds=propose_seconds + ev.seconds)
+
+    def _record(self, claimed: ClaimedJob, lease: _LeaseState, history: dict[int, Outcome],
+                index: int, status: str, **fields: object) -> None:
+        if lease.lost:
+            raise LeaseLost(claimed.job_id)
+        queue.record_candidate(self.engine, claimed.job_id, claimed.lease_token, index,
+                               status=status, **fields)  # type: ignore[arg-type]
+        score = fields.get("score")
+        history[index] = Outcome(status, float(score) if isinstance(score, float) else None)
+        self.hooks.candidate_recorded(status)
+
+    def _history(self, job_id: str) -> dict[int, Outcome]:
+        history: dict[int, Outcome] = {}
+        cursor = None
+        with read_session(self.engine) as session:
+            while True:
+                page = queue.list_candidates(session, job_id, order_by="index",
+                                             limit=queue.MAX_PAGE_SIZE, cursor=cursor)
+                for c in page.items:
+                    history[c.index] = Outcome(c.status.value, c.score)
+                if page.next_cursor is None:
+                    return history
+                cursor = page.next_cursor
+
+    # ---- the lease -----------------------------------------------------------------------------
+
+    def _beat(self, claimed: ClaimedJob, lease: _LeaseState) -> LeaseStatus:
+        status = queue.heartbeat(self.engine, claimed.job_id, claimed.lease_token,
+                                 self.lease_seconds)
+        with lease.lock:
+            lease.lost = lease.lost or not status.held
+            lease.cancel_requested = lease.cancel_requested or status.cancel_requested
+        self.hooks.heartbeat(status.held)
+        return status
+
+    def _keep_lease(self, claimed: ClaimedJob, lease: _LeaseState,
+                    done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_seconds):
+            try:
+                if not self._beat(claimed, lease):
+                    return
+            except Exception:  # the database is away: the next beat may succeed in time
+                log.warning("worker %s: heartbeat of job %s failed", self.worker_id,
+                            claimed.job_id, exc_info=True)
+
+    def _crashed(self, claimed: ClaimedJob, error: Exception) -> str:
+        if claimed.attempt < self.max_attempts:
+            return "abandoned"  # the lease expires and the queue retries the job
+        try:
+            queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "failed",
+                             error=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH])
+        except Exception:
+            log.exception("worker %s: cannot mark job %s failed", self.worker_id,
+                          claimed.job_id)
+            return "abandoned"
+        return "failed"
+
+
+def _batches(indices: Sequence[int], size: int, generation: int | None) -> list[list[int]]:
+    """Consecutive runs of ``indices`` of at most ``size``, never across a generation."""
+    batches: list[list[int]] = []
+    for i in indices:
+        if (batches and len(batches[-1]) < size
+                and (generation is None or batches[-1][0] // generation == i // generation)):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches

@@ -1,0 +1,165 @@
+"""Fixtures and helpers shared by the API, worker and end-to-end tests (imported by them).
+
+Everything is real: the database comes from conftest's ``database_url``/``engine`` fixtures
+(SQLite and PostgreSQL), the GHN is a tiny but real :class:`GraphHyperNetwork` saved as a
+checkpoint, the data is the installed Fashion-MNIST. What is small is the work: 64 validation
+images per score and one recalibration batch of 32, so a score costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from nas_service.data import DatasetError, get_task, resolve_root
+from nas_service.ghn import GHNConfig, GraphHyperNetwork
+from nas_service.ghn.checkpoint import save_ghn
+from nas_service.graph import ArchitectureGraph, GraphBuilder
+from nas_service.search import ArchitectureScorer
+from nas_service.settings import Settings
+
+TINY_GHN = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
+EVAL_IMAGES = 64
+# Cells of the "cells" space under this bound cost ~0.1 s each to score here.
+SMALL_FLOPS = 2_000_000
+
+
+def _fashion_mnist_present() -> bool:
+    try:
+        folder, _ = resolve_root(get_task("fashion-mnist"))
+    except DatasetError:
+        return False
+    return folder.is_dir()
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not _fashion_mnist_present(),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist, or set "
+           "NAS_DATASETS_DIR)")
+
+
+def tiny_graph(channels: int = 4, *, input_shape: tuple[int, ...] = (1, 28, 28),
+               num_classes: int = 10, name: str | None = None) -> ArchitectureGraph:
+    """conv(3x3, stride 2) -> batch norm -> relu -> global pool -> linear: a distinct graph per
+    ``channels``."""
+    b = GraphBuilder(input_shape, name=name or f"tiny-{channels}")
+    x = b.add("conv2d", b.input, id="conv", out_channels=channels, kernel_size=3, stride=2,
+              padding=1)
+    x = b.add("batch_norm", x, id="bn")
+    x = b.add("relu", x, id="act")
+    x = b.add("global_avg_pool", x, id="pool")
+    return b.build(b.add("linear", x, id="fc", out_features=num_classes),
+                   num_classes=num_classes)
+
+
+def tiny_graph_doc(channels: int = 4, **kwargs: Any) -> dict[str, Any]:
+    return tiny_graph(channels, **kwargs).to_dict()
+
+
+@pytest.fixture(scope="session")
+def tiny_ghn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ghn") / "ghn.safetensors"
+    save_ghn(GraphHyperNetwork(TINY_GHN), path, task="fashion-mnist",
+             training={"step": 0, "note": "untrained test GHN"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def scorer(tiny_ghn_path: Path) -> ArchitectureScorer:
+    """One scorer for the whole session: the task data is decoded once."""
+    return ArchitectureScorer.load(tiny_ghn_path, device="cpu", eval_images=EVAL_IMAGES,
+                                   recalibration_batches=1, recalibration_batch_size=32)
+
+
+def service_env(data_dir: Path, ghn_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``nas-service serve``/``worker`` subprocess: the embedded defaults
+    under ``data_dir``, the GHN at ``ghn_path``, small scoring work, quick leases."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAS_")}
+    if "NAS_DATASETS_DIR" in os.environ:
+        env["NAS_DATASETS_DIR"] = os.environ["NAS_DATASETS_DIR"]
+    env.update(NAS_DATA_DIR=str(data_dir), NAS_GHN_PATH=str(ghn_path),
+               NAS_EVAL_IMAGES=str(EVAL_IMAGES), NAS_RECALIBRATION_BATCHES="1",
+               NAS_RECALIBRATION_BATCH_SIZE="32", NAS_LEASE_SECONDS="10",
+               NAS_HEARTBEAT_SECONDS="1", NAS_WORKER_POLL_SECONDS="0.2",
+               NAS_DEVICE="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """The process's settings read from ``env`` alone (other NAS_* variables removed)."""
+    from nas_service.settings import get_settings
+
+    for name in [k for k in os.environ if k.startswith("NAS_") and k != "NAS_DATASETS_DIR"]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+
+def service_settings(database_url: str, data_dir: Path, ghn_path: Path | None = None,
+                     **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        database_url=database_url, data_dir=data_dir, ghn_path=ghn_path,
+        eval_images=EVAL_IMAGES, recalibration_batches=1, recalibration_batch_size=32,
+        lease_seconds=5.0, heartbeat_seconds=0.5, worker_poll_seconds=0.1,
+        worker_in_process=False)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_settings(engine: Any, database_url: str, tmp_path: Path,
+                  tiny_ghn_path: Path) -> Callable[..., Settings]:
+    """Settings on the test database (emptied by ``engine``) with the tiny GHN."""
+    def make(**overrides: Any) -> Settings:
+        overrides.setdefault("ghn_path", tiny_ghn_path)
+        return service_settings(database_url, tmp_path / "state", **overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings],
+                scorer: ArchitectureScorer) -> Iterator[Callable[..., Any]]:
+    """``make_client(**settings_overrides)``: a started TestClient on a fresh app (no worker
+    unless ``worker_in_process=True``)."""
+    from fastapi.testclient import TestClient
+
+    from nas_service.api import create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        app = create_app(make_settings(**overrides), scorer=scorer)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> Any:
+    return make_client()
+
+
+def assert_problem(response: Any, status: int, slug: str | None = None) -> dict[str, Any]:
+    """``response`` is an RFC 9457 problem with ``status`` (and type ``slug``)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    if slug is not None:
+        assert body["type"] == f"urn:nas-service:problem:{slug}", body
+    return body

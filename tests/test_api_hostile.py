@@ -1,0 +1,223 @@
+"""Hostile and mistaken requests: every one gets an RFC 9457 problem with a 4xx status, and none
+reaches the catch-all 500 handler (the TestClient re-raises anything that does, and the
+``nas_http_unhandled_exceptions_total`` counter must stay at zero)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.register_assert_rewrite("service_support")
+
+import httpx  # noqa: E402
+from service_support import assert_problem, requires_fashion_mnist, tiny_graph_doc  # noqa: E402
+
+from nas_service.db import queue  # noqa: E402
+from nas_service.db.engine import make_engine  # noqa: E402
+
+pytest_plugins = ("service_support",)
+pytestmark = [requires_fashion_mnist,
+              pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")]
+
+JOB = {"space": "cells", "task": "fashion-mnist", "strategy": "random", "seed": 1,
+       "budget": {"candidates": 3}}
+
+
+@pytest.fixture
+def hostile(make_client):
+    """A client on a service with a 64 KiB body limit; checks after the test that nothing
+    reached the catch-all handler."""
+    client = make_client(max_body_bytes=64 * 1024, max_graph_nodes=64)
+    yield client
+    assert 'nas_http_unhandled_exceptions_total 0' in client.get("/metrics").text
+    assert 'status="500"' not in client.get("/metrics").text
+
+
+def _post_raw(client, path: str, content: bytes, **headers: str) -> httpx.Response:
+    return client.post(path, content=content,
+                       headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("content", [
+    b"{", b"not json", b'{"graph": }', b"\xff\xfe\x00garbage", b"[1, 2",
+    b'{"graph": {"format": "nas-graph/1", "nodes": [1e999999]}}',
+])
+def test_malformed_json_is_a_400_problem(hostile, content: bytes) -> None:
+    for path in ("/v1/architectures", "/v1/search-jobs"):
+        r = _post_raw(hostile, path, content)
+        assert r.status_code in (400, 422), r.text
+        assert_problem(r, r.status_code)
+
+
+def test_deeply_nested_json_is_refused_not_crashed(hostile) -> None:
+    depth = 20_000
+    r = _post_raw(hostile, "/v1/architectures", b"[" * depth + b"]" * depth)
+    assert_problem(r, r.status_code)
+    assert r.status_code in (400, 413, 422)
+
+
+@pytest.mark.parametrize("payload", [
+    [], 5, "graph", None,
+    {"graph": 5}, {"graph": []}, {"graph": "nas-graph/1"}, {"graph": {}},
+    {"graph": {"format": "nas-graph/1", "nodes": "all of them"}},
+    {"graph": {"format": "nas-graph/1", "nodes": [None, 1, "x"]}},
+    {"graph": {"format": "nas-graph/2", "nodes": []}},
+    {"space": 5, "seed": 1}, {"space": "cells", "seed": -1}, {"space": "cells", "seed": "7"},
+    {"space": "cells", "seed": 2**70}, {"space": "cells", "seed": 1.5},
+    {"space": "cells", "seed": 1, "task": ["fashion-mnist"]},
+    {"space": "cells", "seed": 1, "surprise": True},
+])
+def test_wrong_types_in_an_architecture_request_are_422(hostile, payload) -> None:
+    assert_problem(hostile.post("/v1/architectures", json=payload), 422)
+
+
+@pytest.mark.parametrize("change", [
+    {"budget": {"candidates": 0}}, {"budget": {"candidates": "many"}}, {"budget": None},
+    {"budget": {"candidates": 10**9}}, {"budget": {"candidates": 2, "seconds": -1}},
+    {"budget": {"candidates": 2, "seconds": float("inf")}},
+    {"strategy": "gradient-descent"}, {"space": "imaginary"}, {"task": "imagenet"},
+    {"seed": -5}, {"constraints": {"max_parameters": 0}}, {"constraints": {"max_flops": "lots"}},
+    {"constraints": {"max_depth": 3}}, {"extra": 1},
+])
+def test_wrong_search_job_requests_are_422(hostile, change) -> None:
+    body = {**JOB, **change}
+    content = json.dumps(body, allow_nan=True).encode()
+    body = assert_problem(_post_raw(hostile, "/v1/search-jobs", content), 422)
+    assert body["errors"] and all(e["location"].startswith("/body") for e in body["errors"])
+
+
+def test_a_body_over_the_limit_is_413_by_content_length(hostile) -> None:
+    big = json.dumps({"graph": tiny_graph_doc(), "padding": "x" * 70_000}).encode()
+    assert_problem(_post_raw(hostile, "/v1/architectures", big), 413, "body-too-large")
+
+
+def test_a_streamed_body_over_the_limit_is_413_without_content_length(hostile) -> None:
+    def chunks():
+        for _ in range(100):
+            yield b" " * 1024  # 100 KiB of JSON whitespace, no Content-Length
+
+    r = hostile.post("/v1/architectures", content=chunks(),
+                     headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert_problem(r, 413, "body-too-large")
+
+
+def test_a_lying_content_length_is_refused(hostile) -> None:
+    r = _post_raw(hostile, "/v1/architectures", b"{}", **{"content-length": "abc"})
+    assert r.status_code in (400, 413, 422)
+
+
+def test_a_graph_over_the_limits_is_422(hostile) -> None:
+    nodes = [{"id": "input", "op": "input", "shape": [1, 28, 28]}]
+    nodes += [{"id": f"r{i}", "op": "relu", "inputs": [nodes[-1]["id"] if i == 0 else f"r{i-1}"]}
+              for i in range(200)]
+    body = assert_problem(hostile.post("/v1/architectures", json={
+        "graph": {"format": "nas-graph/1", "nodes": nodes}}), 422, "invalid-graph")
+    assert len(body["errors"]) <= 100
+    huge_conv = tiny_graph_doc(4)
+    huge_conv["nodes"][1]["out_channels"] = 10**9
+    assert_problem(hostile.post("/v1/architectures", json={"graph": huge_conv}), 422,
+                   "invalid-graph")
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/architectures/x", "/v1/architectures/" + "a" * 5000, "/v1/architectures/%00",
+    "/v1/architectures/x/checkpoint", "/v1/search-jobs/x", "/v1/search-jobs/x/candidates",
+    "/v1/candidates/x", "/v1/candidates/x/checkpoint", "/v1/nothing-here", "/v2/architectures",
+])
+def test_unknown_ids_and_paths_are_404(hostile, path: str) -> None:
+    assert_problem(hostile.get(path), 404)
+
+
+def test_cancel_of_an_unknown_job_is_404(hostile) -> None:
+    assert_problem(hostile.post("/v1/search-jobs/nope/cancel"), 404, "not-found")
+
+
+def test_a_wrong_method_is_a_405_problem(hostile) -> None:
+    assert_problem(hostile.delete("/v1/architectures"), 405)
+    assert_problem(hostile.put("/v1/search-jobs"), 405)
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "!!!", "e30", "eyJsIjoiam9icyIsImsiOlsxXX0",
+                                    "x" * 2000, "%ff"])
+def test_bad_cursors_are_400(hostile, cursor: str) -> None:
+    r = hostile.get("/v1/search-jobs", params={"cursor": cursor})
+    if r.status_code != 200:  # SQLite compares the key; PostgreSQL cannot hold it
+        assert_problem(r, 400, "invalid-cursor")
+    job = hostile.post("/v1/search-jobs", json=JOB).json()
+    r = hostile.get(f"/v1/search-jobs/{job['id']}/candidates", params={"cursor": cursor})
+    assert_problem(r, 400, "invalid-cursor")
+
+
+def test_a_cursor_from_another_listing_or_order_is_400(hostile, database_url) -> None:
+    for i in range(2):
+        hostile.post("/v1/search-jobs", json={**JOB, "seed": i})
+    jobs_cursor = hostile.get("/v1/search-jobs", params={"limit": 1}).json()["next_cursor"]
+    engine = make_engine(database_url)
+    try:
+        claimed = queue.claim_next_job(engine, "test-worker", 30)
+        for i in range(3):
+            queue.record_candidate(engine, claimed.job_id, claimed.lease_token, i,
+                                   status="rejected", reason="test")
+    finally:
+        engine.dispose()
+    path = f"/v1/search-jobs/{claimed.job_id}/candidates"
+    by_index = hostile.get(path, params={"order_by": "index", "limit": 1}).json()["next_cursor"]
+    assert by_index and jobs_cursor
+    assert_problem(hostile.get(path, params={"cursor": jobs_cursor}), 400, "invalid-cursor")
+    assert_problem(hostile.get(path, params={"cursor": by_index, "order_by": "score"}), 400,
+                   "invalid-cursor")
+
+
+@pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 501}, {"limit": "ten"},
+                                   {"status": "sleeping"}])
+def test_bad_listing_parameters_are_422(hostile, query) -> None:
+    assert_problem(hostile.get("/v1/search-jobs", params=query), 422, "invalid-request")
+
+
+def test_reusing_an_idempotency_key_with_another_body_is_409(hostile) -> None:
+    first = hostile.post("/v1/search-jobs", json=JOB, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202
+    body = assert_problem(hostile.post("/v1/search-jobs", json={**JOB, "seed": 2},
+                                       headers={"Idempotency-Key": "k-1"}), 409,
+                          "idempotency-conflict")
+    assert body["job_id"] == first.json()["id"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 129, "caf\u00e9", "two words"])
+def test_malformed_idempotency_keys_are_422(hostile, key: str) -> None:
+    r = hostile.post("/v1/search-jobs", json=JOB,
+                     headers={"Idempotency-Key": key.encode("utf-8")})  # type: ignore[dict-item]
+    assert_problem(r, 422, "invalid-request")
+
+
+def test_the_catch_all_answers_a_problem_and_counts_it(make_client) -> None:
+    from fastapi.testclient import TestClient
+
+    client = make_client()
+    app = client.app
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as quiet:
+        body = assert_problem(quiet.get("/boom"), 500, "internal-error")
+        assert "a bug" not in json.dumps(body)
+        assert "nas_http_unhandled_exceptions_total 1" in quiet.get("/metrics").text
+
+
+def test_nul_characters_never_reach_the_database(hostile) -> None:
+    """PostgreSQL refuses NUL in text: names and cursors carrying one must not become 500s."""
+    import base64
+
+    doc = tiny_graph_doc(9)
+    doc["name"] = "evil\u0000name"
+    r = hostile.post("/v1/architectures", json={"graph": doc})
+    assert r.status_code in (200, 201, 422), r.text
+    key = json.dumps({"l": "jobs", "k": ["2020-01-01T00:00:00+00:00", "a\u0000b"]})
+    cursor = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+    r = hostile.get("/v1/search-jobs", params={"cursor": cursor})
+    if r.status_code != 200:  # SQLite compares the key; PostgreSQL cannot hold it
+        assert_problem(r, 400, "invalid-cursor")

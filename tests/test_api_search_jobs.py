@@ -1,0 +1,176 @@
+"""/v1/search-jobs and /v1/candidates through the API, with a real worker where a job must run;
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.register_assert_rewrite("service_support")
+
+from service_support import (  # noqa: E402
+    SMALL_FLOPS,
+    assert_problem,
+    requires_fashion_mnist,
+)
+
+from nas_service.db import make_engine, queue  # noqa: E402
+
+pytest_plugins = ("service_support",)
+pytestmark = [requires_fashion_mnist,
+              pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")]
+
+JOB = {"space": "cells", "task": "fashion-mnist", "strategy": "random", "seed": 11,
+       "budget": {"candidates": 4}, "constraints": {"max_flops": SMALL_FLOPS}}
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _wait(client, job_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/search-jobs/{job_id}").json()
+        if job["status"] in FINAL:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def test_creating_a_job_queues_it(client) -> None:
+    r = client.post("/v1/search-jobs", json=JOB)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/search-jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["progress"] == {"done": 0, "total": 4, "fraction": 0.0}
+    assert job["budget"] == {"candidates": 4, "seconds": None}
+    assert job["constraints"] == {"max_parameters": None, "max_flops": SMALL_FLOPS}
+    assert job["best_candidate"] is None and job["rate"] is None
+    assert client.get(r.headers["location"]).json()["id"] == job["id"]
+
+
+def test_an_idempotent_replay_returns_the_same_job(client) -> None:
+    headers = {"Idempotency-Key": "order-66"}
+    first = client.post("/v1/search-jobs", json=JOB, headers=headers)
+    # The same request spelled differently (defaults written out, keys reordered) is a replay.
+    same = {"budget": {"seconds": None, "candidates": 4}, **{k: v for k, v in JOB.items()
+                                                              if k != "budget"}}
+    replay = client.post("/v1/search-jobs", json=same, headers=headers)
+    assert first.status_code == 202
+    assert replay.status_code == 200
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"]
+    assert len(client.get("/v1/search-jobs").json()["items"]) == 1
+    other = client.post("/v1/search-jobs", json=JOB, headers={"Idempotency-Key": "order-67"})
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+
+
+def test_listing_pages_through_every_job_once_newest_first(client) -> None:
+    ids = [client.post("/v1/search-jobs", json={**JOB, "seed": i}).json()["id"]
+           for i in range(5)]
+    seen, url, pages = [], "/v1/search-jobs?limit=2", 0
+    while url:
+        page = client.get(url).json()
+        seen += [job["id"] for job in page["items"]]
+        url, pages = page["next"], pages + 1
+    assert seen == ids[::-1]
+    assert pages == 3
+
+
+def test_listing_filters_by_status(client) -> None:
+    a = client.post("/v1/search-jobs", json=JOB).json()["id"]
+    b = client.post("/v1/search-jobs", json={**JOB, "seed": 2}).json()["id"]
+    assert client.post(f"/v1/search-jobs/{a}/cancel").json()["status"] == "cancelled"
+    queued = client.get("/v1/search-jobs", params={"status": "queued"}).json()["items"]
+    cancelled = client.get("/v1/search-jobs", params={"status": "cancelled"}).json()["items"]
+    assert [j["id"] for j in queued] == [b]
+    assert [j["id"] for j in cancelled] == [a]
+
+
+def test_a_task_without_a_hypernetwork_is_refused(client) -> None:
+    body = assert_problem(client.post("/v1/search-jobs", json={**JOB, "task": "cifar10"}), 422,
+                          "task-not-supported")
+    assert body["errors"][0]["location"] == "/body/task"
+    assert_problem(client.post("/v1/search-jobs", json={**JOB, "budget": {"candidates": 10**5}}),
+                   422, "invalid-request")
+
+
+def test_a_job_runs_to_completion_and_its_best_candidate_downloads(make_client) -> None:
+    client = make_client(worker_in_process=True)
+    job = client.post("/v1/search-jobs", json={**JOB, "strategy": "evolution"}).json()
+    done = _wait(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == {"done": 4, "total": 4, "fraction": 1.0}
+    assert done["rate"] > 0 and done["timings"]["running_seconds"] > 0
+    assert done["attempts"] == 1 and done["error"] is None
+
+    by_index = client.get(done["links"]["candidates"], params={"order_by": "index"}).json()
+    assert [c["index"] for c in by_index["items"]] == [0, 1, 2, 3]
+    by_score = client.get(done["links"]["candidates"]).json()["items"]
+    scores = [c["score"] for c in by_score]
+    assert scores == sorted(scores, reverse=True)
+    best = done["best_candidate"]
+    assert best["id"] == by_score[0]["id"] and best["score"] == max(scores)
+
+    candidate = client.get(f"/v1/candidates/{best['id']}").json()
+    assert candidate == best
+    architecture = client.get(candidate["architecture_url"]).json()
+    assert architecture["score"]["value"] == best["score"]
+    r = client.get(candidate["checkpoint_url"])
+    assert r.status_code == 200
+    assert r.headers["etag"] == f'"{architecture["checkpoint"]["id"]}"'
+    assert client.get(candidate["checkpoint_url"],
+                      headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+    metrics = client.get("/metrics").text
+    assert 'nas_candidates_recorded_total{status="scored"} 4' in metrics
+    assert 'nas_worker_jobs_total{outcome="succeeded"} 1' in metrics
+    assert 'nas_worker_heartbeats_total{held="true"}' in metrics
+
+
+def test_candidates_page_by_score_and_a_rejected_one_has_no_checkpoint(client,
+                                                                        database_url) -> None:
+    job = client.post("/v1/search-jobs", json=JOB).json()
+    engine = make_engine(database_url)
+    try:
+        claimed = queue.claim_next_job(engine, "test-worker", 30)
+        assert claimed.job_id == job["id"]
+        for index, score in ((0, 0.5), (1, None), (2, 0.7), (3, 0.5)):
+            queue.record_candidate(engine, claimed.job_id, claimed.lease_token, index,
+                                   status="scored" if score is not None else "rejected",
+                                   score=score, reason=None if score else "over max_flops")
+    finally:
+        engine.dispose()
+    seen, url = [], f"/v1/search-jobs/{job['id']}/candidates?limit=1&order_by=score"
+    while url:
+        page = client.get(url).json()
+        seen += page["items"]
+        url = page["next"]
+    assert [c["index"] for c in seen] == [2, 0, 3, 1]
+    rejected = seen[-1]
+    assert rejected["status"] == "rejected" and rejected["reason"] == "over max_flops"
+    assert rejected["checkpoint_url"] is None
+    body = assert_problem(client.get(f"/v1/candidates/{rejected['id']}/checkpoint"), 404,
+                          "no-checkpoint")
+    assert "over max_flops" in body["detail"]
+    running = client.get(f"/v1/search-jobs/{job['id']}").json()
+    assert running["status"] == "running"
+    assert running["best_candidate"]["index"] == 2
+    assert running["progress"]["done"] == 4
+
+
+def test_cancelling_a_running_job_is_accepted_and_seen_by_its_worker(client,
+                                                                      database_url) -> None:
+    job = client.post("/v1/search-jobs", json=JOB).json()
+    engine = make_engine(database_url)
+    try:
+        claimed = queue.claim_next_job(engine, "test-worker", 30)
+        r = client.post(f"/v1/search-jobs/{job['id']}/cancel")
+        assert r.status_code == 202
+        assert r.json()["cancel_requested"] is True and r.json()["status"] == "running"
+        assert queue.heartbeat(engine, claimed.job_id, claimed.lease_token, 30).cancel_requested
+        queue.finish_job(engine, claimed.job_id, claimed.lease_token, "cancelled")
+    finally:
+        engine.dispose()
+    again = client.post(f"/v1/search-jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"

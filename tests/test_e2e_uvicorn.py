@@ -1,0 +1,115 @@
+"""End to end: ``python -m nas_service serve`` as a real uvicorn process on a free port, with the
+embedded defaults (a SQLite file under NAS_DATA_DIR, migrated at start-up; the in-process
+worker) and a tiny GHN named by NAS_GHN_PATH."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytest.register_assert_rewrite("service_support")
+
+from service_support import (  # noqa: E402
+    EVAL_IMAGES,
+    SMALL_FLOPS,
+    isolated_settings,
+    requires_fashion_mnist,
+    service_env,
+    tiny_graph_doc,
+)
+
+pytest_plugins = ("service_support",)
+pytestmark = [requires_fashion_mnist, pytest.mark.slow]
+
+STARTUP_SECONDS = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(base: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}: "
+                                 f"{process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become ready")
+
+
+def test_serve_scores_an_architecture_and_runs_a_search(tmp_path, tiny_ghn_path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nas_service", "serve", "--port", str(port),
+         "--log-level", "warning"],
+        env=service_env(tmp_path / "state", tiny_ghn_path), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_ready(base, server)
+        assert (tmp_path / "state" / "nas.db").is_file()
+        with httpx.Client(base_url=base, timeout=60) as client:
+            posted = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
+            assert posted.status_code == 201, posted.text
+            assert posted.json()["score"]["images"] == EVAL_IMAGES
+
+            job = client.post("/v1/search-jobs", json={
+                "space": "cells", "seed": 2, "budget": {"candidates": 4},
+                "constraints": {"max_flops": SMALL_FLOPS}}).json()
+            deadline = time.monotonic() + 120
+            while job["status"] not in ("succeeded", "failed", "cancelled"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.2)
+                job = client.get(job["links"]["self"]).json()
+            assert job["status"] == "succeeded", job
+            assert job["progress"]["done"] == 4
+
+            best = job["best_candidate"]
+            download = client.get(best["checkpoint_url"])
+            assert download.status_code == 200
+            assert download.headers["etag"] == (
+                f'"{hashlib.sha256(download.content).hexdigest()}"')
+            metrics = client.get("/metrics").text
+            assert 'nas_candidates_recorded_total{status="scored"} 4' in metrics
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            output, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            output, _ = server.communicate()
+    # uvicorn shuts down gracefully (lifespan end: the worker thread is stopped), then re-raises
+    # the signal it caught, so the status is SIGTERM's.
+    assert server.returncode in (0, -signal.SIGTERM), output
+    assert "Traceback" not in output, output
+
+
+def test_serve_without_its_ghn_fails_with_a_hint(tmp_path, monkeypatch, capsys) -> None:
+    from nas_service.cli import main
+    from nas_service.settings import get_settings
+
+    isolated_settings(monkeypatch, NAS_DATA_DIR=str(tmp_path),
+                       NAS_GHN_PATH=str(tmp_path / "missing.safetensors"))
+    try:
+        assert main(["serve", "--port", "0", "--no-worker"]) == 1
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "GHN checkpoint not found" in err and "Traceback" not in err
+    # The embedded default migrated its SQLite file before looking for the GHN.
+    assert (tmp_path / "nas.db").is_file()
