@@ -45,7 +45,7 @@ from nas_service.graph import (
 from .config import TrainingConfig
 from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate_batch_norm
 from .ghn_training import held_out_architectures
-from .surrogate import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES
+from .surrogate import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES, recalibration_batches
 
 SCORES = ("predicted_batch", "predicted_recalibrated", "random_init", "sgd_1_epoch")
 """The accuracy keys of one :func:`evaluate_architecture` record, cheapest first."""
@@ -182,18 +182,6 @@ def evaluation_tensors(task_data: TaskData, split: str, eval_images: int | None,
     n = len(s) if eval_images is None else min(len(s), eval_images)
     x = task_data.normalize(s.images[:n].to(device))
     return x, s.labels[:n].to(device, copy=True)
-
-
-def recalibration_batches(task_data: TaskData, device: torch.device) -> list[torch.Tensor]:
-    """The training batches batch-norm statistics are re-estimated on: the same ones (seed 0)
-    the service's surrogate score uses, so both modes here match what users get."""
-    out = []
-    for x, _ in task_data.batches("train", RECALIBRATION_BATCH_SIZE, shuffle=True, seed=0,
-                                  device=device):
-        if len(out) == RECALIBRATION_BATCHES:
-            break
-        out.append(x)
-    return out
 
 
 def evaluate_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph | nn.Module,

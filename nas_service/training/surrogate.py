@@ -54,12 +54,16 @@ def _as_graph(module_or_graph: Any, input_shape: tuple[int, ...]) -> Architectur
                     f"{type(module_or_graph).__name__}")
 
 
-def _recalibration_batches(task: TaskData, device: torch.device):
-    for i, (x, _) in enumerate(task.batches("train", RECALIBRATION_BATCH_SIZE, shuffle=True,
-                                            seed=0, device=device)):
-        if i >= RECALIBRATION_BATCHES:
+def recalibration_batches(task: TaskData, device: torch.device) -> list[torch.Tensor]:
+    """The training batches batch-norm statistics are re-estimated on (fixed: seed 0), shared by
+    the surrogate score and the evaluation so both report what users get."""
+    out = []
+    for x, _ in task.batches("train", RECALIBRATION_BATCH_SIZE, shuffle=True, seed=0,
+                             device=device):
+        if len(out) == RECALIBRATION_BATCHES:
             break
-        yield x
+        out.append(x)
+    return out
 
 
 def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
@@ -83,7 +87,7 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
         load_parameters_by_name(net, {sources.get(k, k): v for k, v in params.items()})
     else:
         net = load_parameters(to_module(graph, initialize=False, device=ghn.device), params)
-    return recalibrate_batch_norm(net, _recalibration_batches(data, ghn.device))
+    return recalibrate_batch_norm(net, recalibration_batches(data, ghn.device))
 
 
 def load_parameters_by_name(net: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
