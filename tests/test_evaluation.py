@@ -33,6 +33,7 @@ from nas_service.training.ranking import (
     kendall_tau,
     rank_surrogates,
     spearman_rho,
+    train_ground_truth,
 )
 from nas_service.training.report import encode_png, text_mask, write_report
 from nas_service.zoo import evaluation_models
@@ -209,7 +210,8 @@ def test_ground_truth_cache_resumes_an_interrupted_run(fashion, tmp_path: Path):
     assert trained == [1]  # only the second architecture is trained
     assert accs[0] == first["accuracy"] and 0 <= accs[1] <= 1
     assert len(json.loads(path.read_text())) == 2
-    assert list(path.parent.iterdir()) == [path]  # no temporary files left behind
+    # No temporary files left behind; the writers' lock file stays (an empty file).
+    assert sorted(p.name for p in path.parent.iterdir()) == ["truth.json", "truth.json.lock"]
 
     again: list[int] = []
     assert ground_truth(graphs, fashion, 1, max_images=64, cache=GroundTruthCache(path),
@@ -395,6 +397,27 @@ def test_rank_surrogates_then_report_writes_three_valid_files(tiny_ghn, fashion,
     # The evaluation alone still gets a plot (against the SGD baseline).
     alone = write_report(evaluation, tmp_path / "alone")
     assert_valid_png(alone["scatter"].read_bytes())
+
+
+def test_ground_truth_shards_fill_one_cache_that_rank_surrogates_then_reuses(
+        tiny_ghn, fashion, tmp_path, monkeypatch):
+    kwargs = dict(held_out=3, epochs=0.25, max_images=64, cache_path=tmp_path / "truth.json",
+                  sgd_epochs_baseline=0.25, sgd_max_images=64, eval_images=64,
+                  truth_eval_images=64)
+    done = [train_ground_truth(tiny_ghn, fashion, shard=(k, 2), progress=False, **kwargs)
+            for k in range(2)]
+    # Architectures 0 and 2 in shard 0, architecture 1 in shard 1; truth + baseline for each.
+    assert [(d["architectures"], d["trained"]) for d in done] == [(2, 4), (1, 2)]
+    assert len(json.loads((tmp_path / "truth.json").read_text())) == 6
+
+    def no_training(*args, **kw):
+        raise AssertionError("rank_surrogates trained although every shard was done")
+
+    monkeypatch.setattr("nas_service.training.ranking.sgd_train", no_training)
+    ranking = rank_surrogates(tiny_ghn, fashion, progress=False, **kwargs)
+    assert len(ranking["architectures"]) == 3
+    with pytest.raises(ValueError, match="shard"):
+        train_ground_truth(tiny_ghn, fashion, shard=(2, 2), progress=False, **kwargs)
 
 
 def test_report_png_opens_with_pillow_when_it_is_installed(tmp_path: Path):

@@ -15,7 +15,7 @@ from nas_service.ghn.checkpoint import load_ghn
 from nas_service.graph import GraphBuilder, GraphNetwork, to_module
 from nas_service.spaces import get_space
 from nas_service.training.config import TrainingConfig
-from nas_service.training.ghn_training import meta_step, train_ghn
+from nas_service.training.ghn_training import _lr_at, meta_step, start_from_checkpoint, train_ghn
 from nas_service.training.surrogate import predict_parameters, surrogate_accuracy
 
 pytestmark = pytest.mark.skipif(
@@ -86,6 +86,42 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     other.meta_batch = 3
     with pytest.raises(ValueError, match="meta_batch"):
         train_ghn(other, tmp_path, progress=False, device="cpu")
+
+
+def test_worker_processes_prepare_exactly_the_steps_an_inline_run_does(tmp_path):
+    torch.set_num_threads(1)
+    train_ghn(tiny_config(4), tmp_path / "inline", progress=False, device="cpu", workers=0)
+    train_ghn(tiny_config(4), tmp_path / "workers", progress=False, device="cpu", workers=2)
+    a = load_ghn(tmp_path / "inline" / "ghn.safetensors", "cpu").state_dict()
+    b = load_ghn(tmp_path / "workers" / "ghn.safetensors", "cpu").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_continues_from_a_checkpoint_with_a_fresh_optimizer_and_a_new_warm_up(tmp_path):
+    torch.set_num_threads(1)
+    train_ghn(tiny_config(4), tmp_path / "first", progress=False, device="cpu")
+    checkpoint = tmp_path / "first" / "ghn.safetensors"
+    other = tiny_config(8)
+    other.batch_size = 16
+    with pytest.raises(ValueError, match="batch_size"):
+        start_from_checkpoint(checkpoint, tmp_path / "refused", other)
+    assert not (tmp_path / "refused" / "state.json").exists()  # nothing half-written
+    with pytest.raises(ValueError, match="more than that"):
+        start_from_checkpoint(checkpoint, tmp_path / "refused", tiny_config(4))
+
+    cfg = tiny_config(8)
+    cfg.log_every = 1  # bookkeeping may change on resume
+    assert start_from_checkpoint(checkpoint, tmp_path / "next", cfg) == 4
+    with pytest.raises(ValueError, match="already holds a run"):
+        start_from_checkpoint(checkpoint, tmp_path / "next", cfg)
+    train_ghn(cfg, tmp_path / "next", progress=False, device="cpu")
+    state = json.loads((tmp_path / "next" / "state.json").read_text())
+    assert state["step"] == 8 and state["rewarm_from"] == 4
+    assert state["initialized_from"] == str(checkpoint)
+    lrs = [r["lr"] for r in _log(tmp_path / "next") if "lr" in r]
+    # warmup_steps=2: half the scheduled rate at step 4, then the plain cosine schedule.
+    assert lrs[0] == pytest.approx(_lr_at(4, cfg) / 2) and lrs[1] == pytest.approx(_lr_at(5, cfg))
+    assert load_ghn(tmp_path / "next" / "ghn.safetensors", "cpu").training_record["step"] == 8
 
 
 class SmallNet(nn.Module):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing
 
 from nas_service.graph import OP_NAMES, ArchitectureGraph
@@ -148,15 +148,22 @@ class GraphHyperNetwork(nn.Module):
     def device(self) -> torch.device:
         return self.op_embed.weight.device
 
-    def prepare(self, graphs: Sequence[ArchitectureGraph]) -> tuple[Batch, list[list[ParameterRequest]]]:
-        """Featurises graphs (cached by content hash) into one PyG batch on the GHN's device."""
+    def prepare(self, graphs: Sequence[ArchitectureGraph],
+                features: Sequence[tuple[Data, list[ParameterRequest]]] | None = None
+                ) -> tuple[Batch, list[list[ParameterRequest]]]:
+        """Featurises graphs (cached by content hash) into one PyG batch on the GHN's device.
+
+        ``features``, one ``(featurize(g, cutoff), parameter_requests(g))`` per graph, skips that
+        work here: training computes them in worker processes, ahead of the step."""
+        if features is not None and len(features) != len(graphs):
+            raise ValueError(f"{len(features)} feature sets for {len(graphs)} graphs")
         data, requests = [], []
-        for g in graphs:
+        for i, g in enumerate(graphs):
             unknown = sorted({n.op for n in g.nodes} - self._op_index.keys())
             if unknown:
                 raise UnsupportedArchitectureError(
                     f"this GHN was trained without the op(s) {unknown}; retrain it to predict them")
-            d, r = self._features.get(g)
+            d, r = self._features.get(g) if features is None else features[i]
             if tuple(self.config.ops) != OP_NAMES:
                 d = d.clone()
                 d.op = torch.tensor([self._op_index[n.op] for n in g.nodes])

@@ -5,7 +5,7 @@ from .architecture import FORMAT, ArchitectureGraph, GraphNode
 from .builder import GraphBuilder
 from .errors import GraphProblem, GraphValidationError
 from .limits import DEFAULT_LIMITS, GraphLimits
-from .network import GraphNetwork, to_module
+from .network import GraphNetwork, materialize, meta_network, to_module
 from .ops import ACTIVATIONS, OP_NAMES, OPS, OpSpec
 from .tracing import UnsupportedModuleError, from_module, map_state_dict
 
@@ -26,5 +26,7 @@ __all__ = [
     "UnsupportedModuleError",
     "from_module",
     "map_state_dict",
+    "materialize",
+    "meta_network",
     "to_module",
 ]

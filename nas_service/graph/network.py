@@ -77,9 +77,20 @@ def to_module(graph: ArchitectureGraph, *, initialize: bool = True,
     """
     if initialize:
         return GraphNetwork(graph).to(device) if device is not None else GraphNetwork(graph)
+    return materialize(meta_network(graph), device or "cpu")
+
+
+def meta_network(graph: ArchitectureGraph) -> GraphNetwork:
+    """The network for ``graph`` with every tensor on the ``meta`` device: no memory, built in a
+    few milliseconds, and cheap to pickle (GHN training builds these in worker processes)."""
     with torch.device("meta"):
-        net = GraphNetwork(graph)
-    net = net.to_empty(device=device or "cpu")
+        return GraphNetwork(graph)
+
+
+def materialize(net: GraphNetwork, device: torch.device | str) -> GraphNetwork:
+    """Allocates a :func:`meta_network` on ``device``: parameters uninitialised, batch-norm
+    statistics reset (they are buffers the predicted weights do not overwrite)."""
+    net = net.to_empty(device=device)
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
             m.reset_running_stats()

@@ -56,6 +56,7 @@ EVAL_BATCH_SIZE = 250
 SGD_BATCH_SIZE = 128
 SGD_LR = 0.05
 SGD_GRAD_CLIP = 5.0
+_FINITE_CHECK_EVERY = 25
 """Gradient-norm clip of :func:`sgd_train`: some sampled architectures (no batch norm, deep
 residual sums) diverge at lr 0.05 without it, and a NaN score says nothing about the GHN."""
 
@@ -107,7 +108,7 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
     :data:`SGD_GRAD_CLIP`. An epoch is one pass over ``max_images`` images (all of them when
     ``None``) drawn by a fresh seeded shuffle, in full batches of ``min(batch_size, images)``;
     ``epochs`` may be fractional (``0.1`` runs a tenth of an epoch's steps, at least one step;
-    ``0`` trains nothing). Training stops early if the loss becomes non-finite.
+    ``0`` trains nothing). Training stops early (within 25 steps) once the loss is non-finite.
     """
     if epochs < 0 or not math.isfinite(epochs):
         raise ValueError(f"epochs must be a finite number >= 0, got {epochs!r}")
@@ -140,22 +141,29 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
             bar = tqdm(total=total, desc="sgd", unit="step", leave=False, dynamic_ncols=True)
         net.train()
         step = 0
+        # The split and each epoch's order go to the device once: a host-to-device copy per
+        # step would make the CPU wait for the GPU at every step.
+        images, labels = train.images.to(dev), train.labels.to(dev)
+        finite = torch.ones((), dtype=torch.bool, device=dev)
         try:
             while step < total:
-                order = torch.randperm(len(train), generator=shuffle)[:per_epoch]
+                order = torch.randperm(len(train), generator=shuffle)[:per_epoch].to(dev)
                 for b in range(steps_per_epoch):
                     if step >= total:
                         break
                     idx = order[b * bs:(b + 1) * bs]
-                    x = train.images.index_select(0, idx).to(dev)
+                    x = images.index_select(0, idx)
                     if augment:
                         x = random_crop_flip(x, task_data.spec.augment_pad,
                                              task_data.spec.augment_flip, shuffle)
-                    x, y = task_data.normalize(x), train.labels.index_select(0, idx).to(dev)
+                    x, y = task_data.normalize(x), labels.index_select(0, idx)
                     for group in opt.param_groups:
                         group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
                     loss = F.cross_entropy(net(x), y)
-                    if not torch.isfinite(loss):
+                    # Checked every _FINITE_CHECK_EVERY steps (reading it synchronises with
+                    # the device); once non-finite, the parameters are lost anyway.
+                    finite &= torch.isfinite(loss)
+                    if step % _FINITE_CHECK_EVERY == 0 and not finite:
                         return net.eval()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

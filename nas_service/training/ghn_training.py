@@ -11,40 +11,61 @@ Checkpoints (every ``checkpoint_every`` steps, written atomically next to each o
 * ``<out>/optimizer.safetensors`` — AdamW moments, no pickle,
 * ``<out>/state.json`` — step, config and the best validation accuracy,
 * ``<out>/log.jsonl`` — one line per logged step and per validation.
+
+What a step needs before the GHN runs (sampling ``meta_batch`` architectures, featurising them,
+building their networks) is a pure function of ``(config, step)``, :func:`build_step`: with
+``workers > 0`` it runs ahead in that many worker processes, so a GPU is not left waiting on
+Python (on 2 CPU cores there is nothing to gain and ``workers=0`` does it inline).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.func import functional_call
+from torch_geometric.data import Data
 
 from nas_service.data import load_task
 from nas_service.ghn import GHNConfig, GraphHyperNetwork
-from nas_service.ghn.checkpoint import load_ghn, resolve_device, save_ghn
-from nas_service.graph import ArchitectureGraph, GraphNetwork, to_module
+from nas_service.ghn.checkpoint import load_ghn, read_metadata, resolve_device, save_ghn
+from nas_service.ghn.features import ParameterRequest, featurize, parameter_requests
+from nas_service.graph import (
+    ArchitectureGraph,
+    GraphNetwork,
+    materialize,
+    meta_network,
+    to_module,
+)
 from nas_service.spaces import get_space
 
 from .config import TRAIN_SEED_OFFSET, TrainingConfig
 from .evaluation import accuracy, load_parameters
 
 
-def _lr_at(step: int, cfg: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to 1 % of the peak."""
+def _lr_at(step: int, cfg: TrainingConfig, rewarm_from: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to 1 % of the peak. ``rewarm_from``: the step a run
+    resumed without its optimizer moments (fresh AdamW) started from; the learning rate ramps up
+    again over ``warmup_steps`` from there, as Adam's first updates are the least reliable."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    if rewarm_from is not None:
+        lr *= min(1.0, (step - rewarm_from + 1) / max(1, cfg.warmup_steps))
+    return lr
 
 
 def sample_architectures(spaces: tuple[str, ...], seeds: list[int], input_shape: tuple[int, ...],
@@ -61,6 +82,93 @@ def held_out_architectures(cfg: TrainingConfig, count: int, input_shape: tuple[i
     """The fixed evaluation set: seeds ``0..count-1``, never used in training."""
     return sample_architectures(cfg.spaces, list(range(count)), input_shape, num_classes,
                                 cfg.max_parameters, cfg.max_flops)
+
+
+@dataclass
+class StepInputs:
+    """Everything step ``step`` needs before the GHN runs; see :func:`build_step`."""
+
+    step: int
+    graphs: list[ArchitectureGraph]
+    features: list[tuple[Data, list[ParameterRequest]]]
+    networks: list[GraphNetwork]
+    """On the ``meta`` device (no memory): :func:`~nas_service.graph.materialize` them."""
+    images: torch.Tensor
+    """Indices into the training split: the image batch every network of the step runs on."""
+
+
+def build_step(cfg: TrainingConfig, step: int, *, input_shape: tuple[int, ...],
+               num_classes: int, train_size: int, cutoff: int) -> StepInputs:
+    """Step ``step``'s architectures (featurised, networks built on ``meta``) and image batch:
+    a function of ``(cfg, step)`` alone, so a resumed run, or one with another number of
+    workers, trains on exactly the same sequence."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    seeds = [TRAIN_SEED_OFFSET + rng.randrange(1 << 30) for _ in range(cfg.meta_batch)]
+    graphs = sample_architectures(cfg.spaces, seeds, input_shape, num_classes,
+                                  cfg.max_parameters, cfg.max_flops)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    images = torch.randint(0, train_size, (cfg.batch_size,), generator=gen)
+    return StepInputs(step, graphs,
+                      [(featurize(g, cutoff), parameter_requests(g)) for g in graphs],
+                      [meta_network(g) for g in graphs], images)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # each worker is one core's worth of Python
+
+
+def step_inputs(make: Callable[[int], StepInputs], steps: range, workers: int
+                ) -> Iterator[StepInputs]:
+    """``make(step)`` for each step, in order: inline, or computed ahead by ``workers``
+    processes (at most ``2 * workers`` steps in flight, so memory stays bounded)."""
+    if workers <= 0:
+        for step in steps:
+            yield make(step)
+        return
+    # spawn, not fork: the parent may already hold a CUDA context, which a fork must not copy.
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    try:
+        pending: deque = deque()
+        todo = iter(steps)
+        for step in todo:
+            pending.append(pool.apply_async(make, (step,)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(make, (nxt,)))
+            yield result
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def start_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                          cfg: TrainingConfig) -> int:
+    """Makes ``out_dir`` continue the run that produced a GHN checkpoint (the bundled one, say)
+    with ``cfg`` (the same settings, more steps): copies its weights and writes the
+    ``state.json`` its training record describes. The optimizer moments are not in a GHN
+    checkpoint: the resumed run starts a fresh AdamW and warms its learning rate up again.
+    Returns the step the run continues from."""
+    out = Path(out_dir)
+    if (out / "state.json").exists():
+        raise ValueError(f"{out} already holds a run (state.json); resume it instead")
+    meta = read_metadata(checkpoint)
+    record = meta["training"]
+    if "step" not in record or "config" not in record:
+        raise ValueError(f"{checkpoint} has no training record (step, config) to continue from")
+    _check_same_run(record["config"], cfg)
+    if record["step"] >= cfg.steps:
+        raise ValueError(f"{checkpoint} was trained for {record['step']} steps already; "
+                         f"ask for more than that with --steps")
+    ghn = load_ghn(checkpoint, "cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    save_ghn(ghn, out / "ghn.safetensors", task=meta["task"], training=record)
+    state = {**record, "initialized_from": str(checkpoint)}
+    (out / "state.json").write_text(json.dumps(state, indent=2))
+    return int(record["step"])
 
 
 class _NetworkCache:
@@ -82,33 +190,44 @@ class _NetworkCache:
 
 def meta_step(ghn: GraphHyperNetwork, opt: torch.optim.Optimizer,
               graphs: list[ArchitectureGraph], nets: list[GraphNetwork], x: torch.Tensor,
-              y: torch.Tensor, grad_clip: float) -> tuple[float, float]:
+              y: torch.Tensor, grad_clip: float,
+              features: list[tuple[Data, list[ParameterRequest]]] | None = None
+              ) -> tuple[float, float]:
     """One GHN-2 update: predict every graph's parameters, run all networks on the same batch,
     back-propagate the summed cross-entropy. Returns the mean loss and accuracy per network.
     Mixed precision (bfloat16) on CUDA; batch norm of the networks uses batch statistics."""
     use_amp = x.device.type == "cuda"
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        batch, requests = ghn.prepare(graphs)
-        params = ghn(batch, requests)
+        batch, requests = ghn.prepare(graphs, features)
+        # float32 parameters: autocast still runs convolutions and matrix products in bfloat16,
+        # but batch norm needs its weight in the dtype of its float32 running statistics.
+        params = [{k: v.float() for k, v in p.items()} for p in ghn(batch, requests)]
         loss = torch.zeros((), device=x.device)
-        correct = 0.0
+        correct = torch.zeros((), device=x.device)
         for net, p in zip(nets, params, strict=True):
             logits = functional_call(net.train(), p, (x,))
             loss = loss + F.cross_entropy(logits.float(), y)
-            correct += (logits.argmax(1) == y).float().mean().item()
+            correct = correct + (logits.argmax(1) == y).float().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(ghn.parameters(), grad_clip)
     opt.step()
-    return loss.item() / len(graphs), correct / len(graphs)
+    return loss.item() / len(graphs), correct.item() / len(graphs)  # one device sync per step
+
+
+# Settings that change only bookkeeping, not what is trained (data_root is where the task's
+# files are, not which task): a resumed run may change them.
+_RESUMABLE_CHANGES = frozenset({"steps", "validate_every", "checkpoint_every", "log_every",
+                                "data_root"})
 
 
 def _check_same_run(saved: dict, cfg: TrainingConfig) -> None:
-    """A resumed run must keep its settings (only ``steps`` may grow): anything else would
-    silently mix two experiments in one checkpoint."""
+    """A resumed run must keep its settings (only ``steps`` may grow, and how often it logs,
+    validates and checkpoints may change): anything else would silently mix two experiments in
+    one checkpoint."""
     now = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as saved
     changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
-               if k != "steps" and k in saved and saved[k] != now[k]]
+               if k not in _RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
     if changed:
         raise ValueError("the run being resumed was started with other settings ("
                          + "; ".join(changed) + "); use the same settings or start over")
@@ -136,9 +255,11 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | None = None,
-              resume: bool = True, progress: bool = True,
+              resume: bool = True, progress: bool = True, workers: int = 0,
               on_log: Callable[[dict], None] | None = None) -> GraphHyperNetwork:
-    """Trains (or resumes training) a GHN; returns it. See the module docstring."""
+    """Trains (or resumes training) a GHN; returns it. See the module docstring.
+
+    ``workers``: processes that prepare steps ahead of the GHN (0: inline)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -151,17 +272,22 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
     state_path, ghn_path, opt_path = out / "state.json", out / "ghn.safetensors", \
         out / "optimizer.safetensors"
     start_step, best = 0, 0.0
+    lineage: dict = {}
     if resume and state_path.exists() and ghn_path.exists():
         state = json.loads(state_path.read_text())
         _check_same_run(state.get("config", {}), cfg)
         ghn = load_ghn(ghn_path, dev).train()
         start_step, best = state["step"], state.get("best_val_accuracy", 0.0)
+        lineage = {k: state[k] for k in ("initialized_from", "rewarm_from") if k in state}
     else:
         ghn = GraphHyperNetwork(GHNConfig(**cfg.ghn)).to(dev)
     ghn.train()
     opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start_step and opt_path.exists():
         _load_optimizer(opt, opt_path)
+    elif start_step and "rewarm_from" not in lineage:
+        lineage["rewarm_from"] = start_step  # no optimizer state: a fresh AdamW from here
+    rewarm_from = lineage.get("rewarm_from")
 
     nets = _NetworkCache(dev)
     held_out = held_out_architectures(cfg, cfg.validation_architectures, spec.input_shape,
@@ -190,7 +316,7 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
         return mean
 
     def checkpoint(step: int) -> None:
-        record = {"config": asdict(cfg), "step": step, "best_val_accuracy": best}
+        record = {"config": asdict(cfg), "step": step, "best_val_accuracy": best, **lineage}
         save_ghn(ghn, ghn_path, task=cfg.task, training=record)
         _save_optimizer(opt, opt_path)
         tmp = state_path.with_suffix(".tmp")
@@ -204,21 +330,20 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
                    dynamic_ncols=True)
     running_loss = running_acc = 0.0
     seen = 0
+    make = partial(build_step, cfg, input_shape=spec.input_shape, num_classes=spec.num_classes,
+                   train_size=len(x_train), cutoff=ghn.config.virtual_cutoff)
+    inputs = step_inputs(make, range(start_step, cfg.steps), workers)
     t0 = time.time()
     try:
-        for step in range(start_step, cfg.steps):
-            rng = random.Random(cfg.seed * 1_000_003 + step)
-            seeds = [TRAIN_SEED_OFFSET + rng.randrange(1 << 30) for _ in range(cfg.meta_batch)]
-            graphs = sample_architectures(cfg.spaces, seeds, spec.input_shape, spec.num_classes,
-                                          cfg.max_parameters, cfg.max_flops)
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=g).to(dev)
+        for item in inputs:
+            step = item.step
+            idx = item.images.to(dev)
             x, y = x_train[idx], y_train[idx]
-
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            loss, acc = meta_step(ghn, opt, graphs, [nets.get(g) for g in graphs], x, y,
-                                  cfg.grad_clip)
+                group["lr"] = _lr_at(step, cfg, rewarm_from)
+            loss, acc = meta_step(ghn, opt, item.graphs,
+                                  [materialize(n, dev) for n in item.networks], x, y,
+                                  cfg.grad_clip, features=item.features)
             running_loss += loss
             running_acc += acc
             seen += 1
@@ -227,7 +352,7 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
                 bar.update(1)
             if done % cfg.log_every == 0:
                 rec = {"step": done, "loss": running_loss / seen, "train_accuracy":
-                       running_acc / seen, "lr": _lr_at(step, cfg),
+                       running_acc / seen, "lr": _lr_at(step, cfg, rewarm_from),
                        "seconds_per_step": (time.time() - t0) / seen}
                 log(rec)
                 if bar is not None:
@@ -240,6 +365,7 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 checkpoint(done)
     finally:
+        inputs.close()  # stops the worker processes
         if bar is not None:
             bar.close()
         log_file.close()

@@ -15,6 +15,7 @@ nothing.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -129,9 +130,9 @@ class GroundTruthCache:
 
     * every :meth:`put` rewrites the file atomically (temporary file, ``fsync``, rename), so a
       crash leaves the previous or the new version, never half a file;
-    * :meth:`put` first merges what is on disk, so two runs sharing a file (say, two workers on
-      different architectures) keep each other's results, except for two writes that race
-      within the same instant (there is no lock).
+    * :meth:`put` merges what is on disk under an exclusive lock (``<file>.lock``), so several
+      processes sharing a file (say, shards of :func:`train_ground_truth`) keep each other's
+      results.
 
     A file that is not a JSON object raises ``ValueError`` rather than being overwritten.
     """
@@ -173,20 +174,23 @@ class GroundTruthCache:
         return self._entries.get(key)
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        merged = self._read()
-        merged.update(self._entries)
-        merged[key] = record
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(merged, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            merged = self._read()
+            merged.update(self._entries)
+            merged[key] = record
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name,
+                                       suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(merged, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         self._entries = merged
 
     def __contains__(self, key: object) -> bool:
@@ -262,6 +266,53 @@ def ground_truth_records(graphs: Sequence[ArchitectureGraph], task_data: TaskDat
     return out
 
 
+def train_ground_truth(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist", *,
+                       cache_path: str | os.PathLike, held_out: int = 50, epochs: float = 5.0,
+                       max_images: int | None = None, sgd_epochs_baseline: float | None = 1.0,
+                       sgd_max_images: int | None = None, eval_images: int | None = None,
+                       truth_eval_images: int | None = None, seed: int = 0,
+                       shard: tuple[int, int] = (0, 1), data_root: str | None = None,
+                       device: str | torch.device | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Only the training part of :func:`rank_surrogates`, for one shard of the held-out set:
+    architecture ``i`` belongs to shard ``i % count``. Several processes (or machines sharing
+    the cache file) each take one shard; :func:`rank_surrogates` with the same arguments and
+    ``cache_path`` then trains nothing. Per architecture: the ground truth, then the SGD
+    baseline. Returns ``{"shard", "architectures", "trained", "seconds"}``."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    data = task if isinstance(task, TaskData) else load_task(task, data_root)
+    cfg = training_config_of(ghn)
+    graphs = held_out_architectures(cfg, held_out, data.spec.input_shape, data.spec.num_classes)
+    mine = [g for i, g in enumerate(graphs) if i % count == index]
+    cache = GroundTruthCache(cache_path)
+    dev = resolve_device(device)
+    trained, t0 = 0, time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(mine), desc=f"ground truth, shard {index}/{count}", unit="arch",
+                   dynamic_ncols=True)
+    try:
+        for graph in mine:
+            runs = [dict(epochs=epochs, max_images=max_images, eval_images=truth_eval_images)]
+            if sgd_epochs_baseline is not None:
+                runs.append(dict(epochs=sgd_epochs_baseline, max_images=sgd_max_images,
+                                 split="val", eval_images=eval_images))
+            for run in runs:
+                record, = ground_truth_records([graph], data, seed=seed, cache=cache,
+                                               device=dev, **run)
+                trained += not record["cached"]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"shard": [index, count], "architectures": len(mine), "trained": trained,
+            "seconds": time.perf_counter() - t0}
+
+
 # ------------------------------------------------------------------------------------------------
 # The comparison
 # ------------------------------------------------------------------------------------------------
@@ -294,8 +345,12 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
                     sgd_epochs_baseline: float | None = 1.0,
                     sgd_max_images: int | None = None, eval_images: int | None = None,
                     truth_eval_images: int | None = None, seed: int = 0,
-                    data_root: str | None = None, progress: bool = True) -> dict[str, Any]:
+                    data_root: str | None = None, progress: bool = True,
+                    cached_only: bool = False) -> dict[str, Any]:
     """Ranks the GHN's held-out architectures by each cheap score and by training; compares.
+
+    ``cached_only``: compare on the architectures whose ground truth (and SGD baseline) the
+    cache already holds, training nothing (e.g. after a time-boxed :func:`train_ground_truth`).
 
     Ground truth: accuracy on the test split (its first ``truth_eval_images`` images; all when
     ``None``) after ``epochs`` of SGD on at most ``max_images`` training images per epoch
@@ -317,6 +372,21 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     cfg = training_config_of(ghn)
     graphs = held_out_architectures(cfg, held_out, spec.input_shape, spec.num_classes)
     cache = GroundTruthCache(cache_path) if cache_path is not None else None
+    if cached_only:
+        if cache is None:
+            raise ValueError("cached_only needs a cache_path")
+
+        def trained(g: ArchitectureGraph) -> bool:
+            keys = [GroundTruthCache.key(g, data, epochs, max_images, seed,
+                                         eval_images=truth_eval_images)]
+            if sgd_epochs_baseline is not None:
+                keys.append(GroundTruthCache.key(g, data, sgd_epochs_baseline, sgd_max_images,
+                                                 seed, split="val", eval_images=eval_images))
+            return all(k in cache for k in keys)
+
+        seeds = [i for i, g in enumerate(graphs) if trained(g)]
+    else:
+        seeds = list(range(len(graphs)))
 
     rows: list[dict[str, Any]] = []
     kept: list[ArchitectureGraph] = []
@@ -324,9 +394,10 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(graphs), desc="cheap scores", unit="arch", dynamic_ncols=True)
+        bar = tqdm(total=len(seeds), desc="cheap scores", unit="arch", dynamic_ncols=True)
     try:
-        for i, graph in enumerate(graphs):
+        for i in seeds:
+            graph = graphs[i]
             name = graph.name or f"held-out-{i}"
             try:
                 r = evaluate_architecture(ghn, graph, data, split="val", eval_images=eval_images,
@@ -380,7 +451,8 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
         for r in rows]
     return {
         "kind": "ranking", "task": spec.name, "ghn": describe_ghn(ghn),
-        "protocol": {"held_out": held_out, "epochs": epochs, "max_images": max_images,
+        "protocol": {"held_out": held_out, "cached_only": cached_only,
+                     "epochs": epochs, "max_images": max_images,
                      "truth_split": "test", "truth_eval_images": truth_eval_images,
                      "score_split": "val", "eval_images": eval_images,
                      "sgd_epochs_baseline": sgd_epochs_baseline,
