@@ -13,6 +13,8 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load  # noqa: E402
 from service_support import (  # noqa: E402
+    EVAL_IMAGES,
+    TINY_GHN,
     assert_problem,
     requires_fashion_mnist,
     tiny_graph,
@@ -81,6 +83,44 @@ def test_the_same_graph_again_returns_the_stored_result_without_scoring(client) 
     metrics = client.get("/metrics").text
     assert 'nas_architectures_total{cached="true"} 1' in metrics
     assert 'nas_architectures_total{cached="false"} 1' in metrics
+
+
+def test_another_ghn_scores_the_same_graph_anew(make_client, make_settings, tmp_path) -> None:
+    """The cache key includes the GHN version: after another GHN checkpoint is deployed, the
+    same graph and task is scored by it (a second row), not answered with the old GHN's score;
+    each GHN then answers from its own row."""
+    from fastapi.testclient import TestClient
+
+    from nas_service.api import create_app
+    from nas_service.ghn import GraphHyperNetwork
+    from nas_service.ghn.checkpoint import save_ghn
+    from nas_service.search import ArchitectureScorer
+
+    request = {"graph": tiny_graph_doc(5)}
+    old = make_client()
+    first = old.post("/v1/architectures", json=request)
+    assert first.status_code == 201, first.text
+
+    torch.manual_seed(1)
+    new_path = tmp_path / "ghn-2.safetensors"
+    save_ghn(GraphHyperNetwork(TINY_GHN), new_path, task="fashion-mnist",
+             training={"step": 0, "note": "another untrained test GHN"})
+    new_scorer = ArchitectureScorer.load(new_path, device="cpu", eval_images=EVAL_IMAGES,
+                                         recalibration_batches=1, recalibration_batch_size=32)
+    assert new_scorer.ghn_version != first.json()["ghn_version"]
+    with TestClient(create_app(make_settings(ghn_path=new_path), scorer=new_scorer)) as new:
+        second = new.post("/v1/architectures", json=request)
+        assert second.status_code == 201, second.text
+        assert second.json()["id"] != first.json()["id"]
+        assert second.json()["content_hash"] == first.json()["content_hash"]
+        assert second.json()["ghn_version"] == new_scorer.ghn_version
+        assert second.json()["checkpoint"]["id"] != first.json()["checkpoint"]["id"]
+        cached = new.post("/v1/architectures", json=request)
+        assert (cached.status_code, cached.json()["id"]) == (200, second.json()["id"])
+        # The old GHN's result stays readable by its id.
+        assert new.get(f"/v1/architectures/{first.json()['id']}").json() == first.json()
+    again = old.post("/v1/architectures", json=request)
+    assert (again.status_code, again.json()) == (200, first.json())
 
 
 def test_space_and_seed_score_the_sampled_architecture(client) -> None:

@@ -221,3 +221,111 @@ def test_nul_characters_never_reach_the_database(hostile) -> None:
     r = hostile.get("/v1/search-jobs", params={"cursor": cursor})
     if r.status_code != 200:  # SQLite compares the key; PostgreSQL cannot hold it
         assert_problem(r, 400, "invalid-cursor")
+
+
+# ---- found by tests/test_api_schemathesis.py ---------------------------------------------------
+
+
+def test_a_wrong_key_beside_a_right_one_is_401(make_client) -> None:
+    """Schemathesis' ignored_auth: a valid X-API-Key let an invalid bearer token through."""
+    client = make_client(api_keys=("right-key",))
+    assert client.get("/v1/tasks", headers={"X-API-Key": "right-key"}).status_code == 200
+    for headers in ({"X-API-Key": "right-key", "Authorization": "Bearer wrong-key"},
+                    {"X-API-Key": "wrong-key", "Authorization": "Bearer right-key"}):
+        body = assert_problem(client.get("/v1/tasks", headers=headers), 401, "unauthorized")
+        assert body["detail"] == "the API key is not valid"
+
+
+def _operations(document: dict) -> list[tuple[str, str, dict]]:
+    return [(method.upper(), path, operation) for path, item in document["paths"].items()
+            for method, operation in item.items()]
+
+
+def test_every_documented_error_is_a_problem(hostile) -> None:
+    """Schemathesis' content_type_conformance: FastAPI documented the checkpoints' 422 (an
+    If-None-Match over 4096 characters) as application/json HTTPValidationError, and the API
+    answered application/problem+json."""
+    document = hostile.get("/openapi.json").json()
+    problem_content = {"application/problem+json": {
+        "schema": {"$ref": "#/components/schemas/Problem"}}}
+    assert {"Problem", "FieldError"} <= set(document["components"]["schemas"])
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    for method, path, operation in _operations(document):
+        for status, response in operation["responses"].items():
+            if status[0] in "45":
+                assert response["content"] == problem_content, (method, path, status)
+        if operation.get("parameters") or operation.get("requestBody"):
+            assert "422" in operation["responses"], (method, path)
+        if operation.get("requestBody"):
+            assert {"400", "413"} <= set(operation["responses"]), (method, path)
+
+    too_long = hostile.get("/v1/architectures/" + "a" * 32 + "/checkpoint",
+                           headers={"If-None-Match": "x" * 5000})
+    body = assert_problem(too_long, 422, "invalid-request")
+    assert body["errors"][0]["location"] == "/header/if-none-match"
+
+
+def test_the_document_asks_for_keys_only_when_the_service_does(make_client) -> None:
+    """Schemathesis' ignored_auth: the document declared API-key security on a service without
+    keys, so every open answer looked like ignored authentication."""
+    open_document = make_client().get("/openapi.json").json()
+    assert "securitySchemes" not in open_document["components"]
+    assert all("security" not in op and "401" not in op["responses"]
+               for _, _, op in _operations(open_document))
+
+    secured = make_client(api_keys=("k",)).get("/openapi.json").json()
+    assert set(secured["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
+    for method, path, operation in _operations(secured):
+        is_v1 = path.startswith("/v1/")
+        assert bool(operation.get("security")) == is_v1, (method, path)
+        assert ("401" in operation["responses"]) == is_v1, (method, path)
+
+
+def test_the_document_states_the_names_and_limits_the_service_accepts(make_client) -> None:
+    """Schemathesis' positive_data_acceptance: the document allowed any string as a space or a
+    task, a body with neither a graph nor a space, and any budget; the service refused them."""
+    from nas_service.spaces import SPACES
+
+    client = make_client(max_search_candidates=7)
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    architecture = schemas["ArchitectureRequest"]
+    space = next(s for s in architecture["properties"]["space"]["anyOf"] if "enum" in s)
+    assert space["enum"] == sorted(SPACES)
+    # The tasks the loaded GHN scores, not every known one ("mnist" is a 422 here).
+    assert architecture["properties"]["task"]["enum"] == ["fashion-mnist"]
+    assert schemas["SearchJobRequest"]["properties"]["task"]["enum"] == ["fashion-mnist"]
+    assert_problem(client.post("/v1/architectures", json={"space": "cells", "seed": 1,
+                                                          "task": "mnist"}),
+                   422, "task-not-supported")
+    assert [branch["required"] for branch in architecture["anyOf"]] == [["graph"],
+                                                                        ["space", "seed"]]
+    assert schemas["SearchJobRequest"]["properties"]["space"]["enum"] == sorted(SPACES)
+    budget = schemas["SearchJobRequest"]["properties"]["budget"]
+    assert budget["properties"]["candidates"]["maximum"] == 7
+    body = {**JOB, "budget": {"candidates": 8}}
+    assert_problem(client.post("/v1/search-jobs", json=body), 422, "invalid-request")
+    assert client.post("/v1/search-jobs", json={**JOB, "budget": {"candidates": 7}}
+                       ).status_code == 202
+    for neither in ({}, {"space": "cells"}, {"graph": tiny_graph_doc(), "space": "cells",
+                                             "seed": 1}):
+        assert_problem(client.post("/v1/architectures", json=neither), 422, "invalid-request")
+
+
+def test_every_link_in_the_document_leads_to_an_operation(hostile) -> None:
+    """Links carry Schemathesis' stateful run (and clients) from a created resource to the
+    operations on it; one naming a missing operation id would be silently skipped."""
+    document = hostile.get("/openapi.json").json()
+    operations = {op["operationId"]: (path, op) for _, path, op in _operations(document)}
+    assert len(operations) == len(_operations(document))  # operation ids are unique
+    linked = 0
+    for _, _, operation in _operations(document):
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                path, target = operations[link["operationId"]]
+                declared = {p["name"] for p in target.get("parameters", ())}
+                assert set(link["parameters"]) <= declared, link
+                assert all(f"{{{name}}}" in path for name in link["parameters"]), link
+                linked += 1
+    assert linked >= 10
+    assert "Location" in document["paths"]["/v1/architectures"]["post"]["responses"]["201"][
+        "headers"]

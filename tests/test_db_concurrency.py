@@ -113,8 +113,8 @@ def test_concurrent_saves_of_one_architecture_store_one_row(engine: Engine) -> N
     def save(i: int) -> tuple[str, bool]:
         with write_session(engine) as session:
             arch, created = queue.save_architecture(
-                session, content_hash="d" * 64, task="mnist", graph="{}", num_parameters=i,
-                flops=i)
+                session, content_hash="d" * 64, task="mnist", ghn_version="ghn-1", graph="{}",
+                num_parameters=i, flops=i)
             return arch.id, created
 
     results, errors = _run_threads(6, save)

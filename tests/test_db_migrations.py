@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from nas_service.db import Base, SchemaError, make_engine, migrate
 
@@ -75,8 +76,9 @@ def test_a_database_behind_head_is_told_to_upgrade(empty_database_url: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     migrate.upgrade(empty_database_url)
     # Pretend the code has a newer revision than the database.
-    monkeypatch.setattr(migrate, "head_revision", lambda: "0002_pretend")
-    monkeypatch.setattr(migrate, "_known_revisions", lambda: {"0001_initial", "0002_pretend"})
+    known = migrate._known_revisions()
+    monkeypatch.setattr(migrate, "head_revision", lambda: "9999_pretend")
+    monkeypatch.setattr(migrate, "_known_revisions", lambda: known | {"9999_pretend"})
     engine = make_engine(empty_database_url)
     try:
         with pytest.raises(SchemaError, match="older than .*nas-service db upgrade"):
@@ -91,4 +93,57 @@ def test_migrations_ship_inside_the_package() -> None:
 
     assert migrate.MIGRATIONS_DIR.is_relative_to(next(iter(nas_service.__path__)))
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
-    assert migrate.head_revision() == "0001_initial"
+    assert migrate.head_revision() == "0002_ghn_version_in_cache_key"
+
+
+def _architecture_rows(engine) -> list[tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(
+            "SELECT id, ghn_version FROM architectures ORDER BY id"))]
+
+
+def _insert_architecture(conn, ident: str, ghn_version: str | None, created_at: str) -> None:
+    conn.execute(text(
+        "INSERT INTO architectures (id, content_hash, task, graph, num_parameters, flops, scores, "
+        "ghn_version, timings, created_at) VALUES (:id, :hash, 'mnist', '{}', 1, 1, '{}', :ghn, "
+        "'{}', :at)"), {"id": ident, "hash": "h" * 64, "ghn": ghn_version, "at": created_at})
+
+
+def test_0002_keys_the_cache_by_ghn_version_and_keeps_existing_rows(
+        empty_database_url: str) -> None:
+    """Upgrading a 0001 database with cached architectures: a row without a GHN version gets
+    'unknown' (never served from the cache again); afterwards one graph and task holds a row
+    per GHN version. Downgrading keeps the newest row of each graph and task, and repoints the
+    candidates of the others to it."""
+    migrate.upgrade(empty_database_url, "0001_initial")
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            _insert_architecture(conn, "a" * 32, None, "2026-01-01 00:00:00+00:00")
+        migrate.upgrade(empty_database_url)
+        assert _architecture_rows(engine) == [("a" * 32, "unknown")]
+
+        with engine.begin() as conn:
+            _insert_architecture(conn, "b" * 32, "ghn-2", "2026-01-02 00:00:00+00:00")
+            conn.execute(text(
+                "INSERT INTO search_jobs (id, status, space, task, strategy, seed, "
+                "budget_candidates, constraints, progress_done, progress_total, "
+                "cancel_requested, attempts, created_at) VALUES ('j', 'succeeded', 'cells', "
+                "'mnist', 'random', 0, 1, '{}', 1, 1, false, 1, '2026-01-01 00:00:00+00:00')"))
+            conn.execute(text(
+                "INSERT INTO candidates (id, job_id, \"index\", architecture_id, status, "
+                "created_at) VALUES ('c', 'j', 0, :old, 'scored', '2026-01-01 00:00:00+00:00')"),
+                {"old": "a" * 32})
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            _insert_architecture(conn, "c" * 32, "ghn-2", "2026-01-03 00:00:00+00:00")
+        assert _architecture_rows(engine) == [("a" * 32, "unknown"), ("b" * 32, "ghn-2")]
+
+        migrate.downgrade(empty_database_url, "0001_initial")
+        assert _architecture_rows(engine) == [("b" * 32, "ghn-2")]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT architecture_id FROM candidates")).scalar_one() == (
+                "b" * 32)
+        migrate.upgrade(empty_database_url)
+        assert migrate.schema_differences(engine) == []
+    finally:
+        engine.dispose()

@@ -179,7 +179,7 @@ GRAPH = {"format": "nas-graph/1", "nodes": [{"id": "x", "op": "input", "inputs":
                                               "shape": [4]}]}
 
 
-def test_save_architecture_is_insert_or_get_per_hash_and_task(engine: Engine) -> None:
+def test_save_architecture_is_insert_or_get_per_hash_task_and_ghn(engine: Engine) -> None:
     with write_session(engine) as session:
         checkpoint, created = queue.save_checkpoint(session, sha256="c" * 64,
                                                     path="/data/checkpoints/c.safetensors",
@@ -192,24 +192,33 @@ def test_save_architecture_is_insert_or_get_per_hash_and_task(engine: Engine) ->
         assert created
     with write_session(engine) as session:
         again, created_again = queue.save_architecture(
-            session, content_hash="h" * 64, task="mnist", graph=GRAPH, num_parameters=1, flops=1,
-            scores={"surrogate_accuracy": 0.99})
+            session, content_hash="h" * 64, task="mnist", ghn_version="ghn-1", graph=GRAPH,
+            num_parameters=1, flops=1, scores={"surrogate_accuracy": 0.99})
         other_task, created_other = queue.save_architecture(
-            session, content_hash="h" * 64, task="cifar10", graph=json.dumps(GRAPH),
-            num_parameters=1, flops=1)
+            session, content_hash="h" * 64, task="cifar10", ghn_version="ghn-1",
+            graph=json.dumps(GRAPH), num_parameters=1, flops=1)
+        other_ghn, created_other_ghn = queue.save_architecture(
+            session, content_hash="h" * 64, task="mnist", ghn_version="ghn-2", graph=GRAPH,
+            num_parameters=1, flops=1, scores={"surrogate_accuracy": 0.7})
         assert queue.save_checkpoint(session, sha256="c" * 64, path="elsewhere",
                                      size_bytes=1)[1] is False
 
     assert not created_again and again.id == first.id
     assert again.scores == {"surrogate_accuracy": 0.61}  # the first stored scores win
     assert created_other and other_task.id != first.id
+    # Another GHN's score is its own row: the cache never answers with a stale GHN's score.
+    assert created_other_ghn and other_ghn.id not in (first.id, other_task.id)
     with read_session(engine) as session:
-        found = queue.get_architecture_by_hash(session, "h" * 64, "mnist")
+        found = queue.get_architecture_by_hash(session, "h" * 64, "mnist", "ghn-1")
         assert found is not None and found.id == first.id
+        by_ghn_2 = queue.get_architecture_by_hash(session, "h" * 64, "mnist", "ghn-2")
+        assert by_ghn_2 is not None and by_ghn_2.scores == {"surrogate_accuracy": 0.7}
+        assert queue.get_architecture_by_hash(session, "h" * 64, "mnist", "ghn-3") is None
         assert json.loads(found.graph) == GRAPH
         assert found.num_parameters == 10**10  # BigInteger
         assert found.checkpoint_id == "c" * 64 and found.timings == {"predict": 0.1}
-        assert queue.get_architecture_by_hash(session, "h" * 64, "fashion-mnist") is None
+        assert queue.get_architecture_by_hash(session, "h" * 64, "fashion-mnist",
+                                              "ghn-1") is None
         stored = queue.get_checkpoint(session, "c" * 64)
         assert stored is not None and stored.path.endswith("c.safetensors")
 
@@ -220,7 +229,8 @@ def test_candidates_link_to_their_architecture(engine: Engine) -> None:
     assert claimed is not None
     with write_session(engine) as session:
         arch, _ = queue.save_architecture(session, content_hash="a" * 64, task="mnist",
-                                          graph=GRAPH, num_parameters=5, flops=7)
+                                          ghn_version="ghn-1", graph=GRAPH, num_parameters=5,
+                                          flops=7)
     queue.record_candidate(engine, job_id, claimed.lease_token, 0, status="scored", score=0.3,
                            architecture_id=arch.id)
     with read_session(engine) as session:

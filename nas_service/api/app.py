@@ -18,20 +18,24 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from nas_service.data import list_tasks
 from nas_service.db import make_engine, migrate
 from nas_service.graph import DEFAULT_LIMITS, GraphLimits
 from nas_service.search import ArchitectureScorer, CheckpointStore, Worker, WorkerHooks
 from nas_service.settings import Settings, get_settings
 from nas_service.version import __version__
 
+from . import dashboard
 from .auth import APIKeys, require_api_key
 from .deps import ServiceState
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, RequestMetrics
+from .openapi import finish_openapi
 from .routers import architectures, candidates, catalog, health, search_jobs
 
 log = logging.getLogger("nas_service.api")
@@ -106,7 +110,9 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
             engine.dispose()
 
     app = FastAPI(title="nas-service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan,
+                  # operationId = the route function's name: short, stable, and what links name.
+                  generate_unique_id_function=lambda route: route.name)
     app.state.service = state
     app.state.unhandled_errors = metrics.unhandled_errors
     install_error_handlers(app)
@@ -118,7 +124,24 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(dashboard.router)  # the web dashboard, at /
+    _finish_openapi_on_first_use(app, state)
     return app
+
+
+def _finish_openapi_on_first_use(app: FastAPI, state: ServiceState) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            scorer = state.scorer
+            scored = [t for t in list_tasks() if scorer is not None and scorer.supports(t)]
+            app.openapi_schema = finish_openapi(
+                generate(), api_keys=state.api_keys.enabled,
+                max_search_candidates=state.settings.max_search_candidates, scored_tasks=scored)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _metrics_hooks(metrics: ServiceMetrics) -> WorkerHooks:

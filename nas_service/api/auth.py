@@ -3,8 +3,8 @@
 With ``NAS_API_KEYS`` empty, the API is open (the ``make run`` default; production refuses it
 unless ``NAS_ALLOW_ANONYMOUS=true``, see :mod:`nas_service.settings`). With keys set, every
 ``/v1`` route requires one, as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; a request
-without a valid key gets a 401 problem. ``/healthz``, ``/readyz``, ``/metrics`` and the docs
-stay open.
+without a valid key, or with any invalid one, gets a 401 problem. ``/healthz``, ``/readyz``,
+``/metrics`` and the docs stay open.
 
 Keys are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every
 configured digest, so neither the comparison nor the number of keys checked depends on how much of
@@ -60,7 +60,9 @@ def require_api_key(
     if not keys.enabled:
         return
     offered = [k for k in (bearer.credentials if bearer else None, header_key) if k]
-    if not any(keys.accepts(k) for k in offered):
+    # Every key sent must be valid: a wrong key is a 401 even beside a right one, so that a
+    # client never believes a key works because another header carried a valid one.
+    if not offered or not all(keys.accepts(k) for k in offered):
         raise Problem(401, "a valid API key is required: send 'Authorization: Bearer <key>' or "
                       "'X-API-Key: <key>'" if not offered else "the API key is not valid",
                       slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})

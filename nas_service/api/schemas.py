@@ -5,11 +5,11 @@ rather than silently ignored, and are strict about types: ``"seed": "7"`` is a 4
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nas_service.data import DatasetError, get_task
+from nas_service.data import DatasetError, get_task, list_tasks
 from nas_service.spaces import SPACES
 
 MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
@@ -17,6 +17,12 @@ MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
 Strategy = Literal["random", "evolution"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatusName = Literal["scored", "rejected", "failed"]
+
+
+# Documented as enums, so that clients (and generated tests) see the names that exist; validated
+# by the functions below, which also accept a task's aliases ("Fashion_MNIST").
+SpaceName = Annotated[str, Field(max_length=64, json_schema_extra={"enum": sorted(SPACES)})]
+TaskName = Annotated[str, Field(max_length=64, json_schema_extra={"enum": list_tasks()})]
 
 
 class _Request(BaseModel):
@@ -44,11 +50,31 @@ class ArchitectureRequest(_Request):
     """Either ``graph`` (a ``nas-graph/1`` document) or ``space`` and ``seed`` (an architecture
     sampled from a search space), and the ``task`` to score it on."""
 
+    # The rule of _one_source, in the document too.
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [
+            {"required": ["graph"], "properties": {"graph": {"type": "object"},
+                                                   "space": {"type": "null"},
+                                                   "seed": {"type": "null"}}},
+            {"required": ["space", "seed"], "properties": {"graph": {"type": "null"},
+                                                           "space": {"type": "string"},
+                                                           "seed": {"type": "integer"}}},
+        ],
+        "examples": [
+            {"space": "cells", "seed": 7, "task": "fashion-mnist"},
+            {"graph": {"format": "nas-graph/1", "name": "linear", "nodes": [
+                {"id": "input", "op": "input", "shape": [1, 28, 28]},
+                {"id": "flat", "op": "flatten", "inputs": ["input"]},
+                {"id": "fc", "op": "linear", "inputs": ["flat"], "out_features": 10},
+                {"id": "output", "op": "output", "inputs": ["fc"], "num_classes": 10}]}},
+        ],
+    })
+
     graph: dict[str, Any] | None = Field(
         default=None, description="a nas-graph/1 document (docs/graph-format.md)")
-    space: str | None = Field(default=None, max_length=64, description="a search space name")
+    space: SpaceName | None = Field(default=None, description="a search space name")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    task: str = Field(default="fashion-mnist", max_length=64)
+    task: TaskName = "fashion-mnist"
 
     @field_validator("task")
     @classmethod
@@ -102,7 +128,9 @@ class ArchitectureResponse(BaseModel):
 
 
 class Budget(_Request):
-    candidates: int = Field(ge=1, description="candidates 0..candidates-1 are evaluated")
+    candidates: int = Field(ge=1, description="candidates 0..candidates-1 are evaluated; at most "
+                                              "the service's NAS_MAX_SEARCH_CANDIDATES "
+                                              "(10000 by default)")
     seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600,
                                   description="stop after this long, counted from the claim")
 
@@ -114,8 +142,15 @@ class Constraints(_Request):
 
 
 class SearchJobRequest(_Request):
-    space: str = Field(max_length=64)
-    task: str = Field(default="fashion-mnist", max_length=64)
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"space": "cells", "seed": 0, "budget": {"candidates": 200}},
+        {"space": "cells", "task": "fashion-mnist", "strategy": "evolution", "seed": 1,
+         "budget": {"candidates": 4, "seconds": 600},
+         "constraints": {"max_parameters": 100000, "max_flops": 2000000}},
+    ]})
+
+    space: SpaceName
+    task: TaskName = "fashion-mnist"
     strategy: Strategy = "random"
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     budget: Budget
@@ -211,3 +246,33 @@ class HypernetworkResponse(BaseModel):
     config: dict[str, Any]
     training: dict[str, Any]
     score: dict[str, Any]
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    """One entry of a validation problem's ``errors``."""
+
+    location: str = Field(description="JSON-pointer-like path: /body/graph/nodes/3/kernel_size, "
+                                      "/query/cursor, /header/idempotency-key")
+    node: str | None = Field(default=None, description="the graph node at fault, if any")
+    field: str | None = Field(default=None, description="the offending field's name, if any")
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem (``application/problem+json``): every error response of the API.
+    Problems may carry more members (``job_id`` on an idempotency conflict, ``checks`` on
+    ``/readyz``)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(description="urn:nas-service:problem:<slug>, or about:blank for a plain "
+                                  "HTTP status")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str | None = None
+    instance: str | None = Field(default=None, description="the request's path")
+    errors: list[FieldError] | None = Field(default=None,
+                                            description="validation problems, one per field")

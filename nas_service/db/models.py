@@ -3,8 +3,9 @@
 =================  =========================================================================
 table              one row is
 =================  =========================================================================
-``architectures``  one scored architecture for one task, unique on (content hash, task): the
-                   cache that makes a repeated ``POST`` answer without running the GHN again
+``architectures``  one architecture scored for one task by one GHN, unique on (content hash,
+                   task, GHN version): the cache that makes a repeated ``POST`` answer without
+                   running the GHN again, until another GHN (checkpoint) is loaded
 ``search_jobs``    one search request: its parameters, its state in the work queue (status,
                    lease, attempts) and its progress
 ``candidates``     candidate *i* of a job, unique on (job, i): redoing work after a crash
@@ -115,8 +116,9 @@ class Checkpoint(Base):
 class Architecture(Base):
     __tablename__ = "architectures"
     __table_args__ = (
+        # The cache key. A score is the GHN's: another checkpoint scores the same graph anew.
         # Also the index for look-ups by content hash (its leading column).
-        UniqueConstraint("content_hash", "task"),
+        UniqueConstraint("content_hash", "task", "ghn_version"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
@@ -128,7 +130,9 @@ class Architecture(Base):
     flops: Mapped[int] = mapped_column(BigInteger)
     # {"surrogate_accuracy": 0.61, "score_name": "surrogate_accuracy", ...}
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    ghn_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    # ArchitectureScorer.ghn_version: the first 16 hex digits of the GHN checkpoint's SHA-256.
+    # Not null: NULLs are never equal, so a NULL would slip past the unique key.
+    ghn_version: Mapped[str] = mapped_column(String(NAME_LENGTH))
     checkpoint_id: Mapped[str | None] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="SET NULL"))
     # {"featurize": 0.01, "predict": 0.12, "score": 0.4} in seconds

@@ -31,7 +31,8 @@ Atomic (one transaction each, all or nothing):
   index) DO NOTHING``) and updates the job's ``progress_done`` and ``best_candidate_id`` in the
   same transaction, from the candidates table itself, so they are never out of step with it.
 - :func:`create_job` with an idempotency key creates at most one job per key, even under
-  concurrent replays; :func:`save_architecture` stores at most one row per (content hash, task).
+  concurrent replays; :func:`save_architecture` stores at most one row per (content hash, task,
+  GHN version).
 
 What may race, by design:
 
@@ -667,10 +668,13 @@ def _decode_cursor(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[An
 # ------------------------------------------------------------------------------------------------
 
 
-def get_architecture_by_hash(session: Session, content_hash: str,
-                             task: str) -> Architecture | None:
+def get_architecture_by_hash(session: Session, content_hash: str, task: str,
+                             ghn_version: str) -> Architecture | None:
+    """The architecture cached for the graph ``content_hash`` on ``task``, as scored by the GHN
+    ``ghn_version``; ``None`` when that GHN has not scored it."""
     return session.scalars(select(Architecture).where(
-        Architecture.content_hash == content_hash, Architecture.task == task)).one_or_none()
+        Architecture.content_hash == content_hash, Architecture.task == task,
+        Architecture.ghn_version == ghn_version)).one_or_none()
 
 
 def get_architecture(session: Session, architecture_id: str) -> Architecture | None:
@@ -682,16 +686,16 @@ def save_architecture(
     *,
     content_hash: str,
     task: str,
+    ghn_version: str,
     graph: str | Mapping[str, Any],
     num_parameters: int,
     flops: int,
     name: str | None = None,
     scores: Mapping[str, Any] | None = None,
-    ghn_version: str | None = None,
     checkpoint_id: str | None = None,
     timings: Mapping[str, Any] | None = None,
 ) -> tuple[Architecture, bool]:
-    """Insert-or-get on ``(content_hash, task)``; return ``(architecture, created)``.
+    """Insert-or-get on ``(content_hash, task, ghn_version)``; return ``(architecture, created)``.
 
     Under concurrency exactly one caller creates the row; the others get it back unchanged (the
     first scores stored win). ``graph`` is the ``nas-graph/1`` document or its JSON text.
@@ -703,10 +707,11 @@ def save_architecture(
                 num_parameters=num_parameters, flops=flops, scores=dict(scores or {}),
                 ghn_version=ghn_version, checkpoint_id=checkpoint_id,
                 timings=dict(timings or {}))
-        .on_conflict_do_nothing(index_elements=[Architecture.content_hash, Architecture.task])
+        .on_conflict_do_nothing(index_elements=[Architecture.content_hash, Architecture.task,
+                                                Architecture.ghn_version])
         .returning(Architecture.id)
     ).first()
-    architecture = get_architecture_by_hash(session, content_hash, task)
+    architecture = get_architecture_by_hash(session, content_hash, task, ghn_version)
     assert architecture is not None
     return architecture, inserted is not None
 

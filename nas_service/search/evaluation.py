@@ -4,8 +4,9 @@ workers (a batch per GHN forward pass) both go through :func:`evaluate_architect
 
 Guarantees:
 
-- an architecture already stored for ``(content hash, task)`` is returned as it is, without
-  running the GHN (the first stored score wins, see :func:`nas_service.db.queue.save_architecture`);
+- an architecture already stored for ``(content hash, task, GHN version)`` is returned as it is,
+  without running the GHN (the first stored score wins, see
+  :func:`nas_service.db.queue.save_architecture`); a GHN of another version scores it anew;
 - graphs repeated within one call are scored once;
 - a stored architecture always has its checkpoint: the file is written (atomically) before the
   ``checkpoints`` and ``architectures`` rows, which are written in one transaction.
@@ -51,7 +52,8 @@ def evaluate_architectures(engine: Engine, scorer: ArchitectureScorer, store: Ch
         for graph in graphs:
             key = graph.content_hash()
             if key not in found:
-                found[key] = queue.get_architecture_by_hash(session, key, task)
+                found[key] = queue.get_architecture_by_hash(session, key, task,
+                                                            scorer.ghn_version)
     missing: dict[str, ArchitectureGraph] = {}
     for graph in graphs:
         if found[graph.content_hash()] is None:

@@ -26,9 +26,10 @@ from ..errors import (
     problem_responses,
     require_id,
 )
+from ..openapi import links
 from ..schemas import ArchitectureRequest, ArchitectureResponse
 from ..views import architecture_url, architecture_view
-from .downloads import checkpoint_response
+from .downloads import ETAG, checkpoint_response
 
 router = APIRouter(prefix="/architectures", tags=["architectures"])
 
@@ -79,8 +80,12 @@ def _build_graph(body: ArchitectureRequest, spec: TaskSpec,
 
 def _cached(service: ServiceState, graph: ArchitectureGraph,
             task: str) -> ArchitectureResponse | None:
+    """The stored result of this graph and task by the loaded GHN; after a change of GHN
+    checkpoint, the graph is scored again rather than answered with the old GHN's score."""
+    ghn_version = service.require_scorer().ghn_version
     with read_session(service.engine) as session:
-        architecture = queue.get_architecture_by_hash(session, graph.content_hash(), task)
+        architecture = queue.get_architecture_by_hash(session, graph.content_hash(), task,
+                                                      ghn_version)
         return _view(session, architecture) if architecture is not None else None
 
 
@@ -111,16 +116,25 @@ def _score(service: ServiceState, graph: ArchitectureGraph, task: str,
         return _view(session, evaluation.architecture), evaluation.created
 
 
+LOCATION = {"Location": {"description": "the architecture's URL", "schema": {"type": "string"}}}
+_LINKS = links(GetArchitecture=("get_architecture", "architecture_id=$response.body#/id"),
+               GetArchitectureCheckpoint=("get_architecture_checkpoint",
+                                          "architecture_id=$response.body#/id"))
+
+
 @router.post(
     "", status_code=201, response_model=ArchitectureResponse,
     summary="Score an architecture with GHN-predicted weights",
-    responses={200: {"description": "already scored: the stored result",
-                     "model": ArchitectureResponse}, **problem_responses(400, 413, 422, 503)})
+    responses={201: {"description": "scored now", "headers": LOCATION, "links": _LINKS},
+               200: {"description": "already scored: the stored result",
+                     "model": ArchitectureResponse, "headers": LOCATION, "links": _LINKS},
+               **problem_responses(400, 413, 422, 503)})
 async def create_architecture(body: ArchitectureRequest, response: Response,
                               service: ServiceDep) -> ArchitectureResponse:
     """Validates the graph (or samples ``space``/``seed``), predicts its parameters with the GHN,
     recalibrates batch norm and measures accuracy on the task's validation split. The same graph
-    and task again returns the stored result (200) without running the GHN."""
+    and task again, with the same GHN loaded, returns the stored result (200) without running
+    the GHN."""
     scorer = service.require_scorer()
     try:
         spec = scorer.check_task(body.task)
@@ -157,7 +171,8 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
 
 
 @router.get("/{architecture_id}", response_model=ArchitectureResponse,
-            responses=problem_responses(404))
+            responses={200: {"description": "the stored architecture", "links": _LINKS},
+                       **problem_responses(404)})
 def get_architecture(architecture_id: str, session: ReadSessionDep) -> ArchitectureResponse:
     architecture = queue.get_architecture(session, require_id("architecture", architecture_id))
     if architecture is None:
@@ -169,8 +184,8 @@ def get_architecture(architecture_id: str, session: ReadSessionDep) -> Architect
     "/{architecture_id}/checkpoint", response_class=Response,
     responses={200: {"description": "safetensors file: the graph's state_dict, with the graph "
                                     "JSON and the scores in its metadata",
-                     "content": {"application/octet-stream": {}}},
-               304: {"description": "If-None-Match matched the ETag"},
+                     "content": {"application/octet-stream": {}}, "headers": ETAG},
+               304: {"description": "If-None-Match matched the ETag", "headers": ETAG},
                404: {"description": "unknown id, or the file is missing"}})
 def get_architecture_checkpoint(
     architecture_id: str, request: Request, session: ReadSessionDep, service: ServiceDep,

@@ -10,15 +10,21 @@ from nas_service.db import Candidate, queue
 
 from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, not_found, problem_responses, require_id
+from ..openapi import links
 from ..schemas import CandidateResponse
 from ..views import candidate_view
-from .downloads import checkpoint_response
+from .downloads import ETAG, checkpoint_response
 
 router = APIRouter(prefix="/candidates", tags=["candidates"])
 
 
 @router.get("/{candidate_id}", response_model=CandidateResponse,
-            responses=problem_responses(404))
+            responses={200: {"description": "the candidate", "links": links(
+                GetCandidateCheckpoint=("get_candidate_checkpoint",
+                                        "candidate_id=$response.body#/id"),
+                GetArchitecture=("get_architecture",
+                                 "architecture_id=$response.body#/architecture_id"))},
+                **problem_responses(404)})
 def get_candidate(candidate_id: str, session: ReadSessionDep) -> CandidateResponse:
     candidate = session.get(Candidate, require_id("candidate", candidate_id))
     if candidate is None:
@@ -29,8 +35,8 @@ def get_candidate(candidate_id: str, session: ReadSessionDep) -> CandidateRespon
 @router.get(
     "/{candidate_id}/checkpoint", response_class=Response,
     responses={200: {"description": "safetensors file of the candidate's predicted weights",
-                     "content": {"application/octet-stream": {}}},
-               304: {"description": "If-None-Match matched the ETag"},
+                     "content": {"application/octet-stream": {}}, "headers": ETAG},
+               304: {"description": "If-None-Match matched the ETag", "headers": ETAG},
                **problem_responses(404)})
 def get_candidate_checkpoint(
     candidate_id: str, session: ReadSessionDep, service: ServiceDep,

@@ -13,6 +13,8 @@ from ..deps import ServiceState
 from ..errors import Problem
 
 MEDIA_TYPE = "application/octet-stream"
+# The OpenAPI description of the ETag header of 200 and 304 answers.
+ETAG = {"ETag": {"description": "the file's SHA-256, quoted", "schema": {"type": "string"}}}
 
 
 def etag_of(sha256: str) -> str:

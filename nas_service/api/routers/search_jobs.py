@@ -13,6 +13,7 @@ from nas_service.search import TaskNotSupported
 
 from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, field_error, not_found, problem_responses, require_id
+from ..openapi import links
 from ..schemas import (
     CandidatePage,
     JobStatusName,
@@ -45,12 +46,19 @@ def _next_url(request: Request, cursor: str | None) -> str | None:
     return f"{request.url.path}?{urlencode(params)}"
 
 
+LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
+_JOB_LINKS = links(GetSearchJob=("get_search_job", "job_id=$response.body#/id"),
+                   ListJobCandidates=("list_job_candidates", "job_id=$response.body#/id"),
+                   CancelSearchJob=("cancel_search_job", "job_id=$response.body#/id"))
+
+
 @router.post(
     "", status_code=202, response_model=SearchJobResponse,
     summary="Queue a search job",
-    responses={200: {"description": "an idempotent replay: the job the key created",
-                     "model": SearchJobResponse},
-               **problem_responses(400, 409, 413, 422)})
+    responses={202: {"description": "queued", "headers": LOCATION, "links": _JOB_LINKS},
+               200: {"description": "an idempotent replay: the job the key created",
+                     "model": SearchJobResponse, "headers": LOCATION, "links": _JOB_LINKS},
+               **problem_responses(400, 409, 413, 422, 503)})
 def create_search_job(
     body: SearchJobRequest, response: Response, service: ServiceDep,
     idempotency_key: Annotated[str | None, Header(
@@ -113,7 +121,12 @@ def list_search_jobs(request: Request, session: ReadSessionDep,
                          next=_next_url(request, page.next_cursor))
 
 
-@router.get("/{job_id}", response_model=SearchJobResponse, responses=problem_responses(404))
+@router.get("/{job_id}", response_model=SearchJobResponse,
+            responses={200: {"description": "the job", "links": links(
+                GetBestCandidate=("get_candidate",
+                                  "candidate_id=$response.body#/best_candidate/id"),
+                ListJobCandidates=("list_job_candidates", "job_id=$response.body#/id"))},
+                **problem_responses(404)})
 def get_search_job(job_id: str, session: ReadSessionDep) -> SearchJobResponse:
     """Status, progress, rate, best candidate so far, timings and error."""
     job = queue.get_job(session, require_id("search job", job_id))
@@ -123,7 +136,9 @@ def get_search_job(job_id: str, session: ReadSessionDep) -> SearchJobResponse:
 
 
 @router.get("/{job_id}/candidates", response_model=CandidatePage,
-            responses=problem_responses(400, 404, 422))
+            responses={200: {"description": "a page of candidates", "links": links(
+                GetFirstCandidate=("get_candidate", "candidate_id=$response.body#/items/0/id"))},
+                **problem_responses(400, 404, 422)})
 def list_job_candidates(
     job_id: str, request: Request, session: ReadSessionDep,
     order_by: Annotated[queue.CandidateOrder, Query(
