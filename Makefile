@@ -15,6 +15,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 DATASET_DIR ?= /usr/share/datasets/fashion-mnist
 DATASET_PACKAGE ?= dataset-fashion-mnist
+# The browser tests/test_dashboard_browser.py drives (Debian's package and command are both chromium).
+CHROMIUM_PACKAGE ?= chromium
 # What `make run` starts: the API with an in-process worker, on SQLite under ./data (migrated at
 # start-up) and the bundled GHN. SERVE_CMD=info only prints what this installation has.
 SERVE_CMD ?= serve
@@ -22,7 +24,7 @@ PYTEST_ARGS ?=
 # Stamp of a finished install: redone when the project's metadata changes, instant otherwise.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup dataset run test lint bench clean distclean
+.PHONY: help setup dataset browser run test lint bench clean distclean
 
 help:
 	@echo "make run        set up (.venv, torch $(TORCH_VERSION), project, dataset), then run: nas-service $(SERVE_CMD)"
@@ -66,6 +68,20 @@ dataset:
 	  echo "or point NAS_DATASETS_DIR at a folder holding fashion-mnist/. Continuing without it." >&2; \
 	fi
 
+# Never fatal: without chromium, only the dashboard's browser tests skip (they fail under CI).
+# A prerequisite of `test` only: `make run` has no use for a browser.
+browser:
+	@if command -v $(CHROMIUM_PACKAGE) >/dev/null; then \
+	  exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "chromium is missing: installing the Debian package $(CHROMIUM_PACKAGE) (dashboard browser tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CHROMIUM_PACKAGE); } \
+	    || echo "warning: could not install $(CHROMIUM_PACKAGE); the dashboard browser tests will skip" >&2; \
+	else \
+	  echo "note: chromium is missing, so the dashboard browser tests will skip. Install it with" >&2; \
+	  echo "  sudo apt-get install $(CHROMIUM_PACKAGE)" >&2; \
+	fi
+
 setup: $(INSTALLED) dataset
 
 run: setup
@@ -73,7 +89,7 @@ run: setup
 
 # Both checks always run; the first failure decides the exit status. pytest's status 5
 # ("no tests collected") is non-zero, so an empty run fails like any other.
-test: setup
+test: setup browser
 	@status=0; \
 	echo "+ pytest -q$(if $(PYTEST_ARGS), $(PYTEST_ARGS))"; \
 	$(BIN)/pytest -q $(PYTEST_ARGS) || status=$$?; \

@@ -14,6 +14,7 @@ stderr, never as a traceback: handlers raise :class:`CommandError` for it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -333,6 +334,12 @@ def _add_train_ghn(add_parser: AddParser) -> None:
     p.add_argument("--layers", type=_positive_int, default=None, help="GHN propagation rounds")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NAS_DEVICE, "
                                                   "else cuda when available, else cpu)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes preparing steps ahead of the GHN (default: 0 on the CPU, "
+                        "min(8, cores - 2) on a GPU)")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="continue the run that produced this GHN checkpoint (e.g. the bundled "
+                        "one) in a new OUT: same settings, a larger --steps")
     p.add_argument("--restart", action="store_true", help="ignore an existing run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train_ghn)
@@ -340,9 +347,10 @@ def _add_train_ghn(add_parser: AddParser) -> None:
 
 def _train_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
+    from nas_service.ghn.checkpoint import CheckpointError, resolve_device
     from nas_service.spaces import SearchSpaceError
     from nas_service.training.config import TrainingConfig
-    from nas_service.training.ghn_training import train_ghn
+    from nas_service.training.ghn_training import start_from_checkpoint, train_ghn
 
     ghn = {k: getattr(args, k) for k in ("hidden", "layers") if getattr(args, k) is not None}
     cfg = TrainingConfig(
@@ -354,10 +362,19 @@ def _train_ghn(args: argparse.Namespace) -> int:
         seed=args.seed, validate_every=args.validate_every,
         validation_architectures=args.validation_architectures,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, ghn=ghn)
+    workers = args.workers
+    if workers is None:  # worth it only when the GHN's side of a step is not the CPU's too
+        gpu = resolve_device(args.device).type != "cpu"
+        workers = min(8, max(0, (os.cpu_count() or 1) - 2)) if gpu else 0
     try:
+        if args.init_from is not None:
+            if args.restart:
+                raise ValueError("--init-from and --restart contradict each other")
+            step = start_from_checkpoint(args.init_from, args.out, cfg)
+            print(f"continuing {args.init_from} from step {step}")
         train_ghn(cfg, args.out, device=args.device, resume=not args.restart,
-                  progress=not args.no_progress)
-    except (DatasetError, SearchSpaceError, ValueError) as e:
+                  progress=not args.no_progress, workers=max(0, workers))
+    except (DatasetError, SearchSpaceError, CheckpointError, ValueError) as e:
         raise CommandError(str(e)) from None
     print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
     return 0
@@ -408,7 +425,24 @@ def _add_rank_ghn(add_parser: AddParser) -> None:
                    help="cap on test images that score the ground truth")
     p.add_argument("--cache", default=None, metavar="FILE",
                    help="ground-truth cache (default: OUT/ground-truth.json)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="rank only the architectures already trained in --cache")
+    p.add_argument("--truth-only", action="store_true",
+                   help="only train (fill the cache); no scores, no report")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="with --truth-only: train architectures i with i %% N == I, so N "
+                        "processes sharing --cache split the work (default: 0/1)")
     p.set_defaults(handler=_rank_ghn)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return index, count
 
 
 def _ghn_for(args: argparse.Namespace):
@@ -440,18 +474,30 @@ def _evaluate_ghn(args: argparse.Namespace) -> int:
 
 def _rank_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
-    from nas_service.training.ranking import rank_surrogates
+    from nas_service.training.ranking import rank_surrogates, train_ground_truth
     from nas_service.training.report import write_report
 
     ghn = _ghn_for(args)
+    cache = args.cache or Path(args.out) / "ground-truth.json"
+    if args.shard != (0, 1) and not args.truth_only:
+        raise CommandError("--shard needs --truth-only")
     try:
+        if args.truth_only:
+            summary = train_ground_truth(
+                ghn, args.task, cache_path=cache, held_out=args.held_out, epochs=args.epochs,
+                max_images=args.max_images, sgd_epochs_baseline=args.sgd_epochs or None,
+                sgd_max_images=args.sgd_max_images, eval_images=args.eval_images,
+                truth_eval_images=args.truth_eval_images, shard=args.shard,
+                data_root=args.data_root, device=ghn.device)
+            print(json.dumps(summary))
+            return 0
         result = rank_surrogates(
             ghn, args.task, held_out=args.held_out, epochs=args.epochs,
-            max_images=args.max_images, cache_path=args.cache or Path(args.out) / "ground-truth.json",
-            sgd_epochs_baseline=args.sgd_epochs, sgd_max_images=args.sgd_max_images,
+            max_images=args.max_images, cache_path=cache,
+            sgd_epochs_baseline=args.sgd_epochs or None, sgd_max_images=args.sgd_max_images,
             eval_images=args.eval_images, truth_eval_images=args.truth_eval_images,
-            data_root=args.data_root, progress=True)
-    except DatasetError as e:
+            data_root=args.data_root, progress=True, cached_only=args.cached_only)
+    except (DatasetError, ValueError) as e:
         raise CommandError(str(e)) from None
     paths = write_report(result, args.out)
     print("\n".join(f"wrote {p}" for p in paths.values()))
@@ -680,6 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in COMMANDS:
         add(sub.add_parser)
+    # Imported here: remote_cli imports this module (CommandError, the shared helpers).
+    from nas_service.remote_cli import add_remote_commands  # predict, search, jobs, download
+
+    add_remote_commands(sub.add_parser)
     return parser
 
 

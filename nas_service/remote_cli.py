@@ -1,0 +1,525 @@
+"""The ``nas-service`` commands that talk to a running service over HTTP, through
+:class:`nas_service.client.Client`: ``predict``, ``search``, ``jobs``, ``cancel``, ``download``.
+
+They work the same against ``nas-service serve`` on this machine and a remote deployment:
+``--url`` (default ``$NAS_URL``, else ``http://127.0.0.1:8000``) and ``--api-key`` (default
+``$NAS_API_KEY``). :func:`add_remote_commands` registers them with the parser of
+:mod:`nas_service.cli`, so exit statuses follow its rules: 0 success, 1 the command failed, 2 a
+usage error, 130 interrupted. An error answer from the service is printed as its problem
+(status, title, detail, and each located error) on stderr, never as a traceback.
+
+``predict FILE`` takes a ``nas-graph/1`` JSON file, or a Python file that defines the network
+(see :func:`load_python_model` for the convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nas_service.cli import PROG, STDIN, AddParser, CommandError, _positive_int, _read_input, _shape
+
+if TYPE_CHECKING:
+    import torch
+
+    from nas_service.client import Architecture, Candidate, Client, Job
+
+Handler = Callable[[argparse.Namespace], int]
+
+MODEL_NAMES = ("model", "build")
+"""What ``predict`` looks for in a Python file, in this order."""
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared: connection options, error reporting, tables
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("service")
+    g.add_argument("--url", default=None,
+                   help="the service's root URL (default: $NAS_URL, else http://127.0.0.1:8000)")
+    g.add_argument("--api-key", default=None, metavar="KEY",
+                   help="API key (default: $NAS_API_KEY)")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="per-request timeout (default: %(default)s)")
+    g.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="re-sends after a connection error, 503 or 429, with exponential "
+                        "backoff (default: %(default)s)")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from nas_service.client import API_KEY_ENV, DEFAULT_URL, URL_ENV, Client
+
+    url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
+    key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        return Client(url, key, timeout=args.timeout, retries=args.retries)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
+def _reports_client_errors(handler: Handler) -> Handler:
+    """Turns the client's exceptions into messages on stderr and exit status 1: an API error as
+    its problem (``status title: detail`` and one line per located error), anything else (the
+    service unreachable, a corrupt download, a wait timeout) as one line."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from nas_service.client import ApiError, ClientError
+
+        try:
+            return handler(args)
+        except ApiError as e:
+            lines = str(e).splitlines()
+            _err(f"{PROG}: error: {lines[0]}")
+            for line in lines[1:]:
+                _err(line)
+            if e.slug == "unauthorized":
+                _err("  (pass --api-key or set NAS_API_KEY)")
+            return 1
+        except ClientError as e:
+            raise CommandError(str(e)) from None
+
+    return run
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+           right: Sequence[int] = ()) -> str:
+    """A plain text table; columns whose index is in ``right`` are right-aligned."""
+    cells = [[str(h) for h in headers]] + [[("-" if v is None else str(v)) for v in r]
+                                            for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [v.rjust(w) if i in right else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _score(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"
+
+
+def _count(value: int | None) -> str | None:
+    return None if value is None else f"{value:,}"
+
+
+# ------------------------------------------------------------------------------------------------
+# predict
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_predict(add_parser: AddParser) -> None:
+    p = add_parser(
+        "predict", help="score an architecture on a running service",
+        description="Send one architecture to the service (POST /v1/architectures) and print "
+                    "its surrogate accuracy with GHN-predicted weights, size and checkpoint. "
+                    "FILE is a nas-graph/1 JSON file (- for stdin) or a Python file (*.py) that "
+                    "defines the network: a top-level `model` (a torch.nn.Module, or a function "
+                    "returning one) or a `build()` function; an optional top-level "
+                    "`input_shape` (one sample, e.g. (1, 28, 28)) overrides the task's. "
+                    "Or give --space and --seed to score a sampled architecture.")
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="graph JSON file, - for stdin, or a Python file defining `model`")
+    p.add_argument("--space", default=None, help="score the architecture of a search space...")
+    p.add_argument("--seed", type=int, default=None, help="...with this seed")
+    p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                   help="for a Python file: the sample shape to trace the module with "
+                        "(default: its `input_shape`, else the task's)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    _add_connection(p)
+    p.set_defaults(handler=_predict)
+
+
+def load_python_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module,
+                                                             tuple[int, ...] | None]:
+    """Runs the Python file at ``path`` (as a script whose ``__name__`` is not ``"__main__"``, so
+    a training block under ``if __name__ == "__main__":`` does not run) and returns its network
+    and declared input shape.
+
+    The convention: the file defines ``model``, either a ``torch.nn.Module`` or a function (or
+    class) that returns one when called without arguments, or else a ``build()`` function that
+    does. An optional top-level ``input_shape`` (one sample's shape, such as ``(1, 28, 28)``) is
+    returned too. Raises :class:`CommandError` when none is found or running the file fails.
+    """
+    import runpy
+
+    import torch
+
+    try:
+        namespace = runpy.run_path(str(path), run_name="__nas_service_model__")
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's file: report its error in one line
+        raise CommandError(f"{path}: running it raised {type(e).__name__}: {e}") from None
+    found = None
+    for name in MODEL_NAMES:
+        value = namespace.get(name)
+        if value is None:
+            continue
+        if isinstance(value, torch.nn.Module):
+            found = value
+        elif callable(value):
+            try:
+                found = value()
+            except Exception as e:  # noqa: BLE001
+                raise CommandError(f"{path}: {name}() raised {type(e).__name__}: {e}") from None
+            if not isinstance(found, torch.nn.Module):
+                raise CommandError(f"{path}: {name}() returned {type(found).__name__}, not a "
+                                   "torch.nn.Module")
+        else:
+            raise CommandError(f"{path}: `{name}` is a {type(value).__name__}, not a "
+                               "torch.nn.Module or a function returning one")
+        break
+    if found is None:
+        raise CommandError(f"{path}: defines no `model` (a torch.nn.Module or a function "
+                           "returning one) and no `build()` function")
+    shape = namespace.get("input_shape")
+    if shape is not None:
+        try:
+            shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise CommandError(f"{path}: input_shape must be a sequence of ints, got "
+                               f"{shape!r}") from None
+    return found, shape
+
+
+def _predict_source(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None]:
+    """What to send: a graph document, a module (with its input shape) or space and seed."""
+    sampled = args.space is not None or args.seed is not None
+    if sampled == (args.file is not None):
+        raise CommandError("give FILE, or --space and --seed")
+    if sampled:
+        if args.space is None or args.seed is None:
+            raise CommandError("--space and --seed go together")
+        return {"space": args.space, "seed": args.seed}, None
+    if args.file != STDIN and Path(args.file).suffix == ".py":
+        module, shape = load_python_model(args.file)
+        return module, args.input_shape or shape
+    if args.input_shape is not None:
+        raise CommandError("--input-shape is for Python files; a graph has its own input shape")
+    data = _read_input(args.file)
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CommandError(f"{args.file}: not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CommandError(f"{args.file}: expected a nas-graph/1 object, got a "
+                           f"{type(doc).__name__}")
+    return doc, None
+
+
+def _architecture_lines(result: Architecture, base_url: str) -> list[str]:
+    score = result.score
+    if score is not None:
+        how = ", ".join(x for x in (score.name, score.split,
+                                    f"{score.images:,} images" if score.images else None) if x)
+        accuracy = f"{score.value:.4f}  ({how})"
+    else:
+        accuracy = "-"
+    timings = ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()) or "-"
+    checkpoint = "-"
+    if result.checkpoint is not None:
+        size = result.checkpoint.size_bytes
+        checkpoint = base_url + result.checkpoint.url + (f" ({size:,} bytes)" if size else "")
+    rows = [("architecture", result.id), ("name", result.name or "-"), ("task", result.task),
+            ("accuracy", accuracy), ("parameters", f"{result.num_parameters:,}"),
+            ("MACs", f"{result.flops:,}"), ("ghn", result.ghn_version or "-"),
+            ("cached", {True: "yes", False: "no", None: "-"}[result.cached]),
+            ("timings", timings), ("checkpoint", checkpoint)]
+    return [f"{k:<13}{v}" for k, v in rows]
+
+
+@_reports_client_errors
+def _predict(args: argparse.Namespace) -> int:
+    from nas_service.graph import GraphValidationError, UnsupportedModuleError
+
+    source, input_shape = _predict_source(args)
+    with _client(args) as client:
+        try:
+            result = client.predict(source, task=args.task, input_shape=input_shape)
+        except UnsupportedModuleError as e:
+            raise CommandError(f"{args.file}: the module cannot be expressed in nas-graph/1: "
+                               f"{e}") from None
+        except GraphValidationError as e:
+            raise CommandError(f"{args.file}: " + "; ".join(map(str, e.problems))) from None
+        except ValueError as e:  # an unknown task when looking up its input shape
+            raise CommandError(str(e)) from None
+        if args.json:
+            _print_json(result.to_dict())
+        else:
+            print("\n".join(_architecture_lines(result, client.base_url)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# search | jobs | cancel
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_search(add_parser: AddParser) -> None:
+    p = add_parser(
+        "search", help="queue a search job on a running service (and wait for it)",
+        description="Queue a search job (POST /v1/search-jobs). The job id is printed on "
+                    "stdout at once; with --wait, a progress bar follows it on stderr and the "
+                    "best candidates are printed when it finishes.")
+    p.add_argument("--space", default="cells", help="search space (default: %(default)s)")
+    p.add_argument("--budget", type=_positive_int, required=True, metavar="N",
+                   help="candidates to evaluate")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="stop after this long (counted from the worker's claim)")
+    p.add_argument("--max-parameters", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--max-flops", type=_positive_int, default=None, metavar="N",
+                   help="multiply-accumulates per sample")
+    p.add_argument("--strategy", choices=["random", "evolution"], default="random")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
+    p.add_argument("--idempotency-key", default=None, metavar="KEY",
+                   help="re-running with the same key and options returns the same job")
+    p.add_argument("--wait", action="store_true", help="follow the job until it finishes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
+    p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between status requests while waiting (default: %(default)s)")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up waiting after this long (the job keeps running)")
+    p.add_argument("--top", type=_positive_int, default=5,
+                   help="best candidates to print when finished (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection(p)
+    p.set_defaults(handler=_search)
+
+
+def _candidate_table(candidates: Sequence[Candidate]) -> str:
+    headers = ["rank", "index", "status", "score", "parameters", "MACs", "candidate"]
+    rows = [[rank, c.index, c.status, _score(c.score), _count(c.num_parameters),
+             _count(c.flops), c.id] for rank, c in enumerate(candidates, 1)]
+    if any(c.reason for c in candidates):  # why a candidate was rejected or failed
+        headers.append("reason")
+        for row, c in zip(rows, candidates, strict=True):
+            row.append(c.reason or "")
+    return _table(headers, rows, right=(0, 1, 3, 4, 5))
+
+
+def _job_lines(job: Job) -> list[str]:
+    best = job.best_candidate
+    constraints = ", ".join(f"{k} {v:,}" for k, v in (("max_parameters",
+                                                       job.constraints.max_parameters),
+                                                      ("max_flops", job.constraints.max_flops))
+                            if v is not None) or "none"
+    budget = f"{job.budget.candidates:,} candidates" + (
+        f", {job.budget.seconds:g} s" if job.budget.seconds else "")
+    rows = [("job", job.id), ("status", job.status + (" (cancel requested)"
+                                                      if job.cancel_requested and not job.finished
+                                                      else "")),
+            ("search", f"{job.space}, {job.strategy}, seed {job.seed}, task {job.task}"),
+            ("budget", budget), ("constraints", constraints),
+            ("progress", f"{job.progress.done}/{job.progress.total}"),
+            ("rate", f"{job.rate:.2f} candidates/s" if job.rate else "-"),
+            ("best", f"{best.score:.4f} (candidate {best.index}, {best.id})"
+             if best is not None and best.score is not None else "-")]
+    if job.error:
+        rows.append(("error", job.error))
+    return [f"{k:<13}{v}" for k, v in rows]
+
+
+def _finished_status(job: Job) -> int:
+    if job.status == "succeeded":
+        return 0
+    _err(f"{PROG}: error: job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    return 1
+
+
+@_reports_client_errors
+def _search(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.submit_search(
+            space=args.space, candidates=args.budget, seconds=args.seconds,
+            max_parameters=args.max_parameters, max_flops=args.max_flops, task=args.task,
+            seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key)
+        if not args.wait:
+            if args.json:
+                _print_json(job.to_dict())
+            else:
+                print(job.id)
+                _err(f"job {job.id} {job.status}: {job.space}, {job.strategy}, seed {job.seed}, "
+                     f"{job.budget.candidates:,} candidates; follow it with "
+                     f"`{PROG} jobs {job.id}`")
+            return 0
+        if not args.json:
+            print(job.id, flush=True)
+        try:
+            job = client.wait(job, progress=not args.no_progress, poll=args.poll,
+                              timeout=args.wait_timeout)
+        except KeyboardInterrupt:
+            _err(f"stopped waiting; job {job.id} goes on running on the service "
+                 f"(`{PROG} cancel {job.id}` stops it)")
+            return 130
+        best = client.candidates(job, top=args.top) if job.progress.done else []
+        if args.json:
+            _print_json({"job": job.to_dict(), "candidates": [c.to_dict() for c in best]})
+        else:
+            print("\n".join(_job_lines(job)))
+            if best:
+                print()
+                print(_candidate_table(best))
+    return _finished_status(job)
+
+
+def _add_jobs(add_parser: AddParser) -> None:
+    p = add_parser("jobs", help="list search jobs, or show one with its best candidates",
+                   description="Without JOB: a table of jobs, newest first. With JOB: its "
+                               "status, progress and best candidates.")
+    p.add_argument("job", nargs="?", metavar="JOB", help="a job id")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                   default=None, help="only jobs with this status")
+    p.add_argument("--limit", type=_positive_int, default=50,
+                   help="jobs to list (default: %(default)s)")
+    p.add_argument("--top", type=_positive_int, default=5,
+                   help="candidates to show with JOB (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection(p)
+    p.set_defaults(handler=_jobs)
+
+
+def _when(job: Job) -> str:
+    return job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@_reports_client_errors
+def _jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.job is not None:
+            job = client.job(args.job)
+            best = client.candidates(job, top=args.top) if job.progress.done else []
+            if args.json:
+                _print_json({"job": job.to_dict(), "candidates": [c.to_dict() for c in best]})
+                return 0
+            print("\n".join(_job_lines(job)))
+            if best:
+                print()
+                print(_candidate_table(best))
+            return 0
+        jobs = client.jobs(status=args.status, limit=args.limit)
+    if args.json:
+        _print_json([j.to_dict() for j in jobs])
+        return 0
+    if not jobs:
+        _err("no jobs" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    rows = [(j.id, j.status, j.space, j.strategy, f"{j.progress.done}/{j.progress.total}",
+             _score(j.best_candidate.score if j.best_candidate else None), _when(j))
+            for j in jobs]
+    print(_table(["job", "status", "space", "strategy", "progress", "best", "created"], rows,
+                 right=(4, 5)))
+    return 0
+
+
+def _add_cancel(add_parser: AddParser) -> None:
+    p = add_parser("cancel", help="cancel a search job",
+                   description="A queued job is cancelled at once, a running one at its "
+                               "worker's next heartbeat; a finished job is left as it is.")
+    p.add_argument("job", metavar="JOB", help="a job id")
+    _add_connection(p)
+    p.set_defaults(handler=_cancel)
+
+
+@_reports_client_errors
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job)
+    if job.status == "running":
+        state = "cancel requested (it stops at its worker's next heartbeat)"
+    elif job.status in ("succeeded", "failed"):
+        state = f"already {job.status}, nothing to cancel"
+    else:
+        state = job.status
+    print(f"job {job.id}: {state}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# download
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_download(add_parser: AddParser) -> None:
+    p = add_parser(
+        "download", help="download an architecture's or a candidate's predicted weights",
+        description="Download a checkpoint (safetensors; the nas-graph/1 JSON is in its "
+                    "metadata), check its SHA-256 against the ETag and that it loads into "
+                    "to_module(graph), and save it. Architecture and candidate ids look alike "
+                    "(32 hex digits); ID is tried as an architecture, then as a candidate, "
+                    "unless --architecture or --candidate says which.")
+    p.add_argument("id", metavar="ID", help="an architecture id or a candidate id")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--architecture", dest="kind", action="store_const", const="architecture",
+                      help="ID is an architecture id")
+    kind.add_argument("--candidate", dest="kind", action="store_const", const="candidate",
+                      help="ID is a candidate id")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="where to write it (default: ID.safetensors)")
+    _add_connection(p)
+    p.set_defaults(handler=_download, kind="auto")
+
+
+@_reports_client_errors
+def _download(args: argparse.Namespace) -> int:
+    from nas_service.client import InvalidCheckpoint
+
+    with _client(args) as client:
+        checkpoint = client.fetch_checkpoint(args.id, kind=args.kind)
+    try:
+        net = checkpoint.module()  # proves the file is usable before it is written
+    except Exception as e:  # noqa: BLE001 - whatever torch or the graph layer says, in one line
+        raise InvalidCheckpoint(f"{checkpoint.url}: the weights do not load into the graph's "
+                                f"network: {type(e).__name__}: {e}") from None
+    output = Path(args.output or f"{args.id}.safetensors")
+    try:
+        checkpoint.save(output)
+    except OSError as e:
+        raise CommandError(f"{output}: cannot write: {e.strerror or e}") from None
+    graph = checkpoint.graph
+    scores = checkpoint.scores
+    parameters = sum(p.numel() for p in net.parameters())
+    accuracy = (f", accuracy {scores['value']:.4f} ({scores.get('name', 'score')})"
+                if "value" in scores else "")
+    print(f"wrote {output}: {len(checkpoint.data):,} bytes, sha256 {checkpoint.sha256}")
+    print(f"graph {graph.name or graph.content_hash()[:16]}: {len(graph.nodes)} nodes, "
+          f"{parameters:,} parameters{accuracy}, task {checkpoint.metadata.get('task', '-')}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration
+# ------------------------------------------------------------------------------------------------
+
+REMOTE_COMMANDS: tuple[Callable[[AddParser], None], ...] = (
+    _add_predict,
+    _add_search,
+    _add_jobs,
+    _add_cancel,
+    _add_download,
+)
+
+
+def add_remote_commands(add_parser: AddParser) -> None:
+    """Registers ``predict``, ``search``, ``jobs``, ``cancel`` and ``download`` with the
+    ``add_parser`` of :func:`nas_service.cli.build_parser`'s sub-parsers."""
+    for add in REMOTE_COMMANDS:
+        add(add_parser)

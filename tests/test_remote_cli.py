@@ -1,0 +1,278 @@
+"""``nas-service predict | search | jobs | cancel | download`` against a real ``nas-service serve``
+process: what they print, their exit statuses, and problem details instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("service_support", "remote_support")
+
+import torch  # noqa: E402
+from remote_support import RemoteService, free_port  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from service_support import (  # noqa: E402
+    SMALL_FLOPS,
+    requires_fashion_mnist,
+    tiny_graph,
+    tiny_graph_doc,
+)
+
+from nas_service import from_module  # noqa: E402
+from nas_service.cli import main  # noqa: E402
+from nas_service.client import Client  # noqa: E402
+from nas_service.remote_cli import load_python_model  # noqa: E402
+
+pytest_plugins = ("service_support", "remote_support")
+pytestmark = [requires_fashion_mnist, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+MISSING_ID = "0" * 32
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+input_shape = (1, 28, 28)
+model = nn.Sequential(nn.Conv2d(1, 5, 3, stride=2, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 10))
+
+if __name__ == "__main__":
+    raise SystemExit("training code must not run when nas-service loads this file")
+'''
+
+BUILD_FILE = '''
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Conv2d(1, 7, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 10))
+'''
+
+
+@pytest.fixture
+def service(remote_service: RemoteService, monkeypatch: pytest.MonkeyPatch) -> RemoteService:
+    """The commands find the service through NAS_URL and NAS_API_KEY."""
+    monkeypatch.setenv("NAS_URL", remote_service.url)
+    monkeypatch.setenv("NAS_API_KEY", remote_service.api_key)
+    return remote_service
+
+
+def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return status, out, err
+
+
+def _graph_file(tmp_path: Path, channels: int = 4, **kwargs) -> Path:
+    path = tmp_path / f"graph-{channels}.json"
+    path.write_text(json.dumps(tiny_graph_doc(channels, **kwargs)))
+    return path
+
+
+# ---- predict ------------------------------------------------------------------------------------
+
+
+def test_predict_a_graph_file_prints_a_table_then_json(service, tmp_path, capsys) -> None:
+    path = _graph_file(tmp_path, 6)
+    status, out, err = _run(capsys, "predict", str(path))
+    assert status == 0, err
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    graph = tiny_graph(6)
+    assert fields["name"] == "tiny-6" and fields["cached"] == "no"
+    assert fields["parameters"] == f"{graph.num_parameters:,}"
+    assert fields["MACs"] == f"{graph.flops:,}"
+    assert fields["accuracy"].split()[0].replace(".", "").isdigit()
+    assert "predicted-recalibrated" in fields["accuracy"]
+    assert fields["checkpoint"].startswith(f"{service.url}/v1/architectures/{fields['architecture']}")
+
+    status, out, _ = _run(capsys, "predict", str(path), "--json")
+    assert status == 0
+    body = json.loads(out)
+    assert body["cached"] is True and body["id"] == fields["architecture"]
+    assert body["content_hash"] == graph.content_hash()
+    assert f"{body['score']['value']:.4f}" == fields["accuracy"].split()[0]
+    assert {"checkpoint", "timings", "ghn_version", "graph", "created_at"} <= set(body)
+
+
+def test_predict_space_and_seed(service, capsys) -> None:
+    status, out, _ = _run(capsys, "predict", "--space", "macro", "--seed", "4", "--json")
+    assert status == 0
+    assert json.loads(out)["name"] == "macro/seed=4"
+    status, _, err = _run(capsys, "predict", "--space", "macro")
+    assert status == 1 and "--space and --seed go together" in err
+
+
+@pytest.mark.parametrize("source, channels", [(MODEL_FILE, 5), (BUILD_FILE, 7)])
+def test_predict_a_python_file(service, tmp_path, capsys, source, channels) -> None:
+    path = tmp_path / f"net{channels}.py"
+    path.write_text(source)
+    module, _ = load_python_model(path)
+    expected = from_module(module, (1, 28, 28)).content_hash()
+    status, out, err = _run(capsys, "predict", str(path), "--json")
+    assert status == 0, err
+    body = json.loads(out)
+    assert body["content_hash"] == expected
+    assert body["num_parameters"] == sum(p.numel() for p in module.parameters())
+
+
+def test_python_file_convention_errors(service, tmp_path, capsys) -> None:
+    cases = {"nothing.py": ("x = 1\n", "defines no `model`"),
+             "wrong.py": ("model = 3\n", "`model` is a int"),
+             "returns.py": ("def build():\n    return 'net'\n", "build() returned str"),
+             "raises.py": ("raise RuntimeError('boom')\n", "running it raised RuntimeError: boom"),
+             "shape.py": (MODEL_FILE.replace("(1, 28, 28)", "'big'"), "input_shape must be")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        status, _, err = _run(capsys, "predict", str(path))
+        assert status == 1 and message in err, (name, err)
+
+
+def test_predict_prints_the_problem_of_an_invalid_graph(service, tmp_path, capsys) -> None:
+    doc = tiny_graph_doc(4)
+    doc["nodes"][1]["kernel_size"] = 0
+    path = tmp_path / "invalid.json"
+    path.write_text(json.dumps(doc))
+    status, out, err = _run(capsys, "predict", str(path))
+    assert status == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("nas-service: error: 422 Invalid architecture graph: ")
+    assert any("/body/graph/nodes/1/kernel_size" in line and "node 'conv'" in line
+               for line in lines[1:]), err
+
+    path.write_text(json.dumps(tiny_graph_doc(4, input_shape=(3, 32, 32))))
+    status, _, err = _run(capsys, "predict", str(path))
+    assert status == 1 and "422 Graph does not fit the task" in err and "/shape" in err
+
+    path.write_text("{not json")
+    status, _, err = _run(capsys, "predict", str(path))
+    assert status == 1 and f"{path}: not JSON" in err
+
+
+def test_api_key_and_connection_failures(remote_service, tmp_path, capsys,
+                                         monkeypatch) -> None:
+    monkeypatch.delenv("NAS_API_KEY", raising=False)
+    path = _graph_file(tmp_path)
+    status, _, err = _run(capsys, "predict", str(path), "--url", remote_service.url)
+    assert status == 1
+    assert "401 Unauthorized: a valid API key is required" in err and "--api-key" in err
+    status, _, err = _run(capsys, "jobs", "--url", remote_service.url, "--api-key", "bad")
+    assert status == 1 and "the API key is not valid" in err
+
+    url = f"http://127.0.0.1:{free_port()}"
+    status, _, err = _run(capsys, "jobs", "--url", url, "--retries", "0")
+    assert status == 1 and err.startswith(f"nas-service: error: cannot reach {url}")
+
+
+# ---- search, jobs, cancel, download -------------------------------------------------------------
+
+
+def test_search_waits_with_progress_and_prints_the_best_candidates(service, capsys) -> None:
+    status, out, err = _run(capsys, "search", "--space", "cells", "--budget", "4",
+                            "--max-flops", str(SMALL_FLOPS), "--seed", "3", "--wait",
+                            "--poll", "0.1", "--top", "3")
+    assert status == 0, err
+    lines = out.splitlines()
+    job_id = lines[0]
+    assert len(job_id) == 32
+    assert "4/4" in err  # the progress bar
+    fields = dict(line.split(None, 1) for line in lines[1:9])
+    assert fields["status"] == "succeeded" and fields["progress"] == "4/4"
+    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
+    rows = [line.split() for line in lines[header + 1:]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+
+    with Client(service.url, service.api_key) as client:
+        best = client.candidates(job_id, top=3)
+    assert [r[-1] for r in rows] == [c.id for c in best]
+    assert [r[3] for r in rows] == [f"{c.score:.4f}" for c in best]
+    assert fields["best"].startswith(f"{best[0].score:.4f}")
+
+    status, out, _ = _run(capsys, "jobs")
+    assert status == 0 and out.splitlines()[0].split()[:2] == ["job", "status"]
+    row = next(line.split() for line in out.splitlines() if line.startswith(job_id))
+    assert row[1:5] == ["succeeded", "cells", "random", "4/4"]
+    assert row[5] == f"{best[0].score:.4f}"
+
+    status, out, _ = _run(capsys, "jobs", "--status", "queued", "--json")
+    assert status == 0 and job_id not in {j["id"] for j in json.loads(out)}
+    status, out, _ = _run(capsys, "jobs", job_id, "--json", "--top", "2")
+    body = json.loads(out)
+    assert body["job"]["id"] == job_id and len(body["candidates"]) == 2
+
+    status, out, _ = _run(capsys, "cancel", job_id)
+    assert status == 0 and out.strip() == f"job {job_id}: already succeeded, nothing to cancel"
+
+
+def test_search_without_wait_prints_the_id_and_cancel_stops_it(service, capsys) -> None:
+    status, out, err = _run(capsys, "search", "--budget", "5000", "--max-flops",
+                            str(SMALL_FLOPS), "--seed", "8")
+    assert status == 0
+    job_id = out.strip()
+    assert len(job_id) == 32 and f"nas-service jobs {job_id}" in err
+    status, out, _ = _run(capsys, "cancel", job_id)
+    assert status == 0 and out.startswith(f"job {job_id}: ")
+    with Client(service.url, service.api_key) as client:
+        job = client.wait(job_id, progress=False, poll=0.1, timeout=60)
+    assert job.status == "cancelled"
+    status, out, _ = _run(capsys, "jobs", job_id)
+    assert status == 0 and "status       cancelled" in out
+
+    status, _, err = _run(capsys, "cancel", MISSING_ID)
+    assert status == 1 and "404 Search job not found" in err
+
+
+def test_download_by_candidate_or_architecture_id(service, tmp_path, capsys) -> None:
+    with Client(service.url, service.api_key) as client:
+        job = client.wait(client.submit_search(space="cells", candidates=2,
+                                               max_flops=SMALL_FLOPS, seed=21),
+                          progress=False, poll=0.1, timeout=120)
+        best = client.candidates(job, top=1)[0]
+    assert best.status == "scored"
+
+    out_file = tmp_path / "best.safetensors"
+    status, out, err = _run(capsys, "download", best.id, "-o", str(out_file))
+    assert status == 0, err
+    assert out.startswith(f"wrote {out_file}: ") and f"accuracy {best.score:.4f}" in out
+    tensors = load_file(str(out_file))
+    with Client(service.url, service.api_key) as client:
+        net = client.download_checkpoint(best.architecture_id, kind="architecture")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in tensors.items())
+
+    status, out, _ = _run(capsys, "download", best.architecture_id, "--architecture", "-o",
+                          str(tmp_path / "a.safetensors"))
+    assert status == 0
+    assert (tmp_path / "a.safetensors").read_bytes() == out_file.read_bytes()
+
+    status, _, err = _run(capsys, "download", best.id, "--architecture", "-o",
+                          str(tmp_path / "x.safetensors"))
+    assert status == 1 and "404 Architecture not found" in err
+    status, _, err = _run(capsys, "download", MISSING_ID)
+    assert status == 1 and "no architecture or candidate" in err
+    assert not (tmp_path / "x.safetensors").exists() and not Path(f"{MISSING_ID}.safetensors").exists()
+
+
+def test_python_m_nas_service_predict_in_a_subprocess(remote_service, tmp_path) -> None:
+    path = _graph_file(tmp_path, 9)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAS_")}
+    env.update(NAS_URL=remote_service.url, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "nas_service", "predict", str(path), "--json",
+         "--api-key", remote_service.api_key],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["content_hash"] == tiny_graph(9).content_hash() and body["cached"] is False
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "nas_service", "predict", str(tmp_path / "none.json")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert "Traceback" not in missing.stderr
