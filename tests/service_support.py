@@ -9,10 +9,16 @@ images per score and one recalibration batch of 32, so a score costs millisecond
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -163,3 +169,56 @@ def assert_problem(response: Any, status: int, slug: str | None = None) -> dict[
     if slug is not None:
         assert body["type"] == f"urn:nas-service:problem:{slug}", body
     return body
+
+
+# ---- a real `nas-service serve` process (end-to-end, client, browser, schemathesis tests) ----
+
+SERVER_STARTUP_SECONDS = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env: dict[str, str], port: int, log_path: Path | None = None
+                 ) -> subprocess.Popen:
+    """``python -m nas_service serve`` on ``port``; its output goes to ``log_path`` when given,
+    else to a text pipe that :func:`stop_server` drains."""
+    command = [sys.executable, "-m", "nas_service", "serve", "--port", str(port),
+               "--log-level", "warning"]
+    if log_path is None:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    with open(log_path, "w") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path | None = None) -> None:
+    """Polls ``/readyz`` until 200; fails with the server's output if it exits first."""
+    deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = log_path.read_text() if log_path is not None else (
+                process.stdout.read() if process.stdout else "")
+            raise AssertionError(f"the server exited with {process.returncode}: {output}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become ready")
+
+
+def stop_server(process: subprocess.Popen) -> str:
+    """SIGTERM (a graceful uvicorn shutdown), SIGKILL after 60 s; returns the piped output
+    (empty when it went to a log file)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output or ""

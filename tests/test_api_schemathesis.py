@@ -16,11 +16,6 @@ real rows instead of 404s. The process is also checked afterwards: no traceback 
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +24,14 @@ import pytest
 
 pytest.register_assert_rewrite("service_support")
 
-from service_support import requires_fashion_mnist, service_env  # noqa: E402
+from service_support import (  # noqa: E402
+    free_port,
+    requires_fashion_mnist,
+    service_env,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -51,7 +53,6 @@ pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 API_KEY = "schemathesis-test-key"
-STARTUP_SECONDS = 120.0
 SEED = 20261127
 # Bounded: about this many requests per operation and mode (fewer when the space is small).
 MAX_EXAMPLES = 25
@@ -69,33 +70,12 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, ignored_auth]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: "
-                                 f"{log_path.read_text()}")
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
-
-
 @pytest.fixture(scope="module")
 def live_service(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) -> Iterator[str]:
     """The base URL of a ``nas-service serve`` process; after the module, checks that it never
     answered a 500 and logged no traceback."""
     state = tmp_path_factory.mktemp("schemathesis-state")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = service_env(
         state, tiny_ghn_path, NAS_API_KEYS=API_KEY,
@@ -103,24 +83,16 @@ def live_service(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) 
         NAS_MAX_SEARCH_CANDIDATES="4", NAS_MAX_GRAPH_FLOPS="20000000",
         NAS_MAX_BODY_BYTES=str(256 * 1024))
     log_path = state / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "nas_service", "serve", "--port", str(port),
-             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = start_server(env, port, log_path)
     try:
-        _wait_ready(base, server, log_path)
+        wait_ready(base, server, log_path)
         yield base
         metrics = httpx.get(base + "/metrics", timeout=10).text
         unhandled = [line for line in metrics.splitlines()
                      if line.startswith("nas_http_unhandled_exceptions_total")]
         assert unhandled == ["nas_http_unhandled_exceptions_total 0"], unhandled
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     output = log_path.read_text()
     assert "Traceback" not in output, output
 

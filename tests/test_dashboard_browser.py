@@ -19,11 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from itertools import pairwise
@@ -37,9 +32,13 @@ pytest.register_assert_rewrite("service_support")
 
 from service_support import (  # noqa: E402
     SMALL_FLOPS,
+    free_port,
     requires_fashion_mnist,
     service_env,
+    start_server,
+    stop_server,
     tiny_graph_doc,
+    wait_ready,
 )
 
 pytest_plugins = ("service_support",)
@@ -54,7 +53,6 @@ CHROMIUM_ENV = "NAS_TEST_CHROMIUM"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 API_KEY = "dashboard-test-key"
 VIEWPORT = {"width": 1280, "height": 800}
-STARTUP_SECONDS = 120.0
 JOB_SECONDS = 90_000  # ms: the longest a search of the tests may take on a loaded machine
 MAX_SEED = 2**63 - 1
 SEARCH_CANDIDATES = 30  # more than one 25-row page, so the table's cursor paging is used
@@ -78,18 +76,12 @@ def _chromium() -> str:
     raise AssertionError("unreachable")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---- fixtures: one server and one browser for the module ------------------------------------
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     if os.environ.get(UPDATE_DOCS_ENV) == "1":
         # The docs' pictures show the bundled GHN's scores (on 1000 images), not the tiny
@@ -102,31 +94,12 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) -> I
     else:
         env = service_env(tmp_path_factory.mktemp("dashboard") / "state", tiny_ghn_path,
                           NAS_API_KEYS=API_KEY)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "nas_service", "serve", "--port", str(port),
-         "--log-level", "warning"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    server = start_server(env, port)
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if server.poll() is not None:
-                raise AssertionError(f"the server exited with {server.returncode}: "
-                                     f"{server.stdout.read() if server.stdout else ''}")
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        wait_ready(base, server)
         yield base
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            output, _ = server.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, _ = server.communicate()
+        output = stop_server(server)
     assert "Traceback" not in output, output
 
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -19,49 +16,25 @@ pytest.register_assert_rewrite("service_support")
 from service_support import (  # noqa: E402
     EVAL_IMAGES,
     SMALL_FLOPS,
+    free_port,
     isolated_settings,
     requires_fashion_mnist,
     service_env,
+    start_server,
+    stop_server,
     tiny_graph_doc,
+    wait_ready,
 )
 
 pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
-STARTUP_SECONDS = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: "
-                                 f"{process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
-
-
 def test_serve_scores_an_architecture_and_runs_a_search(tmp_path, tiny_ghn_path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "nas_service", "serve", "--port", str(port),
-         "--log-level", "warning"],
-        env=service_env(tmp_path / "state", tiny_ghn_path), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    server = start_server(service_env(tmp_path / "state", tiny_ghn_path), port)
     try:
-        _wait_ready(base, server)
+        wait_ready(base, server)
         assert (tmp_path / "state" / "nas.db").is_file()
         with httpx.Client(base_url=base, timeout=60) as client:
             posted = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
@@ -87,12 +60,7 @@ def test_serve_scores_an_architecture_and_runs_a_search(tmp_path, tiny_ghn_path)
             metrics = client.get("/metrics").text
             assert 'nas_candidates_recorded_total{status="scored"} 4' in metrics
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            output, _ = server.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, _ = server.communicate()
+        output = stop_server(server)
     # uvicorn shuts down gracefully (lifespan end: the worker thread is stopped), then re-raises
     # the signal it caught, so the status is SIGTERM's.
     assert server.returncode in (0, -signal.SIGTERM), output
