@@ -744,6 +744,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    from nas_service.runtime import retain_freed_memory
+
+    retain_freed_memory()  # every command that predicts weights runs faster (see runtime.py)
     try:
         return handler(args)
     except CommandError as e:

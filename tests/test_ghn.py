@@ -18,6 +18,7 @@ from nas_service.ghn.features import (
     parameter_requests,
     shortest_path_lengths,
 )
+from nas_service.ghn.model import _tile
 from nas_service.graph import OP_NAMES, ArchitectureGraph, GraphBuilder, to_module
 
 TINY = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
@@ -79,6 +80,17 @@ def test_predicted_tensors_have_the_shape_of_every_parameter():
     out = functional_call(to_module(graph), params, (torch.randn(3, 3, 16, 16),))
     assert out.shape == (3, 7)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(5,), (130,), (3, 7), (200, 3), (129, 65, 3, 3),
+                                   (64, 1, 5, 5), (128, 256, 1, 1)])
+def test_tiling_repeats_the_block_cyclically(shape):
+    block = torch.randn(*[min(8, s) + 3 for s in shape[:2]], *shape[2:])
+    tiled = _tile(block, shape)
+    assert tiled.shape == shape
+    index = np.indices(shape).reshape(len(shape), -1)
+    wrapped = tuple(torch.from_numpy(i % d) for i, d in zip(index, block.shape, strict=True))
+    assert torch.equal(tiled.reshape(-1), block[wrapped])
 
 
 def test_large_layers_are_tiled_and_large_kernels_resized():

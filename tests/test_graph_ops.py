@@ -8,7 +8,9 @@ multiply-accumulate counts of conv/linear/patch/attention nodes must equal hand-
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,6 +217,15 @@ def test_parameter_shapes_equal_trainable_state_dict_entries(case: OpCase):
     assert set(state) - set(trainable) == {k for k, _ in net.named_buffers()}
     assert graph.num_parameters == sum(p.numel() for p in net.parameters())
     assert graph.num_parameters == sum(math.prod(s) for s in graph.parameter_shapes().values())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_content_hash_is_the_hash_of_the_canonical_document(case: OpCase):
+    # content_hash() skips pydantic's JSON dump for speed; the hash must stay the spec's
+    # (docs/graph-format.md section 8), or every stored architecture's cache key would change.
+    graph, _ = build_case(case)
+    canonical = json.dumps(graph.to_dict()["nodes"], sort_keys=True, separators=(",", ":"))
+    assert graph.content_hash() == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import re
@@ -50,6 +51,8 @@ def test_sampled_graph_validates_and_round_trips_through_json(name, shape, seed)
     assert graph.name == f"{name}/seed={seed}"
     assert ArchitectureGraph.from_dict(graph.to_dict()) == graph
     assert ArchitectureGraph.from_json(graph.to_json()).to_dict() == graph.to_dict()
+    canonical = json.dumps(graph.to_dict()["nodes"], sort_keys=True, separators=(",", ":"))
+    assert graph.content_hash() == hashlib.sha256(canonical.encode()).hexdigest()
     # The genome survives JSON and rebuilds the same graph.
     assert get_space(name).genome_to_graph(json.loads(json.dumps(genome)), shape, 10) == graph
 
