@@ -446,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU threads of one worker (split between --pg-workers) and of the "
                              "SGD baseline (default: the CPU count)")
     parser.add_argument("--eval-images", type=int, default=None,
-                        help="NAS_EVAL_IMAGES of the workers (default: unset, the whole "
-                             "validation split)")
+                        help="NAS_EVAL_IMAGES of the workers (default: unset, the service's "
+                             "default of 1,000 validation images)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="NAS_GHN_BATCH_SIZE of the workers (default: unset, the service's)")
     parser.add_argument("--sgd-candidates", type=int, default=3,

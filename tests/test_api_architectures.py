@@ -123,6 +123,29 @@ def test_another_ghn_scores_the_same_graph_anew(make_client, make_settings, tmp_
     assert (again.status_code, again.json()) == (200, first.json())
 
 
+def test_other_scoring_settings_score_the_same_graph_anew(make_client, make_settings,
+                                                           tiny_ghn_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from nas_service.api import create_app
+    from nas_service.search import ArchitectureScorer
+
+    request = {"graph": tiny_graph_doc(6)}
+    first = make_client().post("/v1/architectures", json=request)
+    assert first.status_code == 201, first.text
+    # Same GHN, fewer validation images: another score, so not the cached one.
+    fewer = ArchitectureScorer.load(tiny_ghn_path, device="cpu", eval_images=EVAL_IMAGES // 2,
+                                    recalibration_batches=1, recalibration_batch_size=32)
+    assert fewer.ghn_version != first.json()["ghn_version"]
+    settings = make_settings(eval_images=EVAL_IMAGES // 2)
+    with TestClient(create_app(settings, scorer=fewer)) as other:
+        second = other.post("/v1/architectures", json=request)
+        assert second.status_code == 201, second.text
+        assert second.json()["score"]["images"] == EVAL_IMAGES // 2
+        assert first.json()["score"]["images"] == EVAL_IMAGES
+        assert second.json()["id"] != first.json()["id"]
+
+
 def test_space_and_seed_score_the_sampled_architecture(client) -> None:
     r = client.post("/v1/architectures", json={"space": "macro", "seed": 3})
     assert r.status_code == 201, r.text

@@ -63,6 +63,13 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.api_keys == ()
     assert settings.max_body_bytes == 2 * 1024 * 1024
     assert (settings.lease_seconds, settings.heartbeat_seconds, settings.max_attempts) == (30, 10, 3)
+    assert settings.eval_images == 1000
+
+
+@pytest.mark.parametrize(("value", "expected"), [("all", None), ("ALL ", None), ("", None),
+                                                 ("250", 250)])
+def test_eval_images_take_a_count_or_all(value: str, expected: int | None) -> None:
+    assert Settings(eval_images=value).eval_images == expected
 
 
 def test_api_keys_never_appear_in_repr() -> None:

@@ -86,6 +86,15 @@ class _TaskTensors:
     recalibration: list[torch.Tensor] = field(default_factory=list)
 
 
+def score_version(checkpoint_sha256: str, eval_images: int | None,
+                  recalibration_batches: int, recalibration_batch_size: int) -> str:
+    """16 hex digits naming how scores are made: the GHN checkpoint (its SHA-256), the score,
+    the validation images and the batch-norm recalibration."""
+    protocol = (f"{checkpoint_sha256}|{SCORE_NAME}|{SCORE_SPLIT}|images={eval_images or 'all'}"
+                f"|recalibration={recalibration_batches}x{recalibration_batch_size}")
+    return hashlib.sha256(protocol.encode()).hexdigest()[:16]
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -97,8 +106,10 @@ def file_sha256(path: str | Path) -> str:
 class ArchitectureScorer:
     """The GHN of this process, the task data it scores on, and the lock that serialises them.
 
-    ``ghn_version`` identifies the GHN's weights (the first 16 hex digits of its checkpoint's
-    SHA-256): stored with every architecture, so a score says which GHN produced it.
+    ``ghn_version`` identifies the scores this scorer produces (:func:`score_version`: the GHN's
+    checkpoint and the scoring settings): stored with every architecture and part of the
+    architecture cache's key, so a score says which GHN produced it, and changing the GHN or
+    ``NAS_EVAL_IMAGES`` scores graphs anew instead of serving scores taken another way.
     """
 
     def __init__(self, ghn: GraphHyperNetwork, *, ghn_version: str,
@@ -126,7 +137,8 @@ class ArchitectureScorer:
         """
         resolved = Path(path) if path is not None else bundled_checkpoint_path()
         ghn = load_ghn(resolved, device)
-        version = file_sha256(resolved)[:16]
+        version = score_version(file_sha256(resolved), eval_images, recalibration_batches,
+                                recalibration_batch_size)
         return cls(ghn, ghn_version=version, ghn_path=str(resolved), eval_images=eval_images,
                    recalibration_batches=recalibration_batches,
                    recalibration_batch_size=recalibration_batch_size)
