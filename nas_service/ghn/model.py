@@ -243,11 +243,12 @@ class GraphHyperNetwork(nn.Module):
             # layer starts from the scale that keeps activations stable (He/LeCun init) and the
             # learned gain adjusts it. Scaling the small blocks before tiling leaves the copy
             # that materialises each tensor as the only full-size operation.
+            # (In fp32: under autocast the blocks are bf16, too coarse for a fan-in of 18,432.)
             fan_in = torch.tensor([_matrix_dims(items[i][1])[1] * kh * kw for i in idx],
-                                  dtype=blocks.dtype, device=x.device)
-            beta = torch.tensor([items[i][1].gain for i in idx], dtype=blocks.dtype,
+                                  dtype=torch.float32, device=x.device)
+            beta = torch.tensor([items[i][1].gain for i in idx], dtype=torch.float32,
                                 device=x.device)
-            rms = blocks.pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
+            rms = blocks.float().pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
             scale = gains.index_select(0, index) * torch.sqrt(beta / fan_in) / (rms + 1e-6)
             blocks = blocks * scale.view(-1, 1, 1, 1, 1)
             for j, i in enumerate(idx):
