@@ -17,6 +17,7 @@ from nas_service.ghn.features import (
     EDGE_VIRTUAL_FORWARD,
     parameter_requests,
     shortest_path_lengths,
+    typed_adjacency,
 )
 from nas_service.ghn.model import _tile
 from nas_service.graph import OP_NAMES, ArchitectureGraph, GraphBuilder, to_module
@@ -188,6 +189,18 @@ def test_features_have_real_and_virtual_edges_in_both_directions():
     assert types.count(EDGE_VIRTUAL_FORWARD) == (n - 2) + (n - 3)
     # Each (target, type) group of weights sums to 1 / mean distance <= 1.
     assert float(data.edge_weight.max()) <= 1.0
+
+
+def test_adjacency_is_the_same_whatever_the_edge_order():
+    data = featurize(every_op_graph(), cutoff=4)
+    n = data.num_nodes
+    expected = torch.zeros(n, 4 * n)
+    expected[data.edge_index[1], data.edge_index[0] * 4 + data.edge_type] = data.edge_weight
+    shuffled = torch.randperm(data.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    for order in (torch.arange(len(shuffled)), shuffled):
+        adjacency = typed_adjacency(data.edge_index[:, order], data.edge_type[order],
+                                    data.edge_weight[order], n)
+        assert torch.equal(adjacency.to_dense(), expected)
 
 
 def test_unknown_op_for_an_older_ghn_is_a_clear_error():
