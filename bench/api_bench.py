@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import shutil
 import statistics
@@ -51,9 +50,8 @@ from support.processes import (
     latency_summary,
     machine_info,
     nas_service_command,
-    relative,
+    run_benchmark,
     service_env,
-    sigterm_as_interrupt,
     wait_ready,
 )
 
@@ -282,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="OMP_NUM_THREADS of the server (default: the CPU count)")
     parser.add_argument("--eval-images", type=int, default=None,
-                        help="NAS_EVAL_IMAGES of the server (default: unset, the whole "
-                             "validation split)")
+                        help="NAS_EVAL_IMAGES of the server (default: unset, the service's "
+                             "default of 1,000 validation images)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="per request, seconds (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder")
@@ -291,16 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0:
         parser.error("--clients and --seconds must be positive")
-    sigterm_as_interrupt()
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: the processes it started were stopped", file=sys.stderr)
+    report = run_benchmark(lambda: run(args), _print_summary, args.output)
+    if report is None:
         return 130
-    _print_summary(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {relative(args.output)}")
     errors = report["misses"]["errors"] + report["hits"]["errors"]
     if errors:
         print(f"{errors} request(s) failed", file=sys.stderr)

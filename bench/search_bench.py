@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import statistics
@@ -58,9 +57,8 @@ from support.processes import (
     children,
     machine_info,
     nas_service_command,
-    relative,
+    run_benchmark,
     service_env,
-    sigterm_as_interrupt,
 )
 
 sys.path.insert(0, str(ROOT))
@@ -472,16 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.threads < 1 or args.max_candidates < 1:
         parser.error("--seconds, --threads and --max-candidates must be positive")
-    sigterm_as_interrupt()
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        print("interrupted: the processes it started were stopped", file=sys.stderr)
+    report = run_benchmark(lambda: run(args), _print_summary, args.output)
+    if report is None:
         return 130
-    _print_summary(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {relative(args.output)}")
     return 0
 
 

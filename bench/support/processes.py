@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -26,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,24 @@ def sigterm_as_interrupt() -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_benchmark(run: Callable[[], dict[str, Any]], summarise: Callable[[dict[str, Any]], None],
+                  output: Path) -> dict[str, Any] | None:
+    """Runs a benchmark that starts processes: ``run()`` with SIGTERM as an interrupt (its
+    cleanup stops them), then prints ``summarise(report)`` and writes the report to ``output``
+    as JSON. ``None`` when it was interrupted (nothing is written)."""
+    sigterm_as_interrupt()
+    try:
+        report = run()
+    except KeyboardInterrupt:
+        print("interrupted: the processes it started were stopped", file=sys.stderr)
+        return None
+    summarise(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {relative(output)}")
+    return report
 
 
 def service_env(data_dir: Path, *, threads: int | None, **nas: str) -> dict[str, str]:
