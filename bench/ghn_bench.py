@@ -17,6 +17,7 @@ a ResNet-50's prediction otherwise. Writes ``bench/results/ghn_bench.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -102,9 +103,17 @@ def run_case(case: str) -> dict:
     return result
 
 
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--case":
-        print(json.dumps(run_case(sys.argv[2])))
+CASES = ("resnet50", "darts20", "batch32")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=CASES, default=None,
+                        help="run one case in this process and print its JSON (used internally: "
+                             "without it, every case runs in a fresh subprocess)")
+    args = parser.parse_args(argv)
+    if args.case is not None:
+        print(json.dumps(run_case(args.case)))
         return
     import torch
 
@@ -115,7 +124,7 @@ def main() -> None:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     results = {}
-    for case in ("resnet50", "darts20", "batch32"):
+    for case in CASES:
         results[case] = run(case, retain=True)
         default = run(case, retain=False)
         for key in ("end_to_end_s", "ghn_forward_s", "seconds", "graphs_per_second",

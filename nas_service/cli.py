@@ -474,7 +474,10 @@ def _evaluate_ghn(args: argparse.Namespace) -> int:
 
 def _rank_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
+    from nas_service.ghn.checkpoint import bundled_checkpoint_path
+    from nas_service.search.scoring import file_sha256
     from nas_service.training.ranking import rank_surrogates, train_ground_truth
+    from nas_service.training.ranking_head import RankingHead, head_path_for
     from nas_service.training.report import write_report
 
     ghn = _ghn_for(args)
@@ -496,10 +499,16 @@ def _rank_ghn(args: argparse.Namespace) -> int:
             max_images=args.max_images, cache_path=cache,
             sgd_epochs_baseline=args.sgd_epochs or None, sgd_max_images=args.sgd_max_images,
             eval_images=args.eval_images, truth_eval_images=args.truth_eval_images,
-            data_root=args.data_root, progress=True, cached_only=args.cached_only)
+            data_root=args.data_root, progress=True, cached_only=args.cached_only,
+            ghn_sha256=file_sha256(args.ghn or bundled_checkpoint_path()))
     except (DatasetError, ValueError) as e:
         raise CommandError(str(e)) from None
     paths = write_report(result, args.out)
+    if result.get("ranking_head"):
+        paths["ranking_head"] = RankingHead.from_dict(result["ranking_head"]).save(
+            Path(args.out) / "ranking-head.json")
+        print(f"the service ranks by the head once it lies beside the checkpoint as "
+              f"{head_path_for(args.ghn or bundled_checkpoint_path())}")
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 

@@ -79,6 +79,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Progress",
+    "Ranking",
     "RateLimited",
     "Score",
     "ServerError",
@@ -335,19 +336,37 @@ class _Result:
 
 
 @dataclass(frozen=True)
+class Ranking(_Result):
+    """The ranking head's estimate of trained accuracy: what search jobs rank candidates by."""
+
+    value: float  # estimated accuracy after training, a fraction in [0, 1]
+    name: str  # "ranking-head"
+    target: str  # what it estimates, e.g. "test accuracy after 5 epochs of SGD"
+    kendall_tau: float | None = None  # leave-one-out, on the architectures it was fit on
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Ranking:
+        return cls(value=float(data["value"]), name=data["name"], target=data["target"],
+                   kendall_tau=data.get("kendall_tau"))
+
+
+@dataclass(frozen=True)
 class Score(_Result):
     """The surrogate accuracy and how it was measured."""
 
-    value: float  # accuracy, a fraction in [0, 1]
+    value: float  # accuracy with the predicted weights, a fraction in [0, 1]
     name: str  # which score: "predicted-recalibrated"
     split: str
     images: int | None = None
     recalibration_images: int | None = None
+    ranking: Ranking | None = None  # None when the service's GHN has no ranking head
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Score:
+        ranking = data.get("ranking")
         return cls(value=float(data["value"]), name=data["name"], split=data["split"],
-                   images=data.get("images"), recalibration_images=data.get("recalibration_images"))
+                   images=data.get("images"), recalibration_images=data.get("recalibration_images"),
+                   ranking=Ranking.from_json(ranking) if ranking else None)
 
 
 @dataclass(frozen=True)
@@ -388,6 +407,12 @@ class Architecture(_Result):
     def accuracy(self) -> float | None:
         """The surrogate accuracy (``score.value``)."""
         return self.score.value if self.score else None
+
+    @property
+    def estimated_trained_accuracy(self) -> float | None:
+        """The ranking head's estimate of trained accuracy (``score.ranking.value``): what
+        searches rank by; ``None`` when the service's GHN has no ranking head."""
+        return self.score.ranking.value if self.score and self.score.ranking else None
 
     @property
     def score_kind(self) -> str | None:

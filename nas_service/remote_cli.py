@@ -238,8 +238,12 @@ def _architecture_lines(result: Architecture, base_url: str) -> list[str]:
     if result.checkpoint is not None:
         size = result.checkpoint.size_bytes
         checkpoint = base_url + result.checkpoint.url + (f" ({size:,} bytes)" if size else "")
+    ranking = score.ranking if score is not None else None
     rows = [("architecture", result.id), ("name", result.name or "-"), ("task", result.task),
-            ("accuracy", accuracy), ("parameters", f"{result.num_parameters:,}"),
+            ("accuracy", accuracy),
+            *([("estimated", f"{ranking.value:.4f}  (trained: {ranking.target}; ranking head)")]
+              if ranking is not None else []),
+            ("parameters", f"{result.num_parameters:,}"),
             ("MACs", f"{result.flops:,}"), ("ghn", result.ghn_version or "-"),
             ("cached", {True: "yes", False: "no", None: "-"}[result.cached]),
             ("timings", timings), ("checkpoint", checkpoint)]

@@ -28,11 +28,11 @@ class RemoteService:
 
 @pytest.fixture(scope="module")
 def remote_service(tmp_path_factory: pytest.TempPathFactory,
-                   tiny_ghn_path: Path) -> Iterator[RemoteService]:
+                   ranked_tiny_ghn_path: Path) -> Iterator[RemoteService]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     state = tmp_path_factory.mktemp("remote-service")
-    server = start_server(service_env(state, tiny_ghn_path, NAS_API_KEYS=API_KEY), port)
+    server = start_server(service_env(state, ranked_tiny_ghn_path, NAS_API_KEYS=API_KEY), port)
     try:
         wait_ready(url, server)
         yield RemoteService(url=url, api_key=API_KEY, state_dir=state)

@@ -8,7 +8,10 @@ images per score and one recalibration batch of 32, so a score costs millisecond
 
 from __future__ import annotations
 
+import math
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +30,9 @@ from nas_service.ghn import GHNConfig, GraphHyperNetwork
 from nas_service.ghn.checkpoint import save_ghn
 from nas_service.graph import ArchitectureGraph, GraphBuilder
 from nas_service.search import ArchitectureScorer
+from nas_service.search.scoring import file_sha256
 from nas_service.settings import Settings
+from nas_service.training.ranking_head import RankingHead, fit_ranking_head, head_path_for
 
 TINY_GHN = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
 EVAL_IMAGES = 64
@@ -73,6 +78,38 @@ def tiny_ghn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ghn") / "ghn.safetensors"
     save_ghn(GraphHyperNetwork(TINY_GHN), path, task="fashion-mnist",
              training={"step": 0, "note": "untrained test GHN"})
+    return path
+
+
+def made_up_population(count: int = 30, seed: int = 0
+                       ) -> tuple[list[float], list[int], list[float]]:
+    """``(surrogate, parameters, trained)`` of made-up architectures whose trained accuracy grows
+    with both the surrogate and log-size, plus a little noise: each cheap score alone ranks
+    them only in part."""
+    rng = random.Random(seed)
+    surrogate, parameters, trained = [], [], []
+    for _ in range(count):
+        s, p = rng.uniform(0.3, 0.7), int(10 ** rng.uniform(3, 6))
+        surrogate.append(s)
+        parameters.append(p)
+        trained.append(0.5 + 0.4 * s + 0.03 * math.log10(p) + rng.gauss(0, 0.005))
+    return surrogate, parameters, trained
+
+
+def fit_test_ranking_head(checkpoint: Path | None = None) -> RankingHead:
+    """A ranking head fit on :func:`made_up_population`, tied to ``checkpoint`` when given."""
+    return fit_ranking_head(*made_up_population(), task="fashion-mnist",
+                            target="test accuracy after 5 epochs",
+                            ghn_sha256=file_sha256(checkpoint) if checkpoint else None)
+
+
+@pytest.fixture(scope="session")
+def ranked_tiny_ghn_path(tiny_ghn_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny GHN with a ranking head fit on its own checkpoint beside it, as the
+    bundled GHN has."""
+    path = tmp_path_factory.mktemp("ranked-ghn") / "ghn.safetensors"
+    shutil.copyfile(tiny_ghn_path, path)
+    fit_test_ranking_head(path).save(head_path_for(path))
     return path
 
 

@@ -95,6 +95,9 @@ def test_predict_a_graph_dict_and_again_from_the_cache(nas: Client) -> None:
     assert first.num_parameters == graph.num_parameters and first.flops == graph.flops
     assert first.score is not None and first.score_kind == SCORE_NAME
     assert 0.0 <= first.accuracy <= 1.0 and first.score.images == EVAL_IMAGES
+    # The service's GHN has a ranking head: its estimate comes with the score.
+    assert first.score.ranking is not None and first.score.ranking.name == "ranking-head"
+    assert 0.0 <= first.estimated_trained_accuracy == first.score.ranking.value <= 1.0
     assert first.ghn_version == nas.hypernetworks()[0].version
     assert {"graph", "predict", "score", "store"} <= set(first.timings)
     assert first.checkpoint_url == f"/v1/architectures/{first.id}/checkpoint"
@@ -258,13 +261,14 @@ def test_downloaded_checkpoint_runs_and_reproduces_the_reported_score(
         assert all(torch.equal(other[k], saved[k]) for k in saved)
 
     checkpoint = nas.fetch_checkpoint(best)
-    assert checkpoint.scores["value"] == best.score
+    # The job ranked the candidate by the head's estimate; the file reproduces the accuracy.
+    assert checkpoint.scores["ranking"]["value"] == best.score
     assert checkpoint.metadata["ghn_version"] == nas.hypernetworks()[0].version
     images, labels = load_task("fashion-mnist").tensors("val")
     n = checkpoint.scores["images"]
     assert n == EVAL_IMAGES
     with torch.no_grad():
-        assert accuracy(net, images[:n], labels[:n]) == best.score
+        assert accuracy(net, images[:n], labels[:n]) == checkpoint.scores["value"]
         # The rebuilt network is the graph's: same outputs as to_module + the file's tensors.
         reference = to_module(checkpoint.graph)
         reference.load_state_dict(saved)

@@ -80,7 +80,8 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) -> Iterator[str]:
+def base_url(tmp_path_factory: pytest.TempPathFactory, ranked_tiny_ghn_path: Path
+             ) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     if os.environ.get(UPDATE_DOCS_ENV) == "1":
@@ -92,7 +93,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) -> I
                           bundled_checkpoint_path(), NAS_API_KEYS=API_KEY,
                           NAS_EVAL_IMAGES=str(DOCS_EVAL_IMAGES))
     else:
-        env = service_env(tmp_path_factory.mktemp("dashboard") / "state", tiny_ghn_path,
+        # With a ranking head, as the bundled GHN has: jobs rank by its estimate.
+        env = service_env(tmp_path_factory.mktemp("dashboard") / "state", ranked_tiny_ghn_path,
                           NAS_API_KEYS=API_KEY)
     server = start_server(env, port)
     try:
@@ -340,6 +342,8 @@ def test_scoring_an_architecture_by_space_and_seed(tab: Tab, api: httpx.Client) 
     page = tab.goto(f"#/architectures/{arch['id']}")
     page.wait_for_selector(".graph-svg .node")
     assert page.inner_text(".score-value") == _percent(arch["score"]["value"])
+    assert f"{_percent(arch['score']['ranking']['value'])}: test accuracy after" in \
+        page.inner_text(".architecture-view .facts")
     tab.screenshot("architecture.png")
     page.click(".graph-svg .node[data-node-id='stem_conv1']")  # its attributes, beside
     page.eval_on_selector(".graph-view", "e => e.closest('.card').scrollIntoView()")
@@ -485,7 +489,11 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     page.click(f"svg.scatter circle[data-candidate-id='{best['id']}']")
     page.wait_for_function(f"() => location.hash == '#/candidates/{best['id']}'")
     page.wait_for_selector(".architecture-view .graph-svg .node")
-    assert page.inner_text(".score-value") == _percent(best["score"])
+    architecture = api.get(best["architecture_url"]).json()
+    assert page.inner_text(".score-value") == _percent(architecture["score"]["value"])
+    # The job ranks by the estimated trained accuracy when the GHN has a ranking head.
+    ranked_by = architecture["score"].get("ranking") or architecture["score"]
+    assert best["score"] == ranked_by["value"]
     assert page.locator(".graph-svg .node").count() > 5
     link = page.locator("#download-checkpoint")
     assert link.get_attribute("href") == best["checkpoint_url"]
@@ -496,7 +504,6 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     direct = api.get(link.get_attribute("href"))
     assert direct.status_code == 200 and direct.content == saved
     assert direct.headers["etag"] == f'"{hashlib.sha256(saved).hexdigest()}"'
-    architecture = api.get(best["architecture_url"]).json()
     metadata = _safetensors_metadata(saved)
     assert metadata["format"] == "nas-checkpoint/1"
     assert metadata["content_hash"] == architecture["content_hash"]

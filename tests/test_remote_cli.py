@@ -90,6 +90,7 @@ def test_predict_a_graph_file_prints_a_table_then_json(service, tmp_path, capsys
     assert fields["MACs"] == f"{graph.flops:,}"
     assert fields["accuracy"].split()[0].replace(".", "").isdigit()
     assert "predicted-recalibrated" in fields["accuracy"]
+    assert "ranking head" in fields["estimated"]
     assert fields["checkpoint"].startswith(f"{service.url}/v1/architectures/{fields['architecture']}")
 
     status, out, _ = _run(capsys, "predict", str(path), "--json")
@@ -240,7 +241,9 @@ def test_download_by_candidate_or_architecture_id(service, tmp_path, capsys) -> 
     out_file = tmp_path / "best.safetensors"
     status, out, err = _run(capsys, "download", best.id, "-o", str(out_file))
     assert status == 0, err
-    assert out.startswith(f"wrote {out_file}: ") and f"accuracy {best.score:.4f}" in out
+    with Client(service.url, service.api_key) as client:
+        reproduced = client.architecture(best.architecture_id).accuracy
+    assert out.startswith(f"wrote {out_file}: ") and f"accuracy {reproduced:.4f}" in out
     tensors = load_file(str(out_file))
     with Client(service.url, service.api_key) as client:
         net = client.download_checkpoint(best.architecture_id, kind="architecture")

@@ -95,12 +95,28 @@ class ArchitectureRequest(_Request):
         return self
 
 
+class Ranking(BaseModel):
+    value: float = Field(description="the estimated accuracy after training, a fraction in "
+                                     "[0, 1]; what search jobs rank candidates by")
+    name: str = Field(description="which estimate: ranking-head (fit on trained architectures "
+                                  "from this accuracy and the parameter count)")
+    target: str = Field(description="what it estimates, e.g. test accuracy after 5 epochs of "
+                                    "SGD")
+    kendall_tau: float | None = Field(
+        default=None, description="leave-one-out Kendall tau of the estimate against the "
+                                  "target on the architectures the head was fit on")
+
+
 class Score(BaseModel):
-    value: float = Field(description="accuracy, a fraction in [0, 1]")
+    value: float = Field(description="accuracy with the predicted weights (what the checkpoint "
+                                     "reproduces), a fraction in [0, 1]")
     name: str = Field(description="which score: predicted-recalibrated")
     split: str = Field(description="the split it was measured on")
     images: int | None = Field(default=None, description="images it was measured on")
     recalibration_images: int | None = None
+    ranking: Ranking | None = Field(
+        default=None, description="the GHN's ranking head's estimate of trained accuracy; "
+                                  "null when the loaded GHN has none")
 
 
 class CheckpointLink(BaseModel):
@@ -178,7 +194,9 @@ class CandidateResponse(BaseModel):
     job_id: str
     index: int
     status: CandidateStatusName
-    score: float | None
+    score: float | None = Field(description="what the job ranks candidates by: the "
+                                            "architecture's score.ranking.value when the GHN "
+                                            "has a ranking head, else its score.value")
     reason: str | None
     num_parameters: int | None
     flops: int | None

@@ -47,7 +47,7 @@ from nas_service.spaces import SearchSpaceError
 
 from .checkpoints import CheckpointStore
 from .evaluation import evaluate_architectures
-from .scoring import ArchitectureScorer, TaskNotSupported
+from .scoring import ArchitectureScorer, TaskNotSupported, ranking_value
 from .strategies import Outcome, Proposal, SearchStrategy, check_constraints, make_strategy
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class Worker:
                              seconds=propose_seconds + ev.seconds)
                 continue
             self._record(claimed, lease, history, p.index, "scored",
-                         score=float(ev.architecture.scores["value"]),
+                         score=ranking_value(ev.architecture.scores),
                          architecture_id=ev.architecture.id,
                          num_parameters=graph.num_parameters, flops=graph.flops,
                          seconds=propose_seconds + ev.seconds)

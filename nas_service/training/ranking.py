@@ -46,11 +46,15 @@ from .evaluate import (
 )
 from .evaluation import accuracy
 from .ghn_training import held_out_architectures
+from .ranking_head import MIN_ARCHITECTURES, fit_ranking_head, leave_one_out
 
-RANKED_SCORES = ("predicted_batch", "predicted_recalibrated", "parameters", "flops",
-                 "sgd_1_epoch", "random_init")
+RANKED_SCORES = ("predicted_batch", "predicted_recalibrated", "ranking_head", "parameters",
+                 "flops", "sgd_1_epoch", "random_init")
 """The cheap scores :func:`rank_surrogates` compares with the ground truth; higher is taken to
-mean better for every one of them (more parameters, more FLOPs, higher accuracy)."""
+mean better for every one of them (more parameters, more FLOPs, higher accuracy).
+``ranking_head`` is the :mod:`~nas_service.training.ranking_head` estimate of each architecture
+by a head fit on all the *other* ranked architectures (leave-one-out), so its agreement is a
+test score, not a fit."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,7 +350,7 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
                     sgd_max_images: int | None = None, eval_images: int | None = None,
                     truth_eval_images: int | None = None, seed: int = 0,
                     data_root: str | None = None, progress: bool = True,
-                    cached_only: bool = False) -> dict[str, Any]:
+                    cached_only: bool = False, ghn_sha256: str | None = None) -> dict[str, Any]:
     """Ranks the GHN's held-out architectures by each cheap score and by training; compares.
 
     ``cached_only``: compare on the architectures whose ground truth (and SGD baseline) the
@@ -435,6 +439,18 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
         row["trained_accuracy"], row["trained_seconds"] = rec["accuracy"], rec["seconds"]
     trained_seconds = [rec["seconds"] for rec in truth_records]
 
+    head = None
+    if len(rows) >= MIN_ARCHITECTURES:
+        surrogate = [float(r["predicted_recalibrated"]) for r in rows]
+        parameters = [float(r["parameters"]) for r in rows]
+        for row, estimate in zip(rows, leave_one_out(surrogate, parameters, truth), strict=True):
+            row["ranking_head"] = estimate
+            # Its cost is the surrogate's: the head itself is a dot product.
+            row["seconds"]["ranking_head"] = row["seconds"]["predicted_recalibrated"]
+        head = fit_ranking_head(surrogate, parameters, truth, task=spec.name,
+                                target=f"test accuracy after {epochs:g} epochs of SGD",
+                                ghn_sha256=ghn_sha256, eval_images=eval_images)
+
     scores: dict[str, Any] = {}
     for name in RANKED_SCORES:
         if not rows or rows[0].get(name) is None:
@@ -447,7 +463,8 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     architectures = [
         {k: r.get(k) for k in ("name", "seed", "hash", "parameters", "flops", "nodes",
                                "trained_accuracy", "trained_seconds", "predicted_batch",
-                               "predicted_recalibrated", "sgd_1_epoch", "random_init")}
+                               "predicted_recalibrated", "ranking_head", "sgd_1_epoch",
+                               "random_init")}
         for r in rows]
     return {
         "kind": "ranking", "task": spec.name, "ghn": describe_ghn(ghn),
@@ -460,6 +477,7 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
                      "batch_size": SGD_BATCH_SIZE, "lr": SGD_LR, "spaces": list(cfg.spaces),
                      "device": str(dev)},
         "architectures": architectures, "excluded": excluded, "scores": scores,
+        "ranking_head": head.to_dict() if head is not None else None,
         "ground_truth": {
             "best": max(truth) if truth else None,
             "mean": statistics.fmean(truth) if truth else None,

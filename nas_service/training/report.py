@@ -291,6 +291,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 _SCORE_TITLES = {
     "predicted_batch": "GHN, batch statistics",
     "predicted_recalibrated": "GHN, recalibrated BN",
+    "ranking_head": "ranking head (GHN recal. + size, leave-one-out)",
     "random_init": "random init",
     "sgd_1_epoch": "SGD baseline",
     "parameters": "parameter count",
@@ -379,16 +380,19 @@ def _ranking_markdown(rk: dict[str, Any]) -> list[str]:
 def _scatter_series(evaluation: dict[str, Any] | None, ranking: dict[str, Any] | None
                     ) -> tuple[list[tuple[str, Color, list[tuple[float, float]]]], str, str, str]:
     if ranking is not None:
-        pts = [(a["trained_accuracy"], a["predicted_recalibrated"])
-               for a in ranking.get("architectures", [])
-               if a.get("trained_accuracy") is not None
-               and a.get("predicted_recalibrated") is not None]
-        st = ranking.get("scores", {}).get("predicted_recalibrated", {})
+        # The score the service ranks by: the ranking head's estimate when there is one.
+        key = "ranking_head" if ranking.get("scores", {}).get("ranking_head") else \
+            "predicted_recalibrated"
+        pts = [(a["trained_accuracy"], a[key]) for a in ranking.get("architectures", [])
+               if a.get("trained_accuracy") is not None and a.get(key) is not None]
+        st = ranking.get("scores", {}).get(key, {})
         title = (f"tau {_fmt(st.get('kendall_tau'), 2)}  rho {_fmt(st.get('spearman_rho'), 2)}"
                  f"  n {len(pts)}")
         epochs = ranking.get("protocol", {}).get("epochs")
-        return ([("held-out", BLUE, pts)], f"trained accuracy (test, {epochs} ep)",
-                "GHN predicted (recal., val)", title)
+        y_label = ("ranking head (leave-one-out)" if key == "ranking_head"
+                   else "GHN predicted (recal., val)")
+        return ([("held-out", BLUE, pts)], f"trained accuracy (test, {epochs} ep)", y_label,
+                title)
     assert evaluation is not None
 
     def points(records: list[dict[str, Any]]) -> list[tuple[float, float]]:

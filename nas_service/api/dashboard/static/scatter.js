@@ -96,7 +96,7 @@ export function renderScatter(candidates, metric) {
                    && typeof c[metric] === "number")
     .map((c) => ({x: c[metric], y: c.score, candidate: c}));
   const svg = s("svg", {class: "scatter", viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "group",
-                        "aria-label": `surrogate accuracy against ${label}`,
+                        "aria-label": `score against ${label}`,
                         dataset: {points: points.length, metric}});
   const plotBottom = HEIGHT - PAD.bottom;
   svg.append(s("rect", {class: "plot-area", x: PAD.left, y: PAD.top,
@@ -104,7 +104,7 @@ export function renderScatter(candidates, metric) {
   svg.append(s("text", {class: "axis-title", x: PAD.left + (WIDTH - PAD.left - PAD.right) / 2,
                         y: HEIGHT - 8}, label));
   svg.append(s("text", {class: "axis-title", transform: `translate(14,${(PAD.top + plotBottom) / 2}) rotate(-90)`},
-               "surrogate accuracy"));
+               "score"));
   if (!points.length) {
     svg.append(s("text", {class: "empty-note", x: WIDTH / 2, y: HEIGHT / 2},
                  "No scored candidates yet"));

@@ -63,6 +63,11 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
       ["Score", score ? `${formatScore(score.value)} (${score.name}) on ${score.images ?? "?"} `
                         + `${score.split} images; batch norm recalibrated on `
                         + `${score.recalibration_images ?? "?"} training images` : "not scored"],
+      score && score.ranking ? ["Estimated trained accuracy",
+        `${formatScore(score.ranking.value)}: ${score.ranking.target}, estimated by the GHN's `
+        + `ranking head from the score and the size (leave-one-out Kendall τ `
+        + `${score.ranking.kendall_tau == null ? "?" : score.ranking.kendall_tau.toFixed(2)}); `
+        + "searches rank candidates by it"] : null,
       ["Task", arch.task],
       ["Timings", timings(arch.timings)],
       ["Created", timeCell(arch.created_at)],
@@ -108,7 +113,7 @@ export async function renderCandidate(root, [id], ctx) {
       h("a", {class: "button", href: route("jobs", candidate.job_id)}, "← Job ",
         h("span", {class: "mono"}, shortId(candidate.job_id)))),
     facts([
-      ["Accuracy", formatScore(candidate.score)],
+      ["Score", formatScore(candidate.score)],
       ["Parameters", formatExact(candidate.num_parameters)],
       ["FLOPs", formatExact(candidate.flops)],
       ["Scoring time", formatSeconds(candidate.seconds)],

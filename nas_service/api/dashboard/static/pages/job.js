@@ -19,7 +19,7 @@ const SERVER_ORDERS = new Set(["score", "index"]);
 const COLUMNS = [
   {key: "index", title: "#", sortable: true},
   {key: "status", title: "Status"},
-  {key: "score", title: "Accuracy", sortable: true},
+  {key: "score", title: "Score", sortable: true},
   {key: "num_parameters", title: "Parameters", sortable: true},
   {key: "flops", title: "FLOPs", sortable: true},
   {key: "seconds", title: "Time"},
@@ -64,12 +64,12 @@ export async function render(root, [jobId], ctx) {
                  "aria-pressed": String(key === metric)}, label));
   const plotSlot = h("div", {class: "slot"});
   root.append(h("section", {class: "card"},
-    h("div", {class: "card-head"}, h("h2", null, "Accuracy against size"),
+    h("div", {class: "card-head"}, h("h2", null, "Score against size"),
       h("div", {class: "toolbar", role: "group", "aria-label": "x axis"}, metricButtons)),
     plotSlot, plot,
     h("p", {class: "plot-legend"},
       h("span", {class: "dot"}), " candidate  ", h("span", {class: "dot pareto"}),
-      " Pareto front: the most accurate for its size (max accuracy, min ",
+      " Pareto front: the best score for its size (max score, min ",
       h("span", {id: "front-metric"}, "parameters"), "). Click a point to open the candidate."),
     plotNote));
   const drawPlot = () => {

@@ -1,0 +1,222 @@
+"""The ranking head: an estimate of an architecture's trained accuracy from its surrogate score and
+its parameter count, fit on a small set of trained architectures.
+
+Why it exists (``bench/results/ranking-fashion-mnist``, 34 held-out architectures trained 5
+epochs): the GHN's predicted accuracy alone ranks them with Kendall τ 0.52, the parameter count
+also 0.52, one epoch of SGD 0.70. The two cheap scores are nearly independent evidence (the
+predicted weights say how well the wiring works, the size how much a network can fit in five
+epochs), and a ridge regression on both, scored by leave-one-out cross-validation, reaches
+τ 0.78: better than one epoch of training, at the surrogate's cost. Mean-pooled GHN graph
+embeddings as further features (1–8 principal components) lowered the leave-one-out τ to
+0.40–0.73: 34 architectures are too few to fit more than a couple of weights.
+
+The head is a few numbers, stored as JSON next to the GHN checkpoint whose scores it was fit on
+(``<checkpoint stem>.ranking-head.json``, see :func:`head_path_for`). It names that checkpoint's
+SHA-256: a head read beside another checkpoint is ignored, since another GHN's scores live on
+another scale. Features outside the range seen in fitting are clamped into it, and the estimate
+into [0, 1]: a 25 M-parameter ResNet gets the estimate of the largest network the head has seen,
+not a linear extrapolation past 100 %.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEAD_FORMAT = "nas-ranking-head/1"
+FEATURES = ("surrogate_accuracy", "log10_parameters")
+DEFAULT_L2 = 1.0
+"""Ridge penalty on the standardised weights: leave-one-out τ is 0.77 / 0.78 / 0.76 at
+0.1 / 1 / 10 on the 34 trained architectures, so the choice is not delicate."""
+MIN_ARCHITECTURES = 5
+
+
+class RankingHeadError(ValueError):
+    """A ranking head file that is missing fields, of another format, or not finite."""
+
+
+def feature_matrix(surrogate: Sequence[float], parameters: Sequence[float]) -> np.ndarray:
+    """``(n, 2)``: the surrogate accuracy and log10 of the parameter count of each architecture."""
+    s = np.asarray(surrogate, dtype=np.float64)
+    p = np.asarray(parameters, dtype=np.float64)
+    if s.shape != p.shape or s.ndim != 1:
+        raise ValueError(f"expected two equal-length sequences, got {s.shape} and {p.shape}")
+    return np.stack([s, np.log10(np.maximum(p, 1.0))], axis=1)
+
+
+@dataclass(frozen=True)
+class RankingHead:
+    """``estimate = clip(bias + Σ weight_i · (clamp(x_i) − mean_i) / std_i, 0, 1)``."""
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    low: tuple[float, ...]
+    """Smallest value of each feature among the fitted architectures (inputs are clamped up)."""
+    high: tuple[float, ...]
+    l2: float
+    task: str
+    target: str
+    """What the estimate is an estimate of, e.g. "test accuracy after 5 epochs of SGD"."""
+    architectures: int
+    """How many trained architectures it was fit on."""
+    ghn_sha256: str | None
+    """SHA-256 of the GHN checkpoint whose scores it was fit on (``None``: not tied to one)."""
+    kendall_tau: float | None = None
+    """Leave-one-out Kendall τ against the target on the fitted architectures."""
+    eval_images: int | None = None
+    """Validation images behind the surrogate scores it was fit on."""
+    features: tuple[str, ...] = FEATURES
+
+    def predict(self, surrogate_accuracy: float, num_parameters: int) -> float:
+        """The estimated trained accuracy, a fraction in [0, 1]."""
+        return float(self.predict_many([surrogate_accuracy], [num_parameters])[0])
+
+    def predict_many(self, surrogate: Sequence[float], parameters: Sequence[float]) -> np.ndarray:
+        x = np.clip(feature_matrix(surrogate, parameters), self.low, self.high)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.std)
+        return np.clip(self.bias + z @ np.asarray(self.weights), 0.0, 1.0)
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": HEAD_FORMAT, **{k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in asdict(self).items()}}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RankingHead:
+        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
+            raise RankingHeadError(f"not a {HEAD_FORMAT} document")
+        try:
+            head = cls(
+                weights=_floats(data["weights"]), bias=float(data["bias"]),
+                mean=_floats(data["mean"]), std=_floats(data["std"]),
+                low=_floats(data["low"]), high=_floats(data["high"]), l2=float(data["l2"]),
+                task=str(data["task"]), target=str(data["target"]),
+                architectures=int(data["architectures"]),
+                ghn_sha256=None if data.get("ghn_sha256") is None else str(data["ghn_sha256"]),
+                kendall_tau=None if data.get("kendall_tau") is None
+                else float(data["kendall_tau"]),
+                eval_images=None if data.get("eval_images") is None
+                else int(data["eval_images"]),
+                features=tuple(data.get("features", FEATURES)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RankingHeadError(f"malformed ranking head: {e}") from None
+        if head.features != FEATURES:
+            raise RankingHeadError(f"ranking head features {list(head.features)} are not "
+                                   f"{list(FEATURES)}")
+        n = len(FEATURES)
+        vectors = (head.weights, head.mean, head.std, head.low, head.high)
+        if any(len(v) != n for v in vectors):
+            raise RankingHeadError(f"ranking head vectors must have {n} entries each")
+        if not all(math.isfinite(v) for vec in vectors for v in vec) or not math.isfinite(
+                head.bias) or any(s <= 0 for s in head.std):
+            raise RankingHeadError("ranking head numbers must be finite, with std > 0")
+        return head
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RankingHead:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise RankingHeadError(f"cannot read ranking head {path}: {e}") from None
+        return cls.from_dict(data)
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _solve(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float, np.ndarray,
+                                                              np.ndarray]:
+    """Ridge on standardised features, intercept unpenalised: ``(weights, bias, mean, std)``."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # a constant feature gets weight 0 anyway
+    z = (x - mean) / std
+    bias = float(y.mean())
+    weights = np.linalg.solve(z.T @ z + l2 * np.eye(z.shape[1]), z.T @ (y - bias))
+    return weights, bias, mean, std
+
+
+def _check(surrogate: Sequence[float], parameters: Sequence[float], trained: Sequence[float]
+           ) -> tuple[np.ndarray, np.ndarray]:
+    x = feature_matrix(surrogate, parameters)
+    y = np.asarray(trained, dtype=np.float64)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{x.shape[0]} architectures but {y.size} trained accuracies")
+    if x.shape[0] < MIN_ARCHITECTURES:
+        raise ValueError(f"a ranking head needs at least {MIN_ARCHITECTURES} trained "
+                         f"architectures, got {x.shape[0]}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("scores, parameter counts and trained accuracies must be finite")
+    return x, y
+
+
+def fit_ranking_head(surrogate: Sequence[float], parameters: Sequence[float],
+                     trained: Sequence[float], *, task: str, target: str,
+                     ghn_sha256: str | None = None, eval_images: int | None = None,
+                     l2: float = DEFAULT_L2) -> RankingHead:
+    """Fits the head on every architecture given and records its leave-one-out Kendall τ."""
+    from .ranking import kendall_tau
+
+    x, y = _check(surrogate, parameters, trained)
+    weights, bias, mean, std = _solve(x, y, l2)
+    tau = kendall_tau(leave_one_out(surrogate, parameters, trained, l2=l2), y)
+    return RankingHead(weights=_floats(weights), bias=bias, mean=_floats(mean),
+                       std=_floats(std), low=_floats(x.min(axis=0)),
+                       high=_floats(x.max(axis=0)), l2=l2, task=task, target=target,
+                       architectures=int(x.shape[0]), ghn_sha256=ghn_sha256,
+                       kendall_tau=None if math.isnan(tau) else float(tau),
+                       eval_images=eval_images)
+
+
+def leave_one_out(surrogate: Sequence[float], parameters: Sequence[float],
+                  trained: Sequence[float], *, l2: float = DEFAULT_L2) -> list[float]:
+    """Each architecture's estimate by a head fit on all the others (an honest test score)."""
+    x, y = _check(surrogate, parameters, trained)
+    out = []
+    for i in range(x.shape[0]):
+        keep = np.arange(x.shape[0]) != i
+        weights, bias, mean, std = _solve(x[keep], y[keep], l2)
+        # Clamped into the fold's range, as a fitted head clamps its inputs.
+        xi = np.clip(x[i], x[keep].min(axis=0), x[keep].max(axis=0))
+        out.append(float(np.clip(bias + ((xi - mean) / std) @ weights, 0.0, 1.0)))
+    return out
+
+
+def head_path_for(checkpoint: str | os.PathLike) -> Path:
+    """Where the ranking head of a GHN checkpoint lives: ``ghn.safetensors`` →
+    ``ghn.ranking-head.json`` in the same folder."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors")
+                                + ".ranking-head.json")
+
+
+def head_for_checkpoint(checkpoint: str | os.PathLike, checkpoint_sha256: str
+                        ) -> RankingHead | None:
+    """The ranking head beside ``checkpoint`` when there is one fit on that very checkpoint.
+
+    ``None`` when there is no head file or it names another checkpoint (the scores it was fit on
+    came from another GHN); :class:`RankingHeadError` when the file is broken.
+    """
+    path = head_path_for(checkpoint)
+    if not path.is_file():
+        return None
+    head = RankingHead.load(path)
+    if head.ghn_sha256 is not None and head.ghn_sha256 != checkpoint_sha256:
+        return None
+    return head
