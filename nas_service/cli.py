@@ -332,6 +332,9 @@ def _add_train_ghn(add_parser: AddParser) -> None:
                        help="default: %(default)s")
     p.add_argument("--hidden", type=_positive_int, default=None, help="GHN width")
     p.add_argument("--layers", type=_positive_int, default=None, help="GHN propagation rounds")
+    p.add_argument("--propagation", choices=("synchronous", "sequential"), default=None,
+                   help="synchronous rounds (default) or GHN-2's sequential traversal "
+                        "(the ablation baseline; slower)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NAS_DEVICE, "
                                                   "else cuda when available, else cpu)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -352,7 +355,8 @@ def _train_ghn(args: argparse.Namespace) -> int:
     from nas_service.training.config import TrainingConfig
     from nas_service.training.ghn_training import start_from_checkpoint, train_ghn
 
-    ghn = {k: getattr(args, k) for k in ("hidden", "layers") if getattr(args, k) is not None}
+    ghn = {k: getattr(args, k) for k in ("hidden", "layers", "propagation")
+           if getattr(args, k) is not None}
     cfg = TrainingConfig(
         task=args.task, data_root=args.data_root,
         spaces=tuple(s.strip() for s in args.spaces.split(",") if s.strip()),

@@ -276,6 +276,12 @@ def test_evaluate_ghn_scores_held_out_architectures_and_reports_a_summary(tiny_g
     for key in SCORES:
         assert summary[key]["count"] == 2
         assert 0 <= summary[key]["min"] <= summary[key]["median"] <= summary[key]["max"] <= 1
+    # Split by batch norm: every held-out architecture on exactly one side.
+    with_bn = [r["batch_norm"] for r in result["held_out"]]
+    by_bn = result["summary"]["held_out_by_batch_norm"]
+    for side, flag in (("with", True), ("without", False)):
+        st = by_bn[side]["predicted_recalibrated"]
+        assert (st["count"] if st else 0) == with_bn.count(flag)
     json.dumps(result)
 
 

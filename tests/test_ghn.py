@@ -254,3 +254,65 @@ def test_parameter_requests_mark_the_classifier_and_relu_gain():
     assert kinds["linear_0.weight"] == ("classifier", 1.0)
     assert kinds["conv2d_0.weight"] == ("conv", 2.0)
     assert kinds["conv2d_0.bias"][0] == "bias"
+
+
+# ---- GHN-2's sequential propagation (the ablation baseline) ------------------------------------
+
+
+def _node_by_node(layer, batch, x: torch.Tensor) -> torch.Tensor:
+    """GHN-2's traversal written the slow, obvious way: one node at a time in topological order
+    (forward edges), then in reverse order (backward edges), each reading current states."""
+    from nas_service.ghn.features import (
+        EDGE_BACKWARD,
+        EDGE_FORWARD,
+        EDGE_VIRTUAL_BACKWARD,
+        EDGE_VIRTUAL_FORWARD,
+    )
+    from nas_service.ghn.sequential import topological_levels
+
+    level = topological_levels(batch.edge_index, batch.edge_type, batch.num_nodes)
+    order = sorted(range(batch.num_nodes), key=lambda v: (int(level[v]), v))
+    weight = layer.message_proj.weight.view(4, layer.hidden, layer.hidden)
+    h = x.clone()
+    src, dst = batch.edge_index
+    for types, nodes in (((EDGE_FORWARD, EDGE_VIRTUAL_FORWARD), order),
+                         ((EDGE_BACKWARD, EDGE_VIRTUAL_BACKWARD), order[::-1])):
+        for v in nodes:
+            edges = [e for e in range(src.numel())
+                     if int(dst[e]) == v and int(batch.edge_type[e]) in types]
+            if not edges:
+                continue
+            m = sum(batch.edge_weight[e] * (weight[batch.edge_type[e]] @ h[src[e]])
+                    for e in edges)
+            h[v] = layer.gru(m[None], h[v][None])[0]
+    return layer.norm(h)
+
+
+@torch.no_grad()
+def test_sequential_propagation_by_levels_equals_node_by_node():
+    from nas_service.ghn.sequential import sequential_schedule
+
+    torch.manual_seed(0)
+    ghn = GraphHyperNetwork(GHNConfig(**{**vars(TINY), "propagation": "sequential",
+                                         "layers": 1})).eval()
+    batch, _ = ghn.prepare([_chain(2), every_op_graph(), _chain(4)])
+    x = torch.randn(batch.num_nodes, ghn.config.hidden)
+    schedule = sequential_schedule(batch.edge_index, batch.edge_type, batch.edge_weight,
+                                   batch.num_nodes)
+    torch.testing.assert_close(ghn.layers[0](x, schedule), _node_by_node(ghn.layers[0], batch, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_sequential_ghn_predicts_every_shape_and_round_trips(tmp_path):
+    config = GHNConfig(**{**vars(TINY), "propagation": "sequential", "layers": 1})
+    ghn = GraphHyperNetwork(config).eval()
+    graph = every_op_graph()
+    predicted = ghn.predict([graph])[0]
+    assert {k: tuple(v.shape) for k, v in predicted.items()} == \
+        {k: tuple(v.shape) for k, v in to_module(graph).named_parameters()}
+    loaded = load_ghn(save_ghn(ghn, tmp_path / "seq.safetensors", task="fashion-mnist"), "cpu")
+    assert loaded.config.propagation == "sequential"
+    again = loaded.predict([graph])[0]
+    assert all(torch.equal(predicted[k], again[k]) for k in predicted)
+    with pytest.raises(ValueError, match="propagation"):
+        GHNConfig(propagation="transformer")

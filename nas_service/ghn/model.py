@@ -45,8 +45,10 @@ from .features import (
     ParameterRequest,
     typed_adjacency,
 )
+from .sequential import SequentialGHNLayer, sequential_schedule
 
 KINDS = MATRIX_KINDS + VECTOR_KINDS
+PROPAGATIONS = ("synchronous", "sequential")
 
 
 @dataclass
@@ -62,6 +64,15 @@ class GHNConfig:
     vector: int = 64
     ops: tuple[str, ...] = field(default_factory=lambda: OP_NAMES)
     """The op vocabulary this GHN was trained with (embedding rows, in order)."""
+    propagation: str = "synchronous"
+    """``synchronous`` (:class:`GHNLayer` rounds, the default) or ``sequential`` (GHN-2's
+    node-by-node traversal, :mod:`nas_service.ghn.sequential`, kept for the ablation); with
+    ``sequential``, ``layers`` counts forward-backward traversals (GHN-2 uses one)."""
+
+    def __post_init__(self) -> None:
+        if self.propagation not in PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {PROPAGATIONS}, "
+                             f"got {self.propagation!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -133,7 +144,8 @@ class GraphHyperNetwork(nn.Module):
         self.op_embed = nn.Embedding(len(c.ops), h)
         self.feat_mlp = nn.Sequential(nn.Linear(NUM_FEATURES, h), nn.GELU(), nn.Linear(h, h))
         self.input_norm = nn.LayerNorm(h)
-        self.layers = nn.ModuleList(GHNLayer(h) for _ in range(c.layers))
+        layer = SequentialGHNLayer if c.propagation == "sequential" else GHNLayer
+        self.layers = nn.ModuleList(layer(h) for _ in range(c.layers))
         self.kind_embed = nn.Embedding(len(KINDS), h)
         self.code_head = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(),
                                        nn.Linear(2 * h, c.kernel * c.kernel * c.code))
@@ -187,10 +199,14 @@ class GraphHyperNetwork(nn.Module):
     def embed(self, batch: Batch) -> torch.Tensor:
         """Node embeddings after propagation: ``(|V|, hidden)`` for every node of the batch."""
         x = self.input_norm(self.op_embed(batch.op) + self.feat_mlp(batch.feat))
-        adjacency = typed_adjacency(batch.edge_index, batch.edge_type, batch.edge_weight,
-                                    x.size(0))
+        if self.config.propagation == "sequential":
+            structure = sequential_schedule(batch.edge_index, batch.edge_type,
+                                            batch.edge_weight, x.size(0))
+        else:
+            structure = typed_adjacency(batch.edge_index, batch.edge_type, batch.edge_weight,
+                                        x.size(0))
         for layer in self.layers:
-            x = layer(x, adjacency)
+            x = layer(x, structure)
         return x
 
     def forward(self, batch: Batch, requests: list[list[ParameterRequest]]

@@ -324,8 +324,9 @@ def evaluate_ghn(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist",
 
     Returns ``{"kind": "evaluation", "task", "split", "ghn": describe_ghn(ghn), "settings",
     "held_out": [record], "zoo": [record], "zoo_skipped": {name: reason}, "summary":
-    {"held_out": summarize(held_out), "held_out_seconds": ..., "zoo": {name: {score: value}}}}``
-    where each record is :func:`evaluate_architecture`'s. An architecture that fails (the GHN
+    {"held_out": summarize(held_out), "held_out_by_batch_norm": {"with": ..., "without": ...},
+    "held_out_seconds": ..., "zoo": {name: {score: value}}}}`` where each record is
+    :func:`evaluate_architecture`'s (held-out ones also say whether they have ``batch_norm``). An architecture that fails (the GHN
     cannot predict it, a model cannot be converted) gets ``{"name", "error"}`` instead, and the
     evaluation goes on. ``on_result(section, record)`` is called after each architecture
     (``section`` is ``"held_out"`` or ``"zoo"``).
@@ -371,6 +372,7 @@ def evaluate_ghn(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist",
             except UnsupportedArchitectureError as e:
                 record = {"name": name, "error": str(e)}
             record["name"], record["seed"] = name, i
+            record["batch_norm"] = any(n.op == "batch_norm" for n in graph.nodes)
             done("held_out", record)
         for name, make in factories.items():
             try:
@@ -389,6 +391,10 @@ def evaluate_ghn(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist",
     ok = [r for r in result["held_out"] if "error" not in r]
     result["summary"] = {
         "held_out": summarize(ok),
+        # GHN-2 reports networks without batch norm apart: they are the hard case.
+        "held_out_by_batch_norm": {
+            "with": summarize([r for r in ok if r.get("batch_norm")]),
+            "without": summarize([r for r in ok if r.get("batch_norm") is False])},
         "held_out_errors": len(result["held_out"]) - len(ok),
         "held_out_seconds": summarize(ok, ("predict_seconds", "sgd_seconds")),
         "zoo": {r["name"]: {k: r.get(k) for k in (*SCORES, "parameters", "flops", "error")

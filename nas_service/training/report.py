@@ -322,6 +322,15 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
         rows.append([title] + ([_fmt(st[k]) for k in ("mean", "median", "min", "max")]
                                if st else ["–"] * 4))
     lines += _table(["score", "mean", "median", "min", "max"], rows)
+    by_bn = ev.get("summary", {}).get("held_out_by_batch_norm") or {}
+    parts = [f"{label}: {_fmt(st['mean'])} mean over {st['count']}"
+             for label, st in (("with batch norm", (by_bn.get("with") or {}).get(
+                                   "predicted_recalibrated")),
+                               ("without (BN-free)", (by_bn.get("without") or {}).get(
+                                   "predicted_recalibrated")))
+             if st]
+    if parts:
+        lines += ["", "GHN, recalibrated BN, " + "; ".join(parts) + "."]
     errors = [r for r in ev["held_out"] if "error" in r]
     if errors:
         lines += ["", f"{len(errors)} architecture(s) could not be scored: "
