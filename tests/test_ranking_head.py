@@ -176,3 +176,13 @@ def test_rank_ghn_writes_a_head_that_the_scorer_then_uses(tiny_ghn_path, tmp_pat
     assert _scorer(ghn).ranking_head is None  # not beside the checkpoint yet
     shutil.copyfile(out / "ranking-head.json", head_path_for(ghn))
     assert _scorer(ghn).ranking_head == head
+
+
+def test_the_bundled_ghn_ships_a_head_fit_on_its_own_scores() -> None:
+    from nas_service.ghn.checkpoint import bundled_checkpoint_path
+
+    checkpoint = bundled_checkpoint_path()
+    head = head_for_checkpoint(checkpoint, file_sha256(checkpoint))
+    assert head is not None, "retrain the head (rank-ghn) after replacing the bundled GHN"
+    assert head.task == "fashion-mnist" and head.architectures >= 30
+    assert head.kendall_tau is not None and head.kendall_tau > 0.5
