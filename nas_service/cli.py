@@ -648,8 +648,9 @@ def _startup_errors():
 
     from nas_service.db.errors import StorageError
     from nas_service.ghn.checkpoint import CheckpointError
+    from nas_service.training.ranking_head import RankingHeadError
 
-    return (StorageError, CheckpointError, SQLAlchemyError)
+    return (StorageError, CheckpointError, RankingHeadError, SQLAlchemyError)
 
 
 def _startup_failure(settings, error: Exception) -> CommandError:

@@ -81,3 +81,30 @@ def test_serve_without_its_ghn_fails_with_a_hint(tmp_path, monkeypatch, capsys) 
     assert "GHN checkpoint not found" in err and "Traceback" not in err
     # The embedded default migrated its SQLite file before looking for the GHN.
     assert (tmp_path / "nas.db").is_file()
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0", "--no-worker"],
+                                     ["worker", "--once"]])
+def test_a_broken_ranking_head_stops_start_up_with_its_path(tmp_path, tiny_ghn_path, monkeypatch,
+                                                             capsys, command) -> None:
+    import shutil
+
+    from nas_service.cli import main
+    from nas_service.settings import get_settings
+    from nas_service.training.ranking_head import head_path_for
+
+    ghn = tmp_path / "ghn.safetensors"
+    shutil.copyfile(tiny_ghn_path, ghn)
+    head_path_for(ghn).write_text('{"format": "nas-ranking-head/1", "weights": [1]}')
+    isolated_settings(monkeypatch, NAS_DATA_DIR=str(tmp_path / "state"), NAS_GHN_PATH=str(ghn),
+                      NAS_DEVICE="cpu")
+    try:
+        assert main(command) == 1
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("nas-service: error:")]
+    assert len(errors) == 1, err
+    assert str(head_path_for(ghn)) in errors[0] and "no field 'bias'" in errors[0]
+    assert "fix or remove" in errors[0]

@@ -109,7 +109,9 @@ class RankingHead:
                 eval_images=None if data.get("eval_images") is None
                 else int(data["eval_images"]),
                 features=tuple(data.get("features", FEATURES)))
-        except (KeyError, TypeError, ValueError) as e:
+        except KeyError as e:
+            raise RankingHeadError(f"malformed ranking head: no field {e}") from None
+        except (TypeError, ValueError) as e:
             raise RankingHeadError(f"malformed ranking head: {e}") from None
         if head.features != FEATURES:
             raise RankingHeadError(f"ranking head features {list(head.features)} are not "
@@ -134,7 +136,10 @@ class RankingHead:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise RankingHeadError(f"cannot read ranking head {path}: {e}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except RankingHeadError as e:
+            raise RankingHeadError(f"{path}: {e} (fix or remove the file)") from None
 
 
 def _floats(values: Any) -> tuple[float, ...]:
