@@ -22,27 +22,18 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from support.processes import median_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 REPEATS = 7
 GHN2_SECONDS = {"resnet50": 0.21, "darts20": 2.22}
-
-
-def _median_time(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _load_ghn():
@@ -80,9 +71,10 @@ def run_case(case: str) -> dict:
         result = {
             "nodes": len(graph.nodes),
             "parameters": graph.num_parameters,
-            "graph_build_s": _median_time(lambda: from_module(module, (3, 32, 32))),
-            "ghn_forward_s": _median_time(lambda: predict([graph])),
-            "end_to_end_s": _median_time(lambda: predict([from_module(module, (3, 32, 32))])),
+            "graph_build_s": median_seconds(lambda: from_module(module, (3, 32, 32)), REPEATS),
+            "ghn_forward_s": median_seconds(lambda: predict([graph]), REPEATS),
+            "end_to_end_s": median_seconds(
+                lambda: predict([from_module(module, (3, 32, 32))]), REPEATS),
             "ghn2_end_to_end_s": GHN2_SECONDS[case],
         }
         result["speedup_vs_ghn2"] = round(GHN2_SECONDS[case] / result["end_to_end_s"], 2)
@@ -91,7 +83,7 @@ def run_case(case: str) -> dict:
 
         space = get_space("cells")
         graphs = [space.sample(s, input_shape=(1, 28, 28), num_classes=10) for s in range(32)]
-        seconds = _median_time(lambda: predict(graphs))
+        seconds = median_seconds(lambda: predict(graphs), REPEATS)
         result = {"graphs": 32, "nodes_total": sum(len(g.nodes) for g in graphs),
                   "parameters_total": sum(g.num_parameters for g in graphs),
                   "seconds": seconds, "graphs_per_second": 32 / seconds}

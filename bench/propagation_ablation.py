@@ -23,11 +23,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from support.processes import ROOT, machine_info, nas_service_command, relative
+from support.processes import ROOT, machine_info, median_seconds, nas_service_command, relative
 
 sys.path.insert(0, str(ROOT))
 
@@ -76,14 +75,13 @@ def inference_seconds(run: Path) -> dict[str, float]:
     for name, module in (("resnet50", resnet50(num_classes=10)),
                          ("darts20", darts_like(cells=20, C=36))):
         graph = from_module(module, (3, 32, 32))
-        times = []
-        for _ in range(6):
-            ghn._features._items.clear()
-            start = time.perf_counter()
+
+        def predict(graph=graph) -> None:
+            ghn._features._items.clear()  # featurisation counts, as in ghn_bench
             with torch.no_grad():
                 ghn.predict([graph])
-            times.append(time.perf_counter() - start)
-        out[f"{name}_ghn_forward_s"] = statistics.median(times[1:])
+
+        out[f"{name}_ghn_forward_s"] = median_seconds(predict, 5)
     return out
 
 

@@ -24,6 +24,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -195,6 +196,17 @@ def wait_ready(base_url: str, server: Child, timeout: float) -> float:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{server.name} was not ready after {timeout:g} s:\n{server.log_tail()}")
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:

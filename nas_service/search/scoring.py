@@ -211,14 +211,16 @@ class ArchitectureScorer:
                 "score": {"name": SCORE_NAME, "split": SCORE_SPLIT,
                           "images": self.eval_images,
                           "recalibration_images": self.recalibration_images,
-                          "ranking": self._ranking_info()}}
+                          "ranking": None if self.ranking_head is None else {
+                              **self._ranking_fields(),
+                              "architectures": self.ranking_head.architectures,
+                              "features": list(self.ranking_head.features)}}}
 
-    def _ranking_info(self) -> dict[str, Any] | None:
+    def _ranking_fields(self) -> dict[str, Any]:
+        """What every ranking record says of the head besides its value."""
         head = self.ranking_head
-        if head is None:
-            return None
-        return {"name": RANKING_NAME, "target": head.target, "kendall_tau": head.kendall_tau,
-                "architectures": head.architectures, "features": list(head.features)}
+        assert head is not None
+        return {"name": RANKING_NAME, "target": head.target, "kendall_tau": head.kendall_tau}
 
     # ---- scoring -----------------------------------------------------------------------------
 
@@ -300,8 +302,7 @@ class ArchitectureScorer:
         ranking = None
         if self.ranking_head is not None:
             ranking = {"value": self.ranking_head.predict(value, graph.num_parameters),
-                       "name": RANKING_NAME, "target": self.ranking_head.target,
-                       "kendall_tau": self.ranking_head.kendall_tau}
+                       **self._ranking_fields()}
         return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels), state=state,
                            timings={"predict": predict_seconds,
                                     "score": time.perf_counter() - started}, ranking=ranking)

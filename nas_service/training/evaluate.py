@@ -326,10 +326,10 @@ def evaluate_ghn(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist",
     "held_out": [record], "zoo": [record], "zoo_skipped": {name: reason}, "summary":
     {"held_out": summarize(held_out), "held_out_by_batch_norm": {"with": ..., "without": ...},
     "held_out_seconds": ..., "zoo": {name: {score: value}}}}`` where each record is
-    :func:`evaluate_architecture`'s (held-out ones also say whether they have ``batch_norm``). An architecture that fails (the GHN
-    cannot predict it, a model cannot be converted) gets ``{"name", "error"}`` instead, and the
-    evaluation goes on. ``on_result(section, record)`` is called after each architecture
-    (``section`` is ``"held_out"`` or ``"zoo"``).
+    :func:`evaluate_architecture`'s (held-out ones also say whether they have ``batch_norm``). An
+    architecture that fails (the GHN cannot predict it, a model cannot be converted) gets
+    ``{"name", "error"}`` instead, and the evaluation goes on. ``on_result(section, record)`` is
+    called after each architecture (``section`` is ``"held_out"`` or ``"zoo"``).
     """
     from nas_service.zoo import evaluation_models
 

@@ -83,9 +83,9 @@ class RankingHead:
         return float(self.predict_many([surrogate_accuracy], [num_parameters])[0])
 
     def predict_many(self, surrogate: Sequence[float], parameters: Sequence[float]) -> np.ndarray:
-        x = np.clip(feature_matrix(surrogate, parameters), self.low, self.high)
-        z = (x - np.asarray(self.mean)) / np.asarray(self.std)
-        return np.clip(self.bias + z @ np.asarray(self.weights), 0.0, 1.0)
+        return _estimate(feature_matrix(surrogate, parameters), np.asarray(self.weights),
+                         self.bias, np.asarray(self.mean), np.asarray(self.std),
+                         np.asarray(self.low), np.asarray(self.high))
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -147,6 +147,14 @@ def _floats(values: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def _estimate(x: np.ndarray, weights: np.ndarray, bias: float, mean: np.ndarray, std: np.ndarray,
+              low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The head's formula on feature rows ``x``: clamped into ``[low, high]``, standardised,
+    weighted, and the estimate clipped to [0, 1]."""
+    z = (np.clip(x, low, high) - mean) / std
+    return np.clip(bias + z @ weights, 0.0, 1.0)
+
+
 def _solve(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float, np.ndarray,
                                                               np.ndarray]:
     """Ridge on standardised features, intercept unpenalised: ``(weights, bias, mean, std)``."""
@@ -200,8 +208,8 @@ def leave_one_out(surrogate: Sequence[float], parameters: Sequence[float],
         keep = np.arange(x.shape[0]) != i
         weights, bias, mean, std = _solve(x[keep], y[keep], l2)
         # Clamped into the fold's range, as a fitted head clamps its inputs.
-        xi = np.clip(x[i], x[keep].min(axis=0), x[keep].max(axis=0))
-        out.append(float(np.clip(bias + ((xi - mean) / std) @ weights, 0.0, 1.0)))
+        out.append(float(_estimate(x[i:i + 1], weights, bias, mean, std,
+                                   x[keep].min(axis=0), x[keep].max(axis=0))[0]))
     return out
 
 

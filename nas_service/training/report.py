@@ -323,12 +323,11 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
                                if st else ["–"] * 4))
     lines += _table(["score", "mean", "median", "min", "max"], rows)
     by_bn = ev.get("summary", {}).get("held_out_by_batch_norm") or {}
-    parts = [f"{label}: {_fmt(st['mean'])} mean over {st['count']}"
-             for label, st in (("with batch norm", (by_bn.get("with") or {}).get(
-                                   "predicted_recalibrated")),
-                               ("without (BN-free)", (by_bn.get("without") or {}).get(
-                                   "predicted_recalibrated")))
-             if st]
+    parts = []
+    for side, label in (("with", "with batch norm"), ("without", "without (BN-free)")):
+        st = (by_bn.get(side) or {}).get("predicted_recalibrated")
+        if st:
+            parts.append(f"{label}: {_fmt(st['mean'])} mean over {st['count']}")
     if parts:
         lines += ["", "GHN, recalibrated BN, " + "; ".join(parts) + "."]
     errors = [r for r in ev["held_out"] if "error" in r]
