@@ -37,7 +37,7 @@ from nas_service.graph import to_module  # noqa: E402
 from nas_service.runtime import retain_freed_memory  # noqa: E402
 from nas_service.search.scoring import ArchitectureScorer  # noqa: E402
 from nas_service.training.evaluate import training_config_of  # noqa: E402
-from nas_service.training.evaluation import load_parameters, recalibrate_batch_norm  # noqa: E402
+from nas_service.training.evaluation import load_parameters, recalibrate  # noqa: E402
 from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
 from nas_service.training.ranking import kendall_tau, spearman_rho  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 params = scorer.ghn.predict([graph])[0]
                 net = load_parameters(to_module(graph, initialize=False), params)
-                recalibrate_batch_norm(net, data.recalibration)
+                recalibrate(net, data.recalibration)
                 fixed = time.perf_counter() - t0
                 correct, t1 = 0, time.perf_counter()
                 for start in range(0, max(IMAGES), BATCH):

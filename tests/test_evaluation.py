@@ -25,6 +25,10 @@ from nas_service.training.evaluate import (
     sgd_train,
     training_config_of,
 )
+from nas_service.training.evaluation import (
+    normalize_activations,
+    recalibrate,
+)
 from nas_service.training.ranking import (
     GroundTruthCache,
     average_ranks,
@@ -254,6 +258,76 @@ def test_evaluate_architecture_leaves_out_what_is_not_asked_and_takes_modules(ti
     assert r["sgd_1_epoch"] is None and r["sgd_seconds"] is None
     assert 0 <= r["predicted_recalibrated"] <= 1 and r["split"] == "val"
     assert r["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
+
+
+class _Tokens(nn.Module):
+    """(B, C, H, W) -> (B, H*W, C): a linear layer then sees channels last, as in a ViT."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+def _bn_free_net() -> nn.Module:
+    """Badly scaled on purpose: weights far from any initialisation, a bias-free layer, a dead
+    channel, and a linear layer on tokens."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(6, 8, 3, stride=2, bias=False), nn.ReLU(),
+                        _Tokens(), nn.Linear(8, 12), nn.GELU(), nn.Flatten(1),
+                        nn.Linear(12 * 36, 10))
+    with torch.no_grad():
+        net[0].weight.mul_(40.0)
+        net[0].bias.add_(25.0)
+        net[2].weight[3].zero_()  # dead channel
+        net[5].weight.mul_(0.001)
+    return net
+
+
+def _layer_outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    outs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o.detach()))
+             for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def test_normalize_activations_folds_per_channel_centring_and_scaling_into_the_weights():
+    net, x = _bn_free_net(), torch.randn(64, 1, 14, 14)
+    normalize_activations(net, x)
+    assert not net.training
+    conv1, conv2, tokens, logits = _layer_outputs(net, x)  # measured after the fact, no hooks
+    for out, dims, channels in ((conv1, (0, 2, 3), 6), (tokens, (0, 1), 12), (logits, (0,), 10)):
+        assert out.mean(dims).abs().max() < 1e-3
+        assert torch.allclose(out.std(dims), torch.ones(channels), atol=1e-3)
+    # Bias-free: scaled only (not centred; ReLU inputs keep their sign). Dead: left at zero.
+    live = [c for c in range(8) if c != 3]
+    assert torch.allclose(conv2.std((0, 2, 3))[live], torch.ones(7), atol=1e-3)
+    assert conv2[:, 3].abs().max() == 0 and net[2].bias is None
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    # A plain network afterwards: no hooks left behind, same outputs on other inputs each time.
+    other = torch.randn(8, 1, 14, 14)
+    assert torch.equal(net(other), net(other))
+    assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_recalibrate_normalizes_activations_only_without_batch_norm(fashion):
+    x = fashion.tensors("train")[0][:32]
+    with_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 26 * 26, 10))
+    before = {k: v.clone() for k, v in with_bn.state_dict().items()}
+    recalibrate(with_bn, [x])
+    after = with_bn.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before
+               if "running" not in k and "num_batches" not in k)  # weights untouched
+    assert not torch.equal(before["1.running_mean"], after["1.running_mean"])
+
+    bn_free = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    weight = bn_free[0].weight.clone()
+    recalibrate(bn_free, [x])
+    assert not torch.equal(weight, bn_free[0].weight) and not bn_free.training
 
 
 def test_held_out_set_follows_the_ghns_recorded_training_config(tiny_ghn):

@@ -44,7 +44,7 @@ from nas_service.data import DatasetError, TaskSpec, get_task, load_task
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
 from nas_service.graph import ArchitectureGraph, to_module
-from nas_service.training.evaluation import accuracy, load_parameters, recalibrate_batch_norm
+from nas_service.training.evaluation import accuracy, load_parameters, recalibrate
 from nas_service.training.ranking_head import RankingHead, head_for_checkpoint
 from nas_service.training.surrogate import SURROGATE_MODE
 
@@ -108,9 +108,11 @@ def score_version(checkpoint_sha256: str, eval_images: int | None,
                   recalibration_batches: int, recalibration_batch_size: int,
                   ranking_head: RankingHead | None = None) -> str:
     """16 hex digits naming how scores are made: the GHN checkpoint (its SHA-256), the score,
-    the validation images, the batch-norm recalibration and the ranking head, if any."""
+    the validation images, the recalibration (batch-norm statistics; activations of networks
+    without batch norm) and the ranking head, if any."""
     protocol = (f"{checkpoint_sha256}|{SCORE_NAME}|{SCORE_SPLIT}|images={eval_images or 'all'}"
-                f"|recalibration={recalibration_batches}x{recalibration_batch_size}")
+                f"|recalibration={recalibration_batches}x{recalibration_batch_size}"
+                f"|bn-free=normalize-activations")
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"
@@ -295,7 +297,7 @@ class ArchitectureScorer:
                   data: _TaskTensors, predict_seconds: float) -> ScoredGraph:
         started = time.perf_counter()
         net = load_parameters(to_module(graph, initialize=False, device=self.device), params)
-        recalibrate_batch_norm(net, data.recalibration)
+        recalibrate(net, data.recalibration)
         value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
                          batch_size=self.eval_batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}

@@ -43,7 +43,7 @@ from nas_service.graph import (
 )
 
 from .config import TrainingConfig
-from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate_batch_norm
+from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate
 from .ghn_training import held_out_architectures
 from .surrogate import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES, recalibration_batches
 
@@ -239,7 +239,7 @@ def evaluate_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph | nn.
             record["seconds"]["predicted_batch"] = predict + time.perf_counter() - t0
         if "recalibrated" in modes:
             t0 = time.perf_counter()
-            recalibrate_batch_norm(net, recalibration_batches(task_data, dev))
+            recalibrate(net, recalibration_batches(task_data, dev))
             record["predicted_recalibrated"] = accuracy(net, x, y, "recalibrated",
                                                         EVAL_BATCH_SIZE)
             record["seconds"]["predicted_recalibrated"] = predict + time.perf_counter() - t0

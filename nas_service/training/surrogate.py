@@ -20,7 +20,7 @@ from nas_service.ghn.checkpoint import load_ghn as _load_ghn
 from nas_service.graph import ArchitectureGraph, to_module
 from nas_service.settings import DEFAULT_EVAL_IMAGES as SCORE_IMAGES
 
-from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate_batch_norm
+from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate
 
 DEFAULT_TASK = "fashion-mnist"
 RECALIBRATION_BATCHES = 4
@@ -76,7 +76,8 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
 
     A ``torch.nn.Module`` comes back as a copy of itself (same class) with predicted weights; a
     graph comes back as a :class:`~nas_service.graph.GraphNetwork`. Batch-norm running statistics
-    are estimated on a few training batches of the task.
+    are estimated on a few training batches of the task; a network without batch norm has its
+    activations normalised on one of them instead (:func:`~.evaluation.recalibrate`).
     """
     ghn = ghn or load_ghn()
     data = load_task(task, data_root)
@@ -89,7 +90,7 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
         load_parameters_by_name(net, {sources.get(k, k): v for k, v in params.items()})
     else:
         net = load_parameters(to_module(graph, initialize=False, device=ghn.device), params)
-    return recalibrate_batch_norm(net, recalibration_batches(data, ghn.device))
+    return recalibrate(net, recalibration_batches(data, ghn.device))
 
 
 def load_parameters_by_name(net: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
