@@ -313,6 +313,23 @@ def test_normalize_activations_folds_per_channel_centring_and_scaling_into_the_w
     assert not any(m._forward_hooks for m in net.modules())
 
 
+def test_normalize_activations_reads_a_patch_embeddings_channels_off_its_tokens():
+    from nas_service.graph.ops import PatchEmbed
+
+    # 14x14 images in 2x2 patches: 49 tokens of 49 channels, so the shape alone is ambiguous.
+    embed = PatchEmbed(1, 49, kernel_size=2, stride=2)
+    with torch.no_grad():
+        embed.weight.mul_(30.0)
+        embed.bias.add_(5.0)
+    net, x = nn.Sequential(embed, nn.GELU(), nn.Flatten(1), nn.Linear(49 * 49, 10)), torch.randn(
+        64, 1, 14, 14)
+    normalize_activations(net, x)
+    tokens, _ = _layer_outputs(net, x)
+    assert tokens.shape == (64, 49, 49)
+    assert tokens.mean((0, 1)).abs().max() < 1e-3  # per channel (last dim), over images and tokens
+    assert torch.allclose(tokens.std((0, 1)), torch.ones(49), atol=1e-3)
+
+
 def test_recalibrate_normalizes_activations_only_without_batch_norm(fashion):
     x = fashion.tensors("train")[0][:32]
     with_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),

@@ -85,8 +85,7 @@ def normalize_activations(net: nn.Module, x: torch.Tensor) -> nn.Module:
         out_channels = module.weight.shape[0]
         # Channels are dim 1 of a convolution's (B, C, H, W) output and the last dim of a linear
         # layer's (..., C) output, or of a patch embedding's (B, T, C) tokens.
-        channel_dim = 1 if (isinstance(module, nn.Conv2d) and out.dim() > 1
-                            and out.shape[1] == out_channels) else out.dim() - 1
+        channel_dim = 1 if isinstance(module, nn.Conv2d) and out.dim() == 4 else out.dim() - 1
         if out.shape[channel_dim] != out_channels:
             return None  # an output this function cannot read channels off: left as predicted
         dims = [d for d in range(out.dim()) if d != channel_dim]
