@@ -290,7 +290,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 _SCORE_TITLES = {
     "predicted_batch": "GHN, batch statistics",
-    "predicted_recalibrated": "GHN, recalibrated BN",
+    "predicted_recalibrated": "GHN, recalibrated",
     "ranking_head": "ranking head (GHN recal. + size, leave-one-out)",
     "random_init": "random init",
     "sgd_1_epoch": "SGD baseline",
@@ -309,7 +309,8 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
                  f"{', '.join(s.get('spaces', []))} "
                  f"(at most {_count(s.get('max_parameters'))} parameters, "
                  f"{_count(s.get('max_flops'))} MACs), never trained on; "
-                 f"{s.get('eval_images') or 'all'} images scored; batch-norm recalibration on "
+                 f"{s.get('eval_images') or 'all'} images scored; recalibration (batch-norm "
+                 f"statistics, or activations of networks without batch norm) on "
                  f"{s.get('recalibration')}; "
                  + (f"SGD baseline: {sgd:g} epoch(s) on {s.get('sgd_max_images') or 'all'} "
                     "images per epoch." if sgd is not None else "no SGD baseline."))
@@ -329,7 +330,7 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
         if st:
             parts.append(f"{label}: {_fmt(st['mean'])} mean over {st['count']}")
     if parts:
-        lines += ["", "GHN, recalibrated BN, " + "; ".join(parts) + "."]
+        lines += ["", "GHN, recalibrated, " + "; ".join(parts) + "."]
     errors = [r for r in ev["held_out"] if "error" in r]
     if errors:
         lines += ["", f"{len(errors)} architecture(s) could not be scored: "
