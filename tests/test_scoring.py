@@ -51,6 +51,23 @@ def test_a_rebuilt_network_reproduces_the_score_the_plain_way(batched_scorer, sp
             assert accuracy(net.eval(), x[:IMAGES], y[:IMAGES]) == result.accuracy
 
 
+def test_a_network_without_batch_norm_is_scored_and_reproduced_with_its_normalised_weights(
+        batched_scorer) -> None:
+    samples = (get_space("cells").sample(seed, (1, 28, 28), 10, max_flops=SMALL_FLOPS)
+               for seed in range(500))
+    graph = next(g for g in samples if all(node.op != "batch_norm" for node in g.nodes))
+    (result,) = batched_scorer.score([graph], "fashion-mnist")
+    assert isinstance(result, ScoredGraph), result
+    predicted = batched_scorer.ghn.predict([graph])[0]
+    changed = [k for k, v in predicted.items() if not torch.equal(v, result.state[k])]
+    assert changed  # the checkpoint holds the recalibrated weights, not the raw prediction
+    net = to_module(graph)
+    net.load_state_dict(result.state, strict=True)
+    x, y = load_task("fashion-mnist").tensors("val")
+    with torch.no_grad():
+        assert accuracy(net.eval(), x[:IMAGES], y[:IMAGES]) == result.accuracy
+
+
 def test_scoring_twice_gives_the_same_score_and_state(batched_scorer) -> None:
     graph = get_space("cells").sample(7, (1, 28, 28), 10, max_flops=SMALL_FLOPS)
     (first,), (second,) = (batched_scorer.score([graph], "fashion-mnist") for _ in range(2))
