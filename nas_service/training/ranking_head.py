@@ -1,15 +1,15 @@
 """The ranking head: an estimate of an architecture's trained accuracy from its surrogate score and
 its parameter count, fit on a small set of trained architectures.
 
-Why it exists (``bench/results/ranking-fashion-mnist``, 34 held-out architectures trained 5
-epochs): the GHN's predicted accuracy alone ranks them with Kendall τ 0.51–0.54, the parameter
-count 0.52, one epoch of SGD 0.70. The two cheap scores are nearly independent evidence (the
-predicted weights say how well the wiring works, the size how much a network can fit in five
-epochs), and a ridge regression on both, scored by leave-one-out cross-validation, reaches
-τ 0.73–0.76 (on the scores of two bundled GHNs): better than one epoch of training, at the
+Why it exists (``bench/results/ranking-fashion-mnist``, 39 held-out architectures trained 5
+epochs): the GHN's predicted accuracy alone ranks them with Kendall τ 0.56, the parameter count
+0.50, one epoch of SGD 0.69. The two cheap scores are nearly independent evidence (the predicted
+weights say how well the wiring works, the size how much a network can fit in five epochs), and
+a ridge regression on both, scored by leave-one-out cross-validation, reaches τ 0.74 (0.73–0.76
+with the previous bundled GHNs on 34 architectures): better than one epoch of training, at the
 surrogate's cost. Mean-pooled GHN graph embeddings as further features (1–8 principal
-components) lowered the leave-one-out τ to 0.40–0.73: 34 architectures are too few to fit more
-than a couple of weights.
+components) lowered the leave-one-out τ to 0.40–0.73 on 34 architectures: a few dozen are too
+few to fit more than a couple of weights.
 
 The head is a few numbers, stored as JSON next to the GHN checkpoint whose scores it was fit on
 (``<checkpoint stem>.ranking-head.json``, see :func:`head_path_for`). It names that checkpoint's
@@ -35,8 +35,8 @@ HEAD_FORMAT = "nas-ranking-head/1"
 FEATURES = ("surrogate_accuracy", "log10_parameters")
 DEFAULT_L2 = 1.0
 """Ridge penalty on the standardised weights. With two features the ranking depends only on the
-ratio of the two weights: leave-one-out τ on the 34 trained architectures moves by at most
-0.01 for penalties from 0.1 to 10; the penalty mostly keeps the estimates from overshooting."""
+ratio of the two weights: leave-one-out τ on the 34 architectures trained at the time moved by
+at most 0.01 for penalties from 0.1 to 10; the penalty mostly keeps the estimates from overshooting."""
 MIN_ARCHITECTURES = 5
 
 
