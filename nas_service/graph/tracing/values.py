@@ -1,0 +1,89 @@
+"""The abstract values a conversion computes with, in place of tensors.
+
+What a value can be while converting:
+
+* a tensor computed by the graph (:class:`_Tensor`), possibly seen through a pending reshape or a
+  channels-last permute that only a later call resolves (``x.flatten(2).transpose(1, 2)`` is a
+  ``to_tokens``, and a ``to_tokens`` of a patch-sized strided convolution is a ``patch_embed``);
+* a parameter or buffer of the module (:class:`_Param`, from ``get_attr``: class tokens,
+  positional embeddings, weights of functional calls);
+* sizes: Python ints, or :data:`_BATCH`, the symbolic batch size (``x.size(0)``, ``x.shape[0]``);
+* the ``(output, weights)`` pair of ``nn.MultiheadAttention`` (:class:`_AttentionResult`).
+
+All are immutable: a rule makes a new value rather than changing one it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..ops import Shape
+
+
+class _Batch:
+    """The batch size: known to exist, never known in value."""
+
+    def __repr__(self) -> str:
+        return "B"
+
+
+_BATCH = _Batch()
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    """Output of graph node ``node`` (per-sample ``shape``; ``None`` when unknown because an
+    unsupported node feeds it), seen as ``phys``: a row-major reshape of it, or, with ``nhwc``,
+    the ``(H, W, C)`` permute of a ``(C, H, W)`` map."""
+
+    node: str
+    shape: Shape | None
+    phys: Shape | None = None
+    nhwc: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.shape is not None
+
+    @property
+    def plain(self) -> bool:
+        return self.shape is not None and self.phys == self.shape and not self.nhwc
+
+    def full_shape(self) -> tuple[Any, ...]:
+        return (_BATCH, *self.phys)  # type: ignore[misc]
+
+
+def _tensor(node: str, shape: Shape) -> _Tensor:
+    return _Tensor(node, shape, shape)
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    """A parameter or buffer of the module (``get_attr``), optionally expanded over the batch."""
+
+    target: str
+    tensor: torch.Tensor
+    batched: bool = False
+
+    def full_shape(self) -> tuple[Any, ...]:
+        shape = tuple(self.tensor.shape)
+        return (_BATCH, *shape[1:]) if self.batched else shape
+
+
+@dataclass(frozen=True, slots=True)
+class _AttentionResult:
+    """``nn.MultiheadAttention`` returns ``(output, weights)``; only the output is a graph value."""
+
+    output: _Tensor
+
+
+def _not_plain(t: _Tensor) -> str:
+    """Why a rule cannot take ``t`` as it is seen (a pending view), as an error message says it."""
+    if t.nhwc:
+        return ("its input is a channels-last permute (x.permute(0, 2, 3, 1)) of a map, which "
+                "nas-graph/1 only supports around LayerNorm over channels")
+    return (f"its input is a {list(t.phys or ())} reshape of a {list(t.shape or ())} tensor, "
+            "which nas-graph/1 cannot express")
