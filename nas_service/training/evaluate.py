@@ -41,11 +41,20 @@ from nas_service.graph import (
     from_module,
     to_module,
 )
+from nas_service.scoring.evaluation import (
+    accuracy,
+    load_parameters,
+    recalibrate,
+    recalibration_batches,
+)
+from nas_service.scoring.protocol import (
+    RECALIBRATION_BATCH_SIZE,
+    RECALIBRATION_BATCHES,
+    BatchNormMode,
+)
 
 from .config import TrainingConfig
-from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate
 from .ghn_training import held_out_architectures
-from .surrogate import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES, recalibration_batches
 
 SCORES = ("predicted_batch", "predicted_recalibrated", "random_init", "sgd_1_epoch")
 """The accuracy keys of one :func:`evaluate_architecture` record, cheapest first."""
