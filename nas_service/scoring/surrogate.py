@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -38,11 +38,13 @@ def load_ghn(path: str | None = None, device: str | None = None) -> GraphHyperNe
         return _default_ghn
 
 
-def _as_graph(module_or_graph: Any, input_shape: tuple[int, ...]) -> ArchitectureGraph:
+def as_graph(module_or_graph: nn.Module | ArchitectureGraph, input_shape: Sequence[int]
+             ) -> ArchitectureGraph:
+    """A graph as it is, a module converted with ``from_module`` for inputs of ``input_shape``."""
     if isinstance(module_or_graph, ArchitectureGraph):
         return module_or_graph
     if isinstance(module_or_graph, nn.Module):
-        return from_module(module_or_graph, input_shape)
+        return from_module(module_or_graph, tuple(input_shape))
     raise TypeError("expected an ArchitectureGraph or a torch.nn.Module, got "
                     f"{type(module_or_graph).__name__}")
 
@@ -60,7 +62,7 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
     """
     ghn = ghn or load_ghn()
     data = load_task(task, data_root)
-    graph = _as_graph(module_or_graph, data.spec.input_shape)
+    graph = as_graph(module_or_graph, data.spec.input_shape)
     with torch.no_grad():
         params = ghn.predict([graph])[0]
     if isinstance(module_or_graph, nn.Module):
