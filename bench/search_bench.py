@@ -240,9 +240,9 @@ def sgd_baseline(database_url: str, job_id: str, count: int, args: argparse.Name
     """Trains ``count`` of the job's scored candidates, evenly spread over its indices, from
     scratch and scores them on the service's validation images."""
     from nas_service.data import load_task
-    from nas_service.search.scoring import CPU_EVAL_BATCH_SIZE
+    from nas_service.scoring.evaluation import accuracy
+    from nas_service.scoring.scorer import CPU_EVAL_BATCH_SIZE
     from nas_service.training.evaluate import evaluation_tensors, sgd_train
-    from nas_service.training.evaluation import accuracy
 
     engine = make_engine(database_url)
     try:

@@ -35,11 +35,11 @@ import torch  # noqa: E402
 
 from nas_service.graph import to_module  # noqa: E402
 from nas_service.runtime import retain_freed_memory  # noqa: E402
-from nas_service.search.scoring import ArchitectureScorer  # noqa: E402
+from nas_service.scoring.evaluation import load_parameters, recalibrate  # noqa: E402
+from nas_service.scoring.metrics import kendall_tau, spearman_rho  # noqa: E402
+from nas_service.scoring.scorer import ArchitectureScorer  # noqa: E402
 from nas_service.training.evaluate import training_config_of  # noqa: E402
-from nas_service.training.evaluation import load_parameters, recalibrate  # noqa: E402
 from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
-from nas_service.training.ranking import kendall_tau, spearman_rho  # noqa: E402
 
 RANKING = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
 OUT = ROOT / "bench" / "results" / "surrogate_budget_bench.json"

@@ -39,9 +39,9 @@ __all__ = [
 # Resolved on first use: the surrogate pulls in torch-geometric and the data layer, which a script
 # that only builds or validates graphs should not pay for at import time.
 _LAZY = {
-    "load_ghn": "nas_service.training.surrogate",
-    "predict_parameters": "nas_service.training.surrogate",
-    "surrogate_accuracy": "nas_service.training.surrogate",
+    "load_ghn": "nas_service.scoring.surrogate",
+    "predict_parameters": "nas_service.scoring.surrogate",
+    "surrogate_accuracy": "nas_service.scoring.surrogate",
 }
 
 

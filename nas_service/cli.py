@@ -479,9 +479,9 @@ def _evaluate_ghn(args: argparse.Namespace) -> int:
 def _rank_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
     from nas_service.ghn.checkpoint import bundled_checkpoint_path
-    from nas_service.search.scoring import file_sha256
+    from nas_service.scoring.ranking_head import RankingHead, head_path_for
+    from nas_service.scoring.scorer import file_sha256
     from nas_service.training.ranking import rank_surrogates, train_ground_truth
-    from nas_service.training.ranking_head import RankingHead, head_path_for
     from nas_service.training.report import write_report
 
     ghn = _ghn_for(args)
@@ -648,7 +648,7 @@ def _startup_errors():
 
     from nas_service.db.errors import StorageError
     from nas_service.ghn.checkpoint import CheckpointError
-    from nas_service.training.ranking_head import RankingHeadError
+    from nas_service.scoring.ranking_head import RankingHeadError
 
     return (StorageError, CheckpointError, RankingHeadError, SQLAlchemyError)
 

@@ -20,17 +20,14 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nas_service.scoring.protocol import (
+    DEFAULT_EVAL_IMAGES,
+    RECALIBRATION_BATCH_SIZE,
+    RECALIBRATION_BATCHES,
+)
+
 SQLITE_FILE_NAME = "nas.db"
 CHECKPOINTS_DIR_NAME = "checkpoints"
-
-
-DEFAULT_EVAL_IMAGES = 1000
-"""Validation images a score is taken on by default (the first N of the task's fixed split; the
-service's ``NAS_EVAL_IMAGES``, the library's ``surrogate_accuracy``). Scoring time is
-proportional to it, and on the held-out architectures Kendall tau against trained accuracy is the
-same from 500 to 5,000 images (``bench/surrogate_budget_bench.py``): 1,000 costs a fifth of all
-5,000 for the same ranking.
-"""
 
 
 class Settings(BaseSettings):
@@ -65,7 +62,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
-    # The surrogate (nas_service.search.scoring) and the workers.
+    # The surrogate (nas_service.scoring.scorer) and the workers.
     ghn_path: Path | None = Field(default=None,
                                   description="GHN checkpoint; None: the bundled Fashion-MNIST GHN")
     worker_in_process: bool = Field(default=True,
@@ -76,8 +73,8 @@ class Settings(BaseSettings):
     eval_images: int | None = Field(default=DEFAULT_EVAL_IMAGES, gt=0,
                                     description="validation images per score (the first N of "
                                                 "the fixed split); 'all' or blank: all of them")
-    recalibration_batches: int = Field(default=4, ge=1)
-    recalibration_batch_size: int = Field(default=128, ge=1)
+    recalibration_batches: int = Field(default=RECALIBRATION_BATCHES, ge=1)
+    recalibration_batch_size: int = Field(default=RECALIBRATION_BATCH_SIZE, ge=1)
     # What the API accepts, tighter than the graph layer's own limits: every accepted graph is
     # built and evaluated on this machine.
     max_graph_nodes: int = Field(default=2048, ge=2)

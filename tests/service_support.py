@@ -29,10 +29,10 @@ from nas_service.data import DatasetError, get_task, resolve_root
 from nas_service.ghn import GHNConfig, GraphHyperNetwork
 from nas_service.ghn.checkpoint import save_ghn
 from nas_service.graph import ArchitectureGraph, GraphBuilder
-from nas_service.search import ArchitectureScorer
-from nas_service.search.scoring import file_sha256
+from nas_service.scoring import ArchitectureScorer
+from nas_service.scoring.ranking_head import RankingHead, fit_ranking_head, head_path_for
+from nas_service.scoring.scorer import file_sha256
 from nas_service.settings import Settings
-from nas_service.training.ranking_head import RankingHead, fit_ranking_head, head_path_for
 
 TINY_GHN = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
 EVAL_IMAGES = 64

@@ -23,9 +23,10 @@ from service_support import (  # noqa: E402
 
 from nas_service.data import load_task  # noqa: E402
 from nas_service.graph import ArchitectureGraph, to_module  # noqa: E402
-from nas_service.search import CHECKPOINT_FORMAT, SCORE_NAME  # noqa: E402
+from nas_service.scoring import SCORE_NAME  # noqa: E402
+from nas_service.scoring.evaluation import accuracy  # noqa: E402
+from nas_service.search import CHECKPOINT_FORMAT  # noqa: E402
 from nas_service.spaces import get_space  # noqa: E402
-from nas_service.training.evaluation import accuracy  # noqa: E402
 
 pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist,
@@ -94,7 +95,7 @@ def test_another_ghn_scores_the_same_graph_anew(make_client, make_settings, tmp_
     from nas_service.api import create_app
     from nas_service.ghn import GraphHyperNetwork
     from nas_service.ghn.checkpoint import save_ghn
-    from nas_service.search import ArchitectureScorer
+    from nas_service.scoring import ArchitectureScorer
 
     request = {"graph": tiny_graph_doc(5)}
     old = make_client()
@@ -128,7 +129,7 @@ def test_other_scoring_settings_score_the_same_graph_anew(make_client, make_sett
     from fastapi.testclient import TestClient
 
     from nas_service.api import create_app
-    from nas_service.search import ArchitectureScorer
+    from nas_service.scoring import ArchitectureScorer
 
     request = {"graph": tiny_graph_doc(6)}
     first = make_client().post("/v1/architectures", json=request)

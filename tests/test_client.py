@@ -42,9 +42,9 @@ from nas_service.client import (  # noqa: E402
     WaitTimeout,
 )
 from nas_service.data import load_task  # noqa: E402
-from nas_service.search import SCORE_NAME  # noqa: E402
+from nas_service.scoring import SCORE_NAME  # noqa: E402
+from nas_service.scoring.evaluation import accuracy  # noqa: E402
 from nas_service.spaces import get_space  # noqa: E402
-from nas_service.training.evaluation import accuracy  # noqa: E402
 
 pytest_plugins = ("service_support", "remote_support")
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]

@@ -90,8 +90,8 @@ def test_a_broken_ranking_head_stops_start_up_with_its_path(tmp_path, tiny_ghn_p
     import shutil
 
     from nas_service.cli import main
+    from nas_service.scoring.ranking_head import head_path_for
     from nas_service.settings import get_settings
-    from nas_service.training.ranking_head import head_path_for
 
     ghn = tmp_path / "ghn.safetensors"
     shutil.copyfile(tiny_ghn_path, ghn)

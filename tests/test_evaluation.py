@@ -18,6 +18,16 @@ from torch import nn
 from nas_service.data import DatasetError, load_task
 from nas_service.ghn import GHNConfig, GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, GraphBuilder, from_module, to_module
+from nas_service.scoring.evaluation import (
+    normalize_activations,
+    recalibrate,
+)
+from nas_service.scoring.metrics import (
+    average_ranks,
+    compare_scores,
+    kendall_tau,
+    spearman_rho,
+)
 from nas_service.training.evaluate import (
     SCORES,
     evaluate_architecture,
@@ -25,18 +35,10 @@ from nas_service.training.evaluate import (
     sgd_train,
     training_config_of,
 )
-from nas_service.training.evaluation import (
-    normalize_activations,
-    recalibrate,
-)
 from nas_service.training.ranking import (
     GroundTruthCache,
-    average_ranks,
-    compare_scores,
     ground_truth,
-    kendall_tau,
     rank_surrogates,
-    spearman_rho,
     train_ground_truth,
 )
 from nas_service.training.report import encode_png, text_mask, write_report

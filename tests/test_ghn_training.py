@@ -13,10 +13,10 @@ from nas_service.data import TASKS, load_task
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import load_ghn
 from nas_service.graph import GraphBuilder, GraphNetwork, to_module
+from nas_service.scoring.surrogate import predict_parameters, surrogate_accuracy
 from nas_service.spaces import get_space
 from nas_service.training.config import TrainingConfig
 from nas_service.training.ghn_training import _lr_at, meta_step, start_from_checkpoint, train_ghn
-from nas_service.training.surrogate import predict_parameters, surrogate_accuracy
 
 pytestmark = pytest.mark.skipif(
     not Path(TASKS["fashion-mnist"].default_root).is_dir(),

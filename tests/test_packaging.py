@@ -94,7 +94,8 @@ def test_installed_version_is_the_package_version() -> None:
 
 
 def test_importing_the_package_loads_nothing_heavier_than_the_graph_layer() -> None:
-    heavy = ("fastapi", "sqlalchemy", "uvicorn", "torch_geometric", "nas_service.training")
+    heavy = ("fastapi", "sqlalchemy", "uvicorn", "torch_geometric", "nas_service.training",
+             "nas_service.scoring")
     code = f"import sys, nas_service; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          check=True).stdout
@@ -105,7 +106,7 @@ def test_importing_the_package_loads_nothing_heavier_than_the_graph_layer() -> N
 
 
 def test_surrogate_functions_are_exported_lazily() -> None:
-    from nas_service.training import surrogate
+    from nas_service.scoring import surrogate
 
     assert nas_service.predict_parameters is surrogate.predict_parameters
     assert nas_service.surrogate_accuracy is surrogate.surrogate_accuracy

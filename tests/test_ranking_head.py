@@ -20,11 +20,9 @@ from service_support import (  # noqa: E402
 
 from nas_service.cli import main  # noqa: E402
 from nas_service.db import queue, read_session, write_session  # noqa: E402
-from nas_service.search import ArchitectureScorer, CheckpointStore, Worker  # noqa: E402
-from nas_service.search.scoring import file_sha256, ranking_value  # noqa: E402
-from nas_service.spaces import get_space  # noqa: E402
-from nas_service.training.ranking import kendall_tau  # noqa: E402
-from nas_service.training.ranking_head import (  # noqa: E402
+from nas_service.scoring import ArchitectureScorer  # noqa: E402
+from nas_service.scoring.metrics import kendall_tau  # noqa: E402
+from nas_service.scoring.ranking_head import (  # noqa: E402
     RankingHead,
     RankingHeadError,
     fit_ranking_head,
@@ -32,6 +30,9 @@ from nas_service.training.ranking_head import (  # noqa: E402
     head_path_for,
     leave_one_out,
 )
+from nas_service.scoring.scorer import file_sha256, ranking_value  # noqa: E402
+from nas_service.search import CheckpointStore, Worker  # noqa: E402
+from nas_service.spaces import get_space  # noqa: E402
 
 pytest_plugins = ("service_support",)
 

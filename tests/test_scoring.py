@@ -16,10 +16,10 @@ from service_support import SMALL_FLOPS, requires_fashion_mnist  # noqa: E402
 
 from nas_service.data import load_task  # noqa: E402
 from nas_service.graph import to_module  # noqa: E402
-from nas_service.search import ArchitectureScorer  # noqa: E402
-from nas_service.search.scoring import CPU_EVAL_BATCH_SIZE, ScoredGraph  # noqa: E402
+from nas_service.scoring import ArchitectureScorer  # noqa: E402
+from nas_service.scoring.evaluation import accuracy  # noqa: E402
+from nas_service.scoring.scorer import CPU_EVAL_BATCH_SIZE, ScoredGraph  # noqa: E402
 from nas_service.spaces import get_space  # noqa: E402
-from nas_service.training.evaluation import accuracy  # noqa: E402
 
 pytest_plugins = ("service_support",)
 pytestmark = requires_fashion_mnist

@@ -25,7 +25,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from nas_service.data import list_tasks
 from nas_service.db import make_engine, migrate
 from nas_service.graph import DEFAULT_LIMITS, GraphLimits
-from nas_service.search import ArchitectureScorer, CheckpointStore, Worker, WorkerHooks
+from nas_service.scoring import ArchitectureScorer
+from nas_service.search import CheckpointStore, Worker, WorkerHooks
 from nas_service.settings import Settings, get_settings
 from nas_service.version import __version__
 

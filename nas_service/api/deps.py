@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from nas_service.db import read_session
 from nas_service.graph import GraphLimits
-from nas_service.search import ArchitectureScorer, CheckpointStore, Worker
+from nas_service.scoring import ArchitectureScorer
+from nas_service.search import CheckpointStore, Worker
 from nas_service.settings import Settings
 
 from .auth import APIKeys

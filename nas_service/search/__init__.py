@@ -1,9 +1,10 @@
-"""Search: strategies, the evaluation of candidates through the GHN, checkpoint files, and the
-worker that runs search jobs from the database queue.
+"""Search: strategies, the evaluation of candidates through the GHN with the architecture cache,
+checkpoint files, and the worker that runs search jobs from the database queue.
 
 ::
 
-    from nas_service.search import ArchitectureScorer, CheckpointStore, Worker
+    from nas_service.scoring import ArchitectureScorer
+    from nas_service.search import CheckpointStore, Worker
 
     scorer = ArchitectureScorer.load(settings.ghn_path, device=settings.device)
     store = CheckpointStore(settings.checkpoint_dir)
@@ -13,8 +14,7 @@ worker that runs search jobs from the database queue.
 """
 
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore, StoredCheckpoint, checkpoint_metadata
-from .evaluation import Evaluation, evaluate_architectures
-from .scoring import SCORE_NAME, ArchitectureScorer, ScoredGraph, TaskNotSupported
+from .evaluation import Evaluation, evaluate_architectures, score_and_store
 from .strategies import (
     STRATEGIES,
     Outcome,
@@ -30,19 +30,15 @@ from .worker import Worker, WorkerHooks, default_worker_id
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "SCORE_NAME",
     "STRATEGIES",
-    "ArchitectureScorer",
     "CheckpointStore",
     "Evaluation",
     "Outcome",
     "Proposal",
     "RandomSearch",
     "RegularizedEvolution",
-    "ScoredGraph",
     "SearchStrategy",
     "StoredCheckpoint",
-    "TaskNotSupported",
     "Worker",
     "WorkerHooks",
     "candidate_seed",
@@ -51,4 +47,5 @@ __all__ = [
     "default_worker_id",
     "evaluate_architectures",
     "make_strategy",
+    "score_and_store",
 ]

@@ -1,6 +1,7 @@
 """Evaluating architectures for the service: the architecture cache, the GHN score, the
-checkpoint file and the database rows, in that order. The API (one graph per request) and the
-workers (a batch per GHN forward pass) both go through :func:`evaluate_architectures`.
+checkpoint file and the database rows, in that order. The workers (a batch per GHN forward pass)
+go through :func:`evaluate_architectures`; the API, which answers a cache hit from its own read of
+the cache, scores a miss with :func:`score_and_store`.
 
 Guarantees:
 
@@ -9,7 +10,9 @@ Guarantees:
   :func:`nas_service.db.queue.save_architecture`); a GHN of another version scores it anew;
 - graphs repeated within one call are scored once;
 - a stored architecture always has its checkpoint: the file is written (atomically) before the
-  ``checkpoints`` and ``architectures`` rows, which are written in one transaction.
+  ``checkpoints`` and ``architectures`` rows, which are written in one transaction;
+- the cache is read in one transaction per call, and each newly scored graph is stored in one
+  transaction that also returns its checkpoint row: a cache miss costs two transactions.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from nas_service.db import Architecture, queue, read_session, write_session
+from nas_service.data import TaskSpec
+from nas_service.db import Architecture, Checkpoint, queue, read_session, write_session
 from nas_service.graph import ArchitectureGraph
+from nas_service.scoring import ArchitectureScorer, ScoredGraph
 
 from .checkpoints import CheckpointStore, checkpoint_metadata
-from .scoring import ArchitectureScorer, ScoredGraph
 
 
 @dataclass(frozen=True)
@@ -36,49 +41,61 @@ class Evaluation:
     created: bool  # scored by this call (False: found in the cache, or it failed)
     error: Exception | None = None
     seconds: float = 0.0  # this graph's share of the time spent
+    checkpoint: Checkpoint | None = None
+    """The architecture's checkpoint row, when this call stored the architecture."""
+
+
+def find_stored_architecture(session: Session, graph: ArchitectureGraph, task: str,
+                             ghn_version: str) -> Architecture | None:
+    """The architecture the GHN ``ghn_version`` stored for ``graph`` on ``task``, if any: the
+    cache lookup, by content hash."""
+    return queue.get_architecture_by_hash(session, graph.content_hash(), task, ghn_version)
 
 
 def evaluate_architectures(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
-                           graphs: Sequence[ArchitectureGraph], task: str, *,
+                           graphs: Sequence[ArchitectureGraph], spec: TaskSpec, *,
                            extra_timings: Mapping[str, float] | None = None
                            ) -> list[Evaluation]:
-    """One :class:`Evaluation` per graph, in order. ``task`` must be one the scorer supports
-    (:meth:`ArchitectureScorer.check_task` raises otherwise). ``extra_timings`` (e.g. the time
-    the API spent validating the graph) are stored with newly scored architectures."""
-    spec = scorer.check_task(task)
-    task = spec.name
+    """One :class:`Evaluation` per graph, in order: the stored architecture of each graph the
+    cache holds, the others scored and stored. ``spec`` is the task as
+    :meth:`ArchitectureScorer.check_task` returned it. ``extra_timings`` (e.g. the time the API
+    spent validating the graph) are stored with newly scored architectures."""
+    found: dict[str, Architecture | None] = {}
     with read_session(engine) as session:
-        found = {}
         for graph in graphs:
             key = graph.content_hash()
             if key not in found:
-                found[key] = queue.get_architecture_by_hash(session, key, task,
-                                                            scorer.ghn_version)
+                found[key] = find_stored_architecture(session, graph, spec.name,
+                                                      scorer.ghn_version)
     missing: dict[str, ArchitectureGraph] = {}
     for graph in graphs:
         if found[graph.content_hash()] is None:
             missing.setdefault(graph.content_hash(), graph)
+    outcomes = {graph.content_hash(): evaluation for graph, evaluation in zip(
+        missing.values(), score_and_store(engine, scorer, store, list(missing.values()), spec,
+                                          extra_timings=extra_timings), strict=True)}
+    return [outcomes.get(graph.content_hash())
+            or Evaluation(graph, found[graph.content_hash()], False) for graph in graphs]
 
-    outcomes: dict[str, Evaluation] = {}
-    if missing:
-        results = scorer.score(list(missing.values()), task)
-        for graph, result in zip(missing.values(), results, strict=True):
-            if isinstance(result, Exception):
-                outcomes[graph.content_hash()] = Evaluation(graph, None, False, result)
-                continue
-            try:
-                outcomes[graph.content_hash()] = _store(engine, scorer, store, result, task,
-                                                        extra_timings or {})
-            except Exception as e:  # noqa: BLE001 - this graph's failure, reported by the caller
-                outcomes[graph.content_hash()] = Evaluation(graph, None, False, e)
 
+def score_and_store(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
+                    graphs: Sequence[ArchitectureGraph], spec: TaskSpec, *,
+                    extra_timings: Mapping[str, float] | None = None) -> list[Evaluation]:
+    """Scores ``graphs`` (distinct, known to be missing from the cache) and stores each: one
+    :class:`Evaluation` per graph, in order, carrying its checkpoint row. A graph stored
+    meanwhile by another process comes back as that stored row (``created`` is False)."""
+    if not graphs:
+        return []
     evaluations = []
-    for graph in graphs:
-        key = graph.content_hash()
-        if key in outcomes:
-            evaluations.append(outcomes[key])
-        else:
-            evaluations.append(Evaluation(graph, found[key], False))
+    for graph, result in zip(graphs, scorer.score(graphs, spec), strict=True):
+        if isinstance(result, Exception):
+            evaluations.append(Evaluation(graph, None, False, result))
+            continue
+        try:
+            evaluations.append(_store(engine, scorer, store, result, spec.name,
+                                      extra_timings or {}))
+        except Exception as e:  # noqa: BLE001 - this graph's failure, reported by the caller
+            evaluations.append(Evaluation(graph, None, False, e))
     return evaluations
 
 
@@ -91,15 +108,21 @@ def _store(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
         graph, task=task, scores=scores, ghn_version=scorer.ghn_version))
     timings = {**extra_timings, **result.timings}
     with write_session(engine) as session:
-        queue.save_checkpoint(session, sha256=stored.sha256, path=stored.relative_path,
-                              size_bytes=stored.size_bytes)
+        checkpoint, _ = queue.save_checkpoint(session, sha256=stored.sha256,
+                                              path=stored.relative_path,
+                                              size_bytes=stored.size_bytes)
         timings["store"] = time.perf_counter() - started
         architecture, created = queue.save_architecture(
             session, content_hash=graph.content_hash(), task=task, graph=graph.to_json(),
             name=_storable_name(graph.name), num_parameters=graph.num_parameters,
             flops=graph.flops, scores=scores, ghn_version=scorer.ghn_version,
             checkpoint_id=stored.sha256, timings=timings)
-    return Evaluation(graph, architecture, created, None, sum(result.timings.values()))
+        if architecture.checkpoint_id != checkpoint.id:
+            # Another process stored this architecture first, with its own checkpoint.
+            checkpoint = (queue.get_checkpoint(session, architecture.checkpoint_id)
+                          if architecture.checkpoint_id else None)
+    return Evaluation(graph, architecture, created, None, sum(result.timings.values()),
+                      checkpoint)
 
 
 def _storable_name(name: str | None) -> str | None:

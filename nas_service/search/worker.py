@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from nas_service.data import DatasetError
+from nas_service.data import DatasetError, TaskSpec
 from nas_service.db import LeaseLost, queue, read_session, write_session
 from nas_service.db.queue import ClaimedJob, LeaseStatus
+from nas_service.scoring import ArchitectureScorer, TaskNotSupported, ranking_value
 from nas_service.spaces import SearchSpaceError
 
 from .checkpoints import CheckpointStore
 from .evaluation import evaluate_architectures
-from .scoring import ArchitectureScorer, TaskNotSupported, ranking_value
 from .strategies import Outcome, Proposal, SearchStrategy, check_constraints, make_strategy
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class Worker:
                                     {"budget_seconds": claimed.budget_seconds,
                                      "recorded": len(history)})
                 break
-            self._run_batch(claimed, strategy, batch, history, lease)
+            self._run_batch(claimed, spec, strategy, batch, history, lease)
             self.hooks.batch_done(claimed.job_id, list(batch))
         if lease.cancel_requested or self._beat(claimed, lease).cancel_requested:
             queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "cancelled")
@@ -216,8 +216,8 @@ class Worker:
         queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "succeeded")
         return "succeeded"
 
-    def _run_batch(self, claimed: ClaimedJob, strategy: SearchStrategy, batch: Sequence[int],
-                   history: dict[int, Outcome], lease: _LeaseState) -> None:
+    def _run_batch(self, claimed: ClaimedJob, spec: TaskSpec, strategy: SearchStrategy,
+                   batch: Sequence[int], history: dict[int, Outcome], lease: _LeaseState) -> None:
         started = time.perf_counter()
         proposals: list[Proposal] = [strategy.propose(i, history) for i in batch]
         propose_seconds = (time.perf_counter() - started) / len(batch)
@@ -235,7 +235,7 @@ class Worker:
             return
         evaluations = evaluate_architectures(self.engine, self.scorer, self.store,
                                              [p.graph for p in to_score if p.graph is not None],
-                                             claimed.task)
+                                             spec)
         for p, ev in zip(to_score, evaluations, strict=True):
             graph = ev.graph
             if ev.architecture is None:

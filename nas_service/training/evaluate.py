@@ -41,11 +41,21 @@ from nas_service.graph import (
     from_module,
     to_module,
 )
+from nas_service.scoring.evaluation import (
+    accuracy,
+    load_parameters,
+    recalibrate,
+    recalibration_batches,
+)
+from nas_service.scoring.protocol import (
+    RECALIBRATION_BATCH_SIZE,
+    RECALIBRATION_BATCHES,
+    BatchNormMode,
+)
+from nas_service.scoring.surrogate import as_graph
 
 from .config import TrainingConfig
-from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate
 from .ghn_training import held_out_architectures
-from .surrogate import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES, recalibration_batches
 
 SCORES = ("predicted_batch", "predicted_recalibrated", "random_init", "sgd_1_epoch")
 """The accuracy keys of one :func:`evaluate_architecture` record, cheapest first."""
@@ -79,16 +89,6 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _as_graph(graph_or_module: ArchitectureGraph | nn.Module, input_shape: Sequence[int]
-              ) -> ArchitectureGraph:
-    if isinstance(graph_or_module, ArchitectureGraph):
-        return graph_or_module
-    if isinstance(graph_or_module, nn.Module):
-        return from_module(graph_or_module, tuple(input_shape))
-    raise TypeError("expected an ArchitectureGraph or a torch.nn.Module, got "
-                    f"{type(graph_or_module).__name__}")
 
 
 def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskData, *,
@@ -216,7 +216,7 @@ def evaluate_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph | nn.
     if unknown:
         raise ValueError(f"unknown batch-norm modes {sorted(unknown)}")
     dev = ghn.device
-    graph = _as_graph(graph, task_data.spec.input_shape)
+    graph = as_graph(graph, task_data.spec.input_shape)
     x, y = evaluation_tensors(task_data, split, eval_images, dev)
     record: dict[str, Any] = {
         "name": graph.name or graph.content_hash()[:12], "hash": graph.content_hash(),

@@ -49,10 +49,10 @@ from nas_service.graph import (
     meta_network,
     to_module,
 )
+from nas_service.scoring.evaluation import accuracy, load_parameters
 from nas_service.spaces import get_space
 
 from .config import TRAIN_SEED_OFFSET, TrainingConfig
-from .evaluation import accuracy, load_parameters
 
 
 def _lr_at(step: int, cfg: TrainingConfig, rewarm_from: int | None = None) -> float:

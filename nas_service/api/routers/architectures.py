@@ -14,7 +14,10 @@ from nas_service.data import DatasetError, TaskSpec
 from nas_service.db import Architecture, queue, read_session
 from nas_service.ghn import UnsupportedArchitectureError
 from nas_service.graph import ArchitectureGraph, GraphLimits, GraphValidationError
-from nas_service.search import TaskNotSupported, evaluate_architectures
+from nas_service.scoring import TaskNotSupported
+from nas_service.scoring.task_fit import task_mismatches
+from nas_service.search import score_and_store
+from nas_service.search.evaluation import find_stored_architecture
 from nas_service.spaces import SearchSpaceError, get_space
 
 from ..deps import ReadSessionDep, ServiceDep, ServiceState
@@ -58,34 +61,25 @@ def _build_graph(body: ArchitectureRequest, spec: TaskSpec,
                       title="Invalid architecture graph",
                       errors=graph_problems(problems[:MAX_REPORTED_PROBLEMS], "/body/graph")
                       ) from None
-    errors = []
-    index = {n.id: i for i, n in enumerate(graph.nodes)}
-    if tuple(graph.input_shape) != tuple(spec.input_shape):
-        node = graph.input_node
-        errors.append(field_error(
-            f"/body/graph/nodes/{index[node.id]}/shape",
-            f"task {spec.name!r} has inputs of shape {list(spec.input_shape)}, the graph's input "
-            f"node {node.id!r} has {list(graph.input_shape)}", node=node.id, field="shape"))
-    if graph.num_classes != spec.num_classes:
-        node = graph.output_node
-        errors.append(field_error(
-            f"/body/graph/nodes/{index[node.id]}/num_classes",
-            f"task {spec.name!r} has {spec.num_classes} classes, the graph's output node "
-            f"{node.id!r} has {graph.num_classes}", node=node.id, field="num_classes"))
-    if errors:
+    mismatches = task_mismatches(graph, spec)
+    if mismatches:
+        index = {n.id: i for i, n in enumerate(graph.nodes)}
         raise Problem(422, f"the graph does not fit task {spec.name!r}", slug="task-mismatch",
-                      title="Graph does not fit the task", errors=errors)
+                      title="Graph does not fit the task",
+                      errors=[field_error(f"/body/graph/nodes/{index[m.node]}/{m.field}",
+                                          m.message, node=m.node, field=m.field)
+                              for m in mismatches])
     return graph
 
 
 def _cached(service: ServiceState, graph: ArchitectureGraph,
             task: str) -> ArchitectureResponse | None:
-    """The stored result of this graph and task by the loaded GHN; after a change of GHN
-    checkpoint, the graph is scored again rather than answered with the old GHN's score."""
+    """The stored result of this graph and task by the loaded GHN, read in one transaction;
+    after a change of GHN checkpoint, the graph is scored again rather than answered with the old
+    GHN's score."""
     ghn_version = service.require_scorer().ghn_version
     with read_session(service.engine) as session:
-        architecture = queue.get_architecture_by_hash(session, graph.content_hash(), task,
-                                                      ghn_version)
+        architecture = find_stored_architecture(session, graph, task, ghn_version)
         return _view(session, architecture) if architecture is not None else None
 
 
@@ -95,13 +89,13 @@ def _view(session: Session, architecture: Architecture) -> ArchitectureResponse:
     return architecture_view(architecture, checkpoint)
 
 
-def _score(service: ServiceState, graph: ArchitectureGraph, task: str,
+def _score(service: ServiceState, graph: ArchitectureGraph, spec: TaskSpec,
            graph_seconds: float) -> tuple[ArchitectureResponse, bool]:
-    scorer = service.require_scorer()
-    (evaluation,) = evaluate_architectures(service.engine, scorer, service.store, [graph], task,
-                                           extra_timings={"graph": graph_seconds})
+    """Scores a graph the cache did not hold and stores it (one write transaction)."""
+    (evaluation,) = score_and_store(service.engine, service.require_scorer(), service.store,
+                                    [graph], spec, extra_timings={"graph": graph_seconds})
     error = evaluation.error
-    if isinstance(error, (UnsupportedArchitectureError, TaskNotSupported)):
+    if isinstance(error, UnsupportedArchitectureError):
         raise Problem(422, str(error), slug="unsupported-architecture",
                       title="The hypernetwork cannot predict this architecture")
     if isinstance(error, MemoryError):
@@ -112,8 +106,7 @@ def _score(service: ServiceState, graph: ArchitectureGraph, task: str,
     assert evaluation.architecture is not None
     if evaluation.seconds:
         service.metrics.ghn_seconds.observe(evaluation.seconds)
-    with read_session(service.engine) as session:
-        return _view(session, evaluation.architecture), evaluation.created
+    return architecture_view(evaluation.architecture, evaluation.checkpoint), evaluation.created
 
 
 LOCATION = {"Location": {"description": "the architecture's URL", "schema": {"type": "string"}}}
@@ -158,7 +151,7 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
     service.waiting_scores += 1
     try:
         view, created = await anyio.to_thread.run_sync(
-            _score, service, graph, spec.name, graph_seconds, limiter=service.scoring_limiter)
+            _score, service, graph, spec, graph_seconds, limiter=service.scoring_limiter)
     except DatasetError as e:
         raise Problem(503, f"the data of task {spec.name!r} is not available: {e}",
                       slug="task-data-unavailable") from None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import DataError
 
 from nas_service.db import IdempotencyConflict, InvalidCursor, JobStatus, queue, write_session
-from nas_service.search import TaskNotSupported
+from nas_service.scoring import TaskNotSupported
 
 from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, field_error, not_found, problem_responses, require_id

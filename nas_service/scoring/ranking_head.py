@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import kendall_tau
+
 HEAD_FORMAT = "nas-ranking-head/1"
 FEATURES = ("surrogate_accuracy", "log10_parameters")
 DEFAULT_L2 = 1.0
@@ -186,8 +188,6 @@ def fit_ranking_head(surrogate: Sequence[float], parameters: Sequence[float],
                      ghn_sha256: str | None = None, eval_images: int | None = None,
                      l2: float = DEFAULT_L2) -> RankingHead:
     """Fits the head on every architecture given and records its leave-one-out Kendall τ."""
-    from .ranking import kendall_tau
-
     x, y = _check(surrogate, parameters, trained)
     weights, bias, mean, std = _solve(x, y, l2)
     tau = kendall_tau(leave_one_out(surrogate, parameters, trained, l2=l2), y)

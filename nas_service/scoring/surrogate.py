@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from nas_service.data import TaskData, load_task
+from nas_service.data import load_task
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import load_ghn as _load_ghn
-from nas_service.graph import ArchitectureGraph, to_module
-from nas_service.settings import DEFAULT_EVAL_IMAGES as SCORE_IMAGES
+from nas_service.graph import ArchitectureGraph, from_module, to_module
 
-from .evaluation import BatchNormMode, accuracy, load_parameters, recalibrate
-
-DEFAULT_TASK = "fashion-mnist"
-RECALIBRATION_BATCHES = 4
-RECALIBRATION_BATCH_SIZE = 128
-SURROGATE_MODE: BatchNormMode = "recalibrated"
-"""Which score the service reports (chosen by the ranking benchmark, see the README)."""
-
+from .evaluation import accuracy, load_parameters, recalibrate, recalibration_batches
+from .protocol import DEFAULT_EVAL_IMAGES, DEFAULT_TASK, SURROGATE_MODE, BatchNormMode
 
 _lock = threading.Lock()
 _default_ghn: GraphHyperNetwork | None = None
@@ -45,27 +38,15 @@ def load_ghn(path: str | None = None, device: str | None = None) -> GraphHyperNe
         return _default_ghn
 
 
-def _as_graph(module_or_graph: Any, input_shape: tuple[int, ...]) -> ArchitectureGraph:
+def as_graph(module_or_graph: nn.Module | ArchitectureGraph, input_shape: Sequence[int]
+             ) -> ArchitectureGraph:
+    """A graph as it is, a module converted with ``from_module`` for inputs of ``input_shape``."""
     if isinstance(module_or_graph, ArchitectureGraph):
         return module_or_graph
     if isinstance(module_or_graph, nn.Module):
-        from nas_service.graph.tracing import from_module
-
-        return from_module(module_or_graph, input_shape)
+        return from_module(module_or_graph, tuple(input_shape))
     raise TypeError("expected an ArchitectureGraph or a torch.nn.Module, got "
                     f"{type(module_or_graph).__name__}")
-
-
-def recalibration_batches(task: TaskData, device: torch.device) -> list[torch.Tensor]:
-    """The training batches batch-norm statistics are re-estimated on (fixed: seed 0), shared by
-    the surrogate score and the evaluation so both report what users get."""
-    out = []
-    for x, _ in task.batches("train", RECALIBRATION_BATCH_SIZE, shuffle=True, seed=0,
-                             device=device):
-        if len(out) == RECALIBRATION_BATCHES:
-            break
-        out.append(x)
-    return out
 
 
 def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
@@ -81,7 +62,7 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
     """
     ghn = ghn or load_ghn()
     data = load_task(task, data_root)
-    graph = _as_graph(module_or_graph, data.spec.input_shape)
+    graph = as_graph(module_or_graph, data.spec.input_shape)
     with torch.no_grad():
         params = ghn.predict([graph])[0]
     if isinstance(module_or_graph, nn.Module):
@@ -104,7 +85,7 @@ def load_parameters_by_name(net: nn.Module, params: dict[str, torch.Tensor]) -> 
 def surrogate_accuracy(module_or_graph: nn.Module | ArchitectureGraph, task: str = DEFAULT_TASK,
                        *, ghn: GraphHyperNetwork | None = None, data_root: str | None = None,
                        bn_mode: BatchNormMode = SURROGATE_MODE,
-                       images: int | None = SCORE_IMAGES) -> float:
+                       images: int | None = DEFAULT_EVAL_IMAGES) -> float:
     """The service's score: accuracy with predicted parameters on the first ``images`` images
     of the task's validation split (``None``: all of them)."""
     if images is not None and images < 1:

@@ -18,12 +18,13 @@ data, which is what batch-norm recalibration does for networks that have batch n
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 
-BatchNormMode = Literal["batch", "recalibrated"]
+from nas_service.data import TaskData
+
+from .protocol import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES, BatchNormMode
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 _DEAD_CHANNEL_STD = 1e-5
@@ -110,6 +111,20 @@ def normalize_activations(net: nn.Module, x: torch.Tensor) -> nn.Module:
         for h in hooks:
             h.remove()
     return net
+
+
+def recalibration_batches(task: TaskData, device: torch.device | str, *,
+                          batches: int = RECALIBRATION_BATCHES,
+                          batch_size: int = RECALIBRATION_BATCH_SIZE) -> list[torch.Tensor]:
+    """The training batches a score recalibrates on: the first ``batches`` of the task's
+    training split shuffled with seed 0, normalised, on ``device``. Fixed, so that the service's
+    scores, the library's and the evaluation's all report what a user of the network gets."""
+    out: list[torch.Tensor] = []
+    for x, _ in task.batches("train", batch_size, shuffle=True, seed=0, device=device):
+        if len(out) == batches:
+            break
+        out.append(x)
+    return out
 
 
 def recalibrate(net: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Module:

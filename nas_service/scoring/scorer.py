@@ -44,16 +44,18 @@ from nas_service.data import DatasetError, TaskSpec, get_task, load_task
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
 from nas_service.graph import ArchitectureGraph, to_module
-from nas_service.training.evaluation import accuracy, load_parameters, recalibrate
-from nas_service.training.ranking_head import RankingHead, head_for_checkpoint
-from nas_service.training.surrogate import SURROGATE_MODE
 
-SCORE_NAME = f"predicted-{SURROGATE_MODE}"
-"""The name of the score the service reports: accuracy with GHN-predicted parameters, batch norm
-recalibrated on training batches, evaluated in eval mode."""
-SCORE_SPLIT = "val"
-RANKING_NAME = "ranking-head"
-"""The name of the ranking score: the GHN's ranking head's estimate of trained accuracy."""
+from .evaluation import accuracy, load_parameters, recalibrate, recalibration_batches
+from .protocol import (
+    RANKING_NAME,
+    RECALIBRATION_BATCH_SIZE,
+    RECALIBRATION_BATCHES,
+    SCORE_NAME,
+    SCORE_SPLIT,
+    SURROGATE_MODE,
+)
+from .ranking_head import RankingHead, head_for_checkpoint
+from .task_fit import check_graph_fits_task
 
 CPU_EVAL_BATCH_SIZE = 100
 """Images per forward pass when scoring on a CPU: batches of 1,000 cost about 3x more CPU time
@@ -63,7 +65,7 @@ DEVICE_EVAL_BATCH_SIZE = 1000
 
 
 class TaskNotSupported(ValueError):
-    """The loaded GHN was not trained for this task, or the graph does not fit the task."""
+    """The loaded GHN was not trained for this task."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class ArchitectureScorer:
 
     def __init__(self, ghn: GraphHyperNetwork, *, ghn_version: str,
                  ghn_path: str | None = None, eval_images: int | None = None,
-                 recalibration_batches: int = 4, recalibration_batch_size: int = 128,
+                 recalibration_batches: int = RECALIBRATION_BATCHES,
+                 recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
                  data_root: str | None = None, ranking_head: RankingHead | None = None) -> None:
         self.ghn = ghn.eval()
         self.ranking_head = ranking_head
@@ -154,14 +157,15 @@ class ArchitectureScorer:
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str | None = None,
-             eval_images: int | None = None, recalibration_batches: int = 4,
-             recalibration_batch_size: int = 128) -> ArchitectureScorer:
+             eval_images: int | None = None,
+             recalibration_batches: int = RECALIBRATION_BATCHES,
+             recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE) -> ArchitectureScorer:
         """A scorer around the GHN checkpoint at ``path`` (``None``: the bundled one), with the
         ranking head that lies beside it when that head was fit on this very checkpoint
-        (:func:`~nas_service.training.ranking_head.head_for_checkpoint`).
+        (:func:`~nas_service.scoring.ranking_head.head_for_checkpoint`).
 
         Raises :class:`nas_service.ghn.checkpoint.CheckpointError` when the checkpoint is
-        missing or broken, :class:`~nas_service.training.ranking_head.RankingHeadError` when
+        missing or broken, :class:`~nas_service.scoring.ranking_head.RankingHeadError` when
         its ranking head file is.
         """
         resolved = Path(path) if path is not None else bundled_checkpoint_path()
@@ -226,9 +230,12 @@ class ArchitectureScorer:
 
     # ---- scoring -----------------------------------------------------------------------------
 
-    def task_tensors(self, task: str) -> _TaskTensors:
-        """The evaluation and recalibration tensors of ``task``, loaded once per process."""
-        spec = self.check_task(task)
+    def task_tensors(self, task: str | TaskSpec) -> _TaskTensors:
+        """The evaluation and recalibration tensors of ``task``, loaded once per process.
+
+        A task name is checked (:meth:`check_task`); a :class:`TaskSpec` is taken as what
+        :meth:`check_task` returned."""
+        spec = task if isinstance(task, TaskSpec) else self.check_task(task)
         with self._tasks_lock:
             cached = self._tasks.get(spec.name)
             if cached is not None:
@@ -237,13 +244,9 @@ class ArchitectureScorer:
             x, y = data.tensors(SCORE_SPLIT, device=self.device)
             if self.eval_images is not None:
                 x, y = x[:self.eval_images], y[:self.eval_images]
-            # The same batches as nas_service.training.surrogate: seed 0, the first k.
-            recalibration = []
-            for xb, _ in data.batches("train", self.recalibration_batch_size, shuffle=True,
-                                      seed=0, device=self.device):
-                if len(recalibration) == self.recalibration_batches:
-                    break
-                recalibration.append(xb)
+            recalibration = recalibration_batches(data, self.device,
+                                                  batches=self.recalibration_batches,
+                                                  batch_size=self.recalibration_batch_size)
             tensors = _TaskTensors(spec, x.contiguous(), y.contiguous(), recalibration)
             self._tasks[spec.name] = tensors
             return tensors
@@ -253,17 +256,19 @@ class ArchitectureScorer:
         """Images per forward pass of the evaluation on this scorer's device."""
         return CPU_EVAL_BATCH_SIZE if self.device.type == "cpu" else DEVICE_EVAL_BATCH_SIZE
 
-    def score(self, graphs: Sequence[ArchitectureGraph], task: str
+    def score(self, graphs: Sequence[ArchitectureGraph], task: str | TaskSpec
               ) -> list[ScoredGraph | Exception]:
-        """Scores ``graphs`` on ``task``: one GHN forward pass for all of them, then one
-        evaluation each. Each entry is the graph's :class:`ScoredGraph` or the exception that
-        stopped it; exceptions about the task itself (unknown, not supported, no data) are
-        raised instead, since no graph could be scored."""
+        """Scores ``graphs`` on ``task`` (a name, or the spec :meth:`check_task` returned): one
+        GHN forward pass for all of them, then one evaluation each. Each entry is the graph's
+        :class:`ScoredGraph` or the exception that stopped it (a graph that does not fit the task:
+        :class:`~nas_service.scoring.task_fit.GraphDoesNotFitTask`); exceptions about the task
+        itself (unknown, not supported, no data) are raised instead, since no graph could be
+        scored."""
         if not graphs:
             return []
         data = self.task_tensors(task)
         results: list[ScoredGraph | Exception | None] = [
-            _mismatch(graph, data.spec) for graph in graphs]
+            _misfit(graph, data.spec) for graph in graphs]
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
             return results  # type: ignore[return-value]
@@ -310,13 +315,11 @@ class ArchitectureScorer:
                                     "score": time.perf_counter() - started}, ranking=ranking)
 
 
-def _mismatch(graph: ArchitectureGraph, spec: TaskSpec) -> TaskNotSupported | None:
-    if tuple(graph.input_shape) != tuple(spec.input_shape):
-        return TaskNotSupported(f"the graph's input shape {list(graph.input_shape)} is not the "
-                                f"task's {list(spec.input_shape)}")
-    if graph.num_classes != spec.num_classes:
-        return TaskNotSupported(f"the graph has {graph.num_classes} classes, the task "
-                                f"{spec.num_classes}")
+def _misfit(graph: ArchitectureGraph, spec: TaskSpec) -> Exception | None:
+    try:
+        check_graph_fits_task(graph, spec)
+    except ValueError as e:
+        return e
     return None
 
 
