@@ -6,7 +6,7 @@ Guarantees:
 
 - an architecture already stored for ``(content hash, task, GHN version)`` is returned as it is,
   without running the GHN (the first stored score wins, see
-  :func:`nas_service.db.queue.save_architecture`); a GHN of another version scores it anew;
+  :func:`nas_service.db.catalog.save_architecture`); a GHN of another version scores it anew;
 - graphs repeated within one call are scored once;
 - a stored architecture always has its checkpoint: the file is written (atomically) before the
   ``checkpoints`` and ``architectures`` rows, which are written in one transaction.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from nas_service.db import Architecture, queue, read_session, write_session
+from nas_service.db import Architecture, catalog, read_session, write_session
 from nas_service.graph import ArchitectureGraph
 
 from .checkpoints import CheckpointStore, checkpoint_metadata
@@ -52,8 +52,8 @@ def evaluate_architectures(engine: Engine, scorer: ArchitectureScorer, store: Ch
         for graph in graphs:
             key = graph.content_hash()
             if key not in found:
-                found[key] = queue.get_architecture_by_hash(session, key, task,
-                                                            scorer.ghn_version)
+                found[key] = catalog.get_architecture_by_hash(session, key, task,
+                                                              scorer.ghn_version)
     missing: dict[str, ArchitectureGraph] = {}
     for graph in graphs:
         if found[graph.content_hash()] is None:
@@ -91,10 +91,10 @@ def _store(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
         graph, task=task, scores=scores, ghn_version=scorer.ghn_version))
     timings = {**extra_timings, **result.timings}
     with write_session(engine) as session:
-        queue.save_checkpoint(session, sha256=stored.sha256, path=stored.relative_path,
-                              size_bytes=stored.size_bytes)
+        catalog.save_checkpoint(session, sha256=stored.sha256, path=stored.relative_path,
+                                size_bytes=stored.size_bytes)
         timings["store"] = time.perf_counter() - started
-        architecture, created = queue.save_architecture(
+        architecture, created = catalog.save_architecture(
             session, content_hash=graph.content_hash(), task=task, graph=graph.to_json(),
             name=_storable_name(graph.name), num_parameters=graph.num_parameters,
             flops=graph.flops, scores=scores, ghn_version=scorer.ghn_version,
