@@ -72,6 +72,7 @@ from nas_service.db import (  # noqa: E402
     Candidate,
     CandidateStatus,
     JobEvent,
+    listings,
     make_engine,
     queue,
     read_session,
@@ -117,7 +118,7 @@ def _wait_for_jobs(engine: Engine, job_ids: Sequence[str], workers: Sequence[Chi
     last_print = 0.0
     while True:
         with read_session(engine) as session:
-            jobs = [queue.get_job(session, job_id) for job_id in job_ids]
+            jobs = [listings.get_job(session, job_id) for job_id in job_ids]
             states = [(j.status.value, j.progress_done) for j in jobs if j is not None]
         if all(status in TERMINAL for status, _ in states):
             return
@@ -142,7 +143,7 @@ def _per_minute(count: int, seconds: float | None) -> float | None:
 def job_report(engine: Engine, job_id: str, batch_size: int) -> dict[str, Any]:
     """The job's throughput, from its candidates' records."""
     with read_session(engine) as session:
-        job = queue.get_job(session, job_id)
+        job = listings.get_job(session, job_id)
         assert job is not None
         candidates = list(session.scalars(
             select(Candidate).where(Candidate.job_id == job_id).order_by(Candidate.index)))

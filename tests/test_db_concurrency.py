@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from nas_service.db import JobStatus, make_engine, queue, read_session, write_session
+from nas_service.db import (
+    JobStatus,
+    catalog,
+    listings,
+    make_engine,
+    queue,
+    read_session,
+    write_session,
+)
 
 
 def _run_threads(n: int, target: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
@@ -63,8 +71,8 @@ def test_concurrent_claimers_take_each_job_exactly_once(engine: Engine) -> None:
     claimed = [job_id for per_worker in results for job_id in per_worker]
     assert sorted(claimed) == sorted(ids)
     with read_session(engine) as session:
-        assert queue.job_counts(session)[JobStatus.RUNNING] == 40
-        assert all(j.attempts == 1 for j in queue.list_jobs(session, limit=100).items)
+        assert listings.job_counts(session)[JobStatus.RUNNING] == 40
+        assert all(j.attempts == 1 for j in listings.list_jobs(session, limit=100).items)
 
 
 def _claim_in_child(url: str, worker: str, out: str) -> None:
@@ -112,7 +120,7 @@ def test_concurrent_replays_of_one_idempotency_key_create_one_job(engine: Engine
 def test_concurrent_saves_of_one_architecture_store_one_row(engine: Engine) -> None:
     def save(i: int) -> tuple[str, bool]:
         with write_session(engine) as session:
-            arch, created = queue.save_architecture(
+            arch, created = catalog.save_architecture(
                 session, content_hash="d" * 64, task="mnist", ghn_version="ghn-1", graph="{}",
                 num_parameters=i, flops=i)
             return arch.id, created
@@ -149,11 +157,11 @@ def test_readers_never_fail_while_a_worker_writes(engine: Engine) -> None:
     def read(i: int) -> None:
         while not stop.is_set():
             with read_session(engine) as session:
-                page = queue.list_candidates(session, job_id, order_by="score", limit=20)
+                page = listings.list_candidates(session, job_id, order_by="score", limit=20)
                 scores = [c.score for c in page.items]
                 assert scores == sorted(scores, reverse=True)
-                assert queue.get_job(session, job_id) is not None
-                queue.list_jobs(session, limit=5)
+                assert listings.get_job(session, job_id) is not None
+                listings.list_jobs(session, limit=5)
             reads[i - 1] += 1
 
     results, errors = _run_threads(5, lambda i: write(i) if i == 0 else read(i))
@@ -162,5 +170,5 @@ def test_readers_never_fail_while_a_worker_writes(engine: Engine) -> None:
     assert errors == []
     assert written[0] > 0 and all(reads)
     with read_session(engine) as session:
-        job = queue.get_job(session, job_id)
+        job = listings.get_job(session, job_id)
         assert job is not None and job.progress_done == written[0]

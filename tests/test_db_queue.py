@@ -16,6 +16,7 @@ from nas_service.db import (
     LeaseLost,
     SearchJob,
     db_now,
+    listings,
     queue,
     read_session,
     write_session,
@@ -36,7 +37,7 @@ def _create(engine: Engine, **overrides: Any) -> str:
 
 def _job(engine: Engine, job_id: str) -> SearchJob:
     with read_session(engine) as session:
-        job = queue.get_job(session, job_id)
+        job = listings.get_job(session, job_id)
         assert job is not None
         return job
 
@@ -51,7 +52,7 @@ def _expire_lease(engine: Engine, job_id: str) -> None:
 
 def _events(engine: Engine, job_id: str) -> list[str]:
     with read_session(engine) as session:
-        return [e.kind for e in queue.list_events(session, job_id)]
+        return [e.kind for e in listings.list_events(session, job_id)]
 
 
 # ---- create_job and idempotency ----------------------------------------------------------------
@@ -87,7 +88,7 @@ def test_replaying_an_idempotency_key_with_the_same_body_returns_the_same_job(
     assert created_first and not created_again
     assert again.id == first.id
     with read_session(engine) as session:
-        assert [j.id for j in queue.list_jobs(session).items] == [first.id]
+        assert [j.id for j in listings.list_jobs(session).items] == [first.id]
 
 
 def test_reusing_an_idempotency_key_for_a_different_body_is_a_conflict(engine: Engine) -> None:
@@ -100,7 +101,7 @@ def test_reusing_an_idempotency_key_for_a_different_body_is_a_conflict(engine: E
         queue.create_job(session, request_hash="b" * 64, **kwargs)
     assert raised.value.job_id == job.id
     with read_session(engine) as session:
-        assert len(queue.list_jobs(session).items) == 1
+        assert len(listings.list_jobs(session).items) == 1
 
 
 @pytest.mark.parametrize("bad", [dict(budget_candidates=0), dict(budget_seconds=-1.0),
@@ -137,8 +138,8 @@ def test_a_running_job_with_a_live_lease_is_not_claimed_again(engine: Engine) ->
     assert queue.claim_next_job(engine, "a", LEASE) is not None
     assert queue.claim_next_job(engine, "b", LEASE) is None
     with read_session(engine) as session:
-        assert queue.queue_depth(session) == 0
-        assert queue.job_counts(session)[JobStatus.RUNNING] == 1
+        assert listings.queue_depth(session) == 0
+        assert listings.job_counts(session)[JobStatus.RUNNING] == 1
 
 
 def test_an_expired_lease_is_reclaimed_with_a_new_token_and_the_old_one_is_refused(
@@ -296,8 +297,8 @@ def test_record_candidate_updates_progress_and_the_best_candidate(engine: Engine
     job = _job(engine, job_id)
     assert job.progress_done == 5
     with read_session(engine) as session:
-        by_index = {c.index: c for c in queue.list_candidates(session, job_id,
-                                                              order_by="index").items}
+        by_index = {c.index: c for c in listings.list_candidates(session, job_id,
+                                                                 order_by="index").items}
     # Ties go to the lower index.
     assert job.best_candidate_id == by_index[2].id
     assert by_index[1].reason == "over max_parameters" and by_index[1].score is None
@@ -322,7 +323,7 @@ def test_recording_the_same_index_again_changes_nothing(engine: Engine) -> None:
 
     assert again is False
     with read_session(engine) as session:
-        (candidate,) = queue.list_candidates(session, job_id).items
+        (candidate,) = listings.list_candidates(session, job_id).items
     assert candidate.score == 0.5
     job = _job(engine, job_id)
     assert job.progress_done == 1 and job.best_candidate_id == candidate.id
@@ -381,7 +382,7 @@ def test_finish_job_only_takes_a_final_status(engine: Engine) -> None:
 def test_read_session_refuses_to_write(engine: Engine) -> None:
     job_id = _create(engine)
     with pytest.raises(RuntimeError, match="read-only"), read_session(engine) as session:
-        job = queue.get_job(session, job_id)
+        job = listings.get_job(session, job_id)
         assert job is not None
         job.error = "scribble"
         session.flush()

@@ -19,7 +19,7 @@ from service_support import (  # noqa: E402
 )
 
 from nas_service.cli import main  # noqa: E402
-from nas_service.db import queue, read_session, write_session  # noqa: E402
+from nas_service.db import catalog, listings, queue, read_session, write_session  # noqa: E402
 from nas_service.scoring import ArchitectureScorer  # noqa: E402
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402
 from nas_service.scoring.ranking_head import (  # noqa: E402
@@ -149,9 +149,9 @@ def test_a_search_ranks_candidates_by_the_head(engine, ranked_tiny_ghn_path, tmp
            worker_id="w", lease_seconds=5.0, heartbeat_seconds=0.2, batch_size=4,
            poll_seconds=0.05).run(once=True)
     with read_session(engine) as session:
-        done = queue.get_job(session, job.id)
-        candidates = queue.list_candidates(session, job.id, order_by="index", limit=10).items
-        scores = [queue.get_architecture(session, c.architecture_id).scores
+        done = listings.get_job(session, job.id)
+        candidates = listings.list_candidates(session, job.id, order_by="index", limit=10).items
+        scores = [catalog.get_architecture(session, c.architecture_id).scores
                   for c in candidates]
     assert done.status.value == "succeeded", done.error
     assert [c.score for c in candidates] == [s["ranking"]["value"] for s in scores]

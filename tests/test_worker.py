@@ -15,7 +15,9 @@ from sqlalchemy import update  # noqa: E402
 from nas_service.db import (  # noqa: E402
     Candidate,
     SearchJob,
+    catalog,
     db_now,
+    listings,
     queue,
     read_session,
     write_session,
@@ -57,14 +59,14 @@ def _worker(engine, scorer, tmp_path: Path, **kwargs) -> Worker:
 
 def _state(engine, job_id: str) -> tuple[SearchJob, list[Candidate]]:
     with read_session(engine) as session:
-        job = queue.get_job(session, job_id)
-        candidates = queue.list_candidates(session, job_id, order_by="index", limit=500).items
+        job = listings.get_job(session, job_id)
+        candidates = listings.list_candidates(session, job_id, order_by="index", limit=500).items
         return job, candidates
 
 
 def _hashes(engine, candidates: list[Candidate]) -> list[str | None]:
     with read_session(engine) as session:
-        return [queue.get_architecture(session, c.architecture_id).content_hash
+        return [catalog.get_architecture(session, c.architecture_id).content_hash
                 if c.architecture_id else None for c in candidates]
 
 
@@ -231,7 +233,7 @@ def test_a_spent_time_budget_ends_the_job_with_what_it_has(engine, scorer, tmp_p
     assert job.status.value == "succeeded"
     assert len(candidates) < 6
     with read_session(engine) as session:
-        assert "budget_seconds_spent" in [e.kind for e in queue.list_events(session, job_id)]
+        assert "budget_seconds_spent" in [e.kind for e in listings.list_events(session, job_id)]
 
 
 def test_evolution_runs_a_job_to_completion(engine, scorer, tmp_path) -> None:

@@ -16,7 +16,14 @@ pytest.register_assert_rewrite("service_support")
 
 from service_support import SMALL_FLOPS, requires_fashion_mnist, service_env  # noqa: E402
 
-from nas_service.db import make_engine, migrate, queue, read_session, write_session  # noqa: E402
+from nas_service.db import (  # noqa: E402
+    listings,
+    make_engine,
+    migrate,
+    queue,
+    read_session,
+    write_session,
+)
 
 pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
@@ -54,7 +61,7 @@ def test_a_job_survives_the_sigkill_of_its_worker(empty_database_url, tmp_path,
 
     def current():
         with read_session(engine) as session:
-            return queue.get_job(session, job.id)
+            return listings.get_job(session, job.id)
 
     first = _start_worker("first", url, tmp_path / "a", tiny_ghn_path)
     second = None
@@ -78,8 +85,8 @@ def test_a_job_survives_the_sigkill_of_its_worker(empty_database_url, tmp_path,
                     proc.kill()
     with read_session(engine) as session:
         indices = [c.index for c in
-                   queue.list_candidates(session, job.id, order_by="index", limit=500).items]
-        running = queue.list_jobs(session, status="running").items
+                   listings.list_candidates(session, job.id, order_by="index", limit=500).items]
+        running = listings.list_jobs(session, status="running").items
     engine.dispose()
     assert finished.status.value == "succeeded", finished.error
     assert finished.lease_owner in (None, "second")

@@ -19,7 +19,14 @@ from service_support import (  # noqa: E402
     service_env,
 )
 
-from nas_service.db import make_engine, migrate, queue, read_session, write_session  # noqa: E402
+from nas_service.db import (  # noqa: E402
+    listings,
+    make_engine,
+    migrate,
+    queue,
+    read_session,
+    write_session,
+)
 
 pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
@@ -42,7 +49,7 @@ def test_sigterm_releases_the_job_and_exits_cleanly(tmp_path, tiny_ghn_path) -> 
         deadline = time.monotonic() + 120
         while True:
             with read_session(engine) as session:
-                current = queue.get_job(session, job.id)
+                current = listings.get_job(session, job.id)
             if current.progress_done >= 2:
                 break
             assert worker.poll() is None, worker.stdout.read() if worker.stdout else ""
@@ -57,8 +64,8 @@ def test_sigterm_releases_the_job_and_exits_cleanly(tmp_path, tiny_ghn_path) -> 
             worker.communicate()
     assert worker.returncode == 0, output
     with read_session(engine) as session:
-        released = queue.get_job(session, job.id)
-        events = [e.kind for e in queue.list_events(session, job.id)]
+        released = listings.get_job(session, job.id)
+        events = [e.kind for e in listings.list_events(session, job.id)]
     engine.dispose()
     assert released.status.value == "queued"
     assert released.attempts == 0 and released.lease_token is None

@@ -1,9 +1,16 @@
-"""The service's storage: SQLAlchemy models, engines and sessions, migrations, and the queries the
-API and the workers make (the work queue).
+"""The service's storage, the one package that talks to the database: SQLAlchemy models,
+engines and sessions, migrations, and the queries the API and the workers make.
+
+- :mod:`~nas_service.db.queue`: the work queue, the lease protocol of search jobs (create,
+  cancel, claim, heartbeat, record a candidate, finish, release);
+- :mod:`~nas_service.db.listings`: reading jobs, candidates and events, in pages with keyset
+  cursors;
+- :mod:`~nas_service.db.catalog`: the architectures scored per GHN version, and their
+  checkpoint files.
 
 ::
 
-    from nas_service.db import make_engine, migrate, queue, write_session
+    from nas_service.db import listings, make_engine, migrate, queue, read_session, write_session
 
     migrate.upgrade(url)                      # nas-service db upgrade
     engine = make_engine(url)
@@ -11,12 +18,14 @@ API and the workers make (the work queue).
     with write_session(engine) as session:
         job, created = queue.create_job(session, space="cells", task="fashion-mnist", ...)
     claimed = queue.claim_next_job(engine, worker_id, lease_seconds=30)
+    with read_session(engine) as session:
+        page = listings.list_candidates(session, claimed.job_id, order_by="score")
 
-:mod:`nas_service.db.queue` states what is atomic and what may race; ``docs/storage.md``
-describes the tables and the protocol. The ML core never imports this package.
+Each of those modules states what is atomic and what may race; ``docs/storage.md`` describes the
+tables and the protocol. The ML core never imports this package.
 """
 
-from nas_service.db import migrate, queue
+from nas_service.db import catalog, listings, migrate, queue
 from nas_service.db.clock import UTCDateTime, db_now
 from nas_service.db.engine import make_engine, read_session, session_factory, write_session
 from nas_service.db.errors import (
@@ -54,7 +63,9 @@ __all__ = [
     "SearchStrategy",
     "StorageError",
     "UTCDateTime",
+    "catalog",
     "db_now",
+    "listings",
     "make_engine",
     "migrate",
     "queue",

@@ -1,5 +1,4 @@
-"""The work queue, and every query the API and the workers make: the one module that talks to
-the database.
+"""The work queue: the lease protocol by which the API queues search jobs and workers run them.
 
 The protocol
 ------------
@@ -7,8 +6,9 @@ A client's search request becomes a ``queued`` row in ``search_jobs`` (:func:`cr
 worker claims the oldest claimable job (:func:`claim_next_job`) and receives a *lease*: a random
 token and an expiry time on the database clock. While it works it renews the lease
 (:func:`heartbeat`) well before expiry, writes candidate *i* of the job with
-:func:`record_candidate`, and ends with :func:`finish_job`. Each of those writes names the token
-and is refused when the token no longer matches: the lease is lost, the worker stops.
+:func:`record_candidate`, and ends with :func:`finish_job` (or gives the job back with
+:func:`release_job` when it shuts down). Each of those writes names the token and is refused when
+the token no longer matches: the lease is lost, the worker stops.
 
 A worker that dies stops heartbeating; once its lease expires the job is claimable again, by any
 worker, which gets a new token (the old one is then refused everywhere) and redoes only the
@@ -31,8 +31,7 @@ Atomic (one transaction each, all or nothing):
   index) DO NOTHING``) and updates the job's ``progress_done`` and ``best_candidate_id`` in the
   same transaction, from the candidates table itself, so they are never out of step with it.
 - :func:`create_job` with an idempotency key creates at most one job per key, even under
-  concurrent replays; :func:`save_architecture` stores at most one row per (content hash, task,
-  GHN version).
+  concurrent replays.
 
 What may race, by design:
 
@@ -41,29 +40,26 @@ What may race, by design:
   and both are the same candidate, derived from ``(seed, index)``.
 - A cancel request reaches a running job at its worker's next heartbeat; candidates recorded in
   between are kept.
-- Listings page with keyset cursors: rows inserted while a client pages appear or not depending
-  on where they sort, but no row is returned twice and no existing row is skipped.
 
-Sessions and engines: functions that form their own transaction (the worker's side) take the
-``Engine``; functions that the API composes into a request's transaction take a ``Session``, which
-must come from :func:`nas_service.db.engine.write_session` when the function writes
-(:func:`create_job`, :func:`request_cancel`, :func:`add_event`, :func:`save_architecture`,
-:func:`save_checkpoint`) and may come from ``read_session`` otherwise. All times come from the
-database clock (:class:`nas_service.db.clock.db_now`).
+Sessions and engines: the worker's functions form their own transaction and take the
+``Engine``; :func:`create_job`, :func:`request_cancel` and :func:`add_event` write in the caller's
+transaction and take a ``Session``, which must come from
+:func:`nas_service.db.engine.write_session`. All times come from the database clock
+(:class:`nas_service.db.clock.db_now`). Reading jobs, candidates and events is
+:mod:`nas_service.db.listings`; the architectures and checkpoints that candidates point to are
+:mod:`nas_service.db.catalog`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -76,18 +72,16 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from nas_service.db._dialect import dialect_insert
 from nas_service.db.clock import db_now
 from nas_service.db.engine import writer
-from nas_service.db.errors import IdempotencyConflict, InvalidCursor, LeaseLost
+from nas_service.db.errors import IdempotencyConflict, LeaseLost
 from nas_service.db.models import (
-    Architecture,
     Candidate,
     CandidateStatus,
-    Checkpoint,
     JobEvent,
     JobStatus,
     SearchJob,
@@ -95,15 +89,10 @@ from nas_service.db.models import (
     new_id,
 )
 
-T = TypeVar("T")
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 DEFAULT_MAX_ATTEMPTS = 3
 # Rows a claim may find changed under it before giving up for this call (PostgreSQL, only if a
 # row escaped SKIP LOCKED; the caller polls again anyway).
 _CLAIM_TRIES = 3
-CandidateOrder = Literal["score", "index"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,51 +133,15 @@ class LeaseStatus:
         return self.held
 
 
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a listing; ``next_cursor`` is ``None`` on the last page."""
-
-    items: list[T]
-    next_cursor: str | None
-
-
 # ------------------------------------------------------------------------------------------------
-# Helpers
+# Events and lease conditions
 # ------------------------------------------------------------------------------------------------
-
-
-def fingerprint_request(payload: Mapping[str, Any]) -> str:
-    """The SHA-256 of a request body in canonical JSON: the ``request_hash`` stored with an
-    idempotency key. Pass the validated body (``model.model_dump(mode="json")``), so that two
-    spellings of the same request (key order, defaults) hash the same."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _dialect_name(bind: Session | Connection) -> str:
-    return bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
-
-
-def _insert(bind: Session | Connection) -> Callable[..., Any]:
-    """The dialect's ``insert`` (both support ``on_conflict_do_nothing``)."""
-    name = _dialect_name(bind)
-    if name == "postgresql":
-        return postgresql.insert
-    if name == "sqlite":
-        return sqlite.insert
-    raise ValueError(f"unsupported database {name!r}")
-
-
-def _check_limit(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
 
 
 def _insert_event(conn: Connection, job_id: str, kind: str,
                   data: Mapping[str, Any] | None = None) -> None:
-    conn.execute(_insert(conn)(JobEvent).values(job_id=job_id, kind=kind,
-                                               data=dict(data) if data is not None else None))
+    conn.execute(dialect_insert(conn)(JobEvent).values(
+        job_id=job_id, kind=kind, data=dict(data) if data is not None else None))
 
 
 _JOB_IS_RUNNING = SearchJob.status == JobStatus.RUNNING
@@ -205,6 +158,21 @@ def _holds_lease(job_id: str, token: str) -> ColumnElement[bool]:
 # ------------------------------------------------------------------------------------------------
 # Jobs: creation and cancellation (API side)
 # ------------------------------------------------------------------------------------------------
+
+
+def fingerprint_request(payload: Mapping[str, Any]) -> str:
+    """The SHA-256 of a request body in canonical JSON: the ``request_hash`` stored with an
+    idempotency key. Pass the validated body (``model.model_dump(mode="json")``), so that two
+    spellings of the same request (key order, defaults) hash the same.
+
+    Raises:
+        ValueError: the body holds NaN or an infinity, which JSON cannot represent.
+        TypeError: the body holds a value JSON cannot hold (a ``model_dump()`` without
+            ``mode="json"``).
+    """
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def create_job(
@@ -224,15 +192,20 @@ def create_job(
 
     With an ``idempotency_key``: the first request creates the job; a replay with the same key
     and the same ``request_hash`` (:func:`fingerprint_request`) returns that job with ``created``
-    false; the same key with a different hash raises :class:`IdempotencyConflict`. Safe under
-    concurrent replays: exactly one of them creates the job.
+    false; the same key with a different hash is a conflict. Safe under concurrent replays:
+    exactly one of them creates the job.
+
+    Raises:
+        IdempotencyConflict: ``idempotency_key`` was already used with another ``request_hash``.
+        ValueError: ``budget_candidates`` is below 1, ``budget_seconds`` is not positive, or
+            ``strategy`` is not a search strategy.
     """
     if budget_candidates < 1:
         raise ValueError(f"budget_candidates must be at least 1, got {budget_candidates}")
     if budget_seconds is not None and not budget_seconds > 0:
         raise ValueError(f"budget_seconds must be positive, got {budget_seconds}")
     job_id = new_id()
-    stmt = _insert(session)(SearchJob).values(
+    stmt = dialect_insert(session)(SearchJob).values(
         id=job_id, status=JobStatus.QUEUED, space=space, task=task,
         strategy=SearchStrategy(strategy), seed=seed, budget_candidates=budget_candidates,
         budget_seconds=budget_seconds, constraints=dict(constraints or {}),
@@ -308,6 +281,9 @@ def claim_next_job(
     fresh token, ``lease_expires_at = now + lease_seconds`` and ``attempts + 1``. Before choosing,
     it settles abandoned jobs: expired and out of attempts → ``failed`` (the error says so);
     expired with a cancel request → ``cancelled``.
+
+    Raises:
+        ValueError: ``lease_seconds`` is not positive.
     """
     if lease_seconds <= 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
@@ -397,6 +373,9 @@ def heartbeat(engine: Engine, job_id: str, token: str, lease_seconds: float) -> 
     Returns a :class:`LeaseStatus`, false when the lease is lost (the worker must stop writing),
     with ``cancel_requested`` set when a client asked to cancel (the worker should finish the job
     as ``cancelled``). A lease that expired but was not yet claimed by anyone is still held.
+
+    Raises:
+        ValueError: ``lease_seconds`` is not positive.
     """
     if lease_seconds <= 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
@@ -429,7 +408,6 @@ def record_candidate(
 ) -> bool:
     """Store candidate ``index`` of a job; return whether this call stored it.
 
-    Raises :class:`LeaseLost` (and writes nothing) unless ``token`` holds the job's lease.
     Idempotent on ``(job_id, index)``: recording an index that is already stored (a rerun after a
     crash) changes nothing and returns ``False``. In the same transaction the job's
     ``progress_done`` becomes the number of stored candidates and ``best_candidate_id`` the scored
@@ -437,6 +415,11 @@ def record_candidate(
 
     A ``scored`` candidate needs a finite ``score``; ``rejected`` and ``failed`` ones have none
     (``reason`` says why).
+
+    Raises:
+        LeaseLost: ``token`` does not hold the job's lease; nothing is written.
+        ValueError: ``status`` is not a candidate status, ``score`` does not fit ``status``, or
+            ``index`` is outside ``0 .. budget_candidates - 1``; nothing is written.
     """
     status = CandidateStatus(status)
     if status is CandidateStatus.SCORED:
@@ -454,7 +437,7 @@ def record_candidate(
         if not 0 <= index < budget:
             raise ValueError(f"candidate index {index} outside the job's budget 0..{budget - 1}")
         inserted = conn.execute(
-            _insert(conn)(Candidate)
+            dialect_insert(conn)(Candidate)
             .values(id=new_id(), job_id=job_id, index=index, status=status, score=score,
                     architecture_id=architecture_id, reason=reason,
                     num_parameters=num_parameters, flops=flops, seconds=seconds)
@@ -483,7 +466,11 @@ def finish_job(
 ) -> None:
     """End a job the caller holds: ``succeeded``, ``failed`` (with ``error``) or ``cancelled``.
 
-    Clears the lease. Raises :class:`LeaseLost` (and changes nothing) unless ``token`` holds it.
+    Clears the lease.
+
+    Raises:
+        LeaseLost: ``token`` does not hold the job's lease; nothing changes.
+        ValueError: ``status`` is not ``succeeded``, ``failed`` or ``cancelled``.
     """
     status = JobStatus(status)
     if not status.is_final:
@@ -504,7 +491,11 @@ def finish_job(
 def release_job(engine: Engine, job_id: str, token: str) -> None:
     """Give a job back to the queue without counting the attempt (a worker shutting down
     cleanly): it becomes ``queued`` again and any worker can claim it at once, keeping the
-    candidates already recorded. Raises :class:`LeaseLost` unless ``token`` holds the lease."""
+    candidates already recorded.
+
+    Raises:
+        LeaseLost: ``token`` does not hold the job's lease; nothing changes.
+    """
     with writer(engine).begin() as conn:
         released = conn.execute(
             update(SearchJob)
@@ -516,219 +507,3 @@ def release_job(engine: Engine, job_id: str, token: str) -> None:
         if released is None:
             raise LeaseLost(job_id)
         _insert_event(conn, job_id, "released", {"worker": released.lease_owner})
-
-
-# ------------------------------------------------------------------------------------------------
-# Queries (API side)
-# ------------------------------------------------------------------------------------------------
-
-
-def get_job(session: Session, job_id: str) -> SearchJob | None:
-    return session.get(SearchJob, job_id)
-
-
-def queue_depth(session: Session) -> int:
-    """How many jobs wait for a worker (status ``queued``)."""
-    return session.scalar(select(func.count()).select_from(SearchJob)
-                          .where(SearchJob.status == JobStatus.QUEUED)) or 0
-
-
-def job_counts(session: Session) -> dict[JobStatus, int]:
-    """The number of jobs in each status (every status present, zeros included)."""
-    counts = dict.fromkeys(JobStatus, 0)
-    for status, count in session.execute(
-            select(SearchJob.status, func.count()).group_by(SearchJob.status)):
-        counts[JobStatus(status)] = count
-    return counts
-
-
-def list_jobs(
-    session: Session,
-    *,
-    status: JobStatus | str | None = None,
-    limit: int = DEFAULT_PAGE_SIZE,
-    cursor: str | None = None,
-) -> Page[SearchJob]:
-    """Jobs, newest first (``created_at``, then ``id``, descending), optionally of one status.
-
-    ``cursor`` is the ``next_cursor`` of the previous page; a cursor this listing did not produce
-    raises :class:`InvalidCursor`.
-    """
-    _check_limit(limit)
-    query = select(SearchJob)
-    if status is not None:
-        query = query.where(SearchJob.status == JobStatus(status))
-    if cursor is not None:
-        created_text, last_id = _decode_cursor(cursor, "jobs", ("str", "str"))
-        try:
-            created_at = datetime.fromisoformat(created_text)
-        except ValueError:
-            raise InvalidCursor("invalid cursor") from None
-        if created_at.tzinfo is None:
-            raise InvalidCursor("invalid cursor")
-        query = query.where(or_(SearchJob.created_at < created_at,
-                                and_(SearchJob.created_at == created_at,
-                                     SearchJob.id < last_id)))
-    rows = list(session.scalars(
-        query.order_by(SearchJob.created_at.desc(), SearchJob.id.desc()).limit(limit + 1)))
-    items, more = rows[:limit], len(rows) > limit
-    next_cursor = (_encode_cursor("jobs", [items[-1].created_at.isoformat(), items[-1].id])
-                   if more else None)
-    return Page(items, next_cursor)
-
-
-def list_candidates(
-    session: Session,
-    job_id: str,
-    *,
-    order_by: CandidateOrder = "score",
-    limit: int = DEFAULT_PAGE_SIZE,
-    cursor: str | None = None,
-) -> Page[Candidate]:
-    """A job's candidates, by ``"score"`` (best first, unscored last, ties by index) or by
-    ``"index"``. Cursors as in :func:`list_jobs`; a cursor from the other order is invalid."""
-    _check_limit(limit)
-    if order_by not in ("score", "index"):
-        raise ValueError(f"order_by must be 'score' or 'index', got {order_by!r}")
-    listing = f"candidates:{order_by}"
-    query = select(Candidate).where(Candidate.job_id == job_id)
-    if order_by == "index":
-        if cursor is not None:
-            (last_index,) = _decode_cursor(cursor, listing, ("int",))
-            query = query.where(Candidate.index > last_index)
-        query = query.order_by(Candidate.index)
-    else:
-        if cursor is not None:
-            last_score, last_index = _decode_cursor(cursor, listing, ("score", "int"))
-            if last_score is None:
-                query = query.where(Candidate.score.is_(None), Candidate.index > last_index)
-            else:
-                query = query.where(or_(
-                    Candidate.score < last_score,
-                    and_(Candidate.score == last_score, Candidate.index > last_index),
-                    Candidate.score.is_(None)))
-        query = query.order_by(Candidate.score.desc().nulls_last(), Candidate.index)
-    rows = list(session.scalars(query.limit(limit + 1)))
-    items, more = rows[:limit], len(rows) > limit
-    next_cursor = None
-    if more:
-        last = items[-1]
-        key: list[Any] = [last.index] if order_by == "index" else [last.score, last.index]
-        next_cursor = _encode_cursor(listing, key)
-    return Page(items, next_cursor)
-
-
-def list_events(session: Session, job_id: str, *, after_id: int | None = None,
-                limit: int = DEFAULT_PAGE_SIZE) -> list[JobEvent]:
-    """A job's events in the order they happened, those after ``after_id`` (for polling)."""
-    _check_limit(limit)
-    query = select(JobEvent).where(JobEvent.job_id == job_id)
-    if after_id is not None:
-        query = query.where(JobEvent.id > after_id)
-    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
-
-
-def _encode_cursor(listing: str, key: list[Any]) -> str:
-    text = json.dumps({"l": listing, "k": key}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[Any]:
-    """The sort key in ``cursor``, checked against the listing and the kinds of its parts:
-    ``"int"``, ``"str"`` or ``"score"`` (a finite number or null)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
-        data = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, UnicodeError, ValueError, TypeError, AttributeError):
-        raise InvalidCursor("invalid cursor") from None
-    if not isinstance(data, dict) or data.get("l") != listing:
-        raise InvalidCursor("invalid cursor (not from this listing)")
-    key = data.get("k")
-    if not isinstance(key, list) or len(key) != len(kinds):
-        raise InvalidCursor("invalid cursor")
-    decoded: list[Any] = []
-    for value, kind in zip(key, kinds, strict=True):
-        # bool is an int to Python, never a valid key part.
-        if isinstance(value, bool):
-            raise InvalidCursor("invalid cursor")
-        if (kind == "int" and isinstance(value, int) and -2**63 <= value < 2**63
-                # PostgreSQL refuses NUL in text, SQLite would just match nothing.
-                or kind == "str" and isinstance(value, str) and "\x00" not in value):
-            decoded.append(value)
-        elif kind == "score" and (value is None or isinstance(value, (int, float))
-                                  and math.isfinite(value)):
-            decoded.append(None if value is None else float(value))
-        else:
-            raise InvalidCursor("invalid cursor")
-    return decoded
-
-
-# ------------------------------------------------------------------------------------------------
-# Architectures and checkpoints
-# ------------------------------------------------------------------------------------------------
-
-
-def get_architecture_by_hash(session: Session, content_hash: str, task: str,
-                             ghn_version: str) -> Architecture | None:
-    """The architecture cached for the graph ``content_hash`` on ``task``, as scored by the GHN
-    ``ghn_version``; ``None`` when that GHN has not scored it."""
-    return session.scalars(select(Architecture).where(
-        Architecture.content_hash == content_hash, Architecture.task == task,
-        Architecture.ghn_version == ghn_version)).one_or_none()
-
-
-def get_architecture(session: Session, architecture_id: str) -> Architecture | None:
-    return session.get(Architecture, architecture_id)
-
-
-def save_architecture(
-    session: Session,
-    *,
-    content_hash: str,
-    task: str,
-    ghn_version: str,
-    graph: str | Mapping[str, Any],
-    num_parameters: int,
-    flops: int,
-    name: str | None = None,
-    scores: Mapping[str, Any] | None = None,
-    checkpoint_id: str | None = None,
-    timings: Mapping[str, Any] | None = None,
-) -> tuple[Architecture, bool]:
-    """Insert-or-get on ``(content_hash, task, ghn_version)``; return ``(architecture, created)``.
-
-    Under concurrency exactly one caller creates the row; the others get it back unchanged (the
-    first scores stored win). ``graph`` is the ``nas-graph/1`` document or its JSON text.
-    """
-    graph_text = graph if isinstance(graph, str) else json.dumps(graph, separators=(",", ":"))
-    inserted = session.execute(
-        _insert(session)(Architecture)
-        .values(id=new_id(), content_hash=content_hash, task=task, graph=graph_text, name=name,
-                num_parameters=num_parameters, flops=flops, scores=dict(scores or {}),
-                ghn_version=ghn_version, checkpoint_id=checkpoint_id,
-                timings=dict(timings or {}))
-        .on_conflict_do_nothing(index_elements=[Architecture.content_hash, Architecture.task,
-                                                Architecture.ghn_version])
-        .returning(Architecture.id)
-    ).first()
-    architecture = get_architecture_by_hash(session, content_hash, task, ghn_version)
-    assert architecture is not None
-    return architecture, inserted is not None
-
-
-def get_checkpoint(session: Session, sha256: str) -> Checkpoint | None:
-    return session.get(Checkpoint, sha256)
-
-
-def save_checkpoint(session: Session, *, sha256: str, path: str,
-                    size_bytes: int) -> tuple[Checkpoint, bool]:
-    """Insert-or-get a checkpoint file named by its content hash; return ``(row, created)``."""
-    inserted = session.execute(
-        _insert(session)(Checkpoint)
-        .values(id=sha256, path=path, size_bytes=size_bytes)
-        .on_conflict_do_nothing(index_elements=[Checkpoint.id])
-        .returning(Checkpoint.id)
-    ).first()
-    checkpoint = session.get(Checkpoint, sha256)
-    assert checkpoint is not None
-    return checkpoint, inserted is not None

@@ -7,7 +7,7 @@ Guarantees:
 
 - an architecture already stored for ``(content hash, task, GHN version)`` is returned as it is,
   without running the GHN (the first stored score wins, see
-  :func:`nas_service.db.queue.save_architecture`); a GHN of another version scores it anew;
+  :func:`nas_service.db.catalog.save_architecture`); a GHN of another version scores it anew;
 - graphs repeated within one call are scored once;
 - a stored architecture always has its checkpoint: the file is written (atomically) before the
   ``checkpoints`` and ``architectures`` rows, which are written in one transaction;
@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from nas_service.data import TaskSpec
-from nas_service.db import Architecture, Checkpoint, queue, read_session, write_session
+from nas_service.db import Architecture, Checkpoint, catalog, read_session, write_session
 from nas_service.graph import ArchitectureGraph
 from nas_service.scoring import ArchitectureScorer, ScoredGraph
 
@@ -49,7 +49,7 @@ def find_stored_architecture(session: Session, graph: ArchitectureGraph, task: s
                              ghn_version: str) -> Architecture | None:
     """The architecture the GHN ``ghn_version`` stored for ``graph`` on ``task``, if any: the
     cache lookup, by content hash."""
-    return queue.get_architecture_by_hash(session, graph.content_hash(), task, ghn_version)
+    return catalog.get_architecture_by_hash(session, graph.content_hash(), task, ghn_version)
 
 
 def evaluate_architectures(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
@@ -108,18 +108,18 @@ def _store(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
         graph, task=task, scores=scores, ghn_version=scorer.ghn_version))
     timings = {**extra_timings, **result.timings}
     with write_session(engine) as session:
-        checkpoint, _ = queue.save_checkpoint(session, sha256=stored.sha256,
-                                              path=stored.relative_path,
-                                              size_bytes=stored.size_bytes)
+        checkpoint, _ = catalog.save_checkpoint(session, sha256=stored.sha256,
+                                                path=stored.relative_path,
+                                                size_bytes=stored.size_bytes)
         timings["store"] = time.perf_counter() - started
-        architecture, created = queue.save_architecture(
+        architecture, created = catalog.save_architecture(
             session, content_hash=graph.content_hash(), task=task, graph=graph.to_json(),
             name=_storable_name(graph.name), num_parameters=graph.num_parameters,
             flops=graph.flops, scores=scores, ghn_version=scorer.ghn_version,
             checkpoint_id=stored.sha256, timings=timings)
         if architecture.checkpoint_id != checkpoint.id:
             # Another process stored this architecture first, with its own checkpoint.
-            checkpoint = (queue.get_checkpoint(session, architecture.checkpoint_id)
+            checkpoint = (catalog.get_checkpoint(session, architecture.checkpoint_id)
                           if architecture.checkpoint_id else None)
     return Evaluation(graph, architecture, created, None, sum(result.timings.values()),
                       checkpoint)

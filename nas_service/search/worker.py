@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from nas_service.data import DatasetError, TaskSpec
-from nas_service.db import LeaseLost, queue, read_session, write_session
+from nas_service.db import LeaseLost, listings, queue, read_session, write_session
 from nas_service.db.queue import ClaimedJob, LeaseStatus
 from nas_service.scoring import ArchitectureScorer, TaskNotSupported, ranking_value
 from nas_service.spaces import SearchSpaceError
@@ -266,8 +266,8 @@ class Worker:
         cursor = None
         with read_session(self.engine) as session:
             while True:
-                page = queue.list_candidates(session, job_id, order_by="index",
-                                             limit=queue.MAX_PAGE_SIZE, cursor=cursor)
+                page = listings.list_candidates(session, job_id, order_by="index",
+                                                limit=listings.MAX_PAGE_SIZE, cursor=cursor)
                 for c in page.items:
                     history[c.index] = Outcome(c.status.value, c.score)
                 if page.next_cursor is None:

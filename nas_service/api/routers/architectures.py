@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from nas_service.data import DatasetError, TaskSpec
-from nas_service.db import Architecture, queue, read_session
+from nas_service.db import Architecture, catalog, read_session
 from nas_service.ghn import UnsupportedArchitectureError
 from nas_service.graph import ArchitectureGraph, GraphLimits, GraphValidationError
 from nas_service.scoring import TaskNotSupported
@@ -84,7 +84,7 @@ def _cached(service: ServiceState, graph: ArchitectureGraph,
 
 
 def _view(session: Session, architecture: Architecture) -> ArchitectureResponse:
-    checkpoint = (queue.get_checkpoint(session, architecture.checkpoint_id)
+    checkpoint = (catalog.get_checkpoint(session, architecture.checkpoint_id)
                   if architecture.checkpoint_id else None)
     return architecture_view(architecture, checkpoint)
 
@@ -167,7 +167,7 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
             responses={200: {"description": "the stored architecture", "links": _LINKS},
                        **problem_responses(404)})
 def get_architecture(architecture_id: str, session: ReadSessionDep) -> ArchitectureResponse:
-    architecture = queue.get_architecture(session, require_id("architecture", architecture_id))
+    architecture = catalog.get_architecture(session, require_id("architecture", architecture_id))
     if architecture is None:
         raise not_found("architecture", architecture_id)
     return _view(session, architecture)
@@ -184,7 +184,7 @@ def get_architecture_checkpoint(
     architecture_id: str, request: Request, session: ReadSessionDep, service: ServiceDep,
     if_none_match: Annotated[str | None, Header(max_length=4096)] = None,
 ) -> Response:
-    architecture = queue.get_architecture(session, require_id("architecture", architecture_id))
+    architecture = catalog.get_architecture(session, require_id("architecture", architecture_id))
     if architecture is None:
         raise not_found("architecture", architecture_id)
     return checkpoint_response(session, service, architecture, if_none_match,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from nas_service.db import Candidate, queue
+from nas_service.db import Candidate, catalog
 
 from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, not_found, problem_responses, require_id
@@ -45,7 +45,7 @@ def get_candidate_checkpoint(
     candidate = session.get(Candidate, require_id("candidate", candidate_id))
     if candidate is None:
         raise not_found("candidate", candidate_id)
-    architecture = (queue.get_architecture(session, candidate.architecture_id)
+    architecture = (catalog.get_architecture(session, candidate.architecture_id)
                     if candidate.architecture_id else None)
     if architecture is None:
         raise Problem(404, f"candidate {candidate_id} was {candidate.status.value}, not scored: "

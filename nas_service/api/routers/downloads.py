@@ -7,7 +7,7 @@ from fastapi import Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from nas_service.db import Architecture, queue
+from nas_service.db import Architecture, catalog
 
 from ..deps import ServiceState
 from ..errors import Problem
@@ -41,7 +41,7 @@ def checkpoint_response(session: Session, service: ServiceState, architecture: A
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    row = queue.get_checkpoint(session, architecture.checkpoint_id)
+    row = catalog.get_checkpoint(session, architecture.checkpoint_id)
     path = service.store.resolve(row.path) if row is not None else None
     if path is None:
         raise Problem(404, f"the checkpoint file of architecture {architecture.id} is missing "

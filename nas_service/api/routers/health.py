@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from nas_service.db import SchemaError, migrate, queue, read_session
+from nas_service.db import SchemaError, listings, migrate, read_session
 
 from ..deps import ServiceDep
 from ..errors import PROBLEM_MEDIA_TYPE, Problem
@@ -55,8 +55,8 @@ def metrics(service: ServiceDep) -> PlainTextResponse:
     m = service.metrics
     try:
         with read_session(service.engine) as session:
-            depth = queue.queue_depth(session)
-            counts = queue.job_counts(session)
+            depth = listings.queue_depth(session)
+            counts = listings.job_counts(session)
         m.queue_depth.set(depth)
         for status, count in counts.items():
             m.jobs.set(count, status=status.value)

@@ -8,7 +8,14 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import DataError
 
-from nas_service.db import IdempotencyConflict, InvalidCursor, JobStatus, queue, write_session
+from nas_service.db import (
+    IdempotencyConflict,
+    InvalidCursor,
+    JobStatus,
+    listings,
+    queue,
+    write_session,
+)
 from nas_service.scoring import TaskNotSupported
 
 from ..deps import ReadSessionDep, ServiceDep
@@ -27,7 +34,7 @@ router = APIRouter(prefix="/search-jobs", tags=["search jobs"])
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII: what a client can put in a header
 
-Limit = Annotated[int, Query(ge=1, le=queue.MAX_PAGE_SIZE,
+Limit = Annotated[int, Query(ge=1, le=listings.MAX_PAGE_SIZE,
                              description="items per page (1 to 500)")]
 Cursor = Annotated[str | None, Query(max_length=2048,
                                      description="next_cursor of the previous page")]
@@ -105,12 +112,12 @@ def create_search_job(
 @router.get("", response_model=SearchJobPage, responses=problem_responses(400, 422))
 def list_search_jobs(request: Request, session: ReadSessionDep,
                      status: Annotated[JobStatusName | None, Query()] = None,
-                     limit: Limit = queue.DEFAULT_PAGE_SIZE,
+                     limit: Limit = listings.DEFAULT_PAGE_SIZE,
                      cursor: Cursor = None) -> SearchJobPage:
     """Jobs, newest first, optionally of one status; page with ``next_cursor``."""
     try:
-        page = queue.list_jobs(session, status=JobStatus(status) if status else None,
-                               limit=limit, cursor=cursor)
+        page = listings.list_jobs(session, status=JobStatus(status) if status else None,
+                                  limit=limit, cursor=cursor)
     except InvalidCursor as e:
         raise _bad_cursor(e) from None
     except DataError:  # a cursor whose key the database cannot compare (PostgreSQL and NUL)
@@ -129,7 +136,7 @@ def list_search_jobs(request: Request, session: ReadSessionDep,
                 **problem_responses(404)})
 def get_search_job(job_id: str, session: ReadSessionDep) -> SearchJobResponse:
     """Status, progress, rate, best candidate so far, timings and error."""
-    job = queue.get_job(session, require_id("search job", job_id))
+    job = listings.get_job(session, require_id("search job", job_id))
     if job is None:
         raise not_found("search job", job_id)
     return job_view(job, best_candidates(session, [job]).get(job.best_candidate_id or ""))
@@ -141,15 +148,15 @@ def get_search_job(job_id: str, session: ReadSessionDep) -> SearchJobResponse:
                 **problem_responses(400, 404, 422)})
 def list_job_candidates(
     job_id: str, request: Request, session: ReadSessionDep,
-    order_by: Annotated[queue.CandidateOrder, Query(
+    order_by: Annotated[listings.CandidateOrder, Query(
         description="score: best first, unscored last; index: in order")] = "score",
-    limit: Limit = queue.DEFAULT_PAGE_SIZE, cursor: Cursor = None,
+    limit: Limit = listings.DEFAULT_PAGE_SIZE, cursor: Cursor = None,
 ) -> CandidatePage:
-    if queue.get_job(session, require_id("search job", job_id)) is None:
+    if listings.get_job(session, require_id("search job", job_id)) is None:
         raise not_found("search job", job_id)
     try:
-        page = queue.list_candidates(session, job_id, order_by=order_by, limit=limit,
-                                     cursor=cursor)
+        page = listings.list_candidates(session, job_id, order_by=order_by, limit=limit,
+                                        cursor=cursor)
     except InvalidCursor as e:
         raise _bad_cursor(e) from None
     except DataError:

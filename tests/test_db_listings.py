@@ -1,5 +1,5 @@
-"""The queries the API makes: cursor pagination, architectures and checkpoints, events and time.
-Each test body runs on SQLite and PostgreSQL."""
+"""Reading jobs, candidates and events: cursor pagination, event polling, and times. Each test body
+runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from nas_service.db import (
     InvalidCursor,
     JobStatus,
     SearchJob,
+    listings,
     queue,
     read_session,
     write_session,
@@ -60,7 +61,7 @@ def test_candidates_by_score_page_through_everything_once_best_first(engine: Eng
 
     with read_session(engine) as session:
         items, pages = _all_pages(
-            lambda **kw: queue.list_candidates(session, job_id, order_by="score", **kw), 4)
+            lambda **kw: listings.list_candidates(session, job_id, order_by="score", **kw), 4)
 
     assert pages == 6
     keys = [(c.score, c.index) for c in items]
@@ -76,7 +77,7 @@ def test_candidates_by_index_page_through_everything_in_order(engine: Engine,
 
     with read_session(engine) as session:
         items, pages = _all_pages(
-            lambda **kw: queue.list_candidates(session, job_id, order_by="index", **kw), limit)
+            lambda **kw: listings.list_candidates(session, job_id, order_by="index", **kw), limit)
 
     assert [c.index for c in items] == list(range(len(SCORES)))
     assert pages == max(1, -(-len(SCORES) // limit))
@@ -95,9 +96,9 @@ def test_jobs_page_newest_first_and_filter_by_status(engine: Engine) -> None:
     assert claimed is not None
 
     with read_session(engine) as session:
-        everything, _ = _all_pages(lambda **kw: queue.list_jobs(session, **kw), 2)
-        queued, _ = _all_pages(lambda **kw: queue.list_jobs(session, status="queued", **kw), 2)
-        running = queue.list_jobs(session, status=JobStatus.RUNNING).items
+        everything, _ = _all_pages(lambda **kw: listings.list_jobs(session, **kw), 2)
+        queued, _ = _all_pages(lambda **kw: listings.list_jobs(session, status="queued", **kw), 2)
+        running = listings.list_jobs(session, status=JobStatus.RUNNING).items
 
     order = [(j.created_at, j.id) for j in everything]
     assert order == sorted(order, reverse=True)
@@ -119,12 +120,12 @@ def test_a_cursor_survives_rows_added_between_pages(engine: Engine) -> None:
     for index, score in enumerate([0.5, 0.4, 0.3, 0.2]):
         record(index, score)
     with read_session(engine) as session:
-        first = queue.list_candidates(session, job_id, order_by="score", limit=2)
+        first = listings.list_candidates(session, job_id, order_by="score", limit=2)
     record(4, 0.6)  # sorts before the cursor: not seen on later pages
     record(5, 0.25)  # sorts after it: seen
     with read_session(engine) as session:
-        rest = queue.list_candidates(session, job_id, order_by="score", limit=10,
-                                     cursor=first.next_cursor)
+        rest = listings.list_candidates(session, job_id, order_by="score", limit=10,
+                                        cursor=first.next_cursor)
 
     assert [c.score for c in first.items] == [0.5, 0.4]
     assert [c.score for c in rest.items] == [0.3, 0.25, 0.2]
@@ -148,7 +149,7 @@ GARBAGE_CURSORS = [
 def test_garbage_cursors_are_refused(engine: Engine, cursor: str) -> None:
     job_id = _job_with_candidates(engine, [0.1])
     with read_session(engine) as session, pytest.raises(InvalidCursor):
-        queue.list_candidates(session, job_id, order_by="index", cursor=cursor)
+        listings.list_candidates(session, job_id, order_by="index", cursor=cursor)
 
 
 @pytest.mark.parametrize("cursor", [
@@ -161,81 +162,19 @@ def test_garbage_job_and_score_cursors_are_refused(engine: Engine, cursor: str) 
     job_id = _job_with_candidates(engine, [0.1])
     with read_session(engine) as session, pytest.raises(InvalidCursor):
         if '"jobs"' in base64.urlsafe_b64decode(cursor + "==").decode():
-            queue.list_jobs(session, cursor=cursor)
+            listings.list_jobs(session, cursor=cursor)
         else:
-            queue.list_candidates(session, job_id, order_by="score", cursor=cursor)
+            listings.list_candidates(session, job_id, order_by="score", cursor=cursor)
 
 
 def test_page_sizes_are_bounded(engine: Engine) -> None:
     with read_session(engine) as session:
-        for limit in (0, queue.MAX_PAGE_SIZE + 1):
+        for limit in (0, listings.MAX_PAGE_SIZE + 1):
             with pytest.raises(ValueError):
-                queue.list_jobs(session, limit=limit)
+                listings.list_jobs(session, limit=limit)
 
 
-# ---- architectures, checkpoints, events --------------------------------------------------------
-
-GRAPH = {"format": "nas-graph/1", "nodes": [{"id": "x", "op": "input", "inputs": [],
-                                              "shape": [4]}]}
-
-
-def test_save_architecture_is_insert_or_get_per_hash_task_and_ghn(engine: Engine) -> None:
-    with write_session(engine) as session:
-        checkpoint, created = queue.save_checkpoint(session, sha256="c" * 64,
-                                                    path="/data/checkpoints/c.safetensors",
-                                                    size_bytes=1234)
-        assert created
-        first, created = queue.save_architecture(
-            session, content_hash="h" * 64, task="mnist", graph=GRAPH, num_parameters=10**10,
-            flops=3 * 10**10, name="tiny", scores={"surrogate_accuracy": 0.61},
-            ghn_version="ghn-1", checkpoint_id=checkpoint.id, timings={"predict": 0.1})
-        assert created
-    with write_session(engine) as session:
-        again, created_again = queue.save_architecture(
-            session, content_hash="h" * 64, task="mnist", ghn_version="ghn-1", graph=GRAPH,
-            num_parameters=1, flops=1, scores={"surrogate_accuracy": 0.99})
-        other_task, created_other = queue.save_architecture(
-            session, content_hash="h" * 64, task="cifar10", ghn_version="ghn-1",
-            graph=json.dumps(GRAPH), num_parameters=1, flops=1)
-        other_ghn, created_other_ghn = queue.save_architecture(
-            session, content_hash="h" * 64, task="mnist", ghn_version="ghn-2", graph=GRAPH,
-            num_parameters=1, flops=1, scores={"surrogate_accuracy": 0.7})
-        assert queue.save_checkpoint(session, sha256="c" * 64, path="elsewhere",
-                                     size_bytes=1)[1] is False
-
-    assert not created_again and again.id == first.id
-    assert again.scores == {"surrogate_accuracy": 0.61}  # the first stored scores win
-    assert created_other and other_task.id != first.id
-    # Another GHN's score is its own row: the cache never answers with a stale GHN's score.
-    assert created_other_ghn and other_ghn.id not in (first.id, other_task.id)
-    with read_session(engine) as session:
-        found = queue.get_architecture_by_hash(session, "h" * 64, "mnist", "ghn-1")
-        assert found is not None and found.id == first.id
-        by_ghn_2 = queue.get_architecture_by_hash(session, "h" * 64, "mnist", "ghn-2")
-        assert by_ghn_2 is not None and by_ghn_2.scores == {"surrogate_accuracy": 0.7}
-        assert queue.get_architecture_by_hash(session, "h" * 64, "mnist", "ghn-3") is None
-        assert json.loads(found.graph) == GRAPH
-        assert found.num_parameters == 10**10  # BigInteger
-        assert found.checkpoint_id == "c" * 64 and found.timings == {"predict": 0.1}
-        assert queue.get_architecture_by_hash(session, "h" * 64, "fashion-mnist",
-                                              "ghn-1") is None
-        stored = queue.get_checkpoint(session, "c" * 64)
-        assert stored is not None and stored.path.endswith("c.safetensors")
-
-
-def test_candidates_link_to_their_architecture(engine: Engine) -> None:
-    (job_id,) = _create_jobs(engine, 1)
-    claimed = queue.claim_next_job(engine, "w", 30.0)
-    assert claimed is not None
-    with write_session(engine) as session:
-        arch, _ = queue.save_architecture(session, content_hash="a" * 64, task="mnist",
-                                          ghn_version="ghn-1", graph=GRAPH, num_parameters=5,
-                                          flops=7)
-    queue.record_candidate(engine, job_id, claimed.lease_token, 0, status="scored", score=0.3,
-                           architecture_id=arch.id)
-    with read_session(engine) as session:
-        (candidate,) = queue.list_candidates(session, job_id).items
-    assert candidate.architecture_id == arch.id
+# ---- events and time -----------------------------------------------------------------------------
 
 
 def test_events_are_listed_in_order_and_can_be_polled(engine: Engine) -> None:
@@ -246,8 +185,8 @@ def test_events_are_listed_in_order_and_can_be_polled(engine: Engine) -> None:
     assert claimed is not None
 
     with read_session(engine) as session:
-        events = queue.list_events(session, job_id)
-        later = queue.list_events(session, job_id, after_id=events[1].id)
+        events = listings.list_events(session, job_id)
+        later = listings.list_events(session, job_id, after_id=events[1].id)
     assert [e.kind for e in events] == ["queued", "note", "claimed"]
     assert events[1].data == {"message": "hello"}
     assert events[2].data == {"worker": "w", "attempt": 1}
@@ -258,7 +197,7 @@ def test_events_are_listed_in_order_and_can_be_polled(engine: Engine) -> None:
 def test_times_come_back_aware_utc_and_naive_times_are_refused(engine: Engine) -> None:
     (job_id,) = _create_jobs(engine, 1)
     with read_session(engine) as session:
-        job = queue.get_job(session, job_id)
+        job = listings.get_job(session, job_id)
         assert job is not None
     assert job.created_at.tzinfo is timezone.utc
     assert abs(job.created_at - datetime.now(timezone.utc)) < timedelta(minutes=5)
@@ -268,7 +207,7 @@ def test_times_come_back_aware_utc_and_naive_times_are_refused(engine: Engine) -
     with engine.begin() as conn:
         conn.execute(update(SearchJob).where(SearchJob.id == job_id).values(finished_at=moment))
     with read_session(engine) as session:
-        stored = queue.get_job(session, job_id)
+        stored = listings.get_job(session, job_id)
         assert stored is not None
     assert stored.finished_at == moment
     assert stored.finished_at is not None and stored.finished_at.tzinfo is timezone.utc
