@@ -18,7 +18,7 @@ from service_support import (  # noqa: E402
     requires_fashion_mnist,
 )
 
-from nas_service.cli import main  # noqa: E402
+from nas_service.commands import main  # noqa: E402
 from nas_service.db import queue, read_session, write_session  # noqa: E402
 from nas_service.search import ArchitectureScorer, CheckpointStore, Worker  # noqa: E402
 from nas_service.search.scoring import file_sha256, ranking_value  # noqa: E402
