@@ -2,7 +2,7 @@
 
 import sys
 
-from nas_service.cli import main
+from nas_service.commands import main
 
 # Guarded: worker processes started with "spawn" (GHN training) import this module again.
 if __name__ == "__main__":

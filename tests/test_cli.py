@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nas_service import GraphBuilder, __version__
-from nas_service.cli import COMMANDS, main
+from nas_service.commands import COMMANDS, main
 
 REPO = Path(__file__).resolve().parent.parent
 

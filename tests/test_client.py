@@ -225,7 +225,7 @@ def test_a_search_finishes_and_lists_its_candidates_best_first(
     assert [c.index for c in nas.candidates(job, order="index")] == list(range(6))
 
     # Pages of two: the same list, assembled by following next_cursor.
-    monkeypatch.setattr("nas_service.client.PAGE_LIMIT", 2)
+    monkeypatch.setattr("nas_service.client.connection.PAGE_LIMIT", 2)
     assert [c.id for c in nas.candidates(job)] == [c.id for c in every]
     assert [c.id for c in nas.candidates(job, top=5)] == [c.id for c in every[:5]]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from nas_service.cli import build_parser
+from nas_service.commands import build_parser
 from nas_service.settings import Settings
 
 yaml = pytest.importorskip("yaml")

@@ -68,7 +68,7 @@ def test_serve_scores_an_architecture_and_runs_a_search(tmp_path, tiny_ghn_path)
 
 
 def test_serve_without_its_ghn_fails_with_a_hint(tmp_path, monkeypatch, capsys) -> None:
-    from nas_service.cli import main
+    from nas_service.commands import main
     from nas_service.settings import get_settings
 
     isolated_settings(monkeypatch, NAS_DATA_DIR=str(tmp_path),
@@ -89,7 +89,7 @@ def test_a_broken_ranking_head_stops_start_up_with_its_path(tmp_path, tiny_ghn_p
                                                              capsys, command) -> None:
     import shutil
 
-    from nas_service.cli import main
+    from nas_service.commands import main
     from nas_service.scoring.ranking_head import head_path_for
     from nas_service.settings import get_settings
 

@@ -18,7 +18,7 @@ from service_support import (  # noqa: E402
     requires_fashion_mnist,
 )
 
-from nas_service.cli import main  # noqa: E402
+from nas_service.commands import main  # noqa: E402
 from nas_service.db import catalog, listings, queue, read_session, write_session  # noqa: E402
 from nas_service.scoring import ArchitectureScorer  # noqa: E402
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402

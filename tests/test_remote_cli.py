@@ -24,9 +24,9 @@ from service_support import (  # noqa: E402
 )
 
 from nas_service import from_module  # noqa: E402
-from nas_service.cli import main  # noqa: E402
 from nas_service.client import Client  # noqa: E402
-from nas_service.remote_cli import load_python_model  # noqa: E402
+from nas_service.commands import main  # noqa: E402
+from nas_service.commands.remote import load_python_model  # noqa: E402
 
 pytest_plugins = ("service_support", "remote_support")
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]

@@ -75,7 +75,7 @@ def test_sigterm_releases_the_job_and_exits_cleanly(tmp_path, tiny_ghn_path) -> 
 
 def test_worker_once_returns_at_once_on_an_empty_queue(tmp_path, tiny_ghn_path,
                                                        monkeypatch) -> None:
-    from nas_service.cli import main
+    from nas_service.commands import main
     from nas_service.settings import get_settings
 
     isolated_settings(monkeypatch, NAS_DATA_DIR=str(tmp_path), NAS_GHN_PATH=str(tiny_ghn_path),

@@ -1,12 +1,10 @@
-"""The ``nas-service`` commands that talk to a running service over HTTP, through
-:class:`nas_service.client.Client`: ``predict``, ``search``, ``jobs``, ``cancel``, ``download``.
+"""``nas-service predict | search | jobs | cancel | download``: the commands that talk to a
+running service over HTTP, through :class:`nas_service.client.Client`.
 
 They work the same against ``nas-service serve`` on this machine and a remote deployment:
 ``--url`` (default ``$NAS_URL``, else ``http://127.0.0.1:8000``) and ``--api-key`` (default
-``$NAS_API_KEY``). :func:`add_remote_commands` registers them with the parser of
-:mod:`nas_service.cli`, so exit statuses follow its rules: 0 success, 1 the command failed, 2 a
-usage error, 130 interrupted. An error answer from the service is printed as its problem
-(status, title, detail, and each located error) on stderr, never as a traceback.
+``$NAS_API_KEY``). An error answer from the service is printed as its problem (status, title,
+detail, and each located error) on stderr, exit status 1, never as a traceback.
 
 ``predict FILE`` takes a ``nas-graph/1`` JSON file, or a Python file that defines the network
 (see :func:`load_python_model` for the convention).
@@ -15,33 +13,33 @@ usage error, 130 interrupted. An error answer from the service is printed as its
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nas_service.cli import PROG, STDIN, AddParser, CommandError, _positive_int, _read_input, _shape
+from nas_service.commands.arguments import (
+    STDIN,
+    AddParser,
+    positive_int,
+    read_input,
+    sample_shape,
+)
+from nas_service.commands.errors import CommandError, print_error, reports_client_errors
+from nas_service.commands.output import PROG, print_json, print_stderr, table
 
 if TYPE_CHECKING:
     import torch
 
     from nas_service.client import Architecture, Candidate, Client, Job
 
-Handler = Callable[[argparse.Namespace], int]
-
 MODEL_NAMES = ("model", "build")
 """What ``predict`` looks for in a Python file, in this order."""
 
 
-def _err(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 # ------------------------------------------------------------------------------------------------
-# Shared: connection options, error reporting, tables
+# Shared by these commands: connection options, number formats
 # ------------------------------------------------------------------------------------------------
 
 
@@ -69,48 +67,6 @@ def _client(args: argparse.Namespace) -> Client:
         raise CommandError(str(e)) from None
 
 
-def _reports_client_errors(handler: Handler) -> Handler:
-    """Turns the client's exceptions into messages on stderr and exit status 1: an API error as
-    its problem (``status title: detail`` and one line per located error), anything else (the
-    service unreachable, a corrupt download, a wait timeout) as one line."""
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        from nas_service.client import ApiError, ClientError
-
-        try:
-            return handler(args)
-        except ApiError as e:
-            lines = str(e).splitlines()
-            _err(f"{PROG}: error: {lines[0]}")
-            for line in lines[1:]:
-                _err(line)
-            if e.slug == "unauthorized":
-                _err("  (pass --api-key or set NAS_API_KEY)")
-            return 1
-        except ClientError as e:
-            raise CommandError(str(e)) from None
-
-    return run
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-           right: Sequence[int] = ()) -> str:
-    """A plain text table; columns whose index is in ``right`` are right-aligned."""
-    cells = [[str(h) for h in headers]] + [[("-" if v is None else str(v)) for v in r]
-                                            for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        parts = [v.rjust(w) if i in right else v.ljust(w)
-                 for i, (v, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False))
-
-
 def _score(value: float | None) -> str | None:
     return None if value is None else f"{value:.4f}"
 
@@ -124,7 +80,7 @@ def _count(value: int | None) -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _add_predict(add_parser: AddParser) -> None:
+def add_predict(add_parser: AddParser) -> None:
     p = add_parser(
         "predict", help="score an architecture on a running service",
         description="Send one architecture to the service (POST /v1/architectures) and print "
@@ -139,7 +95,7 @@ def _add_predict(add_parser: AddParser) -> None:
     p.add_argument("--space", default=None, help="score the architecture of a search space...")
     p.add_argument("--seed", type=int, default=None, help="...with this seed")
     p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
-    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+    p.add_argument("--input-shape", type=sample_shape, default=None, metavar="C,H,W",
                    help="for a Python file: the sample shape to trace the module with "
                         "(default: its `input_shape`, else the task's)")
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
@@ -214,7 +170,7 @@ def _predict_source(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | No
         return module, args.input_shape or shape
     if args.input_shape is not None:
         raise CommandError("--input-shape is for Python files; a graph has its own input shape")
-    data = _read_input(args.file)
+    data = read_input(args.file)
     try:
         doc = json.loads(data)
     except ValueError as e:
@@ -250,7 +206,7 @@ def _architecture_lines(result: Architecture, base_url: str) -> list[str]:
     return [f"{k:<13}{v}" for k, v in rows]
 
 
-@_reports_client_errors
+@reports_client_errors
 def _predict(args: argparse.Namespace) -> int:
     from nas_service.graph import GraphValidationError, UnsupportedModuleError
 
@@ -266,7 +222,7 @@ def _predict(args: argparse.Namespace) -> int:
         except ValueError as e:  # an unknown task when looking up its input shape
             raise CommandError(str(e)) from None
         if args.json:
-            _print_json(result.to_dict())
+            print_json(result.to_dict())
         else:
             print("\n".join(_architecture_lines(result, client.base_url)))
     return 0
@@ -277,19 +233,19 @@ def _predict(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _add_search(add_parser: AddParser) -> None:
+def add_search(add_parser: AddParser) -> None:
     p = add_parser(
         "search", help="queue a search job on a running service (and wait for it)",
         description="Queue a search job (POST /v1/search-jobs). The job id is printed on "
                     "stdout at once; with --wait, a progress bar follows it on stderr and the "
                     "best candidates are printed when it finishes.")
     p.add_argument("--space", default="cells", help="search space (default: %(default)s)")
-    p.add_argument("--budget", type=_positive_int, required=True, metavar="N",
+    p.add_argument("--budget", type=positive_int, required=True, metavar="N",
                    help="candidates to evaluate")
     p.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (counted from the worker's claim)")
-    p.add_argument("--max-parameters", type=_positive_int, default=None, metavar="N")
-    p.add_argument("--max-flops", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-parameters", type=positive_int, default=None, metavar="N")
+    p.add_argument("--max-flops", type=positive_int, default=None, metavar="N",
                    help="multiply-accumulates per sample")
     p.add_argument("--strategy", choices=["random", "evolution"], default="random")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
@@ -302,7 +258,7 @@ def _add_search(add_parser: AddParser) -> None:
                    help="seconds between status requests while waiting (default: %(default)s)")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
                    help="give up waiting after this long (the job keeps running)")
-    p.add_argument("--top", type=_positive_int, default=5,
+    p.add_argument("--top", type=positive_int, default=5,
                    help="best candidates to print when finished (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_connection(p)
@@ -317,7 +273,7 @@ def _candidate_table(candidates: Sequence[Candidate]) -> str:
         headers.append("reason")
         for row, c in zip(rows, candidates, strict=True):
             row.append(c.reason or "")
-    return _table(headers, rows, right=(0, 1, 3, 4, 5))
+    return table(headers, rows, right=(0, 1, 3, 4, 5))
 
 
 def _job_lines(job: Job) -> list[str]:
@@ -345,11 +301,11 @@ def _job_lines(job: Job) -> list[str]:
 def _finished_status(job: Job) -> int:
     if job.status == "succeeded":
         return 0
-    _err(f"{PROG}: error: job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+    print_error(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     return 1
 
 
-@_reports_client_errors
+@reports_client_errors
 def _search(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.submit_search(
@@ -358,10 +314,10 @@ def _search(args: argparse.Namespace) -> int:
             seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key)
         if not args.wait:
             if args.json:
-                _print_json(job.to_dict())
+                print_json(job.to_dict())
             else:
                 print(job.id)
-                _err(f"job {job.id} {job.status}: {job.space}, {job.strategy}, seed {job.seed}, "
+                print_stderr(f"job {job.id} {job.status}: {job.space}, {job.strategy}, seed {job.seed}, "
                      f"{job.budget.candidates:,} candidates; follow it with "
                      f"`{PROG} jobs {job.id}`")
             return 0
@@ -371,12 +327,12 @@ def _search(args: argparse.Namespace) -> int:
             job = client.wait(job, progress=not args.no_progress, poll=args.poll,
                               timeout=args.wait_timeout)
         except KeyboardInterrupt:
-            _err(f"stopped waiting; job {job.id} goes on running on the service "
+            print_stderr(f"stopped waiting; job {job.id} goes on running on the service "
                  f"(`{PROG} cancel {job.id}` stops it)")
             return 130
         best = client.candidates(job, top=args.top) if job.progress.done else []
         if args.json:
-            _print_json({"job": job.to_dict(), "candidates": [c.to_dict() for c in best]})
+            print_json({"job": job.to_dict(), "candidates": [c.to_dict() for c in best]})
         else:
             print("\n".join(_job_lines(job)))
             if best:
@@ -385,16 +341,16 @@ def _search(args: argparse.Namespace) -> int:
     return _finished_status(job)
 
 
-def _add_jobs(add_parser: AddParser) -> None:
+def add_jobs(add_parser: AddParser) -> None:
     p = add_parser("jobs", help="list search jobs, or show one with its best candidates",
                    description="Without JOB: a table of jobs, newest first. With JOB: its "
                                "status, progress and best candidates.")
     p.add_argument("job", nargs="?", metavar="JOB", help="a job id")
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"],
                    default=None, help="only jobs with this status")
-    p.add_argument("--limit", type=_positive_int, default=50,
+    p.add_argument("--limit", type=positive_int, default=50,
                    help="jobs to list (default: %(default)s)")
-    p.add_argument("--top", type=_positive_int, default=5,
+    p.add_argument("--top", type=positive_int, default=5,
                    help="candidates to show with JOB (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_connection(p)
@@ -405,14 +361,14 @@ def _when(job: Job) -> str:
     return job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-@_reports_client_errors
+@reports_client_errors
 def _jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.job is not None:
             job = client.job(args.job)
             best = client.candidates(job, top=args.top) if job.progress.done else []
             if args.json:
-                _print_json({"job": job.to_dict(), "candidates": [c.to_dict() for c in best]})
+                print_json({"job": job.to_dict(), "candidates": [c.to_dict() for c in best]})
                 return 0
             print("\n".join(_job_lines(job)))
             if best:
@@ -421,20 +377,20 @@ def _jobs(args: argparse.Namespace) -> int:
             return 0
         jobs = client.jobs(status=args.status, limit=args.limit)
     if args.json:
-        _print_json([j.to_dict() for j in jobs])
+        print_json([j.to_dict() for j in jobs])
         return 0
     if not jobs:
-        _err("no jobs" + (f" with status {args.status}" if args.status else ""))
+        print_stderr("no jobs" + (f" with status {args.status}" if args.status else ""))
         return 0
     rows = [(j.id, j.status, j.space, j.strategy, f"{j.progress.done}/{j.progress.total}",
              _score(j.best_candidate.score if j.best_candidate else None), _when(j))
             for j in jobs]
-    print(_table(["job", "status", "space", "strategy", "progress", "best", "created"], rows,
+    print(table(["job", "status", "space", "strategy", "progress", "best", "created"], rows,
                  right=(4, 5)))
     return 0
 
 
-def _add_cancel(add_parser: AddParser) -> None:
+def add_cancel(add_parser: AddParser) -> None:
     p = add_parser("cancel", help="cancel a search job",
                    description="A queued job is cancelled at once, a running one at its "
                                "worker's next heartbeat; a finished job is left as it is.")
@@ -443,7 +399,7 @@ def _add_cancel(add_parser: AddParser) -> None:
     p.set_defaults(handler=_cancel)
 
 
-@_reports_client_errors
+@reports_client_errors
 def _cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.cancel(args.job)
@@ -462,7 +418,7 @@ def _cancel(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _add_download(add_parser: AddParser) -> None:
+def add_download(add_parser: AddParser) -> None:
     p = add_parser(
         "download", help="download an architecture's or a candidate's predicted weights",
         description="Download a checkpoint (safetensors; the nas-graph/1 JSON is in its "
@@ -482,7 +438,7 @@ def _add_download(add_parser: AddParser) -> None:
     p.set_defaults(handler=_download, kind="auto")
 
 
-@_reports_client_errors
+@reports_client_errors
 def _download(args: argparse.Namespace) -> int:
     from nas_service.client import InvalidCheckpoint
 
@@ -507,23 +463,3 @@ def _download(args: argparse.Namespace) -> int:
     print(f"graph {graph.name or graph.content_hash()[:16]}: {len(graph.nodes)} nodes, "
           f"{parameters:,} parameters{accuracy}, task {checkpoint.metadata.get('task', '-')}")
     return 0
-
-
-# ------------------------------------------------------------------------------------------------
-# Registration
-# ------------------------------------------------------------------------------------------------
-
-REMOTE_COMMANDS: tuple[Callable[[AddParser], None], ...] = (
-    _add_predict,
-    _add_search,
-    _add_jobs,
-    _add_cancel,
-    _add_download,
-)
-
-
-def add_remote_commands(add_parser: AddParser) -> None:
-    """Registers ``predict``, ``search``, ``jobs``, ``cancel`` and ``download`` with the
-    ``add_parser`` of :func:`nas_service.cli.build_parser`'s sub-parsers."""
-    for add in REMOTE_COMMANDS:
-        add(add_parser)

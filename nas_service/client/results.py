@@ -1,0 +1,284 @@
+"""The results of :mod:`nas_service.client`: frozen dataclasses mirroring the API's JSON.
+
+Each carries exactly the fields of its API resource (docs/api.md), plus
+``Architecture.cached`` (the service answered 200 with a stored result instead of 201), and is
+built by ``from_json``: fields a newer server adds are ignored, so an old client keeps working.
+``to_dict()`` gives the fields back JSON-ready (datetimes as ISO 8601 strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    text = str(value)
+    if text.endswith("Z"):  # Python 3.10's fromisoformat does not read "Z"
+        text = text[:-1] + "+00:00"
+    return datetime.fromisoformat(text)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Result:
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (datetimes as ISO 8601 strings)."""
+        return _jsonable(self)
+
+
+@dataclass(frozen=True)
+class Ranking(_Result):
+    """The ranking head's estimate of trained accuracy: what search jobs rank candidates by."""
+
+    value: float  # estimated accuracy after training, a fraction in [0, 1]
+    name: str  # "ranking-head"
+    target: str  # what it estimates, e.g. "test accuracy after 5 epochs of SGD"
+    kendall_tau: float | None = None  # leave-one-out, on the architectures it was fit on
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Ranking:
+        return cls(value=float(data["value"]), name=data["name"], target=data["target"],
+                   kendall_tau=data.get("kendall_tau"))
+
+
+@dataclass(frozen=True)
+class Score(_Result):
+    """The surrogate accuracy and how it was measured."""
+
+    value: float  # accuracy with the predicted weights, a fraction in [0, 1]
+    name: str  # which score: "predicted-recalibrated"
+    split: str
+    images: int | None = None
+    recalibration_images: int | None = None
+    ranking: Ranking | None = None  # None when the service's GHN has no ranking head
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Score:
+        ranking = data.get("ranking")
+        return cls(value=float(data["value"]), name=data["name"], split=data["split"],
+                   images=data.get("images"), recalibration_images=data.get("recalibration_images"),
+                   ranking=Ranking.from_json(ranking) if ranking else None)
+
+
+@dataclass(frozen=True)
+class CheckpointLink(_Result):
+    id: str  # SHA-256 of the file; also its ETag
+    url: str  # relative to the service, e.g. /v1/architectures/<id>/checkpoint
+    size_bytes: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointLink:
+        return cls(id=data["id"], url=data["url"], size_bytes=data.get("size_bytes"))
+
+
+@dataclass(frozen=True)
+class Architecture(_Result):
+    """A scored architecture (``POST /v1/architectures``, ``GET /v1/architectures/{id}``).
+
+    ``cached``: ``True`` when :meth:`Client.predict` got the stored result of an earlier score
+    (HTTP 200), ``False`` when the GHN scored it for this request (201), ``None`` when read with
+    :meth:`Client.architecture`.
+    """
+
+    id: str
+    content_hash: str
+    task: str
+    name: str | None
+    num_parameters: int
+    flops: int  # multiply-accumulates of one forward pass of one sample
+    score: Score | None
+    ghn_version: str | None
+    timings: dict[str, float]  # seconds per stage when it was scored
+    checkpoint: CheckpointLink | None
+    created_at: datetime
+    graph: dict[str, Any]
+    cached: bool | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        """The surrogate accuracy (``score.value``)."""
+        return self.score.value if self.score else None
+
+    @property
+    def estimated_trained_accuracy(self) -> float | None:
+        """The ranking head's estimate of trained accuracy (``score.ranking.value``): what
+        searches rank by; ``None`` when the service's GHN has no ranking head."""
+        return self.score.ranking.value if self.score and self.score.ranking else None
+
+    @property
+    def score_kind(self) -> str | None:
+        return self.score.name if self.score else None
+
+    @property
+    def checkpoint_url(self) -> str | None:
+        return self.checkpoint.url if self.checkpoint else None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], cached: bool | None = None) -> Architecture:
+        return cls(
+            id=data["id"], content_hash=data["content_hash"], task=data["task"],
+            name=data.get("name"), num_parameters=int(data["num_parameters"]),
+            flops=int(data["flops"]),
+            score=Score.from_json(data["score"]) if data.get("score") else None,
+            ghn_version=data.get("ghn_version"),
+            timings={k: float(v) for k, v in (data.get("timings") or {}).items()},
+            checkpoint=(CheckpointLink.from_json(data["checkpoint"])
+                        if data.get("checkpoint") else None),
+            created_at=_datetime(data["created_at"]), graph=dict(data.get("graph") or {}),
+            cached=cached)
+
+
+@dataclass(frozen=True)
+class Budget(_Result):
+    candidates: int
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Constraints(_Result):
+    max_parameters: int | None = None
+    max_flops: int | None = None  # multiply-accumulates per sample
+
+
+@dataclass(frozen=True)
+class Progress(_Result):
+    done: int
+    total: int
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Candidate(_Result):
+    """One candidate of a search job; ``status`` is ``scored``, ``rejected`` or ``failed``."""
+
+    id: str
+    job_id: str
+    index: int
+    status: str
+    score: float | None
+    reason: str | None
+    num_parameters: int | None
+    flops: int | None
+    seconds: float | None
+    architecture_id: str | None
+    architecture_url: str | None
+    checkpoint_url: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Candidate:
+        return cls(
+            id=data["id"], job_id=data["job_id"], index=int(data["index"]),
+            status=data["status"], score=data.get("score"), reason=data.get("reason"),
+            num_parameters=data.get("num_parameters"), flops=data.get("flops"),
+            seconds=data.get("seconds"), architecture_id=data.get("architecture_id"),
+            architecture_url=data.get("architecture_url"),
+            checkpoint_url=data.get("checkpoint_url"), created_at=_datetime(data["created_at"]))
+
+
+@dataclass(frozen=True)
+class Job(_Result):
+    """A search job; ``status`` is ``queued``, ``running``, ``succeeded``, ``failed`` or
+    ``cancelled``."""
+
+    id: str
+    status: str
+    space: str
+    task: str
+    strategy: str
+    seed: int
+    budget: Budget
+    constraints: Constraints
+    progress: Progress
+    rate: float | None  # candidates recorded per second of running time
+    best_candidate: Candidate | None
+    timings: dict[str, float | None]
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """``succeeded``, ``failed`` or ``cancelled``: the job will not change any more."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Job:
+        budget, constraints, progress = (data["budget"], data.get("constraints") or {},
+                                         data["progress"])
+        best = data.get("best_candidate")
+        return cls(
+            id=data["id"], status=data["status"], space=data["space"], task=data["task"],
+            strategy=data["strategy"], seed=int(data["seed"]),
+            budget=Budget(candidates=int(budget["candidates"]), seconds=budget.get("seconds")),
+            constraints=Constraints(max_parameters=constraints.get("max_parameters"),
+                                    max_flops=constraints.get("max_flops")),
+            progress=Progress(done=int(progress["done"]), total=int(progress["total"]),
+                              fraction=float(progress["fraction"])),
+            rate=data.get("rate"), best_candidate=Candidate.from_json(best) if best else None,
+            timings=dict(data.get("timings") or {}), error=data.get("error"),
+            attempts=int(data.get("attempts", 0)),
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            created_at=_datetime(data["created_at"]), started_at=_datetime(data.get("started_at")),
+            finished_at=_datetime(data.get("finished_at")), links=dict(data.get("links") or {}))
+
+
+@dataclass(frozen=True)
+class Task(_Result):
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+    validation_images: int
+    scored: bool  # a loaded hypernetwork scores this task
+    data_available: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Task:
+        return cls(name=data["name"], input_shape=tuple(int(s) for s in data["input_shape"]),
+                   num_classes=int(data["num_classes"]),
+                   class_names=tuple(data.get("class_names") or ()),
+                   validation_images=int(data.get("validation_images", 0)),
+                   scored=bool(data.get("scored")),
+                   data_available=bool(data.get("data_available")))
+
+
+@dataclass(frozen=True)
+class Hypernetwork(_Result):
+    task: str | None
+    version: str
+    path: str | None
+    device: str
+    parameters: int
+    config: dict[str, Any]
+    training: dict[str, Any]
+    score: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Hypernetwork:
+        return cls(task=data.get("task"), version=data["version"], path=data.get("path"),
+                   device=data["device"], parameters=int(data["parameters"]),
+                   config=dict(data.get("config") or {}),
+                   training=dict(data.get("training") or {}), score=dict(data.get("score") or {}))

@@ -1,0 +1,232 @@
+"""``nas-service train-ghn | evaluate-ghn | rank-ghn``: training a graph hypernetwork and
+measuring its predicted weights and rankings (docs/ghn.md, docs/evaluation.md).
+
+The training and evaluation stack (torch-geometric, the data layer) is imported inside the
+handlers; only ``train-ghn``'s defaults (``TrainingConfig``) are read when the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from nas_service.commands.arguments import AddParser, positive_int
+from nas_service.commands.errors import CommandError
+
+# ------------------------------------------------------------------------------------------------
+# train-ghn
+# ------------------------------------------------------------------------------------------------
+
+
+def add_train_ghn(add_parser: AddParser) -> None:
+    from dataclasses import fields
+
+    from nas_service.training.config import TrainingConfig
+
+    defaults = {f.name: f.default for f in fields(TrainingConfig) if f.name != "ghn"}
+    p = add_parser("train-ghn", help="train a graph hypernetwork (resumable)",
+                   description="Train a GHN with meta-batches of sampled architectures. Every "
+                               "random choice derives from --seed and the step, so a run "
+                               "resumed from OUT continues exactly where it stopped. OUT holds "
+                               "ghn.safetensors, optimizer.safetensors, state.json, log.jsonl.")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if present)")
+    p.add_argument("--task", default=defaults["task"], help="task name (default: %(default)s)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
+    p.add_argument("--spaces", default=",".join(defaults["spaces"]),
+                   help="comma-separated search spaces (default: %(default)s)")
+    for name in ("steps", "meta_batch", "batch_size", "warmup_steps", "max_parameters",
+                 "max_flops", "validate_every", "validation_architectures",
+                 "checkpoint_every", "log_every"):
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int, default=defaults[name],
+                       help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=defaults["seed"], help="default: %(default)s")
+    for name in ("lr", "weight_decay", "grad_clip"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name],
+                       help="default: %(default)s")
+    p.add_argument("--hidden", type=positive_int, default=None, help="GHN width")
+    p.add_argument("--layers", type=positive_int, default=None, help="GHN propagation rounds")
+    p.add_argument("--propagation", choices=("synchronous", "sequential"), default=None,
+                   help="synchronous rounds (default) or GHN-2's sequential traversal "
+                        "(the ablation baseline; slower)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NAS_DEVICE, "
+                                                  "else cuda when available, else cpu)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes preparing steps ahead of the GHN (default: 0 on the CPU, "
+                        "min(8, cores - 2) on a GPU)")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="continue the run that produced this GHN checkpoint (e.g. the bundled "
+                        "one) in a new OUT: same settings, a larger --steps")
+    p.add_argument("--restart", action="store_true", help="ignore an existing run in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train_ghn)
+
+
+def _train_ghn(args: argparse.Namespace) -> int:
+    from nas_service.data import DatasetError
+    from nas_service.ghn.checkpoint import CheckpointError, resolve_device
+    from nas_service.spaces import SearchSpaceError
+    from nas_service.training.config import TrainingConfig
+    from nas_service.training.ghn_training import start_from_checkpoint, train_ghn
+
+    ghn = {k: getattr(args, k) for k in ("hidden", "layers", "propagation")
+           if getattr(args, k) is not None}
+    cfg = TrainingConfig(
+        task=args.task, data_root=args.data_root,
+        spaces=tuple(s.strip() for s in args.spaces.split(",") if s.strip()),
+        steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, max_parameters=args.max_parameters, max_flops=args.max_flops,
+        seed=args.seed, validate_every=args.validate_every,
+        validation_architectures=args.validation_architectures,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, ghn=ghn)
+    workers = args.workers
+    if workers is None:  # worth it only when the GHN's side of a step is not the CPU's too
+        gpu = resolve_device(args.device).type != "cpu"
+        workers = min(8, max(0, (os.cpu_count() or 1) - 2)) if gpu else 0
+    try:
+        if args.init_from is not None:
+            if args.restart:
+                raise ValueError("--init-from and --restart contradict each other")
+            step = start_from_checkpoint(args.init_from, args.out, cfg)
+            print(f"continuing {args.init_from} from step {step}")
+        train_ghn(cfg, args.out, device=args.device, resume=not args.restart,
+                  progress=not args.no_progress, workers=max(0, workers))
+    except (DatasetError, SearchSpaceError, CheckpointError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate-ghn | rank-ghn
+# ------------------------------------------------------------------------------------------------
+
+
+def _add_ghn_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ghn", default=None, metavar="FILE",
+                   help="GHN checkpoint (default: the bundled Fashion-MNIST GHN)")
+    p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
+    p.add_argument("--held-out", type=positive_int, default=50,
+                   help="held-out generated architectures (default: %(default)s)")
+    p.add_argument("--sgd-epochs", type=float, default=1.0,
+                   help="epochs of the SGD baseline; 0 skips it (default: %(default)s)")
+    p.add_argument("--sgd-max-images", type=positive_int, default=None,
+                   help="cap on training images per SGD epoch (CPU budgets)")
+    p.add_argument("--eval-images", type=positive_int, default=None,
+                   help="cap on images each score is measured on")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="writes result.json, report.md and scatter.png here")
+
+
+def add_evaluate_ghn(add_parser: AddParser) -> None:
+    p = add_parser("evaluate-ghn", help="accuracy of predicted parameters on held-out networks",
+                   description="Test accuracy of held-out generated architectures and of the "
+                               "reference zoo with GHN-predicted parameters (batch-statistics "
+                               "and recalibrated batch norm), random initialisation and SGD.")
+    _add_ghn_source(p)
+    p.add_argument("--no-zoo", action="store_true", help="skip the reference models")
+    p.set_defaults(handler=_evaluate_ghn)
+
+
+def add_rank_ghn(add_parser: AddParser) -> None:
+    p = add_parser("rank-ghn", help="how well cheap scores rank architectures (Kendall tau)",
+                   description="Trains the held-out architectures with SGD (cached, resumable) "
+                               "and compares each cheap score's ranking with theirs.")
+    _add_ghn_source(p)
+    p.add_argument("--epochs", type=float, default=5.0,
+                   help="SGD epochs of the ground truth (default: %(default)s)")
+    p.add_argument("--max-images", type=positive_int, default=None,
+                   help="cap on training images per ground-truth epoch")
+    p.add_argument("--truth-eval-images", type=positive_int, default=None,
+                   help="cap on test images that score the ground truth")
+    p.add_argument("--cache", default=None, metavar="FILE",
+                   help="ground-truth cache (default: OUT/ground-truth.json)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="rank only the architectures already trained in --cache")
+    p.add_argument("--truth-only", action="store_true",
+                   help="only train (fill the cache); no scores, no report")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="with --truth-only: train architectures i with i %% N == I, so N "
+                        "processes sharing --cache split the work (default: 0/1)")
+    p.set_defaults(handler=_rank_ghn)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def _ghn_for(args: argparse.Namespace):
+    from nas_service.ghn.checkpoint import CheckpointError, load_ghn
+
+    try:
+        return load_ghn(args.ghn)
+    except CheckpointError as e:
+        raise CommandError(str(e)) from None
+
+
+def _evaluate_ghn(args: argparse.Namespace) -> int:
+    from nas_service.data import DatasetError
+    from nas_service.training.evaluate import evaluate_ghn
+    from nas_service.training.report import write_report
+
+    ghn = _ghn_for(args)
+    try:
+        result = evaluate_ghn(ghn, args.task, held_out=args.held_out, zoo=not args.no_zoo,
+                              sgd_epochs=args.sgd_epochs or None,
+                              sgd_max_images=args.sgd_max_images, eval_images=args.eval_images, data_root=args.data_root,
+                              progress=True)
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    paths = write_report(result, args.out)
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+def _rank_ghn(args: argparse.Namespace) -> int:
+    from nas_service.data import DatasetError
+    from nas_service.ghn.checkpoint import bundled_checkpoint_path
+    from nas_service.scoring.ranking_head import RankingHead, head_path_for
+    from nas_service.scoring.scorer import file_sha256
+    from nas_service.training.ranking import rank_surrogates, train_ground_truth
+    from nas_service.training.report import write_report
+
+    ghn = _ghn_for(args)
+    cache = args.cache or Path(args.out) / "ground-truth.json"
+    if args.shard != (0, 1) and not args.truth_only:
+        raise CommandError("--shard needs --truth-only")
+    try:
+        if args.truth_only:
+            summary = train_ground_truth(
+                ghn, args.task, cache_path=cache, held_out=args.held_out, epochs=args.epochs,
+                max_images=args.max_images, sgd_epochs_baseline=args.sgd_epochs or None,
+                sgd_max_images=args.sgd_max_images, eval_images=args.eval_images,
+                truth_eval_images=args.truth_eval_images, shard=args.shard,
+                data_root=args.data_root, device=ghn.device)
+            print(json.dumps(summary))
+            return 0
+        result = rank_surrogates(
+            ghn, args.task, held_out=args.held_out, epochs=args.epochs,
+            max_images=args.max_images, cache_path=cache,
+            sgd_epochs_baseline=args.sgd_epochs or None, sgd_max_images=args.sgd_max_images,
+            eval_images=args.eval_images, truth_eval_images=args.truth_eval_images,
+            data_root=args.data_root, progress=True, cached_only=args.cached_only,
+            ghn_sha256=file_sha256(args.ghn or bundled_checkpoint_path()))
+    except (DatasetError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    paths = write_report(result, args.out)
+    if result.get("ranking_head"):
+        paths["ranking_head"] = RankingHead.from_dict(result["ranking_head"]).save(
+            Path(args.out) / "ranking-head.json")
+        print(f"the service ranks by the head once it lies beside the checkpoint as "
+              f"{head_path_for(args.ghn or bundled_checkpoint_path())}")
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
