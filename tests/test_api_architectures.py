@@ -58,7 +58,7 @@ def test_posting_a_graph_scores_it_and_stores_the_result(client, scorer) -> None
     assert body["num_parameters"] == graph.num_parameters
     assert body["flops"] == graph.flops
     assert 0.0 <= body["score"]["value"] <= 1.0
-    assert body["score"]["name"] == SCORE_NAME == "predicted-recalibrated"
+    assert body["score"]["name"] == SCORE_NAME == "predicted-readout"
     assert body["score"]["split"] == "val"
     assert body["score"]["images"] == 64
     assert body["ghn_version"] == scorer.ghn_version

@@ -83,7 +83,7 @@ def test_tasks_and_hypernetworks_describe_what_is_loaded(client, scorer) -> None
     assert ghn["device"] == "cpu"
     assert ghn["training"]["note"] == "untrained test GHN"
     assert ghn["config"]["hidden"] == 16
-    assert ghn["score"]["name"] == "predicted-recalibrated"
+    assert ghn["score"]["name"] == "predicted-readout"
 
 
 def test_without_keys_the_api_is_open(client) -> None:

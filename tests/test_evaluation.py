@@ -19,6 +19,9 @@ from nas_service.data import DatasetError, load_task
 from nas_service.ghn import GHNConfig, GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, GraphBuilder, from_module, to_module
 from nas_service.scoring.evaluation import (
+    accuracy,
+    classifier_of,
+    fit_readout,
     normalize_activations,
     recalibrate,
 )
@@ -347,6 +350,59 @@ def test_recalibrate_normalizes_activations_only_without_batch_norm(fashion):
     weight = bn_free[0].weight.clone()
     recalibrate(bn_free, [x])
     assert not torch.equal(weight, bn_free[0].weight) and not bn_free.training
+
+
+def _separable(n: int = 256, d: int = 6, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, d) * 4
+    return centres[labels] + torch.randn(n, d), labels
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fit_readout_refits_the_classifier_from_labels(bias):
+    x, y = _separable()
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3, bias=bias))
+    hidden = net[0].weight.clone()
+    with torch.no_grad():
+        net[3].weight.zero_()  # a classifier that knows nothing
+    assert fit_readout(net, x, y)
+    assert torch.equal(net[0].weight, hidden)  # only the classifier changes
+    assert (net(x).argmax(1) == y).float().mean() > 0.9
+    x2, y2 = _separable()
+    assert (net(x2).argmax(1) == y2).float().mean() > 0.9
+
+
+def test_fit_readout_uses_the_dual_form_for_wide_features():
+    x, y = _separable(n=64)
+    wide = nn.Sequential(nn.Linear(6, 1000), nn.Tanh(), nn.Linear(1000, 3))  # d > n
+    assert fit_readout(wide, x, y)
+    assert (wide(x).argmax(1) == y).float().mean() > 0.9
+    assert torch.isfinite(wide[2].weight).all()
+
+
+def test_fit_readout_leaves_networks_without_a_linear_classifier_alone():
+    x, y = _separable()
+    pooled = nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=1))  # logits transformed after
+    before = pooled[0].weight.clone()
+    assert not fit_readout(pooled, x, y)
+    assert torch.equal(before, pooled[0].weight)
+    twice = nn.Linear(6, 6)
+    looped = nn.Sequential(twice, nn.ReLU(), twice)  # one layer called twice per pass
+    assert classifier_of(looped, x) is None
+
+
+def test_recalibrate_with_labels_refits_the_readout(fashion):
+    x, y = fashion.tensors("train")
+    x, y = x[:256], y[:256]
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 26 * 26, 10))
+    classifier = net[4].weight.clone()
+    recalibrate(net, [x[:128], x[128:]])
+    assert torch.equal(classifier, net[4].weight)
+    recalibrate(net, [x[:128], x[128:]], [y[:128], y[128:]])
+    assert not torch.equal(classifier, net[4].weight)
+    assert accuracy(net, x, y) > 0.6
 
 
 def test_held_out_set_follows_the_ghns_recorded_training_config(tiny_ghn):

@@ -110,6 +110,21 @@ def test_a_head_is_found_beside_its_own_checkpoint_only(tmp_path: Path) -> None:
     assert head_for_checkpoint(checkpoint, file_sha256(checkpoint)) is None
 
 
+def test_a_head_fit_on_another_score_is_ignored(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ghn.safetensors"
+    checkpoint.write_bytes(b"weights")
+    sha = file_sha256(checkpoint)
+    _head(ghn_sha256=sha).save(head_path_for(checkpoint))
+    assert head_for_checkpoint(checkpoint, sha, "predicted-readout") is not None
+    assert head_for_checkpoint(checkpoint, sha, "predicted-recalibrated") is None
+    # A file written before heads named their score was fit on the recalibrated score.
+    data = json.loads(head_path_for(checkpoint).read_text())
+    del data["score"], data["measured_on"]
+    head_path_for(checkpoint).write_text(json.dumps(data))
+    assert head_for_checkpoint(checkpoint, sha, "predicted-recalibrated") is not None
+    assert head_for_checkpoint(checkpoint, sha, "predicted-readout") is None
+
+
 def test_ranking_value_prefers_the_head_estimate() -> None:
     assert ranking_value({"value": 0.6}) == 0.6
     assert ranking_value({"value": 0.6, "ranking": None}) == 0.6

@@ -89,7 +89,7 @@ def test_predict_a_graph_file_prints_a_table_then_json(service, tmp_path, capsys
     assert fields["parameters"] == f"{graph.num_parameters:,}"
     assert fields["MACs"] == f"{graph.flops:,}"
     assert fields["accuracy"].split()[0].replace(".", "").isdigit()
-    assert "predicted-recalibrated" in fields["accuracy"]
+    assert "predicted-readout" in fields["accuracy"]
     assert "ranking head" in fields["estimated"]
     assert fields["checkpoint"].startswith(f"{service.url}/v1/architectures/{fields['architecture']}")
 

@@ -103,14 +103,18 @@ class Ranking(BaseModel):
     target: str = Field(description="what it estimates, e.g. test accuracy after 5 epochs of "
                                     "SGD")
     kendall_tau: float | None = Field(
-        default=None, description="leave-one-out Kendall tau of the estimate against the "
-                                  "target on the architectures the head was fit on")
+        default=None, description="Kendall tau of the estimate against the target, on the "
+                                  "architectures named by measured_on")
+    measured_on: str | None = Field(
+        default=None, description="the architectures kendall_tau was measured on")
 
 
 class Score(BaseModel):
     value: float = Field(description="accuracy with the predicted weights (what the checkpoint "
                                      "reproduces), a fraction in [0, 1]")
-    name: str = Field(description="which score: predicted-recalibrated")
+    name: str = Field(description="which score: predicted-readout (predicted weights, "
+                                  "recalibrated, classifier refitted on the recalibration "
+                                  "images) or predicted-recalibrated")
     split: str = Field(description="the split it was measured on")
     images: int | None = Field(default=None, description="images it was measured on")
     recalibration_images: int | None = None

@@ -51,12 +51,13 @@ class Ranking(_Result):
     value: float  # estimated accuracy after training, a fraction in [0, 1]
     name: str  # "ranking-head"
     target: str  # what it estimates, e.g. "test accuracy after 5 epochs of SGD"
-    kendall_tau: float | None = None  # leave-one-out, on the architectures it was fit on
+    kendall_tau: float | None = None  # against the target, on the architectures below
+    measured_on: str | None = None  # the architectures kendall_tau was measured on
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Ranking:
         return cls(value=float(data["value"]), name=data["name"], target=data["target"],
-                   kendall_tau=data.get("kendall_tau"))
+                   kendall_tau=data.get("kendall_tau"), measured_on=data.get("measured_on"))
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Score(_Result):
     """The surrogate accuracy and how it was measured."""
 
     value: float  # accuracy with the predicted weights, a fraction in [0, 1]
-    name: str  # which score: "predicted-recalibrated"
+    name: str  # which score: "predicted-readout" or "predicted-recalibrated"
     split: str
     images: int | None = None
     recalibration_images: int | None = None

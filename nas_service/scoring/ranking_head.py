@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import kendall_tau
+from .protocol import SCORE_NAME
 
 HEAD_FORMAT = "nas-ranking-head/1"
 FEATURES = ("surrogate_accuracy", "log10_parameters")
@@ -79,6 +80,11 @@ class RankingHead:
     eval_images: int | None = None
     """Validation images behind the surrogate scores it was fit on."""
     features: tuple[str, ...] = FEATURES
+    score: str = "predicted-recalibrated"
+    """Which score its ``surrogate_accuracy`` feature is (``nas_service.scoring.protocol``):
+    a head fit on one score is meaningless on another."""
+    measured_on: str | None = None
+    """The architectures its ``kendall_tau`` was measured on, in words."""
 
     def predict(self, surrogate_accuracy: float, num_parameters: int) -> float:
         """The estimated trained accuracy, a fraction in [0, 1]."""
@@ -111,7 +117,10 @@ class RankingHead:
                 else float(data["kendall_tau"]),
                 eval_images=None if data.get("eval_images") is None
                 else int(data["eval_images"]),
-                features=tuple(data.get("features", FEATURES)))
+                features=tuple(data.get("features", FEATURES)),
+                score=str(data.get("score", "predicted-recalibrated")),
+                measured_on=None if data.get("measured_on") is None
+                else str(data["measured_on"]))
         except KeyError as e:
             raise RankingHeadError(f"malformed ranking head: no field {e}") from None
         except (TypeError, ValueError) as e:
@@ -186,8 +195,10 @@ def _check(surrogate: Sequence[float], parameters: Sequence[float], trained: Seq
 def fit_ranking_head(surrogate: Sequence[float], parameters: Sequence[float],
                      trained: Sequence[float], *, task: str, target: str,
                      ghn_sha256: str | None = None, eval_images: int | None = None,
+                     score: str = SCORE_NAME, measured_on: str | None = None,
                      l2: float = DEFAULT_L2) -> RankingHead:
-    """Fits the head on every architecture given and records its leave-one-out Kendall τ."""
+    """Fits the head on every architecture given and records its leave-one-out Kendall τ.
+    ``score`` names the score ``surrogate`` holds, ``measured_on`` the architectures."""
     x, y = _check(surrogate, parameters, trained)
     weights, bias, mean, std = _solve(x, y, l2)
     tau = kendall_tau(leave_one_out(surrogate, parameters, trained, l2=l2), y)
@@ -196,7 +207,9 @@ def fit_ranking_head(surrogate: Sequence[float], parameters: Sequence[float],
                        high=_floats(x.max(axis=0)), l2=l2, task=task, target=target,
                        architectures=int(x.shape[0]), ghn_sha256=ghn_sha256,
                        kendall_tau=None if math.isnan(tau) else float(tau),
-                       eval_images=eval_images)
+                       eval_images=eval_images, score=score,
+                       measured_on=measured_on or f"{int(x.shape[0])} trained architectures "
+                       "(leave-one-out)")
 
 
 def leave_one_out(surrogate: Sequence[float], parameters: Sequence[float],
@@ -221,17 +234,21 @@ def head_path_for(checkpoint: str | os.PathLike) -> Path:
                                 + ".ranking-head.json")
 
 
-def head_for_checkpoint(checkpoint: str | os.PathLike, checkpoint_sha256: str
-                        ) -> RankingHead | None:
-    """The ranking head beside ``checkpoint`` when there is one fit on that very checkpoint.
+def head_for_checkpoint(checkpoint: str | os.PathLike, checkpoint_sha256: str,
+                        score: str | None = None) -> RankingHead | None:
+    """The ranking head beside ``checkpoint`` when there is one fit on that very checkpoint
+    (and, when ``score`` is given, on that score).
 
-    ``None`` when there is no head file or it names another checkpoint (the scores it was fit on
-    came from another GHN); :class:`RankingHeadError` when the file is broken.
+    ``None`` when there is no head file or it names another checkpoint or score (the scores it
+    was fit on came from another GHN, or were taken another way); :class:`RankingHeadError`
+    when the file is broken.
     """
     path = head_path_for(checkpoint)
     if not path.is_file():
         return None
     head = RankingHead.load(path)
     if head.ghn_sha256 is not None and head.ghn_sha256 != checkpoint_sha256:
+        return None
+    if score is not None and head.score != score:
         return None
     return head

@@ -45,14 +45,21 @@ from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
 from nas_service.graph import ArchitectureGraph, to_module
 
-from .evaluation import accuracy, load_parameters, recalibrate, recalibration_batches
+from .evaluation import (
+    READOUT_L2,
+    accuracy,
+    load_parameters,
+    recalibrate,
+    recalibration_batches,
+)
 from .protocol import (
     RANKING_NAME,
+    READOUT,
     RECALIBRATION_BATCH_SIZE,
     RECALIBRATION_BATCHES,
-    SCORE_NAME,
     SCORE_SPLIT,
     SURROGATE_MODE,
+    score_name,
 )
 from .ranking_head import RankingHead, head_for_checkpoint
 from .task_fit import check_graph_fits_task
@@ -77,13 +84,15 @@ class ScoredGraph:
     images: int
     state: dict[str, torch.Tensor]  # to_module(graph).state_dict() keys, CPU tensors
     timings: dict[str, float]  # seconds: "predict" (its share of the batch), "score"
+    name: str = score_name(READOUT)
+    """Which score ``accuracy`` is (:func:`~nas_service.scoring.protocol.score_name`)."""
     ranking: dict[str, Any] | None = None
     """The ranking head's estimate of trained accuracy (``{"value", "name", "target",
     "kendall_tau"}``); ``None`` when the GHN has no ranking head."""
 
     def score_record(self, recalibration_images: int) -> dict[str, Any]:
         """The ``scores`` JSON stored with the architecture and returned by the API."""
-        record = {"value": self.accuracy, "name": SCORE_NAME, "split": SCORE_SPLIT,
+        record = {"value": self.accuracy, "name": self.name, "split": SCORE_SPLIT,
                   "images": self.images, "recalibration_images": recalibration_images}
         if self.ranking is not None:
             record["ranking"] = self.ranking
@@ -103,18 +112,22 @@ class _TaskTensors:
     spec: TaskSpec
     val_images: torch.Tensor  # (N, C, H, W) normalised, on the GHN's device
     val_labels: torch.Tensor  # (N,)
-    recalibration: list[torch.Tensor] = field(default_factory=list)
+    recalibration: list[torch.Tensor] = field(default_factory=list)  # images, (B, C, H, W)
+    recalibration_labels: list[torch.Tensor] = field(default_factory=list)  # (B,)
 
 
 def score_version(checkpoint_sha256: str, eval_images: int | None,
                   recalibration_batches: int, recalibration_batch_size: int,
-                  ranking_head: RankingHead | None = None) -> str:
+                  ranking_head: RankingHead | None = None, readout: bool = READOUT) -> str:
     """16 hex digits naming how scores are made: the GHN checkpoint (its SHA-256), the score,
     the validation images, the recalibration (batch-norm statistics; activations of networks
-    without batch norm) and the ranking head, if any."""
-    protocol = (f"{checkpoint_sha256}|{SCORE_NAME}|{SCORE_SPLIT}|images={eval_images or 'all'}"
+    without batch norm; the classifier's readout) and the ranking head, if any."""
+    protocol = (f"{checkpoint_sha256}|{score_name(readout)}|{SCORE_SPLIT}"
+                f"|images={eval_images or 'all'}"
                 f"|recalibration={recalibration_batches}x{recalibration_batch_size}"
                 f"|bn-free=normalize-activations")
+    if readout:
+        protocol += f"|readout=ridge({READOUT_L2})"
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"
@@ -142,8 +155,10 @@ class ArchitectureScorer:
                  ghn_path: str | None = None, eval_images: int | None = None,
                  recalibration_batches: int = RECALIBRATION_BATCHES,
                  recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
-                 data_root: str | None = None, ranking_head: RankingHead | None = None) -> None:
+                 data_root: str | None = None, ranking_head: RankingHead | None = None,
+                 readout: bool = READOUT) -> None:
         self.ghn = ghn.eval()
+        self.readout = readout
         self.ranking_head = ranking_head
         self.ghn_version = ghn_version
         self.ghn_path = ghn_path
@@ -159,7 +174,8 @@ class ArchitectureScorer:
     def load(cls, path: str | Path | None = None, *, device: str | None = None,
              eval_images: int | None = None,
              recalibration_batches: int = RECALIBRATION_BATCHES,
-             recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE) -> ArchitectureScorer:
+             recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
+             readout: bool = READOUT) -> ArchitectureScorer:
         """A scorer around the GHN checkpoint at ``path`` (``None``: the bundled one), with the
         ranking head that lies beside it when that head was fit on this very checkpoint
         (:func:`~nas_service.scoring.ranking_head.head_for_checkpoint`).
@@ -171,12 +187,13 @@ class ArchitectureScorer:
         resolved = Path(path) if path is not None else bundled_checkpoint_path()
         ghn = load_ghn(resolved, device)
         sha256 = file_sha256(resolved)
-        head = head_for_checkpoint(resolved, sha256)
+        head = head_for_checkpoint(resolved, sha256, score_name(readout))
         version = score_version(sha256, eval_images, recalibration_batches,
-                                recalibration_batch_size, head)
+                                recalibration_batch_size, head, readout)
         return cls(ghn, ghn_version=version, ghn_path=str(resolved), eval_images=eval_images,
                    recalibration_batches=recalibration_batches,
-                   recalibration_batch_size=recalibration_batch_size, ranking_head=head)
+                   recalibration_batch_size=recalibration_batch_size, ranking_head=head,
+                   readout=readout)
 
     # ---- what this scorer can do -----------------------------------------------------------
 
@@ -214,7 +231,7 @@ class ArchitectureScorer:
                 "parameters": sum(p.numel() for p in self.ghn.parameters()),
                 "config": _jsonable(vars(self.ghn.config)),
                 "training": getattr(self.ghn, "training_record", {}) or {},
-                "score": {"name": SCORE_NAME, "split": SCORE_SPLIT,
+                "score": {"name": score_name(self.readout), "split": SCORE_SPLIT,
                           "images": self.eval_images,
                           "recalibration_images": self.recalibration_images,
                           "ranking": None if self.ranking_head is None else {
@@ -226,7 +243,8 @@ class ArchitectureScorer:
         """What every ranking record says of the head besides its value."""
         head = self.ranking_head
         assert head is not None
-        return {"name": RANKING_NAME, "target": head.target, "kendall_tau": head.kendall_tau}
+        return {"name": RANKING_NAME, "target": head.target, "kendall_tau": head.kendall_tau,
+                "measured_on": head.measured_on}
 
     # ---- scoring -----------------------------------------------------------------------------
 
@@ -247,7 +265,9 @@ class ArchitectureScorer:
             recalibration = recalibration_batches(data, self.device,
                                                   batches=self.recalibration_batches,
                                                   batch_size=self.recalibration_batch_size)
-            tensors = _TaskTensors(spec, x.contiguous(), y.contiguous(), recalibration)
+            tensors = _TaskTensors(spec, x.contiguous(), y.contiguous(),
+                                   [xb for xb, _ in recalibration],
+                                   [yb for _, yb in recalibration])
             self._tasks[spec.name] = tensors
             return tensors
 
@@ -302,7 +322,8 @@ class ArchitectureScorer:
                   data: _TaskTensors, predict_seconds: float) -> ScoredGraph:
         started = time.perf_counter()
         net = load_parameters(to_module(graph, initialize=False, device=self.device), params)
-        recalibrate(net, data.recalibration)
+        recalibrate(net, data.recalibration,
+                    data.recalibration_labels if self.readout else None)
         value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
                          batch_size=self.eval_batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
@@ -312,7 +333,8 @@ class ArchitectureScorer:
                        **self._ranking_fields()}
         return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels), state=state,
                            timings={"predict": predict_seconds,
-                                    "score": time.perf_counter() - started}, ranking=ranking)
+                                    "score": time.perf_counter() - started},
+                           name=score_name(self.readout), ranking=ranking)
 
 
 def _misfit(graph: ArchitectureGraph, spec: TaskSpec) -> Exception | None:

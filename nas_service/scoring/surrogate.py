@@ -20,7 +20,7 @@ from nas_service.ghn.checkpoint import load_ghn as _load_ghn
 from nas_service.graph import ArchitectureGraph, from_module, to_module
 
 from .evaluation import accuracy, load_parameters, recalibrate, recalibration_batches
-from .protocol import DEFAULT_EVAL_IMAGES, DEFAULT_TASK, SURROGATE_MODE, BatchNormMode
+from .protocol import DEFAULT_EVAL_IMAGES, DEFAULT_TASK, READOUT, SURROGATE_MODE, BatchNormMode
 
 _lock = threading.Lock()
 _default_ghn: GraphHyperNetwork | None = None
@@ -71,7 +71,8 @@ def predict_parameters(module_or_graph: nn.Module | ArchitectureGraph, *,
         load_parameters_by_name(net, {sources.get(k, k): v for k, v in params.items()})
     else:
         net = load_parameters(to_module(graph, initialize=False, device=ghn.device), params)
-    return recalibrate(net, recalibration_batches(data, ghn.device))
+    images, labels = zip(*recalibration_batches(data, ghn.device), strict=True)
+    return recalibrate(net, images, labels if READOUT else None)
 
 
 def load_parameters_by_name(net: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:

@@ -33,10 +33,12 @@ from nas_service.ghn.checkpoint import resolve_device
 from nas_service.graph import ArchitectureGraph
 from nas_service.scoring.evaluation import accuracy
 from nas_service.scoring.metrics import compare_scores
+from nas_service.scoring.protocol import READOUT, score_name
 from nas_service.scoring.ranking_head import MIN_ARCHITECTURES, fit_ranking_head, leave_one_out
 
 from .evaluate import (
     EVAL_BATCH_SIZE,
+    SERVICE_SCORE,
     SGD_BATCH_SIZE,
     SGD_LR,
     describe_ghn,
@@ -47,7 +49,8 @@ from .evaluate import (
 )
 from .ghn_training import held_out_architectures
 
-RANKED_SCORES = ("predicted_batch", "predicted_recalibrated", "ranking_head", "parameters",
+RANKED_SCORES = ("predicted_batch", "predicted_recalibrated", "predicted_readout",
+                 "ranking_head", "parameters",
                  "flops", "sgd_1_epoch", "random_init")
 """The cheap scores :func:`rank_surrogates` compares with the ground truth; higher is taken to
 mean better for every one of them (more parameters, more FLOPs, higher accuracy).
@@ -349,13 +352,14 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
 
     head = None
     if len(rows) >= MIN_ARCHITECTURES:
-        surrogate = [float(r["predicted_recalibrated"]) for r in rows]
+        surrogate = [float(r[SERVICE_SCORE]) for r in rows]
         parameters = [float(r["parameters"]) for r in rows]
         for row, estimate in zip(rows, leave_one_out(surrogate, parameters, truth), strict=True):
             row["ranking_head"] = estimate
             # Its cost is the surrogate's: the head itself is a dot product.
-            row["seconds"]["ranking_head"] = row["seconds"]["predicted_recalibrated"]
+            row["seconds"]["ranking_head"] = row["seconds"][SERVICE_SCORE]
         head = fit_ranking_head(surrogate, parameters, truth, task=spec.name,
+                                score=score_name(READOUT),
                                 target=f"test accuracy after {epochs:g} epochs of SGD",
                                 ghn_sha256=ghn_sha256, eval_images=eval_images)
 
@@ -371,7 +375,8 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     architectures = [
         {k: r.get(k) for k in ("name", "seed", "hash", "parameters", "flops", "nodes",
                                "trained_accuracy", "trained_seconds", "predicted_batch",
-                               "predicted_recalibrated", "ranking_head", "sgd_1_epoch",
+                               "predicted_recalibrated", "predicted_readout", "ranking_head",
+                               "sgd_1_epoch",
                                "random_init")}
         for r in rows]
     return {

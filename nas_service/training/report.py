@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .evaluate import SERVICE_SCORE
+
 # ------------------------------------------------------------------------------------------------
 # A raster canvas with a 5x7 font
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +293,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 _SCORE_TITLES = {
     "predicted_batch": "GHN, batch statistics",
     "predicted_recalibrated": "GHN, recalibrated",
-    "ranking_head": "ranking head (GHN recal. + size, leave-one-out)",
+    "predicted_readout": "GHN, recalibrated + readout (the service's score)",
+    "ranking_head": "ranking head (service score + size, leave-one-out)",
     "random_init": "random init",
     "sgd_1_epoch": "SGD baseline",
     "parameters": "parameter count",
@@ -317,7 +320,8 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
     lines.append("")
     summary = ev.get("summary", {}).get("held_out", {})
     rows = []
-    for key in ("predicted_batch", "predicted_recalibrated", "random_init", "sgd_1_epoch"):
+    for key in ("predicted_batch", "predicted_recalibrated", "predicted_readout", "random_init",
+                "sgd_1_epoch"):
         st = summary.get(key)
         title = _SCORE_TITLES[key] if key != "sgd_1_epoch" else sgd_title
         rows.append([title] + ([_fmt(st[k]) for k in ("mean", "median", "min", "max")]
@@ -326,11 +330,11 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
     by_bn = ev.get("summary", {}).get("held_out_by_batch_norm") or {}
     parts = []
     for side, label in (("with", "with batch norm"), ("without", "without (BN-free)")):
-        st = (by_bn.get(side) or {}).get("predicted_recalibrated")
+        st = (by_bn.get(side) or {}).get(SERVICE_SCORE)
         if st:
             parts.append(f"{label}: {_fmt(st['mean'])} mean over {st['count']}")
     if parts:
-        lines += ["", "GHN, recalibrated, " + "; ".join(parts) + "."]
+        lines += ["", f"{_SCORE_TITLES[SERVICE_SCORE]}, " + "; ".join(parts) + "."]
     errors = [r for r in ev["held_out"] if "error" in r]
     if errors:
         lines += ["", f"{len(errors)} architecture(s) could not be scored: "
@@ -345,14 +349,15 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
     rows = []
     for r in ev.get("zoo", []):
         if "error" in r:
-            rows.append([r["name"], "–", "–", "–", "–", "–", "–", f"error: {r['error']}"])
+            rows.append([r["name"], "–", "–", "–", "–", "–", "–", "–",
+                         f"error: {r['error']}"])
             continue
         rows.append([r["name"], _count(r.get("parameters")), _count(r.get("flops")),
                      _fmt(r.get("predicted_batch")), _fmt(r.get("predicted_recalibrated")),
-                     _fmt(r.get("random_init")), _fmt(r.get("sgd_1_epoch")),
-                     _fmt(r.get("predict_seconds"), 3)])
-    lines += _table(["model", "params", "MACs", "GHN (batch)", "GHN (recal.)", "random init",
-                     sgd_title, "predict s"], rows)
+                     _fmt(r.get("predicted_readout")), _fmt(r.get("random_init")),
+                     _fmt(r.get("sgd_1_epoch")), _fmt(r.get("predict_seconds"), 3)])
+    lines += _table(["model", "params", "MACs", "GHN (batch)", "GHN (recal.)",
+                     "GHN (readout)", "random init", sgd_title, "predict s"], rows)
     for name, why in ev.get("zoo_skipped", {}).items():
         lines.append(f"\n*{name} skipped: {why}.*")
     return lines
@@ -391,7 +396,7 @@ def _scatter_series(evaluation: dict[str, Any] | None, ranking: dict[str, Any] |
     if ranking is not None:
         # The score the service ranks by: the ranking head's estimate when there is one.
         key = "ranking_head" if ranking.get("scores", {}).get("ranking_head") else \
-            "predicted_recalibrated"
+            SERVICE_SCORE
         pts = [(a["trained_accuracy"], a[key]) for a in ranking.get("architectures", [])
                if a.get("trained_accuracy") is not None and a.get(key) is not None]
         st = ranking.get("scores", {}).get(key, {})
@@ -399,20 +404,19 @@ def _scatter_series(evaluation: dict[str, Any] | None, ranking: dict[str, Any] |
                  f"  n {len(pts)}")
         epochs = ranking.get("protocol", {}).get("epochs")
         y_label = ("ranking head (leave-one-out)" if key == "ranking_head"
-                   else "GHN predicted (recal., val)")
+                   else "GHN predicted (service score, val)")
         return ([("held-out", BLUE, pts)], f"trained accuracy (test, {epochs} ep)", y_label,
                 title)
     assert evaluation is not None
 
     def points(records: list[dict[str, Any]]) -> list[tuple[float, float]]:
-        return [(r["sgd_1_epoch"], r["predicted_recalibrated"]) for r in records
-                if r.get("sgd_1_epoch") is not None
-                and r.get("predicted_recalibrated") is not None]
+        return [(r["sgd_1_epoch"], r[SERVICE_SCORE]) for r in records
+                if r.get("sgd_1_epoch") is not None and r.get(SERVICE_SCORE) is not None]
 
     epochs = evaluation.get("settings", {}).get("sgd_epochs")
     return ([("held-out", BLUE, points(evaluation["held_out"])),
              ("reference models", ORANGE, points(evaluation.get("zoo", [])))],
-            f"SGD accuracy (test, {epochs} ep)", "GHN predicted (recal., test)",
+            f"SGD accuracy (test, {epochs} ep)", "GHN predicted (service score, test)",
             f"task {evaluation.get('task')}")
 
 
