@@ -11,6 +11,7 @@ from torch import nn
 
 from nas_service.graph import to_module
 from nas_service.graph.tracing import from_module, map_state_dict
+from nas_service.zoo.handwritten import HANDWRITTEN, handwritten_models
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -105,3 +106,17 @@ def test_squeeze_excitation_gate_is_a_broadcast_multiply() -> None:
     assert len(gates) == 3
     assert all(n.input_shapes[1] == (n.shape[0], 1, 1) for n in gates)
     assert any(n.op == "global_avg_pool" and n.attrs.keepdim for n in graph)
+
+
+@pytest.mark.parametrize("input_shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_handwritten_cnn_converts_and_matches_its_module(input_shape):
+    models = handwritten_models(input_shape, num_classes=10)
+    assert len(models) == len(HANDWRITTEN) >= 24
+    x = torch.randn(2, *input_shape)
+    for name, make in models.items():
+        torch.manual_seed(0)
+        module = make().eval()
+        graph = from_module(module, input_shape, name=name)
+        rebuilt = to_module(graph).eval()
+        rebuilt.load_state_dict(map_state_dict(graph, module.state_dict()))
+        assert torch.allclose(rebuilt(x), module(x), atol=1e-4), name
