@@ -35,7 +35,8 @@ def add_train_ghn(add_parser: AddParser) -> None:
     p.add_argument("--task", default=defaults["task"], help="task name (default: %(default)s)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
     p.add_argument("--spaces", default=",".join(defaults["spaces"]),
-                   help="comma-separated search spaces (default: %(default)s)")
+                   help="comma-separated search spaces, e.g. cells,families[-vit,-mlp] "
+                        "(default: %(default)s)")
     for name in ("steps", "meta_batch", "batch_size", "warmup_steps", "max_parameters",
                  "max_flops", "validate_every", "validation_architectures",
                  "checkpoint_every", "log_every"):
@@ -66,7 +67,7 @@ def add_train_ghn(add_parser: AddParser) -> None:
 def _train_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
     from nas_service.ghn.checkpoint import CheckpointError, resolve_device
-    from nas_service.spaces import SearchSpaceError
+    from nas_service.spaces import SearchSpaceError, split_space_names
     from nas_service.training.config import TrainingConfig
     from nas_service.training.ghn_training import start_from_checkpoint, train_ghn
 
@@ -74,7 +75,7 @@ def _train_ghn(args: argparse.Namespace) -> int:
            if getattr(args, k) is not None}
     cfg = TrainingConfig(
         task=args.task, data_root=args.data_root,
-        spaces=tuple(s.strip() for s in args.spaces.split(",") if s.strip()),
+        spaces=split_space_names(args.spaces),
         steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, max_parameters=args.max_parameters, max_flops=args.max_flops,
