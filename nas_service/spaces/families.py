@@ -24,7 +24,8 @@ leaves it, so that a GHN can be trained without some families and evaluated on t
 * ``vit`` (Dosovitskiy et al. 2021): ``patch_embed`` - [``class_token``] - ``pos_embed`` -
   pre-norm blocks of self-attention and an MLP, each around an ``add`` - ``layer_norm`` - the
   class token (``select_token``) or the mean of the tokens - classifier.
-* ``mlp``: flatten - (linear - norm - act - dropout) x 1-6 - linear.
+* ``mlp``: flatten - (linear - norm - act - dropout) x 1-6 - linear (inputs of over 16,384
+  values are average-pooled first).
 
 Norms (one per network): ``batch``, ``layer`` (over the channels of a map, as in ConvNeXt),
 ``group`` (groups of at least 4 channels, at most 32 groups) or ``none`` (convs then have a
@@ -111,6 +112,8 @@ MAX_BODY_SIDE = 64
 """Maps wider than this after the stem are max-pooled down (large inputs)."""
 MAX_TOKENS = 256
 """Patch sizes are sampled so that attention sees at most this many tokens."""
+MAX_FLAT_FEATURES = 16384
+"""An MLP's input is average-pooled down to at most this many features (64 channels of 16x16)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -569,7 +572,11 @@ def _write_vit(net: _NetWriter, g: Genome, num_classes: int) -> str:
 
 def _write_mlp(net: _NetWriter, g: Genome, num_classes: int) -> str:
     add = net.builder.add
-    x = add("flatten", net.input, id="flatten")
+    x = net.reduce_large(net.input, "stem_reduce")
+    k = 0
+    while math.prod(net.shapes[x]) > MAX_FLAT_FEATURES and net.can_halve(x):
+        x, k = net.pool(x, f"stem_pool{k}", "avg_pool", 3, 2), k + 1
+    x = add("flatten", x, id="flatten")
     for i, width in enumerate(g["widths"]):
         x = add("linear", x, id=f"layer{i}_fc", out_features=width)
         if g["norm"] != "none":
