@@ -114,6 +114,9 @@ MAX_TOKENS = 256
 """Patch sizes are sampled so that attention sees at most this many tokens."""
 MAX_FLAT_FEATURES = 16384
 """An MLP's input is average-pooled down to at most this many features (64 channels of 16x16)."""
+STRUCTURAL_MUTATION_RATE = 0.15
+"""Share of mutations that add or remove a stage, a block or a layer (the rest change one
+field); no mutation changes the family."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,7 +131,8 @@ class FamilySpace(GenomeSearchSpace):
     version = VERSION
 
     def __init__(self, families: Iterable[str] | None = None):
-        allowed = FAMILIES if families is None else tuple(families)
+        allowed = (FAMILIES if families is None else (families,) if isinstance(families, str)
+                   else tuple(families))
         unknown = sorted(set(allowed) - set(FAMILIES))
         if unknown:
             raise SearchSpaceError(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} "
@@ -596,9 +600,6 @@ _WRITERS: dict[str, Callable[[_NetWriter, Genome, int], str]] = {
 # ------------------------------------------------------------------------------------------------
 # Sampling
 # ------------------------------------------------------------------------------------------------
-
-STRUCTURAL_MUTATION_RATE = 0.15
-"""Share of mutations that add or remove a stage, a block or a layer."""
 
 _ACTIVATION_WEIGHTS: dict[str, float] = {
     "relu": 40, "gelu": 9, "silu": 9, "relu6": 6, "leaky_relu": 7, "elu": 5, "hardswish": 5,
