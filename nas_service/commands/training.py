@@ -59,6 +59,9 @@ def add_train_ghn(add_parser: AddParser) -> None:
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="continue the run that produced this GHN checkpoint (e.g. the bundled "
                         "one) in a new OUT: same settings, a larger --steps")
+    p.add_argument("--warm-start", default=None, metavar="FILE",
+                   help="start a new run in OUT (its own settings, e.g. other --spaces, from "
+                        "step 0) from this GHN checkpoint's weights")
     p.add_argument("--restart", action="store_true", help="ignore an existing run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train_ghn)
@@ -90,10 +93,14 @@ def _train_ghn(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             if args.restart:
                 raise ValueError("--init-from and --restart contradict each other")
+            if args.warm_start is not None:
+                raise ValueError("--init-from continues a run, --warm-start starts one: "
+                                 "give one of them")
             step = start_from_checkpoint(args.init_from, args.out, cfg)
             print(f"continuing {args.init_from} from step {step}")
         train_ghn(cfg, args.out, device=args.device, resume=not args.restart,
-                  progress=not args.no_progress, workers=max(0, workers))
+                  progress=not args.no_progress, workers=max(0, workers),
+                  warm_start=args.warm_start)
     except (DatasetError, SearchSpaceError, CheckpointError, ValueError) as e:
         raise CommandError(str(e)) from None
     print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
