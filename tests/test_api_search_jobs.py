@@ -16,6 +16,7 @@ from service_support import (  # noqa: E402
 )
 
 from nas_service.db import make_engine, queue  # noqa: E402
+from nas_service.spaces import family_of  # noqa: E402
 
 pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist,
@@ -126,6 +127,22 @@ def test_a_job_runs_to_completion_and_its_best_candidate_downloads(make_client) 
     assert 'nas_candidates_recorded_total{status="scored"} 4' in metrics
     assert 'nas_worker_jobs_total{outcome="succeeded"} 1' in metrics
     assert 'nas_worker_heartbeats_total{held="true"}' in metrics
+
+
+def test_a_job_over_some_families_records_the_view_and_samples_only_them(make_client) -> None:
+    client = make_client(worker_in_process=True)
+    r = client.post("/v1/search-jobs", json={**JOB, "space": "families[vgg, plain]",
+                                             "strategy": "evolution"})
+    assert r.status_code == 202, r.text
+    assert r.json()["space"] == "families[plain,vgg]"  # one spelling per view
+    done = _wait(client, r.json()["id"])
+    assert done["status"] == "succeeded", done
+    for candidate in client.get(done["links"]["candidates"]).json()["items"]:
+        name = client.get(candidate["architecture_url"]).json()["name"]
+        assert family_of(name) in ("plain", "vgg"), name
+    body = assert_problem(client.post("/v1/search-jobs", json={
+        **JOB, "space": "families[resnet,transformer]"}), 422, "invalid-request")
+    assert "'transformer'" in str(body) and "known families" in str(body)
 
 
 def test_candidates_page_by_score_and_a_rejected_one_has_no_checkpoint(client,

@@ -267,7 +267,7 @@ def test_sample_without_search_spaces_fails_cleanly(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.usefixtures("spaces_available")
-@pytest.mark.parametrize("space", ["cells", "macro"])
+@pytest.mark.parametrize("space", ["cells", "macro", "families", "families[resnet,vit]"])
 def test_sample_prints_a_valid_graph_and_is_seed_deterministic(
         space: str, capsys: pytest.CaptureFixture[str]) -> None:
     from nas_service import ArchitectureGraph

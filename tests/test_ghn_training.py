@@ -124,6 +124,28 @@ def test_a_run_continues_from_a_checkpoint_with_a_fresh_optimizer_and_a_new_warm
     assert load_ghn(tmp_path / "next" / "ghn.safetensors", "cpu").training_record["step"] == 8
 
 
+def test_a_warm_start_begins_a_new_run_with_its_own_settings_from_a_checkpoints_weights(tmp_path):
+    torch.set_num_threads(1)
+    train_ghn(tiny_config(4), tmp_path / "first", progress=False, device="cpu")
+    checkpoint = tmp_path / "first" / "ghn.safetensors"
+    weights = load_ghn(checkpoint, "cpu").state_dict()
+    cfg = tiny_config(4)
+    cfg.spaces = ("families[plain,mlp]",)  # what --init-from would refuse
+    with pytest.raises(ValueError, match="GHN architecture"):
+        train_ghn(cfg, tmp_path / "refused", progress=False, device="cpu", warm_start=checkpoint)
+    cfg.ghn = {}
+    seen = []
+    train_ghn(cfg, tmp_path / "wide", progress=False, device="cpu", warm_start=checkpoint,
+              on_log=seen.append)
+    state = json.loads((tmp_path / "wide" / "state.json").read_text())
+    assert state["step"] == 4 and state["config"]["spaces"] == ["families[plain,mlp]"]
+    assert state["warm_started_from"] == str(checkpoint) and "rewarm_from" not in state
+    assert [r["step"] for r in seen if "loss" in r] == [4]  # counted from step 0
+    trained = load_ghn(tmp_path / "wide" / "ghn.safetensors", "cpu")
+    assert trained.config.hidden == TINY_GHN["hidden"]  # the checkpoint's architecture
+    assert any(not torch.equal(weights[k], v) for k, v in trained.state_dict().items())
+
+
 class SmallNet(nn.Module):
     def __init__(self):
         super().__init__()

@@ -30,6 +30,11 @@ seeds = st.integers(min_value=0, max_value=2**31 - 1)
 few = settings(max_examples=25, deadline=None)
 
 
+def _prefix(name: str, genome: dict) -> str:
+    """How a space's graph names start: the families space names the family too."""
+    return f"{name}/{genome['family']}" if name == "families" else name
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     # Batch-of-2 passes through tiny nets gain nothing from intra-op threads, and on a busy
@@ -48,7 +53,7 @@ def test_sampled_graph_validates_and_round_trips_through_json(name, shape, seed)
     genome, graph = get_space(name).sample_with_genome(seed, shape, 10)
     assert graph.input_shape == shape
     assert graph.num_classes == 10
-    assert graph.name == f"{name}/seed={seed}"
+    assert graph.name == f"{_prefix(name, genome)}/seed={seed}"
     assert ArchitectureGraph.from_dict(graph.to_dict()) == graph
     assert ArchitectureGraph.from_json(graph.to_json()).to_dict() == graph.to_dict()
     canonical = json.dumps(graph.to_dict()["nodes"], sort_keys=True, separators=(",", ":"))
@@ -128,7 +133,7 @@ def test_mutation_gives_a_valid_different_deterministic_child(name, parent_seed,
     assert space.genome_to_graph(child_genome) == child
     again_genome, again = space.mutate(genome, seed, max_parameters=500_000)
     assert again_genome == child_genome and again == child
-    assert child.name.startswith(f"{name}/mutant/seed={seed}/parent=")
+    assert child.name.startswith(f"{_prefix(name, child_genome)}/mutant/seed={seed}/parent=")
 
 
 @pytest.mark.parametrize("name", SPACE_NAMES)
@@ -231,11 +236,11 @@ def test_node_ids_say_where_a_node_sits(name, pattern):
 
 
 def test_registry_lists_spaces_and_names_them_in_errors():
-    assert set(SPACES) == {"cells", "macro"}
+    assert set(SPACES) == {"cells", "families", "macro"}
     for name, space in SPACES.items():
         assert isinstance(space, SearchSpace)
         assert space.name == name
-    with pytest.raises(SearchSpaceError, match="cells, macro"):
+    with pytest.raises(SearchSpaceError, match="cells, families, macro"):
         get_space("darts")
     assert sample_architecture("macro", 3) == get_space("macro").sample(3)
     assert sample_architecture(CellSpace(), 3, (3, 32, 32)) == get_space("cells").sample(

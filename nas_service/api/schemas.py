@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nas_service.data import DatasetError, get_task, list_tasks
-from nas_service.spaces import SPACES
+from nas_service.spaces import SPACES, SearchSpaceError, get_space
 
 MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
 
@@ -21,7 +21,10 @@ CandidateStatusName = Literal["scored", "rejected", "failed"]
 
 # Documented as enums, so that clients (and generated tests) see the names that exist; validated
 # by the functions below, which also accept a task's aliases ("Fashion_MNIST").
-SpaceName = Annotated[str, Field(max_length=64, json_schema_extra={"enum": sorted(SPACES)})]
+SpaceName = Annotated[str, Field(
+    max_length=64, json_schema_extra={"enum": sorted(SPACES)},
+    description="a search space name; views of the families space (families[resnet,vgg], "
+                "families[-densenet,-vit]) are accepted too")]
 TaskName = Annotated[str, Field(max_length=64, json_schema_extra={"enum": list_tasks()})]
 
 
@@ -37,10 +40,11 @@ def _canonical_task(value: str) -> str:
 
 
 def _known_space(value: str) -> str:
-    if value not in SPACES:
-        raise ValueError(f"unknown search space {value!r}; known spaces: "
-                         f"{', '.join(sorted(SPACES))}")
-    return value
+    """The space's canonical name (views of the families space are written in one way)."""
+    try:
+        return get_space(value).name
+    except SearchSpaceError as e:
+        raise ValueError(str(e)) from None
 
 
 # ---- architectures -----------------------------------------------------------------------------

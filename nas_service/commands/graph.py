@@ -39,8 +39,9 @@ def add_graph(add_parser: AddParser) -> None:
     g = sub.add_parser("sample", help="sample an architecture from a search space",
                        description="Sample one architecture, deterministically from its seed, "
                                    "and print it as nas-graph/1 JSON.")
-    g.add_argument("--space", required=True, metavar="{cells,macro}",
-                   help="search space name")
+    g.add_argument("--space", required=True, metavar="{cells,families,macro}",
+                   help="search space name, or a view of some families: families[resnet,vgg] "
+                        "or families[-densenet,-vit]")
     g.add_argument("--seed", required=True, type=int, help="the same seed gives the same graph")
     g.add_argument("--input-shape", type=sample_shape, default=(1, 28, 28), metavar="C,H,W",
                    help="per-sample input shape (default: 1,28,28)")

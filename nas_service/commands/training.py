@@ -35,7 +35,8 @@ def add_train_ghn(add_parser: AddParser) -> None:
     p.add_argument("--task", default=defaults["task"], help="task name (default: %(default)s)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
     p.add_argument("--spaces", default=",".join(defaults["spaces"]),
-                   help="comma-separated search spaces (default: %(default)s)")
+                   help="comma-separated search spaces, e.g. cells,families[-vit,-mlp] "
+                        "(default: %(default)s)")
     for name in ("steps", "meta_batch", "batch_size", "warmup_steps", "max_parameters",
                  "max_flops", "validate_every", "validation_architectures",
                  "checkpoint_every", "log_every"):
@@ -58,6 +59,9 @@ def add_train_ghn(add_parser: AddParser) -> None:
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="continue the run that produced this GHN checkpoint (e.g. the bundled "
                         "one) in a new OUT: same settings, a larger --steps")
+    p.add_argument("--warm-start", default=None, metavar="FILE",
+                   help="start a new run in OUT (its own settings, e.g. other --spaces, from "
+                        "step 0) from this GHN checkpoint's weights")
     p.add_argument("--restart", action="store_true", help="ignore an existing run in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train_ghn)
@@ -66,7 +70,7 @@ def add_train_ghn(add_parser: AddParser) -> None:
 def _train_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
     from nas_service.ghn.checkpoint import CheckpointError, resolve_device
-    from nas_service.spaces import SearchSpaceError
+    from nas_service.spaces import SearchSpaceError, split_space_names
     from nas_service.training.config import TrainingConfig
     from nas_service.training.ghn_training import start_from_checkpoint, train_ghn
 
@@ -74,7 +78,7 @@ def _train_ghn(args: argparse.Namespace) -> int:
            if getattr(args, k) is not None}
     cfg = TrainingConfig(
         task=args.task, data_root=args.data_root,
-        spaces=tuple(s.strip() for s in args.spaces.split(",") if s.strip()),
+        spaces=split_space_names(args.spaces),
         steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, max_parameters=args.max_parameters, max_flops=args.max_flops,
@@ -89,10 +93,14 @@ def _train_ghn(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             if args.restart:
                 raise ValueError("--init-from and --restart contradict each other")
+            if args.warm_start is not None:
+                raise ValueError("--init-from continues a run, --warm-start starts one: "
+                                 "give one of them")
             step = start_from_checkpoint(args.init_from, args.out, cfg)
             print(f"continuing {args.init_from} from step {step}")
         train_ghn(cfg, args.out, device=args.device, resume=not args.restart,
-                  progress=not args.no_progress, workers=max(0, workers))
+                  progress=not args.no_progress, workers=max(0, workers),
+                  warm_start=args.warm_start)
     except (DatasetError, SearchSpaceError, CheckpointError, ValueError) as e:
         raise CommandError(str(e)) from None
     print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")

@@ -3,6 +3,7 @@
 >>> from nas_service.spaces import get_space
 >>> genome, graph = get_space("cells").sample_with_genome(42, (1, 28, 28), 10)
 >>> child_genome, child = get_space("cells").mutate(genome, seed=7)
+>>> graph = get_space("families[-densenet,-vit]").sample(3)   # all families but two
 
 ``docs/spaces.md`` describes each space, its genome and its bounds.
 """
@@ -15,19 +16,24 @@ from .base import (
     SearchSpaceError,
 )
 from .cells import CELL_OPS, CellSpace
+from .families import FAMILIES, FamilySpace, family_of
 from .macro import MacroSpace
-from .registry import SPACES, get_space, sample_architecture
+from .registry import SPACES, get_space, sample_architecture, split_space_names
 
 __all__ = [
     "CELL_OPS",
     "DEFAULT_INPUT_SHAPE",
+    "FAMILIES",
     "SPACES",
     "CellSpace",
+    "FamilySpace",
     "Genome",
     "GenomeSearchSpace",
     "MacroSpace",
     "SearchSpace",
     "SearchSpaceError",
+    "family_of",
     "get_space",
     "sample_architecture",
+    "split_space_names",
 ]

@@ -256,10 +256,14 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | None = None,
               resume: bool = True, progress: bool = True, workers: int = 0,
+              warm_start: str | os.PathLike | None = None,
               on_log: Callable[[dict], None] | None = None) -> GraphHyperNetwork:
     """Trains (or resumes training) a GHN; returns it. See the module docstring.
 
-    ``workers``: processes that prepare steps ahead of the GHN (0: inline)."""
+    ``workers``: processes that prepare steps ahead of the GHN (0: inline). ``warm_start``: a
+    new run (step 0, ``cfg``'s own settings, e.g. other search spaces) starts from this GHN
+    checkpoint's weights instead of a random initialisation; its architecture (``GHNConfig``)
+    is the checkpoint's, so ``cfg.ghn`` must be empty. Ignored when resuming."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -278,7 +282,14 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
         _check_same_run(state.get("config", {}), cfg)
         ghn = load_ghn(ghn_path, dev).train()
         start_step, best = state["step"], state.get("best_val_accuracy", 0.0)
-        lineage = {k: state[k] for k in ("initialized_from", "rewarm_from") if k in state}
+        lineage = {k: state[k] for k in ("initialized_from", "rewarm_from", "warm_started_from")
+                   if k in state}
+    elif warm_start is not None:
+        if cfg.ghn:
+            raise ValueError("a warm start takes the checkpoint's GHN architecture; "
+                             f"drop the overrides {sorted(cfg.ghn)}")
+        ghn = load_ghn(warm_start, dev)
+        lineage = {"warm_started_from": str(warm_start)}
     else:
         ghn = GraphHyperNetwork(GHNConfig(**cfg.ghn)).to(dev)
     ghn.train()
