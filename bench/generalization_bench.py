@@ -1,0 +1,86 @@
+"""Generalisation of a GHN beyond its training distribution (``docs/evaluation.md``).
+
+    python bench/generalization_bench.py --truth-only      # train the ground truth (resumable)
+    python bench/generalization_bench.py [--ghn FILE]      # score every set, write the results
+
+Sets: in-distribution seeds of the families the GHN was trained on, families held out of its
+training, ordinary hand-written CNNs, and the reference zoo (no ground truth: too large to
+train here). Results: ``bench/results/generalization_bench.json`` (a summary per set and every
+architecture's scores); the ground truth is cached in
+``bench/results/generalization/ground-truth.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nas_service.data import load_task  # noqa: E402
+from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
+from nas_service.runtime import retain_freed_memory  # noqa: E402
+from nas_service.training.generalization import (  # noqa: E402
+    architecture_sets,
+    evaluate_generalization,
+    train_ground_truth_sets,
+)
+from nas_service.training.ranking import GroundTruthCache  # noqa: E402
+
+CACHE = ROOT / "bench" / "results" / "generalization" / "ground-truth.json"
+OUT = ROOT / "bench" / "results" / "generalization_bench.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ghn", default=None, help="GHN checkpoint (default: the bundled one)")
+    parser.add_argument("--task", default="fashion-mnist")
+    parser.add_argument("--truth-only", action="store_true",
+                        help="only train the ground truth and the SGD baseline into the cache")
+    parser.add_argument("--per-set", type=int, default=18,
+                        help="sampled architectures per sampled set (default: 18)")
+    parser.add_argument("--eval-images", type=int, default=1000)
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    retain_freed_memory()
+    task = load_task(args.task)
+    sets = architecture_sets(task.spec.input_shape, task.spec.num_classes, args.per_set)
+    cache = GroundTruthCache(args.cache)
+    if args.truth_only:
+        train_ground_truth_sets(sets, task, cache, device="cpu")
+        return 0
+    ghn = load_ghn(args.ghn, "cpu")
+    started = time.time()
+    result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images)
+    result.update({"benchmark": "generalization", "task": task.spec.name,
+                   "ghn": args.ghn or "bundled", "torch": torch.__version__,
+                   "threads": torch.get_num_threads(),
+                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "seconds": time.time() - started})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for name, summary in result["sets"].items():
+        mean = summary["mean"]
+        line = [f"{name:18s} n={summary['architectures']:2d}"]
+        for key in ("predicted_recalibrated", "predicted_readout", "trained_accuracy"):
+            if mean.get(key) is not None:
+                line.append(f"{key} {mean[key]:.3f}")
+        taus = {k: v["kendall_tau"] for k, v in summary["ranking"].items()}
+        line.append("tau " + " ".join(f"{k}={v:.2f}" for k, v in taus.items() if v is not None))
+        print("  ".join(line))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
