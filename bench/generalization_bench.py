@@ -7,7 +7,9 @@ Sets: in-distribution seeds of the families the GHN was trained on, families hel
 training, ordinary hand-written CNNs, and the reference zoo (no ground truth: too large to
 train here). Results: ``bench/results/generalization_bench.json`` (a summary per set and every
 architecture's scores); the ground truth is cached in
-``bench/results/generalization/ground-truth.json``.
+``bench/results/generalization/ground-truth.json``, and the ranking head fit on the
+in-distribution set, with its Kendall tau measured out of distribution, is written beside it as
+``ranking-head.json`` (the one the bundled GHN ships).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def main() -> int:
                    "seconds": time.time() - started})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    head = result["protocol"]["ranking_head"]
+    if head is not None:  # fit in distribution, its tau measured out of distribution
+        (args.cache.parent / "ranking-head.json").write_text(json.dumps(head, indent=2) + "\n")
     for name, summary in result["sets"].items():
         mean = summary["mean"]
         line = [f"{name:18s} n={summary['architectures']:2d}"]

@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 from nas_service.data import TaskData
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, from_module, to_module
-from nas_service.scoring.metrics import compare_scores
+from nas_service.scoring.metrics import compare_scores, kendall_tau
 from nas_service.scoring.proxies import PROXIES, proxy_scores
 from nas_service.scoring.ranking_head import MIN_ARCHITECTURES, RankingHead, fit_ranking_head
 from nas_service.spaces import get_space
@@ -73,6 +73,7 @@ most this 2-core CPU affords for about 70 networks."""
 BASELINE = SgdBudget(epochs=1, images=8000)
 """The training baseline: a quarter of the ground truth's budget."""
 SETS = ("in_distribution", "held_out_families", "handwritten", "reference")
+OUT_OF_DISTRIBUTION = ("held_out_families", "handwritten")
 SAMPLING_BOUNDS = {"max_parameters": 1_000_000, "max_flops": 20_000_000}
 """The bounds sampled architectures are drawn at: those the GHN is trained at."""
 PROXY_BATCH = 128
@@ -166,6 +167,18 @@ def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
         for r in records:
             r["ranking_head"] = (None if head is None else
                                  head.predict(r[SERVICE_SCORE], r["parameters"]))
+    if head is not None:
+        # The tau a served head quotes: measured on architectures it was not fit on, of
+        # families the GHN was not trained on.
+        unseen = [r for name in OUT_OF_DISTRIBUTION for r in rows.get(name, [])
+                  if r.get("trained_accuracy") is not None]
+        if len(unseen) >= 3:
+            tau = kendall_tau([r["ranking_head"] for r in unseen],
+                              [r["trained_accuracy"] for r in unseen])
+            head = replace(head, kendall_tau=None if math.isnan(tau) else tau,
+                           measured_on=f"{len(unseen)} architectures of families neither the "
+                                       "head nor the GHN was fit on (held-out families, "
+                                       "hand-written CNNs)")
     return {"protocol": {"ground_truth": GROUND_TRUTH.describe() + ", test split, 2,000 images",
                          "baseline": BASELINE.describe() + ", validation split, 2,000 images",
                          "eval_images": eval_images, "proxy_batch": PROXY_BATCH,

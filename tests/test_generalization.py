@@ -1,0 +1,57 @@
+"""The generalisation benchmark's sets and summaries (the benchmark itself runs in bench/)."""
+
+from __future__ import annotations
+
+import math
+
+from nas_service.spaces import family_of
+from nas_service.training.generalization import (
+    BASELINE,
+    GROUND_TRUTH,
+    HELD_OUT_FAMILIES,
+    RANKED,
+    architecture_sets,
+    summarize_set,
+)
+from nas_service.zoo.handwritten import HANDWRITTEN
+
+
+def test_sets_keep_held_out_families_apart_from_the_in_distribution_set():
+    sets = architecture_sets((1, 28, 28), 10, per_set=6)
+    assert set(sets) == {"in_distribution", "held_out_families", "handwritten", "reference"}
+    trained = {family_of(g) for g in sets["in_distribution"]}
+    held_out = {family_of(g) for g in sets["held_out_families"]}
+    assert held_out <= set(HELD_OUT_FAMILIES) and not trained & set(HELD_OUT_FAMILIES)
+    assert len(sets["handwritten"]) == len(HANDWRITTEN)
+    assert all(g.flops <= 20_000_000 and g.num_parameters <= 1_000_000
+               for g in sets["in_distribution"] + sets["held_out_families"])
+    # The same seeds give the same architectures: ground truth is cached by content hash.
+    again = architecture_sets((1, 28, 28), 10, per_set=6)
+    assert [g.content_hash() for g in again["held_out_families"]] == \
+        [g.content_hash() for g in sets["held_out_families"]]
+
+
+def test_the_baseline_costs_a_quarter_of_the_ground_truth():
+    assert BASELINE.image_steps * 4 == GROUND_TRUTH.image_steps
+
+
+def _record(i: int, truth: float | None) -> dict:
+    return {"predicted_recalibrated": 0.1 * i, "predicted_readout": 0.2 * i,
+            "ranking_head": 0.3 * i, "grad_norm": float(i), "synflow": math.nan,
+            "naswot": -float(i), "zico": float(i), "parameters": 1000 * i,
+            "sgd_baseline": 0.5, "trained_accuracy": truth,
+            "seconds": {"predicted_readout": 1.0, "proxies": 0.5}}
+
+
+def test_a_set_summary_ranks_every_score_against_the_ground_truth():
+    records = [_record(i, 0.5 + 0.01 * i) for i in range(1, 7)] + [_record(9, None)]
+    summary = summarize_set(records)
+    assert summary["architectures"] == 7 and summary["with_ground_truth"] == 6
+    ranking = summary["ranking"]
+    assert set(ranking) == set(RANKED)
+    assert ranking["predicted_readout"]["kendall_tau"] == 1.0
+    assert ranking["naswot"]["kendall_tau"] == -1.0
+    assert ranking["sgd_baseline"]["kendall_tau"] is None  # constant: undefined
+    assert ranking["synflow"]["kendall_tau"] is None  # failed everywhere: all tied last
+    assert summary["mean"]["predicted_readout"] == sum(0.2 * i for i in (1, 2, 3, 4, 5, 6, 9)) / 7
+    assert summary["seconds_per_architecture"]["ghn_score"] == 1.0
