@@ -101,14 +101,26 @@ def architecture_sets(input_shape: Sequence[int], num_classes: int, per_set: int
 def train_ground_truth_sets(sets: dict[str, list[ArchitectureGraph]], task: TaskData,
                             cache: GroundTruthCache, *, device: str | torch.device | None = None,
                             progress: bool = True) -> None:
-    """Trains the ground truth and the SGD baseline of every set but ``reference`` into
-    ``cache`` (resumable: what the cache holds is not trained again), smallest networks
-    first, so an interrupted run has the most architectures done."""
+    """Trains the SGD baseline and the ground truth of every architecture of every set but
+    ``reference`` into ``cache`` (resumable: what the cache holds is not trained again), one
+    architecture at a time, smallest first, so an interrupted run leaves the most architectures
+    complete."""
     graphs = sorted((g for name, gs in sets.items() if name != "reference" for g in gs),
                     key=lambda g: g.flops)
-    for budget, split in ((BASELINE, "val"), (GROUND_TRUTH, "test")):
-        ground_truth_records(graphs, task, budget.epochs, max_images=budget.images, cache=cache,
-                             split=split, eval_images=2000, device=device, progress=progress)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(graphs), desc="ground truth", unit="arch", dynamic_ncols=True)
+    try:
+        for graph in graphs:
+            for budget, split in ((BASELINE, "val"), (GROUND_TRUTH, "test")):
+                ground_truth_records([graph], task, budget.epochs, max_images=budget.images,
+                                     cache=cache, split=split, eval_images=2000, device=device)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _score_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph, task: TaskData,
