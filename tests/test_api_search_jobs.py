@@ -15,7 +15,6 @@ from service_support import (  # noqa: E402
     requires_fashion_mnist,
     tiny_graph_doc,
 )
-
 from sqlalchemy import Engine, event  # noqa: E402
 
 from nas_service.db import catalog, make_engine, queue, write_session  # noqa: E402
