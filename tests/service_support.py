@@ -120,6 +120,13 @@ def scorer(tiny_ghn_path: Path) -> ArchitectureScorer:
                                    recalibration_batches=1, recalibration_batch_size=32)
 
 
+@pytest.fixture(scope="session")
+def ranked_scorer(ranked_tiny_ghn_path: Path) -> ArchitectureScorer:
+    """A scorer of the tiny GHN with its ranking head, for the whole session."""
+    return ArchitectureScorer.load(ranked_tiny_ghn_path, device="cpu", eval_images=EVAL_IMAGES,
+                                   recalibration_batches=1, recalibration_batch_size=32)
+
+
 def service_env(data_dir: Path, ghn_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a ``nas-service serve``/``worker`` subprocess: the embedded defaults
     under ``data_dir``, the GHN at ``ghn_path``, small scoring work, quick leases."""
@@ -172,14 +179,15 @@ def make_settings(engine: Any, database_url: str, tmp_path: Path,
 def make_client(make_settings: Callable[..., Settings],
                 scorer: ArchitectureScorer) -> Iterator[Callable[..., Any]]:
     """``make_client(**settings_overrides)``: a started TestClient on a fresh app (no worker
-    unless ``worker_in_process=True``)."""
+    unless ``worker_in_process=True``), with the session's scorer unless ``scorer=`` gives
+    another."""
     from fastapi.testclient import TestClient
 
     from nas_service.api import create_app
 
     clients: list[TestClient] = []
 
-    def make(**overrides: Any) -> TestClient:
+    def make(scorer: ArchitectureScorer = scorer, **overrides: Any) -> TestClient:
         app = create_app(make_settings(**overrides), scorer=scorer)
         client = TestClient(app)
         client.__enter__()

@@ -13,9 +13,11 @@ from service_support import (  # noqa: E402
     SMALL_FLOPS,
     assert_problem,
     requires_fashion_mnist,
+    tiny_graph_doc,
 )
+from sqlalchemy import Engine, event  # noqa: E402
 
-from nas_service.db import make_engine, queue  # noqa: E402
+from nas_service.db import catalog, make_engine, queue, write_session  # noqa: E402
 from nas_service.spaces import family_of  # noqa: E402
 
 pytest_plugins = ("service_support",)
@@ -117,6 +119,11 @@ def test_a_job_runs_to_completion_and_its_best_candidate_downloads(make_client) 
     assert candidate == best
     architecture = client.get(candidate["architecture_url"]).json()
     assert architecture["score"]["value"] == best["score"]
+    # No ranking head: the score is the accuracy with the predicted weights, and says so.
+    assert architecture["score"]["ranking"] is None
+    for c in by_score:
+        assert c["score_kind"] == "predicted-accuracy"
+        assert c["predicted_accuracy"] == c["score"]
     r = client.get(candidate["checkpoint_url"])
     assert r.status_code == 200
     assert r.headers["etag"] == f'"{architecture["checkpoint"]["id"]}"'
@@ -191,3 +198,91 @@ def test_cancelling_a_running_job_is_accepted_and_seen_by_its_worker(client,
         engine.dispose()
     again = client.post(f"/v1/search-jobs/{job['id']}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+
+def test_a_job_with_a_ranking_head_labels_its_scores_as_estimates(
+        make_client, ranked_scorer, ranked_tiny_ghn_path) -> None:
+    client = make_client(worker_in_process=True, scorer=ranked_scorer,
+                         ghn_path=ranked_tiny_ghn_path)
+    job = client.post("/v1/search-jobs", json={**JOB, "budget": {"candidates": 3}}).json()
+    done = _wait(client, job["id"])
+    assert done["status"] == "succeeded", done
+    candidates = client.get(done["links"]["candidates"]).json()["items"]
+    assert len(candidates) == 3
+    for c in candidates:
+        score = client.get(c["architecture_url"]).json()["score"]
+        assert c["score_kind"] == "estimated-trained-accuracy"
+        assert c["score"] == score["ranking"]["value"]
+        assert c["predicted_accuracy"] == score["value"]
+    best = done["best_candidate"]
+    assert best == candidates[0] == client.get(f"/v1/candidates/{best['id']}").json()
+    listed = client.get("/v1/search-jobs").json()["items"]
+    assert [j["best_candidate"] for j in listed] == [best]
+
+
+_RANKED = {"value": 0.55, "name": "predicted-recalibrated", "split": "val", "images": 64,
+           "ranking": {"value": 0.81, "name": "ranking-head", "kendall_tau": 0.5,
+                       "target": "test accuracy after 5 epochs"}}
+_UNRANKED = {"value": 0.62, "name": "predicted-recalibrated", "split": "val", "images": 64}
+
+
+def _statements_reading_architectures(statements: list[str]) -> int:
+    return sum("architectures" in s.lower() for s in statements)
+
+
+def test_a_page_of_candidates_reads_its_architectures_scores_in_one_query(
+        client, database_url) -> None:
+    job = client.post("/v1/search-jobs", json=JOB).json()
+    engine = make_engine(database_url)
+    try:
+        with write_session(engine) as session:
+            ranked, unranked = (catalog.save_architecture(
+                session, content_hash=f"{i:064x}", task="fashion-mnist", ghn_version="test",
+                graph=tiny_graph_doc(4 + i), num_parameters=100 + i, flops=1000 + i,
+                scores=scores)[0].id for i, scores in enumerate((_RANKED, _UNRANKED)))
+        claimed = queue.claim_next_job(engine, "test-worker", 30)
+        for index, architecture, score in ((0, ranked, 0.81), (1, unranked, 0.62),
+                                           (2, ranked, 0.81), (3, None, None)):
+            queue.record_candidate(engine, claimed.job_id, claimed.lease_token, index,
+                                   status="scored" if score else "rejected", score=score,
+                                   architecture_id=architecture,
+                                   reason=None if score else "over max_flops")
+    finally:
+        engine.dispose()
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        page = client.get(f"/v1/search-jobs/{job['id']}/candidates?order_by=index").json()
+        assert _statements_reading_architectures(statements) == 1
+        statements.clear()
+        listed = client.get("/v1/search-jobs").json()["items"]
+        assert _statements_reading_architectures(statements) == 1
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+    fields = [(c["score"], c["score_kind"], c["predicted_accuracy"]) for c in page["items"]]
+    assert fields == [(0.81, "estimated-trained-accuracy", 0.55),
+                      (0.62, "predicted-accuracy", 0.62),
+                      (0.81, "estimated-trained-accuracy", 0.55),
+                      (None, None, None)]
+    best = listed[0]["best_candidate"]
+    assert best == page["items"][0]
+    assert client.get(f"/v1/search-jobs/{job['id']}").json()["best_candidate"] == best
+    for c in page["items"]:
+        assert client.get(f"/v1/candidates/{c['id']}").json() == c
+
+
+def test_the_schema_says_what_a_candidates_score_is(client) -> None:
+    fields = client.get("/openapi.json").json()["components"]["schemas"]["CandidateResponse"]
+    properties = fields["properties"]
+    assert "ranking head" in properties["score_kind"]["description"]
+    assert properties["score_kind"]["anyOf"] == [
+        {"enum": ["estimated-trained-accuracy", "predicted-accuracy"], "type": "string"},
+        {"type": "null"}]
+    assert "predicted weights" in properties["predicted_accuracy"]["description"]
+    assert {"score_kind", "predicted_accuracy"} <= set(fields["required"])

@@ -31,6 +31,7 @@ from nas_service.client import (  # noqa: E402
     ApiError,
     Architecture,
     AuthenticationError,
+    Candidate,
     Client,
     Conflict,
     Job,
@@ -220,6 +221,13 @@ def test_a_search_finishes_and_lists_its_candidates_best_first(
     scores = [c.score for c in every if c.status == "scored"]
     assert scores and scores == sorted(scores, reverse=True)
     assert every[0].id == job.best_candidate.id
+    # The service's GHN has a ranking head: a score is its estimate of trained accuracy, and
+    # the network's own accuracy with its predicted weights comes beside it.
+    for c in every:
+        score = nas.architecture(c.architecture_id).score
+        assert c.score_kind == "estimated-trained-accuracy"
+        assert c.estimated_trained_accuracy == c.score == score.ranking.value
+        assert c.predicted_accuracy == score.value
     top = nas.candidates(job.id, top=3)
     assert [c.id for c in top] == [c.id for c in every[:3]]
     assert [c.index for c in nas.candidates(job, order="index")] == list(range(6))
@@ -263,6 +271,7 @@ def test_downloaded_checkpoint_runs_and_reproduces_the_reported_score(
     checkpoint = nas.fetch_checkpoint(best)
     # The job ranked the candidate by the head's estimate; the file reproduces the accuracy.
     assert checkpoint.scores["ranking"]["value"] == best.score
+    assert checkpoint.scores["value"] == best.predicted_accuracy
     assert checkpoint.metadata["ghn_version"] == nas.hypernetworks()[0].version
     images, labels = load_task("fashion-mnist").tensors("val")
     n = checkpoint.scores["images"]
@@ -281,6 +290,8 @@ def test_a_rejected_candidate_has_no_checkpoint(nas: Client) -> None:
     assert job.status == "succeeded"
     rejected = nas.candidates(job)[0]
     assert rejected.status == "rejected" and rejected.checkpoint_url is None
+    assert rejected.score_kind is rejected.predicted_accuracy is None
+    assert rejected.estimated_trained_accuracy is None
     with pytest.raises(NotFound) as caught:
         nas.download_checkpoint(rejected.id)
     assert caught.value.slug == "no-checkpoint"
@@ -298,6 +309,30 @@ def test_wait_times_out_and_cancel_stops_the_job(nas: Client) -> None:
     final = nas.wait(cancelled, progress=False, poll=0.1, timeout=60)
     assert final.status == "cancelled"
     assert final.progress.done < 5000
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+def _candidate_json(**fields) -> dict:
+    return {"id": "c", "job_id": "j", "index": 3, "status": "scored", "score": 0.9,
+            "reason": None, "num_parameters": 100, "flops": 1000, "seconds": 0.1,
+            "architecture_id": "a", "architecture_url": "/v1/architectures/a",
+            "checkpoint_url": "/v1/candidates/c/checkpoint",
+            "created_at": "2025-01-01T00:00:00Z", **fields}
+
+
+def test_a_candidate_says_which_accuracy_its_score_is() -> None:
+    estimate = Candidate.from_json(_candidate_json(score_kind="estimated-trained-accuracy",
+                                                   predicted_accuracy=0.7))
+    assert estimate.estimated_trained_accuracy == 0.9 and estimate.predicted_accuracy == 0.7
+    assert estimate.to_dict()["score_kind"] == "estimated-trained-accuracy"
+    predicted = Candidate.from_json(_candidate_json(score_kind="predicted-accuracy",
+                                                    predicted_accuracy=0.9))
+    assert predicted.estimated_trained_accuracy is None and predicted.predicted_accuracy == 0.9
+    # A service that predates the fields: the candidate still reads, without them.
+    older = Candidate.from_json(_candidate_json())
+    assert older.score == 0.9 and older.score_kind is older.predicted_accuracy is None
 
 
 # ---- retries ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
@@ -213,6 +214,11 @@ def _column(page: Any, attribute: str) -> list[str]:
         f"rows => rows.map(r => r.dataset.{attribute})")
 
 
+def _y_title(page: Any) -> str:
+    """The scatter plot's y axis title (its tooltip is a child element)."""
+    return page.eval_on_selector("svg.scatter .y-title", "e => e.firstChild.nodeValue")
+
+
 def _wait_for_rows(page: Any, ids: list[str]) -> None:
     """Waits until the candidate table lists exactly ``ids``, in order."""
     page.wait_for_function(
@@ -342,8 +348,11 @@ def test_scoring_an_architecture_by_space_and_seed(tab: Tab, api: httpx.Client) 
     page = tab.goto(f"#/architectures/{arch['id']}")
     page.wait_for_selector(".graph-svg .node")
     assert page.inner_text(".score-value") == _percent(arch["score"]["value"])
-    assert f"{_percent(arch['score']['ranking']['value'])}: test accuracy after" in \
-        page.inner_text(".architecture-view .facts")
+    assert "predicted accuracy" in page.inner_text("#arch-score")
+    ranking = page.inner_text("#arch-ranking")
+    assert ranking.startswith(f"{_percent(arch['score']['ranking']['value'])}: test accuracy after")
+    # The test's head says nothing of where its tau was measured: the leave-one-out one.
+    assert f"leave-one-out Kendall τ {arch['score']['ranking']['kendall_tau']:.2f}" in ranking
     tab.screenshot("architecture.png")
     page.click(".graph-svg .node[data-node-id='stem_conv1']")  # its attributes, beside
     page.eval_on_selector(".graph-view", "e => e.closest('.card').scrollIntoView()")
@@ -444,6 +453,19 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     # Scatter: one point per scored candidate; the front as computed from the API's numbers.
     page.wait_for_function(
         f"() => document.querySelector('svg.scatter')?.dataset.points == {len(scored)}")
+    # The GHN has a ranking head: the scores are named as its estimates, never as accuracies.
+    assert all(c["score_kind"] == "estimated-trained-accuracy" for c in scored)
+    assert page.inner_text("#scatter-title") == "Estimated trained accuracy against size"
+    assert _y_title(page) == "estimated trained accuracy"
+    # The target comes from the best candidate's architecture, read after the candidates.
+    page.wait_for_function("() => document.querySelector('#scatter-legend').textContent"
+                           ".includes('estimate of test accuracy after 5 epochs')")
+    assert "the best estimated trained accuracy for its size" in page.inner_text("#scatter-legend")
+    best = job["best_candidate"]
+    assert page.inner_text("#best-candidate").startswith(
+        f"#{best['index']} · est. trained accuracy {_percent(best['score'])} · predicted "
+        f"{_percent(best['predicted_accuracy'])} · ")
+    assert page.inner_text("#best-candidate").endswith(" parameters")
     assert page.locator("svg.scatter circle.point").count() == len(scored)
     front = page.eval_on_selector_all("svg.scatter circle.pareto",
                                       "cs => cs.map(c => c.dataset.candidateId)")
@@ -456,6 +478,23 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     assert set(front_flops) == _pareto_ids(by_index, "flops")
 
     # Table: the API's score order, 25 rows, then the next page through the cursor.
+    _wait_for_rows(page, [c["id"] for c in by_score[:25]])
+    headers = page.eval_on_selector_all(
+        "#candidates-table th", "ths => ths.map(th => [th.dataset.column, th.textContent, th.title])")
+    assert [h[0] for h in headers] == ["index", "status", "score", "predicted_accuracy",
+                                       "num_parameters", "flops", "seconds", "reason"]
+    score_head, predicted_head = headers[2], headers[3]
+    assert score_head[1].startswith("Est. trained acc.")
+    assert "ranking head's estimate of test accuracy after 5 epochs" in score_head[2]
+    assert predicted_head[1].startswith("Predicted acc.")
+    assert "predicted weights" in predicted_head[2]
+    assert [float(p) for p in _column(page, "predicted")] == [
+        c["predicted_accuracy"] for c in by_score[:25]]
+    page.click("button.sort[data-sort=predicted_accuracy]")  # best first, within the page
+    predicted = [float(p) for p in _column(page, "predicted")]
+    assert predicted == sorted(predicted, reverse=True)
+    assert "Sorted by predicted accuracy within this page" in page.inner_text("#sort-hint")
+    page.click("button.sort[data-sort=score]")
     _wait_for_rows(page, [c["id"] for c in by_score[:25]])
     page.click("#page-next")
     _wait_for_rows(page, [c["id"] for c in by_score[25:]])
@@ -476,15 +515,16 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     _wait_for_rows(page, [c["id"] for c in by_index[:25]])
     assert [int(i) for i in _column(page, "index")] == list(range(25))
 
-    # The jobs list shows it finished, with its best score.
+    # The jobs list shows it finished, with its best score, named, and its predicted accuracy.
     page = tab.goto("#/jobs")
     row = page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']")
     assert row.get_attribute("data-status") == "succeeded"
     assert f"{SEARCH_CANDIDATES} / {SEARCH_CANDIDATES}" in row.inner_text()
-    assert _percent(job["best_candidate"]["score"]) in row.inner_text()
+    assert (f"{_percent(best['score'])} · pred. {_percent(best['predicted_accuracy'])}"
+            in row.inner_text())
+    assert page.text_content("#jobs-best") == "Best est. trained acc."
 
     # A point of the plot opens its candidate: scores, graph, and a working download.
-    best = job["best_candidate"]
     page = tab.goto(f"#/jobs/{job_id}")
     page.click(f"svg.scatter circle[data-candidate-id='{best['id']}']")
     page.wait_for_function(f"() => location.hash == '#/candidates/{best['id']}'")
@@ -494,6 +534,11 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     # The job ranks by the estimated trained accuracy when the GHN has a ranking head.
     ranked_by = architecture["score"].get("ranking") or architecture["score"]
     assert best["score"] == ranked_by["value"]
+    assert best["predicted_accuracy"] == architecture["score"]["value"]
+    assert page.inner_text("#candidate-score-label") == "Estimated trained accuracy"
+    assert "test accuracy after 5 epochs" in page.get_attribute("#candidate-score-label", "title")
+    assert page.inner_text("#candidate-score") == _percent(best["score"])
+    assert page.inner_text("#candidate-predicted") == _percent(best["predicted_accuracy"])
     assert page.locator(".graph-svg .node").count() > 5
     link = page.locator("#download-checkpoint")
     assert link.get_attribute("href") == best["checkpoint_url"]
@@ -508,6 +553,80 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     assert metadata["format"] == "nas-checkpoint/1"
     assert metadata["content_hash"] == architecture["content_hash"]
     tab.screenshot("candidate.png")
+
+
+def _json_route(body: Any) -> Any:
+    return lambda route: route.fulfill(status=200, content_type="application/json",
+                                       body=json.dumps(body))
+
+
+def test_scores_of_a_ghn_without_a_ranking_head_are_named_predicted_accuracy(
+        tab: Tab, api: httpx.Client) -> None:
+    # This server's GHN has a ranking head; the answers of one without are played to the page.
+    arch = api.post("/v1/architectures", json={"space": "cells", "seed": 5}).json()
+    arch["score"]["ranking"] = None
+    job_id = "f" * 32
+    candidates = [{
+        "id": f"{i:032x}", "job_id": job_id, "index": i, "status": "scored", "score": score,
+        "score_kind": "predicted-accuracy", "predicted_accuracy": score, "reason": None,
+        "num_parameters": arch["num_parameters"] + i, "flops": arch["flops"] + i, "seconds": 0.1,
+        "architecture_id": arch["id"], "architecture_url": f"/v1/architectures/{arch['id']}",
+        "checkpoint_url": f"/v1/candidates/{i:032x}/checkpoint",
+        "created_at": arch["created_at"]} for i, score in enumerate((0.75, 0.5))]
+    job = {"id": job_id, "status": "succeeded", "space": "cells", "task": "fashion-mnist",
+           "strategy": "random", "seed": 1, "budget": {"candidates": 2, "seconds": None},
+           "constraints": {"max_parameters": None, "max_flops": None},
+           "progress": {"done": 2, "total": 2, "fraction": 1.0}, "rate": 2.0,
+           "best_candidate": candidates[0],
+           "timings": {"queued_seconds": 0.1, "running_seconds": 1.0}, "error": None,
+           "attempts": 1, "cancel_requested": False, "created_at": arch["created_at"],
+           "started_at": arch["created_at"], "finished_at": arch["created_at"],
+           "links": {"self": f"/v1/search-jobs/{job_id}",
+                     "candidates": f"/v1/search-jobs/{job_id}/candidates",
+                     "cancel": f"/v1/search-jobs/{job_id}/cancel"}}
+    page = tab.page
+    page.route(re.compile(f"/v1/search-jobs/{job_id}$"), _json_route(job))
+    page.route(re.compile(f"/v1/search-jobs/{job_id}/candidates\\?"),
+               _json_route({"items": candidates, "next_cursor": None, "next": None}))
+    page.route(re.compile(r"/v1/search-jobs\?"),
+               _json_route({"items": [job], "next_cursor": None, "next": None}))
+    page.route(re.compile(f"/v1/candidates/{candidates[0]['id']}$"), _json_route(candidates[0]))
+    page.route(re.compile(f"/v1/architectures/{arch['id']}$"), _json_route(arch))
+
+    page = tab.goto(f"#/jobs/{job_id}")
+    page.wait_for_selector("svg.scatter[data-points='2']")
+    _wait_for_rows(page, [c["id"] for c in candidates])
+    columns = page.eval_on_selector_all("#candidates-table th", "ths => ths.map(th => th.dataset.column)")
+    assert "predicted_accuracy" not in columns  # the score is the predicted accuracy: once
+    assert page.text_content("#candidates-table th[data-column=score]").startswith("Predicted acc.")
+    assert "no ranking head" in page.get_attribute("#candidates-table th[data-column=score]",
+                                                   "title")
+    assert page.inner_text("#scatter-title") == "Predicted accuracy against size"
+    assert _y_title(page) == "predicted accuracy"
+    assert "the best predicted accuracy for its size" in page.inner_text("#scatter-legend")
+    assert page.inner_text("#best-candidate").startswith("#0 · predicted accuracy 75.00 % · ")
+
+    page = tab.goto("#/jobs")
+    row = page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}']")
+    assert page.text_content("#jobs-best") == "Best predicted acc."
+    assert "75.00 %" in row.inner_text() and "pred." not in row.inner_text()
+
+    page = tab.goto(f"#/candidates/{candidates[0]['id']}")
+    page.wait_for_selector(".architecture-view")
+    assert page.inner_text("#candidate-score-label") == "Predicted accuracy"
+    assert page.locator("#candidate-predicted").count() == 0
+    assert page.locator("#arch-ranking").count() == 0
+
+
+def test_the_estimate_quotes_where_its_tau_was_measured(tab: Tab, api: httpx.Client) -> None:
+    arch = api.post("/v1/architectures", json={"space": "cells", "seed": 5}).json()
+    measured_on = "40 architectures of families neither the head nor the GHN was fit on"
+    arch["score"]["ranking"] |= {"kendall_tau": 0.6152, "measured_on": measured_on}
+    tab.page.route(re.compile(f"/v1/architectures/{arch['id']}$"), _json_route(arch))
+    page = tab.goto(f"#/architectures/{arch['id']}")
+    ranking = page.wait_for_selector("#arch-ranking").inner_text()
+    assert f"(Kendall τ 0.62 on {measured_on})" in ranking
+    assert "leave-one-out" not in ranking
 
 
 def test_a_running_job_updates_live_and_can_be_cancelled(tab: Tab, api: httpx.Client) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from nas_service.data import TASKS, load_task
 from nas_service.ghn import GraphHyperNetwork
@@ -16,7 +17,13 @@ from nas_service.graph import GraphBuilder, GraphNetwork, to_module
 from nas_service.scoring.surrogate import predict_parameters, surrogate_accuracy
 from nas_service.spaces import get_space
 from nas_service.training.config import TrainingConfig
-from nas_service.training.ghn_training import _lr_at, meta_step, start_from_checkpoint, train_ghn
+from nas_service.training.ghn_training import (
+    _lr_at,
+    meta_step,
+    start_from_checkpoint,
+    step_network,
+    train_ghn,
+)
 
 pytestmark = pytest.mark.skipif(
     not Path(TASKS["fashion-mnist"].default_root).is_dir(),
@@ -62,17 +69,32 @@ def test_a_short_run_writes_a_loadable_checkpoint_and_log(tmp_path):
     assert ghn.training_record["step"] == 8 and ghn.task == "fashion-mnist"
 
 
+class _Interrupted(Exception):
+    pass
+
+
 def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     torch.set_num_threads(1)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train_ghn(tiny_config(8), straight, progress=False, device="cpu")
+    cfg = tiny_config(8)
+    cfg.checkpoint_every = cfg.log_every = 2  # bookkeeping: trains the same
+    train_ghn(cfg, straight, progress=False, device="cpu")
     train_ghn(tiny_config(4), resumed, progress=False, device="cpu")
     train_ghn(tiny_config(8), resumed, progress=False, device="cpu")  # steps may grow
     a = load_ghn(straight / "ghn.safetensors", "cpu").state_dict()
     b = load_ghn(resumed / "ghn.safetensors", "cpu").state_dict()
     # The LR schedule depends on the total number of steps, so the two runs differ after step 4
-    # only through it; with the same total they must agree exactly.
-    train_ghn(tiny_config(8), tmp_path / "again", progress=False, device="cpu")
+    # only through it; with the same total they must agree exactly: a run stopped after step 6
+    # (last checkpoint: step 4) redoes steps 5 and 6 as they were, dropout masks included.
+
+    def stop_after_step_6(record: dict) -> None:
+        if record.get("step") == 6 and "loss" in record:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train_ghn(cfg, tmp_path / "again", progress=False, device="cpu", on_log=stop_after_step_6)
+    assert json.loads((tmp_path / "again" / "state.json").read_text())["step"] == 4
+    train_ghn(cfg, tmp_path / "again", progress=False, device="cpu")
     c = load_ghn(tmp_path / "again" / "ghn.safetensors", "cpu").state_dict()
     for k in a:
         assert torch.equal(a[k], c[k]), k
@@ -156,6 +178,21 @@ class SmallNet(nn.Module):
     def forward(self, x):
         x = torch.relu(self.bn(self.conv(x)))
         return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("space", ["cells", "macro", "families"])
+def test_a_step_network_holds_no_tensor_and_computes_what_the_full_network_does(space):
+    for seed in range(3):
+        graph = get_space(space).sample(seed, max_parameters=300_000, max_flops=20_000_000)
+        full = to_module(graph).train()
+        params = {k: v.detach() for k, v in full.named_parameters()}
+        x = torch.randn(4, *graph.input_shape)
+        stateless = step_network(graph)
+        assert not list(stateless.buffers())
+        torch.manual_seed(1)  # the same dropout masks
+        expected = functional_call(full, params, (x,))
+        torch.manual_seed(1)
+        assert torch.equal(functional_call(stateless.train(), params, (x,)), expected)
 
 
 def test_predict_parameters_returns_the_users_module_ready_for_inference():

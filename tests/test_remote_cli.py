@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,13 @@ from service_support import (  # noqa: E402
 )
 
 from nas_service import from_module  # noqa: E402
-from nas_service.client import Client  # noqa: E402
+from nas_service.client import Candidate, Client  # noqa: E402
 from nas_service.commands import main  # noqa: E402
-from nas_service.commands.remote import load_python_model  # noqa: E402
+from nas_service.commands.remote import (  # noqa: E402
+    _best_line,
+    _candidate_table,
+    load_python_model,
+)
 
 pytest_plugins = ("service_support", "remote_support")
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
@@ -193,14 +199,22 @@ def test_search_waits_with_progress_and_prints_the_best_candidates(service, caps
     with Client(service.url, service.api_key) as client:
         best = client.candidates(job_id, top=3)
     assert [r[-1] for r in rows] == [c.id for c in best]
+    # The service's GHN has a ranking head: the score column says it holds its estimate, and
+    # the network's accuracy with its predicted weights stands beside it.
+    assert re.split(r"\s{2,}", lines[header])[:5] == ["rank", "index", "status",
+                                                       "est. trained acc.", "predicted acc."]
     assert [r[3] for r in rows] == [f"{c.score:.4f}" for c in best]
-    assert fields["best"].startswith(f"{best[0].score:.4f}")
+    assert [r[4] for r in rows] == [f"{c.predicted_accuracy:.4f}" for c in best]
+    assert fields["best"].startswith(
+        f"{best[0].score:.4f} est. trained accuracy, predicted {best[0].predicted_accuracy:.4f} "
+        f"(candidate {best[0].index}")
 
     status, out, _ = _run(capsys, "jobs")
     assert status == 0 and out.splitlines()[0].split()[:2] == ["job", "status"]
+    assert "best est. trained acc.  predicted acc." in out.splitlines()[0]
     row = next(line.split() for line in out.splitlines() if line.startswith(job_id))
     assert row[1:5] == ["succeeded", "cells", "random", "4/4"]
-    assert row[5] == f"{best[0].score:.4f}"
+    assert row[5:7] == [f"{best[0].score:.4f}", f"{best[0].predicted_accuracy:.4f}"]
 
     status, out, _ = _run(capsys, "jobs", "--status", "queued", "--json")
     assert status == 0 and job_id not in {j["id"] for j in json.loads(out)}
@@ -210,6 +224,37 @@ def test_search_waits_with_progress_and_prints_the_best_candidates(service, caps
 
     status, out, _ = _run(capsys, "cancel", job_id)
     assert status == 0 and out.strip() == f"job {job_id}: already succeeded, nothing to cancel"
+
+
+def _candidate(index: int, score: float | None, kind: str | None,
+               predicted: float | None) -> Candidate:
+    return Candidate(id=f"c{index}", job_id="j", index=index,
+                     status="scored" if score is not None else "rejected", score=score,
+                     reason=None if score is not None else "over max_flops",
+                     num_parameters=1000, flops=2000, seconds=0.1, architecture_id=None,
+                     architecture_url=None, checkpoint_url=None,
+                     created_at=datetime.now(timezone.utc), predicted_accuracy=predicted,
+                     score_kind=kind)
+
+
+def test_tables_name_the_score_by_what_it_is() -> None:
+    # Without a ranking head the score is the predicted accuracy: one column, named so.
+    plain = _candidate_table([_candidate(0, 0.71, "predicted-accuracy", 0.71),
+                              _candidate(1, None, None, None)]).splitlines()
+    assert re.split(r"\s{2,}", plain[0]) == ["rank", "index", "status", "predicted acc.",
+                                              "parameters", "MACs", "candidate", "reason"]
+    assert plain[1].split()[3] == "0.7100" and plain[2].split()[3] == "-"
+    assert _best_line(_candidate(0, 0.71, "predicted-accuracy", 0.71)).startswith(
+        "0.7100 predicted accuracy (candidate 0, c0)")
+    # A service that does not say: "score", as before.
+    older = _candidate_table([_candidate(0, 0.71, None, None)]).splitlines()
+    assert re.split(r"\s{2,}", older[0])[3:5] == ["score", "parameters"]
+    assert _best_line(_candidate(0, 0.71, None, None)) == "0.7100 (candidate 0, c0)"
+    # Estimates of two GHNs' heads, or of a head and none: "score", the predicted beside it.
+    mixed = _candidate_table([_candidate(0, 0.9, "estimated-trained-accuracy", 0.6),
+                              _candidate(1, 0.7, "predicted-accuracy", 0.7)]).splitlines()
+    assert re.split(r"\s{2,}", mixed[0])[3:5] == ["score", "predicted acc."]
+    assert mixed[1].split()[3:5] == ["0.9000", "0.6000"]
 
 
 def test_search_without_wait_prints_the_id_and_cancel_stops_it(service, capsys) -> None:

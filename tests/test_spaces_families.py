@@ -28,7 +28,7 @@ from nas_service.spaces import (
     get_space,
     split_space_names,
 )
-from nas_service.spaces.families import MAX_BODY_SIDE
+from nas_service.spaces.families.genome import MAX_BODY_SIDE
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SMALL = {"max_parameters": 200_000, "max_flops": 4_000_000}

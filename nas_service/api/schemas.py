@@ -17,6 +17,7 @@ MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
 Strategy = Literal["random", "evolution"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatusName = Literal["scored", "rejected", "failed"]
+ScoreKind = Literal["estimated-trained-accuracy", "predicted-accuracy"]
 
 
 # Documented as enums, so that clients (and generated tests) see the names that exist; validated
@@ -202,9 +203,20 @@ class CandidateResponse(BaseModel):
     job_id: str
     index: int
     status: CandidateStatusName
-    score: float | None = Field(description="what the job ranks candidates by: the "
-                                            "architecture's score.ranking.value when the GHN "
-                                            "has a ranking head, else its score.value")
+    score: float | None = Field(description="what the job ranks candidates by, a fraction in "
+                                            "[0, 1]; score_kind says which accuracy it is")
+    score_kind: ScoreKind | None = Field(
+        description="what score is: estimated-trained-accuracy, the GHN's ranking head's "
+                    "estimate of the accuracy the network would reach if trained (its "
+                    "architecture's score.ranking.value; score.ranking.target says which "
+                    "training), when the GHN has a ranking head; else predicted-accuracy, the "
+                    "accuracy of the network with its GHN-predicted weights (its "
+                    "architecture's score.value, the same as predicted_accuracy); null when "
+                    "the candidate has no score or no scored architecture")
+    predicted_accuracy: float | None = Field(
+        description="the accuracy of the network with its GHN-predicted weights, a fraction in "
+                    "[0, 1]: its architecture's score.value, what its checkpoint reproduces; "
+                    "null when the candidate has no scored architecture")
     reason: str | None
     num_parameters: int | None
     flops: int | None

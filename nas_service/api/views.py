@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from .schemas import (
     Constraints,
     Progress,
     Score,
+    ScoreKind,
     SearchJobResponse,
 )
 
@@ -55,11 +57,27 @@ def architecture_view(architecture: Architecture,
         graph=json.loads(architecture.graph))
 
 
-def candidate_view(candidate: Candidate) -> CandidateResponse:
+def score_kind(candidate: Candidate, scores: Mapping[str, Any] | None) -> ScoreKind | None:
+    """Which accuracy ``candidate.score`` is, from its architecture's stored ``scores``: the
+    ranking head's estimate when they hold one (searches rank by it then), else the accuracy
+    with the predicted weights."""
+    if candidate.score is None or not scores or "value" not in scores:
+        return None
+    return "estimated-trained-accuracy" if scores.get("ranking") else "predicted-accuracy"
+
+
+def candidate_view(candidate: Candidate,
+                   scores: Mapping[str, Any] | None) -> CandidateResponse:
+    """``scores``: the stored scores of the candidate's architecture (:func:`architecture_scores`),
+    ``None`` when it has none."""
     has_architecture = candidate.architecture_id is not None
+    predicted = scores.get("value") if scores else None
     return CandidateResponse(
         id=candidate.id, job_id=candidate.job_id, index=candidate.index,
-        status=candidate.status.value, score=candidate.score, reason=candidate.reason,
+        status=candidate.status.value, score=candidate.score,
+        score_kind=score_kind(candidate, scores),
+        predicted_accuracy=float(predicted) if predicted is not None else None,
+        reason=candidate.reason,
         num_parameters=candidate.num_parameters, flops=candidate.flops,
         seconds=candidate.seconds, architecture_id=candidate.architecture_id,
         architecture_url=(architecture_url(candidate.architecture_id)
@@ -68,16 +86,40 @@ def candidate_view(candidate: Candidate) -> CandidateResponse:
         created_at=candidate.created_at)
 
 
-def best_candidates(session: Session, jobs: Iterable[SearchJob]) -> dict[str, Candidate]:
-    """The best candidate of each job that has one, in one query."""
+def architecture_scores(session: Session,
+                        candidates: Iterable[Candidate]) -> dict[str, dict[str, Any]]:
+    """The stored scores of the candidates' architectures, by architecture id, in one query."""
+    ids = {c.architecture_id for c in candidates if c.architecture_id}
+    if not ids:
+        return {}
+    rows = session.execute(select(Architecture.id, Architecture.scores)
+                           .where(Architecture.id.in_(ids)))
+    return {architecture_id: scores or {} for architecture_id, scores in rows}
+
+
+def candidate_views(session: Session, candidates: Sequence[Candidate]) -> list[CandidateResponse]:
+    """The responses of a page of candidates: one query for their architectures' scores."""
+    scores = architecture_scores(session, candidates)
+    return [candidate_view(c, scores.get(c.architecture_id or "")) for c in candidates]
+
+
+def best_candidates(session: Session,
+                    jobs: Iterable[SearchJob]) -> dict[str, CandidateResponse]:
+    """The best candidate of each job that has one, by candidate id, with its architecture's
+    scores, in one query."""
     ids = [job.best_candidate_id for job in jobs if job.best_candidate_id]
     if not ids:
         return {}
-    return {c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(ids)))}
+    rows = session.execute(
+        select(Candidate, Architecture.scores)
+        .outerjoin(Architecture, Architecture.id == Candidate.architecture_id)
+        .where(Candidate.id.in_(ids)))
+    return {c.id: candidate_view(c, scores) for c, scores in rows}
 
 
-def job_view(job: SearchJob, best: Candidate | None,
+def job_view(job: SearchJob, best: CandidateResponse | None,
              now: datetime | None = None) -> SearchJobResponse:
+    """``best``: the job's best candidate (from :func:`best_candidates`), if any."""
     now = now or datetime.now(timezone.utc)
     running = None
     if job.started_at is not None:
@@ -95,7 +137,7 @@ def job_view(job: SearchJob, best: Candidate | None,
                                    if k in Constraints.model_fields}),
         progress=Progress(done=job.progress_done, total=total,
                           fraction=job.progress_done / total if total else 0.0),
-        rate=rate, best_candidate=candidate_view(best) if best is not None else None,
+        rate=rate, best_candidate=best,
         timings={"queued_seconds": max(queued, 0.0), "running_seconds": running},
         error=job.error, attempts=job.attempts, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,

@@ -329,7 +329,8 @@ class Client:
         """Polls the job every ``poll`` seconds until it is finished (succeeded, failed or
         cancelled) and returns its final state; a failed job is returned, not raised (its
         ``error`` says why). With ``progress``, a tqdm bar on stderr counts candidates done out
-        of the budget and shows the best score so far. Raises :class:`WaitTimeout` (with the
+        of the budget and shows the best score so far (marked "est. trained acc." when it
+        is the ranking head's estimate). Raises :class:`WaitTimeout` (with the
         last state) after ``timeout`` seconds; the job keeps running on the service."""
         current = job if isinstance(job, Job) else self.job(job)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -345,8 +346,10 @@ class Client:
                     bar.total = current.progress.total
                     bar.update(current.progress.done - bar.n)
                     best = current.best_candidate
+                    estimate = best is not None and best.estimated_trained_accuracy is not None
                     bar.set_postfix_str(current.status + (
-                        f", best {best.score:.4f}" if best and best.score is not None else ""))
+                        f", best {'est. trained acc. ' if estimate else ''}{best.score:.4f}"
+                        if best and best.score is not None else ""))
                 if current.finished:
                     return current
                 if deadline is not None and time.monotonic() >= deadline:

@@ -168,7 +168,14 @@ class Progress(_Result):
 
 @dataclass(frozen=True)
 class Candidate(_Result):
-    """One candidate of a search job; ``status`` is ``scored``, ``rejected`` or ``failed``."""
+    """One candidate of a search job; ``status`` is ``scored``, ``rejected`` or ``failed``.
+
+    ``score`` is what the job ranks by and ``score_kind`` says which accuracy it is:
+    ``"estimated-trained-accuracy"`` (the GHN's ranking head's estimate of the accuracy the
+    network would reach if trained) or ``"predicted-accuracy"`` (the accuracy with its predicted
+    weights, when the GHN has no ranking head). ``predicted_accuracy`` is always the latter: what
+    the candidate's checkpoint reproduces. Both are ``None`` for an unscored candidate (and from a
+    service too old to send them)."""
 
     id: str
     job_id: str
@@ -183,6 +190,13 @@ class Candidate(_Result):
     architecture_url: str | None
     checkpoint_url: str | None
     created_at: datetime
+    predicted_accuracy: float | None = None
+    score_kind: str | None = None
+
+    @property
+    def estimated_trained_accuracy(self) -> float | None:
+        """``score`` when it is the ranking head's estimate of trained accuracy, else ``None``."""
+        return self.score if self.score_kind == "estimated-trained-accuracy" else None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Candidate:
@@ -192,7 +206,9 @@ class Candidate(_Result):
             num_parameters=data.get("num_parameters"), flops=data.get("flops"),
             seconds=data.get("seconds"), architecture_id=data.get("architecture_id"),
             architecture_url=data.get("architecture_url"),
-            checkpoint_url=data.get("checkpoint_url"), created_at=_datetime(data["created_at"]))
+            checkpoint_url=data.get("checkpoint_url"), created_at=_datetime(data["created_at"]),
+            predicted_accuracy=data.get("predicted_accuracy"),
+            score_kind=data.get("score_kind"))
 
 
 @dataclass(frozen=True)

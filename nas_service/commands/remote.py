@@ -75,6 +75,20 @@ def _count(value: int | None) -> str | None:
     return None if value is None else f"{value:,}"
 
 
+_SCORE_LABELS = {"estimated-trained-accuracy": "est. trained acc.",
+                "predicted-accuracy": "predicted acc."}
+"""A candidate's ``score_kind`` as a column header."""
+
+
+def _score_columns(candidates: Sequence[Candidate | None]) -> tuple[str, bool]:
+    """The header of a column of these candidates' scores (what they are; "score" when they
+    differ or the service does not say), and whether a column of their predicted accuracy
+    beside it says more (some score is the ranking head's estimate)."""
+    kinds = {c.score_kind for c in candidates if c is not None and c.score_kind}
+    label = _SCORE_LABELS.get(next(iter(kinds)), "score") if len(kinds) == 1 else "score"
+    return label, "estimated-trained-accuracy" in kinds
+
+
 # ------------------------------------------------------------------------------------------------
 # predict
 # ------------------------------------------------------------------------------------------------
@@ -266,18 +280,35 @@ def add_search(add_parser: AddParser) -> None:
 
 
 def _candidate_table(candidates: Sequence[Candidate]) -> str:
-    headers = ["rank", "index", "status", "score", "parameters", "MACs", "candidate"]
-    rows = [[rank, c.index, c.status, _score(c.score), _count(c.num_parameters),
-             _count(c.flops), c.id] for rank, c in enumerate(candidates, 1)]
+    label, with_predicted = _score_columns(candidates)
+    headers = ["rank", "index", "status", label,
+               *(["predicted acc."] if with_predicted else []), "parameters", "MACs",
+               "candidate"]
+    rows = [[rank, c.index, c.status, _score(c.score),
+             *([_score(c.predicted_accuracy)] if with_predicted else []),
+             _count(c.num_parameters), _count(c.flops), c.id]
+            for rank, c in enumerate(candidates, 1)]
     if any(c.reason for c in candidates):  # why a candidate was rejected or failed
         headers.append("reason")
         for row, c in zip(rows, candidates, strict=True):
             row.append(c.reason or "")
-    return table(headers, rows, right=(0, 1, 3, 4, 5))
+    return table(headers, rows, right=(0, 1, 3, 4, 5, 6) if with_predicted else (0, 1, 3, 4, 5))
+
+
+def _best_line(best: Candidate | None) -> str:
+    """``0.9120 est. trained accuracy, predicted 0.7600 (candidate 6, <id>)``."""
+    if best is None or best.score is None:
+        return "-"
+    what = ""
+    if best.score_kind == "estimated-trained-accuracy":
+        what = " est. trained accuracy" + (f", predicted {best.predicted_accuracy:.4f}"
+                                           if best.predicted_accuracy is not None else "")
+    elif best.score_kind == "predicted-accuracy":
+        what = " predicted accuracy"
+    return f"{best.score:.4f}{what} (candidate {best.index}, {best.id})"
 
 
 def _job_lines(job: Job) -> list[str]:
-    best = job.best_candidate
     constraints = ", ".join(f"{k} {v:,}" for k, v in (("max_parameters",
                                                        job.constraints.max_parameters),
                                                       ("max_flops", job.constraints.max_flops))
@@ -291,8 +322,7 @@ def _job_lines(job: Job) -> list[str]:
             ("budget", budget), ("constraints", constraints),
             ("progress", f"{job.progress.done}/{job.progress.total}"),
             ("rate", f"{job.rate:.2f} candidates/s" if job.rate else "-"),
-            ("best", f"{best.score:.4f} (candidate {best.index}, {best.id})"
-             if best is not None and best.score is not None else "-")]
+            ("best", _best_line(job.best_candidate))]
     if job.error:
         rows.append(("error", job.error))
     return [f"{k:<13}{v}" for k, v in rows]
@@ -382,11 +412,15 @@ def _jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print_stderr("no jobs" + (f" with status {args.status}" if args.status else ""))
         return 0
+    label, with_predicted = _score_columns([j.best_candidate for j in jobs])
     rows = [(j.id, j.status, j.space, j.strategy, f"{j.progress.done}/{j.progress.total}",
-             _score(j.best_candidate.score if j.best_candidate else None), _when(j))
+             _score(j.best_candidate.score if j.best_candidate else None),
+             *([_score(j.best_candidate.predicted_accuracy if j.best_candidate else None)]
+               if with_predicted else []), _when(j))
             for j in jobs]
-    print(table(["job", "status", "space", "strategy", "progress", "best", "created"], rows,
-                 right=(4, 5)))
+    headers = ["job", "status", "space", "strategy", "progress", f"best {label}",
+               *(["predicted acc."] if with_predicted else []), "created"]
+    print(table(headers, rows, right=(4, 5, 6) if with_predicted else (4, 5)))
     return 0
 
 

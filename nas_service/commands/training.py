@@ -30,7 +30,10 @@ def add_train_ghn(add_parser: AddParser) -> None:
                    description="Train a GHN with meta-batches of sampled architectures. Every "
                                "random choice derives from --seed and the step, so a run "
                                "resumed from OUT continues exactly where it stopped. OUT holds "
-                               "ghn.safetensors, optimizer.safetensors, state.json, log.jsonl.")
+                               "ghn.safetensors, optimizer.safetensors, state.json, log.jsonl. "
+                               "Under torchrun (torchrun --nproc_per_node N -m nas_service "
+                               "train-ghn ...) N processes train one GHN, each on its share of "
+                               "every meta-batch (one GPU each, or gloo on CPUs).")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if present)")
     p.add_argument("--task", default=defaults["task"], help="task name (default: %(default)s)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
@@ -52,10 +55,12 @@ def add_train_ghn(add_parser: AddParser) -> None:
                    help="synchronous rounds (default) or GHN-2's sequential traversal "
                         "(the ablation baseline; slower)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: $NAS_DEVICE, "
-                                                  "else cuda when available, else cpu)")
+                                                  "else cuda when available, else cpu; under "
+                                                  "torchrun, cuda means cuda:$LOCAL_RANK)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="processes preparing steps ahead of the GHN (default: 0 on the CPU, "
-                        "min(8, cores - 2) on a GPU)")
+                   help="processes preparing steps ahead of the GHN, per training process "
+                        "(default: 0 on the CPU, min(8, (cores - 2) / processes on the "
+                        "machine) on a GPU)")
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="continue the run that produced this GHN checkpoint (e.g. the bundled "
                         "one) in a new OUT: same settings, a larger --steps")
@@ -72,6 +77,7 @@ def _train_ghn(args: argparse.Namespace) -> int:
     from nas_service.ghn.checkpoint import CheckpointError, resolve_device
     from nas_service.spaces import SearchSpaceError, split_space_names
     from nas_service.training.config import TrainingConfig
+    from nas_service.training.distributed import training_processes
     from nas_service.training.ghn_training import start_from_checkpoint, train_ghn
 
     ghn = {k: getattr(args, k) for k in ("hidden", "layers", "propagation")
@@ -88,22 +94,24 @@ def _train_ghn(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers is None:  # worth it only when the GHN's side of a step is not the CPU's too
         gpu = resolve_device(args.device).type != "cpu"
-        workers = min(8, max(0, (os.cpu_count() or 1) - 2)) if gpu else 0
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+        workers = min(8, max(0, (os.cpu_count() or 1) - 2) // per_machine) if gpu else 0
+    if args.init_from is not None and args.restart:
+        raise CommandError("--init-from and --restart contradict each other")
+    if args.init_from is not None and args.warm_start is not None:
+        raise CommandError("--init-from continues a run, --warm-start starts one: give one of them")
     try:
-        if args.init_from is not None:
-            if args.restart:
-                raise ValueError("--init-from and --restart contradict each other")
-            if args.warm_start is not None:
-                raise ValueError("--init-from continues a run, --warm-start starts one: "
-                                 "give one of them")
-            step = start_from_checkpoint(args.init_from, args.out, cfg)
-            print(f"continuing {args.init_from} from step {step}")
-        train_ghn(cfg, args.out, device=args.device, resume=not args.restart,
-                  progress=not args.no_progress, workers=max(0, workers),
-                  warm_start=args.warm_start)
+        with training_processes(args.device) as (ranks, device):
+            if args.init_from is not None and ranks.main:
+                step = start_from_checkpoint(args.init_from, args.out, cfg)
+                print(f"continuing {args.init_from} from step {step}")
+            train_ghn(cfg, args.out, device=device, resume=not args.restart,
+                      progress=not args.no_progress, workers=max(0, workers),
+                      warm_start=args.warm_start)
     except (DatasetError, SearchSpaceError, CheckpointError, ValueError) as e:
         raise CommandError(str(e)) from None
-    print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
+    if ranks.main:
+        print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
     return 0
 
 

@@ -269,8 +269,16 @@ def typed_adjacency(edge_index: torch.Tensor, edge_type: torch.Tensor, edge_weig
         rows, cols, edge_weight = rows[order], cols[order], edge_weight[order]
     crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0)
+    return csr_adjacency(crow, cols, edge_weight, num_nodes)
+
+
+def csr_adjacency(crow: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor,
+                  num_nodes: int) -> torch.Tensor:
+    """The matrix of :func:`typed_adjacency` from its CSR arrays (``crow_indices()``,
+    ``col_indices()``, ``values()``), e.g. built on the host and copied to a GPU. The arrays are
+    not checked: nothing here reads device memory, so nothing waits for the device."""
     with warnings.catch_warnings():  # PyTorch flags CSR tensors as beta, once per process
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, edge_weight,
+        return torch.sparse_csr_tensor(crow, cols, weights,
                                        (num_nodes, NUM_EDGE_TYPES * num_nodes),
                                        check_invariants=False)

@@ -43,6 +43,7 @@ from .features import (
     VECTOR_KINDS,
     FeatureCache,
     ParameterRequest,
+    csr_adjacency,
     typed_adjacency,
 )
 from .sequential import SequentialGHNLayer, sequential_schedule
@@ -172,22 +173,13 @@ class GraphHyperNetwork(nn.Module):
         """Featurises graphs (cached by content hash) into one PyG batch on the GHN's device.
 
         ``features``, one ``(featurize(g, cutoff), parameter_requests(g))`` per graph, skips that
-        work here: training computes them in worker processes, ahead of the step."""
-        if features is not None and len(features) != len(graphs):
-            raise ValueError(f"{len(features)} feature sets for {len(graphs)} graphs")
-        data, requests = [], []
-        for i, g in enumerate(graphs):
-            unknown = sorted({n.op for n in g.nodes} - self._op_index.keys())
-            if unknown:
-                raise UnsupportedArchitectureError(
-                    f"this GHN was trained without the op(s) {unknown}; retrain it to predict them")
-            d, r = self._features.get(g) if features is None else features[i]
-            if tuple(self.config.ops) != OP_NAMES:
-                d = d.clone()
-                d.op = torch.tensor([self._op_index[n.op] for n in g.nodes])
-            data.append(d)
-            requests.append(r)
-        return Batch.from_data_list(data).to(self.device), requests
+        work here: training computes them in worker processes, ahead of the step (and
+        :func:`collate` too, so a step's batch only has to be copied to the device)."""
+        if features is None:
+            _check_supported(graphs, self._op_index)  # before featurising an unknown op
+            features = [self._features.get(g) for g in graphs]
+        batch, requests = collate(graphs, features, self.config)
+        return batch.to(self.device, non_blocking=True), requests
 
     def predict(self, graphs: Sequence[ArchitectureGraph]) -> list[dict[str, torch.Tensor]]:
         """``[{"<node>.<param>": tensor}]``, one dict per graph, in ``state_dict`` order."""
@@ -202,6 +194,9 @@ class GraphHyperNetwork(nn.Module):
         if self.config.propagation == "sequential":
             structure = sequential_schedule(batch.edge_index, batch.edge_type,
                                             batch.edge_weight, x.size(0))
+        elif "adjacency_crow" in batch:  # built by collate, on the host
+            structure = csr_adjacency(batch.adjacency_crow, batch.adjacency_col,
+                                      batch.adjacency_weight, x.size(0))
         else:
             structure = typed_adjacency(batch.edge_index, batch.edge_type, batch.edge_weight,
                                         x.size(0))
@@ -212,7 +207,7 @@ class GraphHyperNetwork(nn.Module):
     def forward(self, batch: Batch, requests: list[list[ParameterRequest]]
                 ) -> list[dict[str, torch.Tensor]]:
         x = self.embed(batch)
-        ptr = batch.ptr.tolist()
+        ptr = batch.ptr  # on the device: node offsets are gathered there, not read back
         flat = [(g, r) for g, reqs in enumerate(requests) for r in reqs]
         out: list[dict[str, torch.Tensor]] = [{} for _ in requests]
         matrix = [(g, r) for g, r in flat if r.kind in MATRIX_KINDS]
@@ -226,13 +221,15 @@ class GraphHyperNetwork(nn.Module):
             out[g][r.name] = predicted[(g, r.name)]
         return out
 
-    def _conditioned(self, x: torch.Tensor, ptr: list[int],
+    def _conditioned(self, x: torch.Tensor, ptr: torch.Tensor,
                      items: list[tuple[int, ParameterRequest]]) -> torch.Tensor:
-        nodes = torch.tensor([ptr[g] + r.node for g, r in items], device=x.device)
-        kinds = torch.tensor([KINDS.index(r.kind) for _, r in items], device=x.device)
+        graphs = _host_tensor([g for g, _ in items], torch.long, x.device)
+        nodes = ptr.index_select(0, graphs) + _host_tensor([r.node for _, r in items],
+                                                           torch.long, x.device)
+        kinds = _host_tensor([KINDS.index(r.kind) for _, r in items], torch.long, x.device)
         return x[nodes] + self.kind_embed(kinds)
 
-    def _decode_matrices(self, x: torch.Tensor, ptr: list[int],
+    def _decode_matrices(self, x: torch.Tensor, ptr: torch.Tensor,
                          items: list[tuple[int, ParameterRequest]]
                          ) -> dict[tuple[int, str], torch.Tensor]:
         c = self.config
@@ -248,7 +245,7 @@ class GraphHyperNetwork(nn.Module):
             groups[(*_kernel_of(r), min(out_ch, c.block_out), min(in_ch, c.block_in))].append(i)
         out = {}
         for (kh, kw, bo, bi), idx in groups.items():
-            index = torch.tensor(idx, device=x.device)
+            index = _host_tensor(idx, torch.long, x.device)
             grid = self._code_grid(hidden.index_select(0, index), kh, kw)  # (r, Dc, kh, kw)
             rows = (torch.arange(bo, device=x.device)[:, None] * c.block_in
                     + torch.arange(bi, device=x.device)).reshape(-1)
@@ -260,10 +257,9 @@ class GraphHyperNetwork(nn.Module):
             # learned gain adjusts it. Scaling the small blocks before tiling leaves the copy
             # that materialises each tensor as the only full-size operation.
             # (In fp32: under autocast the blocks are bf16, too coarse for a fan-in of 18,432.)
-            fan_in = torch.tensor([_matrix_dims(items[i][1])[1] * kh * kw for i in idx],
-                                  dtype=torch.float32, device=x.device)
-            beta = torch.tensor([items[i][1].gain for i in idx], dtype=torch.float32,
-                                device=x.device)
+            fan_in = _host_tensor([_matrix_dims(items[i][1])[1] * kh * kw for i in idx],
+                                  torch.float32, x.device)
+            beta = _host_tensor([items[i][1].gain for i in idx], torch.float32, x.device)
             rms = blocks.float().pow(2).mean(dim=(1, 2, 3, 4)).sqrt()
             scale = gains.index_select(0, index) * torch.sqrt(beta / fan_in) / (rms + 1e-6)
             blocks = blocks * scale.view(-1, 1, 1, 1, 1)
@@ -290,20 +286,68 @@ class GraphHyperNetwork(nn.Module):
         return F.linear(hidden, last.weight[rows], last.bias[rows]).view(
             len(hidden), c.code, kh, kw)
 
-    def _decode_vectors(self, x: torch.Tensor, ptr: list[int],
+    def _decode_vectors(self, x: torch.Tensor, ptr: torch.Tensor,
                         items: list[tuple[int, ParameterRequest]]
                         ) -> dict[tuple[int, str], torch.Tensor]:
         raw = self.vector_head(self._conditioned(x, ptr, items))  # (R, V)
         # Each kind's output range (norm weights 2 * sigmoid, tokens 0.1 * tanh, biases tanh),
         # applied to all rows at once before tiling, which only repeats values.
-        sigmoid = torch.tensor([r.kind == "norm_weight" for _, r in items], device=raw.device)
-        gain = torch.tensor([0.1 if r.kind == "token" else 1.0 for _, r in items],
-                            dtype=raw.dtype, device=raw.device)
+        sigmoid = _host_tensor([r.kind == "norm_weight" for _, r in items], torch.bool,
+                               raw.device)
+        gain = _host_tensor([0.1 if r.kind == "token" else 1.0 for _, r in items], raw.dtype,
+                            raw.device)
         values = torch.where(sigmoid[:, None], 2 * torch.sigmoid(raw), gain[:, None] * torch.tanh(raw))
         out = {}
         for i, (g, r) in enumerate(items):
             out[(g, r.name)] = _tile(values[i], (math.prod(r.shape),)).view(r.shape)
         return out
+
+
+def collate(graphs: Sequence[ArchitectureGraph],
+            features: Sequence[tuple[Data, list[ParameterRequest]]], config: GHNConfig
+            ) -> tuple[Batch, list[list[ParameterRequest]]]:
+    """The host side of :meth:`GraphHyperNetwork.prepare`: the graphs' features as one PyG batch
+    on the CPU, op indices in ``config``'s vocabulary, with the sparse adjacency of synchronous
+    propagation already built (``adjacency_crow``, ``adjacency_col``, ``adjacency_weight``:
+    building it on a GPU reads device memory back twice). Copying the batch to the device is
+    then all a forward pass waits for. A pure function of its arguments: GHN training runs it in
+    worker processes, ahead of the step.
+
+    ``features``: one ``(featurize(g, config.virtual_cutoff), parameter_requests(g))`` per graph.
+    """
+    if len(features) != len(graphs):
+        raise ValueError(f"{len(features)} feature sets for {len(graphs)} graphs")
+    op_index = {op: i for i, op in enumerate(config.ops)}
+    _check_supported(graphs, op_index)
+    data, requests = [], []
+    for g, (d, r) in zip(graphs, features, strict=True):
+        if tuple(config.ops) != OP_NAMES:
+            d = d.clone()
+            d.op = torch.tensor([op_index[n.op] for n in g.nodes])
+        data.append(d)
+        requests.append(r)
+    batch = Batch.from_data_list(data)
+    if config.propagation == "synchronous":
+        adjacency = typed_adjacency(batch.edge_index, batch.edge_type, batch.edge_weight,
+                                    batch.num_nodes)
+        batch.adjacency_crow = adjacency.crow_indices()
+        batch.adjacency_col = adjacency.col_indices()
+        batch.adjacency_weight = adjacency.values()
+    return batch, requests
+
+
+def _check_supported(graphs: Sequence[ArchitectureGraph], op_index: dict[str, int]) -> None:
+    for g in graphs:
+        unknown = sorted({n.op for n in g.nodes} - op_index.keys())
+        if unknown:
+            raise UnsupportedArchitectureError(
+                f"this GHN was trained without the op(s) {unknown}; retrain it to predict them")
+
+
+def _host_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Non-blocking, from pageable memory: the driver stages the values at once and the host
+    # goes on; a blocking copy would wait for every kernel queued before it.
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def _matrix_dims(r: ParameterRequest) -> tuple[int, int]:

@@ -13,9 +13,17 @@ Checkpoints (every ``checkpoint_every`` steps, written atomically next to each o
 * ``<out>/log.jsonl`` — one line per logged step and per validation.
 
 What a step needs before the GHN runs (sampling ``meta_batch`` architectures, featurising them,
-building their networks) is a pure function of ``(config, step)``, :func:`build_step`: with
-``workers > 0`` it runs ahead in that many worker processes, so a GPU is not left waiting on
-Python (on 2 CPU cores there is nothing to gain and ``workers=0`` does it inline).
+collating them into one batch, building their networks) is a pure function of ``(config,
+step)``, :func:`build_step`: with ``workers > 0`` it runs ahead in that many worker processes,
+so a GPU is not left waiting on Python (on 2 CPU cores there is nothing to gain and
+``workers=0`` does it inline). The step itself copies the collated batch and the image indices
+to the device once and reads nothing back: the loss reaches the host once per logged step.
+
+Several processes started by ``torchrun`` train one GHN (:mod:`.distributed`): each prepares and
+runs its share of every step's architectures, the gradients are summed across them, and rank 0
+alone writes the run's folder and validates. The update equals one process's up to the order of
+floating-point sums, and a run resumes identically with any number of processes: a network's
+dropout draws from its architecture's seed, not from the process's random stream.
 """
 
 from __future__ import annotations
@@ -35,24 +43,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.func import functional_call
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from nas_service.data import load_task
 from nas_service.ghn import GHNConfig, GraphHyperNetwork
 from nas_service.ghn.checkpoint import load_ghn, read_metadata, resolve_device, save_ghn
 from nas_service.ghn.features import ParameterRequest, featurize, parameter_requests
-from nas_service.graph import (
-    ArchitectureGraph,
-    GraphNetwork,
-    materialize,
-    meta_network,
-    to_module,
-)
+from nas_service.ghn.model import collate
+from nas_service.graph import ArchitectureGraph, GraphNetwork, meta_network, to_module
 from nas_service.scoring.evaluation import accuracy, load_parameters
 from nas_service.spaces import get_space
 
 from .config import TRAIN_SEED_OFFSET, TrainingConfig
+from .distributed import GradientSum, Ranks, current_ranks, from_main
 
 
 def _lr_at(step: int, cfg: TrainingConfig, rewarm_from: int | None = None) -> float:
@@ -84,33 +89,62 @@ def held_out_architectures(cfg: TrainingConfig, count: int, input_shape: tuple[i
                                 cfg.max_parameters, cfg.max_flops)
 
 
+def step_seeds(cfg: TrainingConfig, step: int) -> list[int]:
+    """The seeds of step ``step``'s ``meta_batch`` architectures (a function of ``(cfg.seed,
+    step)``); each also seeds its network's dropout."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    return [TRAIN_SEED_OFFSET + rng.randrange(1 << 30) for _ in range(cfg.meta_batch)]
+
+
+def step_images(cfg: TrainingConfig, step: int, train_size: int) -> torch.Tensor:
+    """Indices into the training split of step ``step``'s image batch."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return torch.randint(0, train_size, (cfg.batch_size,), generator=gen)
+
+
+def step_network(graph: ArchitectureGraph) -> GraphNetwork:
+    """``graph``'s network as a training step runs it: on the ``meta`` device, so it holds no
+    memory (the step's predicted parameters are all it computes with), and with batch norm
+    that keeps no running statistics (a step's networks are dropped after it; normalising with
+    the batch's statistics is the same either way). Cheap to pickle from a worker."""
+    net = meta_network(graph)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return net
+
+
 @dataclass
 class StepInputs:
-    """Everything step ``step`` needs before the GHN runs; see :func:`build_step`."""
+    """What one process needs for step ``step`` before the GHN runs; see :func:`build_step`."""
 
     step: int
+    seeds: list[int]
+    """Of this process's share of the step's architectures; each seeds its network's dropout."""
     graphs: list[ArchitectureGraph]
-    features: list[tuple[Data, list[ParameterRequest]]]
+    batch: Batch
+    """The graphs' features collated on the host (:func:`~nas_service.ghn.model.collate`)."""
+    requests: list[list[ParameterRequest]]
     networks: list[GraphNetwork]
-    """On the ``meta`` device (no memory): :func:`~nas_service.graph.materialize` them."""
+    """:func:`step_network`: no tensors, run with the predicted parameters."""
     images: torch.Tensor
     """Indices into the training split: the image batch every network of the step runs on."""
 
 
-def build_step(cfg: TrainingConfig, step: int, *, input_shape: tuple[int, ...],
-               num_classes: int, train_size: int, cutoff: int) -> StepInputs:
-    """Step ``step``'s architectures (featurised, networks built on ``meta``) and image batch:
-    a function of ``(cfg, step)`` alone, so a resumed run, or one with another number of
-    workers, trains on exactly the same sequence."""
-    rng = random.Random(cfg.seed * 1_000_003 + step)
-    seeds = [TRAIN_SEED_OFFSET + rng.randrange(1 << 30) for _ in range(cfg.meta_batch)]
+def build_step(cfg: TrainingConfig, step: int, *, ghn: GHNConfig, input_shape: tuple[int, ...],
+               num_classes: int, train_size: int, ranks: Ranks | None = None) -> StepInputs:
+    """Step ``step``'s architectures (featurised and collated for a GHN configured as ``ghn``,
+    networks built on ``meta``) and image batch: a function of ``(cfg, step)`` alone, so a
+    resumed run, or one with another number of workers or processes, trains on exactly the same
+    sequence. With several processes, ``ranks``' share of the architectures."""
+    seeds = (ranks or Ranks()).share(step_seeds(cfg, step))
     graphs = sample_architectures(cfg.spaces, seeds, input_shape, num_classes,
                                   cfg.max_parameters, cfg.max_flops)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    images = torch.randint(0, train_size, (cfg.batch_size,), generator=gen)
-    return StepInputs(step, graphs,
-                      [(featurize(g, cutoff), parameter_requests(g)) for g in graphs],
-                      [meta_network(g) for g in graphs], images)
+    batch, requests = collate(
+        graphs, [(featurize(g, ghn.virtual_cutoff), parameter_requests(g)) for g in graphs], ghn)
+    return StepInputs(step, seeds, graphs, batch, requests, [step_network(g) for g in graphs],
+                      step_images(cfg, step, train_size))
 
 
 def _worker_init() -> None:
@@ -196,23 +230,39 @@ def meta_step(ghn: GraphHyperNetwork, opt: torch.optim.Optimizer,
     """One GHN-2 update: predict every graph's parameters, run all networks on the same batch,
     back-propagate the summed cross-entropy. Returns the mean loss and accuracy per network.
     Mixed precision (bfloat16) on CUDA; batch norm of the networks uses batch statistics."""
+    batch, requests = ghn.prepare(graphs, features)
+    loss, correct = _update(ghn, opt, batch, requests, nets, x, y, grad_clip).tolist()
+    return loss / len(graphs), correct / len(graphs)
+
+
+def _update(ghn: GraphHyperNetwork, opt: torch.optim.Optimizer, batch: Batch,
+            requests: list[list[ParameterRequest]], nets: list[GraphNetwork], x: torch.Tensor,
+            y: torch.Tensor, grad_clip: float, *, seeds: list[int] | None = None,
+            gradient_sum: GradientSum | None = None) -> torch.Tensor:
+    """:func:`meta_step` on a prepared batch, leaving its result on the device: ``(loss,
+    correct)``, sums over the networks (over every rank's, with ``gradient_sum``). ``seeds``:
+    one per network, seeding its dropout."""
     use_amp = x.device.type == "cuda"
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        batch, requests = ghn.prepare(graphs, features)
         # float32 parameters: autocast still runs convolutions and matrix products in bfloat16,
         # but batch norm needs its weight in the dtype of its float32 running statistics.
         params = [{k: v.float() for k, v in p.items()} for p in ghn(batch, requests)]
         loss = torch.zeros((), device=x.device)
         correct = torch.zeros((), device=x.device)
-        for net, p in zip(nets, params, strict=True):
+        for i, (net, p) in enumerate(zip(nets, params, strict=True)):
+            if seeds is not None:
+                torch.manual_seed(seeds[i])
             logits = functional_call(net.train(), p, (x,))
             loss = loss + F.cross_entropy(logits.float(), y)
             correct = correct + (logits.argmax(1) == y).float().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    totals = torch.stack([loss.detach(), correct])
+    if gradient_sum is not None:
+        totals = gradient_sum(list(ghn.parameters()), totals)
     torch.nn.utils.clip_grad_norm_(ghn.parameters(), grad_clip)
     opt.step()
-    return loss.item() / len(graphs), correct.item() / len(graphs)  # one device sync per step
+    return totals
 
 
 # Settings that change only bookkeeping, not what is trained (data_root is where the task's
@@ -254,7 +304,8 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     opt.load_state_dict(sd)
 
 
-def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | None = None,
+def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *,
+              device: str | torch.device | None = None,
               resume: bool = True, progress: bool = True, workers: int = 0,
               warm_start: str | os.PathLike | None = None,
               on_log: Callable[[dict], None] | None = None) -> GraphHyperNetwork:
@@ -263,47 +314,38 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
     ``workers``: processes that prepare steps ahead of the GHN (0: inline). ``warm_start``: a
     new run (step 0, ``cfg``'s own settings, e.g. other search spaces) starts from this GHN
     checkpoint's weights instead of a random initialisation; its architecture (``GHNConfig``)
-    is the checkpoint's, so ``cfg.ghn`` must be empty. Ignored when resuming."""
+    is the checkpoint's, so ``cfg.ghn`` must be empty. Ignored when resuming.
+
+    In a process group (``torchrun``, :func:`~.distributed.training_processes`) every rank
+    calls it with its own ``device`` and ``workers``; rank 0 alone reads and writes ``out_dir``
+    (and ``warm_start``), logs (``on_log``, the progress bar) and validates."""
+    ranks = current_ranks()
+    if cfg.meta_batch < ranks.world_size:
+        raise ValueError(f"a meta-batch of {cfg.meta_batch} leaves some of the "
+                         f"{ranks.world_size} processes without an architecture")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     task = load_task(cfg.task, cfg.data_root)
     spec = task.spec
     x_train, y_train = task.tensors("train", device=dev)
-    x_val, y_val = task.tensors("val", device=dev)
 
-    state_path, ghn_path, opt_path = out / "state.json", out / "ghn.safetensors", \
-        out / "optimizer.safetensors"
-    start_step, best = 0, 0.0
-    lineage: dict = {}
-    if resume and state_path.exists() and ghn_path.exists():
-        state = json.loads(state_path.read_text())
-        _check_same_run(state.get("config", {}), cfg)
-        ghn = load_ghn(ghn_path, dev).train()
-        start_step, best = state["step"], state.get("best_val_accuracy", 0.0)
-        lineage = {k: state[k] for k in ("initialized_from", "rewarm_from", "warm_started_from")
-                   if k in state}
-    elif warm_start is not None:
-        if cfg.ghn:
-            raise ValueError("a warm start takes the checkpoint's GHN architecture; "
-                             f"drop the overrides {sorted(cfg.ghn)}")
-        ghn = load_ghn(warm_start, dev)
-        lineage = {"warm_started_from": str(warm_start)}
-    else:
-        ghn = GraphHyperNetwork(GHNConfig(**cfg.ghn)).to(dev)
-    ghn.train()
-    opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if start_step and opt_path.exists():
-        _load_optimizer(opt, opt_path)
-    elif start_step and "rewarm_from" not in lineage:
-        lineage["rewarm_from"] = start_step  # no optimizer state: a fresh AdamW from here
+    state_path, ghn_path = out / "state.json", out / "ghn.safetensors"
+    opt_path = out / "optimizer.safetensors"
+    ghn, opt, start_step, best, lineage = None, None, 0, 0.0, {}
+    if ranks.main:
+        ghn, opt, start_step, best, lineage = _open_run(cfg, out, dev, resume, warm_start)
+    if ranks.world_size > 1:
+        ghn, opt, start_step, lineage = _share_run(ghn, opt, start_step, lineage, cfg, dev)
     rewarm_from = lineage.get("rewarm_from")
+    gradient_sum = GradientSum() if ranks.world_size > 1 else None
 
-    nets = _NetworkCache(dev)
-    held_out = held_out_architectures(cfg, cfg.validation_architectures, spec.input_shape,
-                                      spec.num_classes)
-    log_file = (out / "log.jsonl").open("a")
+    if ranks.main:
+        x_val, y_val = task.tensors("val", device=dev)
+        nets = _NetworkCache(dev)
+        held_out = held_out_architectures(cfg, cfg.validation_architectures, spec.input_shape,
+                                          spec.num_classes)
+        log_file = (out / "log.jsonl").open("a")
 
     def log(record: dict) -> None:
         record["time"] = time.time()
@@ -335,41 +377,41 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
         os.replace(tmp, state_path)
 
     bar = None
-    if progress:
+    if progress and ranks.main:
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=start_step, desc="train-ghn", unit="step",
                    dynamic_ncols=True)
-    running_loss = running_acc = 0.0
-    seen = 0
-    make = partial(build_step, cfg, input_shape=spec.input_shape, num_classes=spec.num_classes,
-                   train_size=len(x_train), cutoff=ghn.config.virtual_cutoff)
+    sums: list[torch.Tensor] = []  # (loss, correct) of each step since the last log, on device
+    make = partial(build_step, cfg, ghn=ghn.config, input_shape=spec.input_shape,
+                   num_classes=spec.num_classes, train_size=len(x_train), ranks=ranks)
     inputs = step_inputs(make, range(start_step, cfg.steps), workers)
     t0 = time.time()
     try:
         for item in inputs:
             step = item.step
-            idx = item.images.to(dev)
+            batch, idx = _to_device(item, dev)
             x, y = x_train[idx], y_train[idx]
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg, rewarm_from)
-            loss, acc = meta_step(ghn, opt, item.graphs,
-                                  [materialize(n, dev) for n in item.networks], x, y,
-                                  cfg.grad_clip, features=item.features)
-            running_loss += loss
-            running_acc += acc
-            seen += 1
+            totals = _update(ghn, opt, batch, item.requests, item.networks, x, y, cfg.grad_clip,
+                             seeds=item.seeds, gradient_sum=gradient_sum)
             done = step + 1
+            if not ranks.main:
+                continue
+            sums.append(totals)
             if bar is not None:
                 bar.update(1)
             if done % cfg.log_every == 0:
-                rec = {"step": done, "loss": running_loss / seen, "train_accuracy":
-                       running_acc / seen, "lr": _lr_at(step, cfg, rewarm_from),
-                       "seconds_per_step": (time.time() - t0) / seen}
+                per_step = torch.stack(sums).tolist()  # the one read from the device
+                rec = {"step": done,
+                       "loss": sum(loss / cfg.meta_batch for loss, _ in per_step) / len(sums),
+                       "train_accuracy": sum(c / cfg.meta_batch for _, c in per_step) / len(sums),
+                       "lr": _lr_at(step, cfg, rewarm_from),
+                       "seconds_per_step": (time.time() - t0) / len(sums)}
                 log(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_accuracy']:.3f}")
-                running_loss = running_acc = 0.0
-                seen = 0
+                sums = []
                 t0 = time.time()
             if done % cfg.validate_every == 0 or done == cfg.steps:
                 best = max(best, validate(done))
@@ -379,5 +421,79 @@ def train_ghn(cfg: TrainingConfig, out_dir: str | os.PathLike, *, device: str | 
         inputs.close()  # stops the worker processes
         if bar is not None:
             bar.close()
-        log_file.close()
+        if ranks.main:
+            log_file.close()
     return ghn.eval()
+
+
+def _open_run(cfg: TrainingConfig, out: Path, dev: torch.device, resume: bool,
+              warm_start: str | os.PathLike | None
+              ) -> tuple[GraphHyperNetwork, torch.optim.Optimizer, int, float, dict]:
+    """The GHN and optimizer a run starts from (``out``'s run when resuming, a warm start, or
+    a fresh GHN), the step, the best validation accuracy so far and the run's lineage."""
+    out.mkdir(parents=True, exist_ok=True)
+    state_path, ghn_path = out / "state.json", out / "ghn.safetensors"
+    opt_path = out / "optimizer.safetensors"
+    start_step, best = 0, 0.0
+    lineage: dict = {}
+    if resume and state_path.exists() and ghn_path.exists():
+        state = json.loads(state_path.read_text())
+        _check_same_run(state.get("config", {}), cfg)
+        ghn = load_ghn(ghn_path, dev).train()
+        start_step, best = state["step"], state.get("best_val_accuracy", 0.0)
+        lineage = {k: state[k] for k in ("initialized_from", "rewarm_from", "warm_started_from")
+                   if k in state}
+    elif warm_start is not None:
+        if cfg.ghn:
+            raise ValueError("a warm start takes the checkpoint's GHN architecture; "
+                             f"drop the overrides {sorted(cfg.ghn)}")
+        ghn = load_ghn(warm_start, dev)
+        lineage = {"warm_started_from": str(warm_start)}
+    else:
+        ghn = GraphHyperNetwork(GHNConfig(**cfg.ghn)).to(dev)
+    ghn.train()
+    opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if start_step and opt_path.exists():
+        _load_optimizer(opt, opt_path)
+    elif start_step and "rewarm_from" not in lineage:
+        lineage["rewarm_from"] = start_step  # no optimizer state: a fresh AdamW from here
+    return ghn, opt, start_step, best, lineage
+
+
+def _share_run(ghn: GraphHyperNetwork | None, opt: torch.optim.Optimizer | None,
+               start_step: int, lineage: dict, cfg: TrainingConfig, dev: torch.device
+               ) -> tuple[GraphHyperNetwork, torch.optim.Optimizer, int, dict]:
+    """Rank 0's starting point (its GHN and optimizer; ``None`` on the other ranks) on every
+    rank: the others never read the run's folder, so it need not be shared between machines."""
+    start = None
+    if ghn is not None and opt is not None:
+        start = {"config": ghn.config.to_json(),
+                 "weights": {k: v.cpu() for k, v in ghn.state_dict().items()},
+                 "optimizer": _on_cpu(opt.state_dict()), "step": start_step, "lineage": lineage}
+    start = from_main(start)
+    if ghn is None or opt is None:
+        ghn = GraphHyperNetwork(GHNConfig.from_json(start["config"]))
+        ghn.load_state_dict(start["weights"])
+        ghn = ghn.to(dev).train()
+        opt = torch.optim.AdamW(ghn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt.load_state_dict(start["optimizer"])
+    return ghn, opt, start["step"], start["lineage"]
+
+
+def _on_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
+def _to_device(item: StepInputs, dev: torch.device) -> tuple[Batch, torch.Tensor]:
+    """The step's collated batch and image indices on ``dev``: copied whole, without waiting
+    (from pinned memory on CUDA, so the copy overlaps the host's next work)."""
+    batch, images = item.batch, item.images
+    if dev.type == "cuda":
+        batch, images = batch.pin_memory(), images.pin_memory()
+    return batch.to(dev, non_blocking=True), images.to(dev, non_blocking=True)

@@ -41,7 +41,6 @@ MAX_WAITING_SCORES = 32
 MAX_REPORTED_PROBLEMS = 100
 
 
-
 def _build_graph(body: ArchitectureRequest, spec: TaskSpec,
                  limits: GraphLimits) -> ArchitectureGraph:
     """The validated graph of the request, checked against the task; 422 problems otherwise."""

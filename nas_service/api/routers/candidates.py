@@ -12,7 +12,7 @@ from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, not_found, problem_responses, require_id
 from ..openapi import links
 from ..schemas import CandidateResponse
-from ..views import candidate_view
+from ..views import candidate_views
 from .downloads import ETAG, checkpoint_response
 
 router = APIRouter(prefix="/candidates", tags=["candidates"])
@@ -29,7 +29,7 @@ def get_candidate(candidate_id: str, session: ReadSessionDep) -> CandidateRespon
     candidate = session.get(Candidate, require_id("candidate", candidate_id))
     if candidate is None:
         raise not_found("candidate", candidate_id)
-    return candidate_view(candidate)
+    return candidate_views(session, [candidate])[0]
 
 
 @router.get(

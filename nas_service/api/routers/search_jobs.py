@@ -28,7 +28,7 @@ from ..schemas import (
     SearchJobRequest,
     SearchJobResponse,
 )
-from ..views import best_candidates, candidate_view, job_url, job_view
+from ..views import best_candidates, candidate_views, job_url, job_view
 
 router = APIRouter(prefix="/search-jobs", tags=["search jobs"])
 
@@ -161,7 +161,7 @@ def list_job_candidates(
         raise _bad_cursor(e) from None
     except DataError:
         raise _bad_cursor(InvalidCursor("invalid cursor")) from None
-    return CandidatePage(items=[candidate_view(c) for c in page.items],
+    return CandidatePage(items=candidate_views(session, page.items),
                          next_cursor=page.next_cursor, next=_next_url(request, page.next_cursor))
 
 

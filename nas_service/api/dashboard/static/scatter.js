@@ -1,8 +1,10 @@
-// The job page's scatter plot: surrogate accuracy against parameters (or FLOPs), drawn as SVG,
-// with the Pareto front (highest accuracy for its size: nothing both smaller and at least as
-// accurate) highlighted. Points link to their candidate pages.
+// The job page's scatter plot: each candidate's score (what the search ranks by: the ranking
+// head's estimate of trained accuracy, or the predicted accuracy) against parameters (or FLOPs),
+// drawn as SVG, with the Pareto front (highest score for its size: nothing both smaller and at
+// least as well scored) highlighted. Points link to their candidate pages.
 
-import {formatCount, formatScore, route, s} from "./dom.js";
+import {formatCount, route, s} from "./dom.js";
+import {describeScore, scoreLabels} from "./scores.js";
 
 const WIDTH = 720;
 const HEIGHT = 380;
@@ -88,23 +90,25 @@ function yScale(values) {
 }
 
 /** The plot of the scored `candidates` (API candidate objects) with `metric` on x:
- * "num_parameters" or "flops". Empty candidates give an empty frame with a note. */
-export function renderScatter(candidates, metric) {
+ * "num_parameters" or "flops", and the score on y, named by `labels` (scoreLabels of the
+ * candidates' kind). Empty candidates give an empty frame with a note. */
+export function renderScatter(candidates, metric, labels = scoreLabels(null)) {
   const label = metric === "flops" ? "FLOPs (multiply-accumulates per sample)" : "parameters";
   const points = candidates
     .filter((c) => c.status === "scored" && typeof c.score === "number"
                    && typeof c[metric] === "number")
     .map((c) => ({x: c[metric], y: c.score, candidate: c}));
   const svg = s("svg", {class: "scatter", viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "group",
-                        "aria-label": `score against ${label}`,
+                        "aria-label": `${labels.name} against ${label}`,
                         dataset: {points: points.length, metric}});
   const plotBottom = HEIGHT - PAD.bottom;
   svg.append(s("rect", {class: "plot-area", x: PAD.left, y: PAD.top,
                         width: WIDTH - PAD.left - PAD.right, height: plotBottom - PAD.top}));
   svg.append(s("text", {class: "axis-title", x: PAD.left + (WIDTH - PAD.left - PAD.right) / 2,
                         y: HEIGHT - 8}, label));
-  svg.append(s("text", {class: "axis-title", transform: `translate(14,${(PAD.top + plotBottom) / 2}) rotate(-90)`},
-               "score"));
+  svg.append(s("text", {class: "axis-title y-title",
+                        transform: `translate(14,${(PAD.top + plotBottom) / 2}) rotate(-90)`},
+               labels.name, s("title", null, labels.title)));
   if (!points.length) {
     svg.append(s("text", {class: "empty-note", x: WIDTH / 2, y: HEIGHT / 2},
                  "No scored candidates yet"));
@@ -130,7 +134,7 @@ export function renderScatter(candidates, metric) {
 
   const front = paretoFront(points);
   const onFront = new Set(front);
-  // The front as a staircase: each point holds its accuracy until the next, larger one.
+  // The front as a staircase: each point holds its score until the next, larger one.
   if (front.length > 1) {
     let d = "";
     front.forEach((p, i) => {
@@ -148,7 +152,7 @@ export function renderScatter(candidates, metric) {
     const link = s("a", {href: route("candidates", c.id), class: "point-link"},
       s("circle", {class: pareto ? "point pareto" : "point", cx: x.map(p.x), cy: y.map(p.y),
                    r: pareto ? 6 : 4.5, dataset: {candidateId: c.id, index: c.index}},
-        s("title", null, `candidate ${c.index}: ${formatScore(c.score)}, `
+        s("title", null, `candidate ${c.index}: ${describeScore(c)}, `
                          + `${formatCount(c.num_parameters)} parameters, ${formatCount(c.flops)} FLOPs`
                          + (pareto ? " (Pareto front)" : ""))));
     dots.append(link);

@@ -8,6 +8,7 @@ import {
 } from "../dom.js";
 import {renderGraph} from "../graph.js";
 import {problemBox} from "../problem.js";
+import {ESTIMATE, PREDICTED_COLUMN, rankingQuality, scoreLabels} from "../scores.js";
 
 /** A link to a checkpoint route. Without an API key the browser follows it (and streams the
  * file); with one, the file is fetched with the key header and then saved. */
@@ -50,9 +51,9 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
     h("div", {class: "card-head"},
       h("div", null, heading ? h("p", {class: "eyebrow"}, heading) : null,
         h(heading ? "h2" : "h1", {class: "arch-name"}, name)),
-      h("div", {class: "score-big", id: "arch-score"},
+      h("div", {class: "score-big", id: "arch-score", title: PREDICTED_COLUMN.title},
         h("span", {class: "score-value"}, formatScore(score && score.value)),
-        h("span", {class: "muted"}, "surrogate accuracy"))),
+        h("span", {class: "muted"}, "predicted accuracy"))),
     h("div", {class: "stats"},
       stat("Parameters", formatCount(arch.num_parameters), formatExact(arch.num_parameters), "arch-params"),
       stat("FLOPs", formatCount(arch.flops), `${formatExact(arch.flops)} multiply-accumulates per sample`, "arch-flops"),
@@ -60,14 +61,13 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
       stat("Edges", String(edges), null, "arch-edges"),
       stat("Op kinds", String(opCount), null, "arch-ops")),
     facts([
-      ["Score", score ? `${formatScore(score.value)} (${score.name}) on ${score.images ?? "?"} `
+      ["Predicted accuracy", score ? `${formatScore(score.value)} (${score.name}) on ${score.images ?? "?"} `
                         + `${score.split} images; batch norm recalibrated on `
                         + `${score.recalibration_images ?? "?"} training images` : "not scored"],
-      score && score.ranking ? ["Estimated trained accuracy",
+      score && score.ranking ? ["Estimated trained accuracy", h("span", {id: "arch-ranking"},
         `${formatScore(score.ranking.value)}: ${score.ranking.target}, estimated by the GHN's `
-        + `ranking head from the score and the size (leave-one-out Kendall τ `
-        + `${score.ranking.kendall_tau == null ? "?" : score.ranking.kendall_tau.toFixed(2)}); `
-        + "searches rank candidates by it"] : null,
+        + `ranking head from the predicted accuracy and the size (${rankingQuality(score.ranking)}); `
+        + "searches rank candidates by it")] : null,
       ["Task", arch.task],
       ["Timings", timings(arch.timings)],
       ["Created", timeCell(arch.created_at)],
@@ -106,6 +106,19 @@ export async function renderCandidate(root, [id], ctx) {
                   problemBox(error)));
     return;
   }
+  // The architecture first: its ranking target names what the candidate's estimate is of.
+  let arch = null;
+  let archProblem = null;
+  if (candidate.architecture_url) {
+    try {
+      arch = await get(apiPath(candidate.architecture_url), {signal: ctx.signal});
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      archProblem = problemBox(error);
+    }
+  }
+  const ranking = arch && arch.score && arch.score.ranking;
+  const labels = scoreLabels(candidate.score_kind, ranking && ranking.target);
   root.append(h("section", {class: "card candidate", dataset: {candidateId: candidate.id}},
     h("div", {class: "card-head"},
       h("div", {class: "title-row"}, h("h1", null, `Candidate #${candidate.index}`),
@@ -113,7 +126,11 @@ export async function renderCandidate(root, [id], ctx) {
       h("a", {class: "button", href: route("jobs", candidate.job_id)}, "← Job ",
         h("span", {class: "mono"}, shortId(candidate.job_id)))),
     facts([
-      ["Score", formatScore(candidate.score)],
+      [h("span", {title: labels.title, id: "candidate-score-label"}, labels.heading),
+       h("span", {id: "candidate-score"}, formatScore(candidate.score))],
+      candidate.score_kind === ESTIMATE
+        ? [h("span", {title: PREDICTED_COLUMN.title}, "Predicted accuracy"),
+           h("span", {id: "candidate-predicted"}, formatScore(candidate.predicted_accuracy))] : null,
       ["Parameters", formatExact(candidate.num_parameters)],
       ["FLOPs", formatExact(candidate.flops)],
       ["Scoring time", formatSeconds(candidate.seconds)],
@@ -126,11 +143,10 @@ export async function renderCandidate(root, [id], ctx) {
                   `This candidate was ${candidate.status}: it has no architecture or weights.`));
     return;
   }
-  try {
-    const arch = await get(apiPath(candidate.architecture_url), {signal: ctx.signal});
-    root.append(architectureView(arch, {downloadUrl: candidate.checkpoint_url,
-                                        heading: "Its architecture"}));
-  } catch (error) {
-    if (error.name !== "AbortError") root.append(problemBox(error));
+  if (archProblem) {
+    root.append(archProblem);
+    return;
   }
+  root.append(architectureView(arch, {downloadUrl: candidate.checkpoint_url,
+                                      heading: "Its architecture"}));
 }

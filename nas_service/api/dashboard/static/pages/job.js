@@ -1,6 +1,7 @@
 // #/jobs/<id>: one search job. Live progress and a cancel button; the candidates as a scatter
-// plot (accuracy against parameters or FLOPs, Pareto front highlighted) and as a table paged
-// with the API's cursors.
+// plot (score against parameters or FLOPs, Pareto front highlighted) and as a table paged with
+// the API's cursors. Scores are labelled by what they are (scores.js): the ranking head's
+// estimate of trained accuracy, with the predicted accuracy beside it, or the predicted accuracy.
 
 import {apiPath, get, getAll, post} from "../api.js";
 import {
@@ -9,22 +10,39 @@ import {
 } from "../dom.js";
 import {problemBox} from "../problem.js";
 import {renderScatter} from "../scatter.js";
+import {
+  ESTIMATE, MIXED, PREDICTED_COLUMN, describeScore, scoreKindOf, scoreLabels,
+} from "../scores.js";
 import {ACTIVE} from "./jobs.js";
 
 const POLL_MS = 1500;
 const PAGE_SIZES = [25, 50, 100];
-// The API orders candidates by score (best first) or index; parameters and FLOPs have no API
-// order, so those sort the rows of the page shown.
+// The API orders candidates by score (best first) or index; the predicted accuracy, parameters
+// and FLOPs have no API order, so those sort the rows of the page shown.
 const SERVER_ORDERS = new Set(["score", "index"]);
-const COLUMNS = [
-  {key: "index", title: "#", sortable: true},
-  {key: "status", title: "Status"},
-  {key: "score", title: "Score", sortable: true},
-  {key: "num_parameters", title: "Parameters", sortable: true},
-  {key: "flops", title: "FLOPs", sortable: true},
-  {key: "seconds", title: "Time"},
-  {key: "reason", title: "Reason"},
-];
+const LOCAL_SORT_NAMES = {predicted_accuracy: "predicted accuracy", num_parameters: "parameters",
+                          flops: "FLOPs"};
+const NUMERIC = new Set(["index", "score", "predicted_accuracy", "num_parameters", "flops",
+                         "seconds"]);
+
+/** The table's columns for scores of `kind`: the score titled by what it is, and beside an
+ * estimate (or scores of several kinds) the predicted accuracy; without a ranking head the
+ * score is the predicted accuracy, shown once. */
+function columns(kind, target) {
+  const score = scoreLabels(kind, target);
+  return [
+    {key: "index", title: "#", sortable: true},
+    {key: "status", title: "Status"},
+    {key: "score", title: score.column, tooltip: score.title, sortable: true},
+    kind === ESTIMATE || kind === MIXED
+      ? {key: "predicted_accuracy", title: PREDICTED_COLUMN.column, tooltip: PREDICTED_COLUMN.title,
+         sortable: true, firstDir: -1} : null,
+    {key: "num_parameters", title: "Parameters", sortable: true},
+    {key: "flops", title: "FLOPs", sortable: true},
+    {key: "seconds", title: "Time"},
+    {key: "reason", title: "Reason"},
+  ].filter(Boolean);
+}
 
 export async function render(root, [jobId], ctx) {
   const jobPath = `/v1/search-jobs/${encodeURIComponent(jobId)}`;
@@ -63,19 +81,49 @@ export async function render(root, [jobId], ctx) {
     h("button", {type: "button", class: "toggle", dataset: {metric: key},
                  "aria-pressed": String(key === metric)}, label));
   const plotSlot = h("div", {class: "slot"});
+  const plotTitle = h("h2", {id: "scatter-title"});
+  const plotLegend = h("p", {class: "plot-legend", id: "scatter-legend"});
   root.append(h("section", {class: "card"},
-    h("div", {class: "card-head"}, h("h2", null, "Score against size"),
+    h("div", {class: "card-head"}, plotTitle,
       h("div", {class: "toolbar", role: "group", "aria-label": "x axis"}, metricButtons)),
-    plotSlot, plot,
-    h("p", {class: "plot-legend"},
-      h("span", {class: "dot"}), " candidate  ", h("span", {class: "dot pareto"}),
-      " Pareto front: the best score for its size (max score, min ",
-      h("span", {id: "front-metric"}, "parameters"), "). Click a point to open the candidate."),
-    plotNote));
+    plotSlot, plot, plotLegend, plotNote));
+
+  // What the scores are: from the candidates' score_kind, and the training an estimate is of
+  // from the best candidate's architecture (score.ranking.target), read once per architecture.
+  let kind = null;
+  let target = null;
+  let targetOf = null;
+  /** Whether the target changed. */
+  const lookUpTarget = async () => {
+    const best = job.best_candidate;
+    if (kind !== ESTIMATE || !best || !best.architecture_url || targetOf === best.architecture_id) {
+      return false;
+    }
+    targetOf = best.architecture_id;
+    const before = target;
+    try {
+      const arch = await get(apiPath(best.architecture_url), {signal: ctx.signal});
+      target = (arch.score && arch.score.ranking && arch.score.ranking.target) || null;
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+      target = null;  // the labels do without it
+    }
+    return target !== before;
+  };
+
   const drawPlot = () => {
-    const {element, points, front} = renderScatter(candidates, metric);
+    const labels = scoreLabels(kind, target);
+    const name = labels.name;
+    const size = metric === "flops" ? "FLOPs" : "parameters";
+    plotTitle.textContent = `${labels.heading} against size`;
+    plotLegend.replaceChildren(
+      h("span", {class: "dot"}), " candidate  ", h("span", {class: "dot pareto"}),
+      ` Pareto front: the best ${name} for its size (no candidate with at most as many ${size} `
+        + "scores higher). ",
+      kind === ESTIMATE ? h("span", {class: "muted", id: "scatter-estimate"}, labels.title, " ") : null,
+      "Click a point to open the candidate.");
+    const {element, points, front} = renderScatter(candidates, metric, labels);
     plot.replaceChildren(element);
-    root.querySelector("#front-metric").textContent = metric === "flops" ? "FLOPs" : "parameters";
     plotNote.textContent = `${points} scored candidate(s) plotted, ${front} on the Pareto front`
       + (candidates.length > points ? `; ${candidates.length - points} not scored` : "") + ".";
   };
@@ -106,18 +154,30 @@ export async function render(root, [jobId], ctx) {
     h("div", {class: "pager"}, prev, pageLabel, next)));
 
   const sortKey = () => table.localSort || table.order;
+  // Everything titled by the kind is redrawn when it changes (the first scores arrive).
+  const refreshKind = () => {
+    const now = scoreKindOf([...candidates, ...table.items, job.best_candidate]);
+    if (now === kind) return;
+    kind = now;
+    drawHead();
+    drawRows();
+    drawPlot();
+  };
   const drawHead = () => {
-    thead.replaceChildren(h("tr", null, COLUMNS.map((col) => {
-      if (!col.sortable) return h("th", {scope: "col"}, col.title);
+    const cols = columns(kind, target);
+    if (table.localSort && !cols.some((col) => col.key === table.localSort)) table.localSort = null;
+    thead.replaceChildren(h("tr", null, cols.map((col) => {
+      const attrs = {scope: "col", title: col.tooltip || null, dataset: {column: col.key}};
+      if (!col.sortable) return h("th", attrs, col.title);
       const active = sortKey() === col.key;
       const dir = !active ? "none" : table.localSort ? (table.localDir > 0 ? "ascending" : "descending")
         : col.key === "score" ? "descending" : "ascending";
-      return h("th", {scope: "col", "aria-sort": dir},
+      return h("th", {...attrs, "aria-sort": dir},
         h("button", {type: "button", class: "sort", dataset: {sort: col.key}},
           col.title, h("span", {class: "sort-mark"}, dir === "ascending" ? " ▲" : dir === "descending" ? " ▼" : "")));
     })));
     sortHint.textContent = table.localSort
-      ? `Sorted by ${table.localSort === "flops" ? "FLOPs" : "parameters"} within this page; `
+      ? `Sorted by ${LOCAL_SORT_NAMES[table.localSort]} within this page; `
         + `pages follow the API's ${table.order} order.`
       : table.order === "score" ? "Best first; unscored candidates last." : "In index order.";
   };
@@ -133,9 +193,10 @@ export async function render(root, [jobId], ctx) {
         return (av - bv) * table.localDir || a.index - b.index;
       });
     }
-    tbody.replaceChildren(...rows.map(candidateRow));
+    const cols = columns(kind, target);
+    tbody.replaceChildren(...rows.map((c) => candidateRow(c, cols)));
     if (!rows.length) {
-      tbody.append(h("tr", null, h("td", {colspan: COLUMNS.length, class: "empty"},
+      tbody.append(h("tr", null, h("td", {colspan: cols.length, class: "empty"},
                                   ACTIVE.has(job.status) ? "No candidates recorded yet." : "No candidates.")));
     }
     const page = table.cursors.length;
@@ -156,6 +217,7 @@ export async function render(root, [jobId], ctx) {
       if (error.name === "AbortError") throw error;
       tableSlot.replaceChildren(problemBox(error));
     }
+    refreshKind();
     drawRows();
   };
   thead.addEventListener("click", (event) => {
@@ -172,7 +234,8 @@ export async function render(root, [jobId], ctx) {
         return;
       }
     } else {
-      table.localDir = table.localSort === key ? -table.localDir : 1;
+      const col = columns(kind, target).find((c) => c.key === key);
+      table.localDir = table.localSort === key ? -table.localDir : (col && col.firstDir) || 1;
       table.localSort = key;
     }
     drawHead();
@@ -213,9 +276,10 @@ export async function render(root, [jobId], ctx) {
     const best = job.best_candidate;
     const c = job.constraints || {};
     summary.replaceChildren(facts([
-      ["Best candidate", best ? h("span", null, h("a", {href: route("candidates", best.id), id: "best-link"},
-                                               `#${best.index}`), ` · ${formatScore(best.score)} · `
-                                               + `${formatCount(best.num_parameters)} parameters`) : "–"],
+      ["Best candidate", best ? h("span", {id: "best-candidate"},
+                                  h("a", {href: route("candidates", best.id), id: "best-link"}, `#${best.index}`),
+                                  ` · ${describeScore(best)} · `
+                                  + `${formatCount(best.num_parameters)} parameters`) : "–"],
       ["Space", job.space], ["Task", job.task], ["Strategy", job.strategy],
       ["Seed", String(job.seed)],
       ["Budget", `${formatExact(job.budget.candidates)} candidates`
@@ -251,11 +315,13 @@ export async function render(root, [jobId], ctx) {
       if (error.name === "AbortError") throw error;
       plotSlot.replaceChildren(problemBox(error));
     }
+    refreshKind();
     drawPlot();
   };
 
   drawJob();
   drawHead();
+  drawPlot();
   let lastDone = -1;
   let wasActive = true;
   await ctx.poll(async () => {
@@ -276,24 +342,29 @@ export async function render(root, [jobId], ctx) {
     if (job.progress.done !== lastDone || (wasActive && !active)) {
       lastDone = job.progress.done;
       await Promise.all([loadCandidates(), loadPage()]);
+      if (await lookUpTarget()) {
+        drawHead();
+        drawPlot();
+      }
     }
     wasActive = active;
     return active;
   }, POLL_MS);
 }
 
-function candidateRow(c) {
+function candidateRow(c, cols) {
   const cells = {
     index: h("a", {href: route("candidates", c.id)}, `#${c.index}`),
     status: statusBadge(c.status),
     score: formatScore(c.score),
+    predicted_accuracy: formatScore(c.predicted_accuracy),
     num_parameters: h("span", {title: formatExact(c.num_parameters)}, formatCount(c.num_parameters)),
     flops: h("span", {title: formatExact(c.flops)}, formatCount(c.flops)),
     seconds: formatSeconds(c.seconds),
     reason: c.reason ? h("span", {class: "reason", title: c.reason}, c.reason) : "",
   };
   return h("tr", {dataset: {candidateId: c.id, index: c.index, score: c.score ?? "",
+                            predicted: c.predicted_accuracy ?? "",
                             params: c.num_parameters ?? "", flops: c.flops ?? ""}},
-    COLUMNS.map((col) => h("td", {class: ["score", "num_parameters", "flops", "seconds", "index"]
-                                            .includes(col.key) ? "num" : null}, cells[col.key])));
+    cols.map((col) => h("td", {class: NUMERIC.has(col.key) ? "num" : null}, cells[col.key])));
 }

@@ -1,10 +1,12 @@
-// #/jobs: the search jobs, newest first, with live progress while any is queued or running.
+// #/jobs: the search jobs, newest first, with live progress while any is queued or running, and
+// each job's best score, titled by what it is (scores.js).
 
 import {apiPath, get} from "../api.js";
 import {
   formatScore, h, progressBar, route, shortId, statusBadge, timeCell,
 } from "../dom.js";
 import {problemBox} from "../problem.js";
+import {ESTIMATE, MIXED, PREDICTED_COLUMN, scoreKindOf, scoreLabels} from "../scores.js";
 
 const PAGE_SIZE = 25;
 const POLL_MS = 2000;
@@ -16,10 +18,11 @@ export async function render(root, params, ctx) {
     h("option", {value: ""}, "All statuses"),
     STATUSES.map((s) => h("option", {value: s}, s)));
   const tbody = h("tbody");
+  const bestHead = h("th", {scope: "col", id: "jobs-best"});
   const table = h("table", {class: "table", id: "jobs-table"},
     h("thead", null, h("tr", null,
-      ["Job", "Status", "Progress", "Space", "Strategy", "Best score", "Created"]
-        .map((title) => h("th", {scope: "col"}, title)))),
+      ["Job", "Status", "Progress", "Space", "Strategy"].map((title) => h("th", {scope: "col"}, title)),
+      bestHead, h("th", {scope: "col"}, "Created"))),
     tbody);
   const more = h("button", {type: "button", id: "jobs-more", hidden: true}, "Load older jobs");
   const slot = h("div", {class: "slot"});
@@ -48,6 +51,11 @@ export async function render(root, params, ctx) {
 
   const draw = () => {
     const jobs = [...firstPage, ...older];
+    const kind = scoreKindOf(jobs.map((j) => j.best_candidate));
+    const labels = scoreLabels(kind);
+    bestHead.textContent = `Best ${labels.column.toLowerCase()}`;
+    bestHead.title = labels.title + (kind === ESTIMATE || kind === MIXED
+      ? ` The predicted accuracy follows it (pred.): ${PREDICTED_COLUMN.title}` : "");
     tbody.replaceChildren(...jobs.map(row));
     empty.hidden = jobs.length > 0;
     more.hidden = !(olderLoaded ? olderCursor : firstCursor);
@@ -109,7 +117,10 @@ function row(job) {
       progressBar(progress.fraction, `${progress.done} / ${progress.total}`)),
     h("td", null, job.space),
     h("td", null, job.strategy),
-    h("td", {class: "num"}, best
-      ? h("a", {href: route("candidates", best.id)}, formatScore(best.score)) : "–"),
+    h("td", {class: "num best-score"}, best
+      ? [h("a", {href: route("candidates", best.id)}, formatScore(best.score)),
+         best.score_kind === ESTIMATE
+           ? h("span", {class: "muted"}, ` · pred. ${formatScore(best.predicted_accuracy)}`) : null]
+      : "–"),
     h("td", null, timeCell(job.created_at)));
 }

@@ -1,0 +1,70 @@
+// What a candidate's score is, in words. A search ranks candidates by the GHN's ranking head's
+// estimate of the accuracy the network would reach if trained when the GHN has a ranking head
+// (score_kind "estimated-trained-accuracy"), else by the accuracy of the network with its
+// predicted weights ("predicted-accuracy"). predicted_accuracy is always the latter, so an
+// estimate is never shown as the network's accuracy.
+
+import {formatScore} from "./dom.js";
+
+export const ESTIMATE = "estimated-trained-accuracy";
+export const PREDICTED = "predicted-accuracy";
+export const MIXED = "mixed";
+
+/** The kind of the scores of `candidates` (nulls skipped): ESTIMATE or PREDICTED when they all
+ * say the same, MIXED when they differ, null when none says (nothing scored yet). */
+export function scoreKindOf(candidates) {
+  const kinds = new Set(candidates.filter((c) => c && c.score_kind).map((c) => c.score_kind));
+  if (kinds.size === 0) return null;
+  return kinds.size === 1 ? [...kinds][0] : MIXED;
+}
+
+const PREDICTED_TITLE = "Accuracy of the network with its GHN-predicted weights on the "
+  + "validation images: what its downloaded checkpoint reproduces.";
+
+/** Labels of a score of `kind`: `column` (a table header), `title` (its tooltip), `name` (an
+ * axis, a sentence), `heading` (a title, a fact's label). `target` (score.ranking.target of an architecture) names the training the
+ * estimate is of, when known. */
+export function scoreLabels(kind, target) {
+  if (kind === ESTIMATE) {
+    return {
+      column: "Est. trained acc.", name: "estimated trained accuracy",
+      heading: "Estimated trained accuracy",
+      title: `The GHN's ranking head's estimate of ${target || "the accuracy after training"} `
+        + "(what the network would reach if trained), from its predicted accuracy and size; "
+        + "the search ranks candidates by it. Not the accuracy of the predicted weights: "
+        + "that is Predicted acc.",
+    };
+  }
+  if (kind === PREDICTED) {
+    return {column: "Predicted acc.", name: "predicted accuracy", heading: "Predicted accuracy",
+            title: `${PREDICTED_TITLE} The GHN has no ranking head: the search ranks by it.`};
+  }
+  return {
+    column: "Score", name: "score", heading: "Score",
+    title: "What the search ranks by: the ranking head's estimate of trained accuracy where the "
+      + "GHN had one, else the accuracy with the predicted weights.",
+  };
+}
+
+/** The second column, beside an estimate: the network's own accuracy. */
+export const PREDICTED_COLUMN = {column: "Predicted acc.", title: PREDICTED_TITLE};
+
+/** "est. trained accuracy 91.20 % · predicted 76.00 %", "predicted accuracy 76.00 %", or the
+ * bare percentage when the service does not say what the score is. */
+export function describeScore(candidate) {
+  if (candidate.score_kind === ESTIMATE) {
+    return `est. trained accuracy ${formatScore(candidate.score)} · predicted `
+      + formatScore(candidate.predicted_accuracy);
+  }
+  if (candidate.score_kind === PREDICTED) return `predicted accuracy ${formatScore(candidate.score)}`;
+  return formatScore(candidate.score);
+}
+
+/** How well the ranking head ranks: "Kendall τ 0.62 on <measured_on>" when the head says which
+ * architectures its tau was measured on, else "leave-one-out Kendall τ 0.62" (the architectures
+ * it was fit on). */
+export function rankingQuality(ranking) {
+  const tau = ranking.kendall_tau == null ? "?" : ranking.kendall_tau.toFixed(2);
+  return ranking.measured_on ? `Kendall τ ${tau} on ${ranking.measured_on}`
+    : `leave-one-out Kendall τ ${tau}`;
+}

@@ -1,0 +1,116 @@
+"""GHN training in several processes (``torchrun``, gloo on CPUs) computes what one process does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from nas_service.training.distributed import GradientSum, Ranks
+
+# The GHN stack is imported where it is used: the processes the gradient test spawns import
+# this module, and need only torch.
+
+# A tiny run the command line can express. Seed 2's first steps have networks with dropout and
+# none badly conditioned: summing gradients in another order changes them by ~1e-7, which a
+# network normalising a nearly constant channel can amplify 10^5-fold (seed 0, step 2), and
+# that would say nothing about the distributed code. --grad-clip 1000 keeps clipping off, so
+# the optimizer's moments are the summed gradients themselves: a sum off by a factor shows.
+TINY_RUN = ["--seed", "2", "--grad-clip", "1000", "--meta-batch", "3", "--batch-size", "32",
+            "--lr", "3e-3", "--warmup-steps", "2", "--max-parameters", "30000",
+            "--max-flops", "1500000", "--validate-every", "1000",
+            "--validation-architectures", "2", "--checkpoint-every", "4", "--log-every", "1",
+            "--hidden", "16", "--layers", "2", "--device", "cpu", "--no-progress"]
+
+
+def _train(out: Path, steps: int) -> None:
+    from nas_service.commands import main
+
+    assert main(["train-ghn", "--out", str(out), "--steps", str(steps), *TINY_RUN]) == 0
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)), "each step logged once (by rank 0 only)"
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        scale = a[k].abs().max().item()
+        assert (a[k] - b[k]).abs().max().item() <= 1e-4 * scale + 1e-8, k
+
+
+def _fashion_mnist_installed() -> bool:
+    from nas_service.data import TASKS
+
+    return Path(TASKS["fashion-mnist"].default_root).is_dir()
+
+
+@pytest.mark.skipif(not _fashion_mnist_installed(),
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_two_gloo_processes_resume_a_run_exactly_as_one_process_continues_it(tmp_path):
+    """Steps 0-1 in one process, then steps 2-3 either in one process or in two torchrun
+    processes (rank 0: architectures 0 and 2, rank 1: architecture 1): the same weights,
+    optimizer moments and losses, and rank 1 wrote nothing."""
+    torch.set_num_threads(1)
+    single, split = tmp_path / "single", tmp_path / "split"
+    _train(single, 2)
+    shutil.copytree(single, split)
+    _train(single, 4)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "nas_service", "train-ghn", "--out", str(split), "--steps", "4", *TINY_RUN],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("GHN written to") == 1
+
+    assert json.loads((split / "state.json").read_text())["step"] == 4
+    _assert_close(load_file(single / "ghn.safetensors"), load_file(split / "ghn.safetensors"))
+    _assert_close(load_file(single / "optimizer.safetensors"),
+                  load_file(split / "optimizer.safetensors"))
+    expected = _losses(single)
+    assert sorted(_losses(split)) == [1, 2, 3, 4]
+    assert _losses(split) == pytest.approx(expected, rel=1e-5)
+
+
+def _sum_on_two_ranks(rank: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        both, one, neither = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+        both.grad = torch.full((2,), rank + 1.0)
+        if rank == 1:
+            one.grad = torch.tensor([5.0, 6.0])
+        totals = GradientSum()([both, one, neither], torch.tensor([rank + 1.0, 10.0]))
+        torch.save({"both": both.grad, "one": one.grad, "neither": neither.grad,
+                    "totals": totals}, Path(out) / f"{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradients_are_summed_over_ranks_and_a_parameter_no_rank_used_keeps_none(tmp_path):
+    mp.spawn(_sum_on_two_ranks, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"{rank}.pt")
+        assert torch.equal(got["both"], torch.tensor([3.0, 3.0]))
+        assert torch.equal(got["one"], torch.tensor([5.0, 6.0]))  # zeros stood in on rank 0
+        assert got["neither"] is None  # the optimizer skips it, as in one process
+        assert torch.equal(got["totals"], torch.tensor([3.0, 20.0]))
+
+
+def test_a_rank_takes_every_world_size_th_architecture_of_the_meta_batch():
+    batch = list(range(8))
+    assert Ranks(0, 3).share(batch) == [0, 3, 6] and Ranks(2, 3).share(batch) == [2, 5]
+    assert sorted(sum((Ranks(r, 3).share(batch) for r in range(3)), [])) == batch
+    assert Ranks().share(batch) == batch and Ranks().main and not Ranks(1, 2).main
