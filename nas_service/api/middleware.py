@@ -160,6 +160,10 @@ def json_body_problem(body: bytes) -> str | None:
     body that is not JSON at all, which the endpoint's parser reports in its own words."""
     if body.startswith(b"\xef\xbb\xbf"):
         return "a byte order mark is not allowed; send UTF-8 without one"
+    if b"\x00" in body:
+        # Never in JSON text (control characters are escaped inside strings); always in UTF-16
+        # and UTF-32 encodings of its ASCII punctuation, which Python's parser would accept.
+        return "a NUL byte: the body is not UTF-8 (UTF-16 or UTF-32?)"
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:

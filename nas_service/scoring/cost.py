@@ -8,8 +8,9 @@ an optional readout forward over ``readout_images``, and the evaluation over the
 images in batches of ``eval_batch_size``; then the state is copied to the CPU and serialised to a
 safetensors checkpoint. So::
 
-    peak bytes  = 4 x (PARAMETER_COPIES x parameters
-                       + peak_elements x max(recalibration batch, readout batch, eval batch))
+    peak bytes  = SCORING_OVERHEAD_BYTES
+                  + 4 x (PARAMETER_COPIES x parameters
+                         + peak_elements x max(recalibration batch, readout batch, eval batch))
     MACs        = macs per sample x (recalibration images + readout images + eval images)
 
 with ``peak_elements`` the per-sample peak of one forward pass
@@ -43,6 +44,10 @@ PARAMETER_COPIES = 6
 """Float32 copies of the parameters one scoring holds at its worst: the GHN's predicted tensors
 and the decoder tiles they are cut from, the network's parameters, the CPU state and the
 checkpoint's bytes (measured on dense graphs of 5-50 M parameters, ``bench/admission_bench.py``)."""
+SCORING_OVERHEAD_BYTES = 96 * 1024 * 1024
+"""What scoring any graph adds besides its tensors: the allocator's arenas of the threads that
+run it, oneDNN's set-up, the GHN's graph features (``bench/admission_bench.py``: a network of
+50 k parameters and 20 M MACs grows a fresh process by 40-110 MiB)."""
 
 _MEMORY_FAILURES = ("can't allocate memory", "out of memory", "not enough memory",
                     "failed to allocate", "std::bad_alloc")
@@ -91,7 +96,7 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
     """The cost of scoring ``graph`` this way; with ``budget``, the evaluation batch is cut to
     what fits it (never below 1)."""
     fp = footprint(graph)
-    fixed = BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
+    fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
     per_sample = BYTES_PER_ELEMENT * fp.peak_elements
     fixed_batch = max(recalibration_batch_size, min(readout_batch_size, readout_images))
     batch = eval_batch_size

@@ -126,6 +126,13 @@ def _check_affordable(service: ServiceState, graph: ArchitectureGraph, spec: Tas
         service.require_scorer().check_affordable(graph, spec)
     except ScoringTooCostly as e:
         raise too_costly(e) from None
+    except DatasetError as e:  # the estimate counts the task's images: they must load
+        raise _task_data_unavailable(spec, e) from None
+
+
+def _task_data_unavailable(spec: TaskSpec, error: DatasetError) -> Problem:
+    return Problem(503, f"the data of task {spec.name!r} is not available: {error}",
+                   slug="task-data-unavailable")
 
 
 LOCATION = {"Location": {"description": "the architecture's URL", "schema": {"type": "string"}}}
@@ -173,8 +180,7 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
         view, created = await anyio.to_thread.run_sync(
             _score, service, graph, spec, graph_seconds, limiter=service.scoring_limiter)
     except DatasetError as e:
-        raise Problem(503, f"the data of task {spec.name!r} is not available: {e}",
-                      slug="task-data-unavailable") from None
+        raise _task_data_unavailable(spec, e) from None
     finally:
         service.waiting_scores -= 1
     service.metrics.architectures.inc(cached="false")
