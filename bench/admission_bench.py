@@ -106,6 +106,8 @@ def _hwm() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/admission_bench.json")
+    parser.add_argument("--only", nargs="*", default=None, metavar="GRAPH",
+                        help="measure only these graphs (names as printed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -116,6 +118,8 @@ def main() -> int:
 
     rows = []
     for name, doc in {**space_graphs(), **costly_graphs()}.items():
+        if args.only and name not in args.only:
+            continue
         graph = ArchitectureGraph.from_dict(doc)
         cost = scoring_cost(graph, eval_images=1000, eval_batch_size=100,
                             recalibration_batches=4, recalibration_batch_size=128,

@@ -8,9 +8,11 @@ topological order of the document). While node *i* runs, memory holds
 - every earlier output some node at or after *i* still reads (liveness: an output is freed after
   its last consumer ran; the output node's input lives to the end),
 - node *i*'s own output, and
-- its workspace: what the op allocates besides its output. A convolution or a linear layer gets
-  one more output's worth (oneDNN reorders its input and output; measured at batch 128 on CPU:
-  about 2x the output, with no im2col buffer); self-attention its query, key and value
+- its workspace: what the op allocates besides its output. A convolution, a linear layer or a
+  patch embedding gets ``layer_workspace`` more outputs' worth (1 by default: oneDNN reorders
+  its input and output; measured at batch 128 on CPU: about 2x the output, with no im2col
+  buffer; a caller that transforms each layer's output, as the scoring protocol does for
+  networks without batch norm, asks for more); self-attention its query, key and value
   (3 x tokens x width) and two score matrices per head (2 x heads x tokens^2: the attention
   weights and their softmax, as the unfused kernel holds them); every other op none.
 
@@ -45,7 +47,7 @@ class Footprint:
     """The node at which ``peak_elements`` is reached."""
 
 
-def footprint(graph: ArchitectureGraph) -> Footprint:
+def footprint(graph: ArchitectureGraph, *, layer_workspace: int = 1) -> Footprint:
     """The :class:`Footprint` of ``graph``: O(nodes + edges), plain integers."""
     position = {n.id: i for i, n in enumerate(graph.nodes)}
     last_use = list(range(len(graph.nodes)))
@@ -61,7 +63,7 @@ def footprint(graph: ArchitectureGraph) -> Footprint:
     live = peak = largest = 0
     peak_node = graph.nodes[0].id
     for i, n in enumerate(graph.nodes):
-        tensors = _workspace(n)
+        tensors = _workspace(n, layer_workspace)
         here = live + sizes[i] + sum(tensors)
         largest = max(largest, sizes[i], *tensors)
         if here > peak:
@@ -73,10 +75,10 @@ def footprint(graph: ArchitectureGraph) -> Footprint:
                      parameters=graph.num_parameters, macs=graph.flops, peak_node=peak_node)
 
 
-def _workspace(node: GraphNode) -> list[int]:
+def _workspace(node: GraphNode, layer_workspace: int) -> list[int]:
     """The tensors ``node`` allocates besides its output, in elements per sample."""
     if node.op in _REORDERED_OPS:
-        return [math.prod(node.shape)]
+        return [math.prod(node.shape)] * layer_workspace
     if node.op == "self_attention":
         shape = node.input_shapes[0]
         tokens, width = (shape[1] * shape[2], shape[0]) if len(shape) == 3 else shape

@@ -16,7 +16,10 @@ safetensors checkpoint. So::
 with ``peak_elements`` the per-sample peak of one forward pass
 (:func:`nas_service.graph.footprint.footprint`: live outputs plus the running node's output and
 workspace; padding and adaptive pooling that grow the spatial size, and attention's token x token
-scores, are in it). ``PARAMETER_COPIES`` counts the GHN's predicted tensors and its decoder's
+scores, are in it). A network without batch norm has each convolution's and linear layer's output
+normalised in a forward hook (:func:`nas_service.scoring.evaluation.normalize_activations`),
+which holds two more outputs' worth (the centred output and the quotient): its layers get a
+workspace of 2 outputs instead of 1. ``PARAMETER_COPIES`` counts the GHN's predicted tensors and its decoder's
 tiles, the network's parameters, the CPU copy of the state and the serialised checkpoint.
 
 A graph is refused (:class:`ScoringTooCostly`) when its peak bytes pass the memory budget at the
@@ -44,10 +47,11 @@ PARAMETER_COPIES = 6
 """Float32 copies of the parameters one scoring holds at its worst: the GHN's predicted tensors
 and the decoder tiles they are cut from, the network's parameters, the CPU state and the
 checkpoint's bytes (measured on dense graphs of 5-50 M parameters, ``bench/admission_bench.py``)."""
-SCORING_OVERHEAD_BYTES = 96 * 1024 * 1024
-"""What scoring any graph adds besides its tensors: the allocator's arenas of the threads that
-run it, oneDNN's set-up, the GHN's graph features (``bench/admission_bench.py``: a network of
-50 k parameters and 20 M MACs grows a fresh process by 40-110 MiB)."""
+SCORING_OVERHEAD_BYTES = 160 * 1024 * 1024
+"""What scoring any graph adds besides its batch-sized tensors: the allocator's arenas of the
+threads that run it, oneDNN's set-up, primitive caches and per-thread scratchpads, the GHN's
+graph features (``bench/admission_bench.py``: small networks grow a fresh process by up to
+110 MiB beyond their tensors, a 1 M-parameter ResNet-like one by 135 MiB)."""
 
 _MEMORY_FAILURES = ("can't allocate memory", "out of memory", "not enough memory",
                     "failed to allocate", "std::bad_alloc")
@@ -95,7 +99,8 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
                  budget: ScoringBudget | None = None) -> ScoringCost:
     """The cost of scoring ``graph`` this way; with ``budget``, the evaluation batch is cut to
     what fits it (never below 1)."""
-    fp = footprint(graph)
+    has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
+    fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
     fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
     per_sample = BYTES_PER_ELEMENT * fp.peak_elements
     fixed_batch = max(recalibration_batch_size, min(readout_batch_size, readout_images))
