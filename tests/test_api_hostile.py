@@ -11,6 +11,8 @@ import pytest
 pytest.register_assert_rewrite("service_support")
 
 import httpx  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from service_support import assert_problem, requires_fashion_mnist, tiny_graph_doc  # noqa: E402
 
 from nas_service.db import queue  # noqa: E402
@@ -478,3 +480,27 @@ def test_a_checkpoint_altered_on_disk_is_never_served_under_its_old_etag(hostile
     path.write_bytes(original)
     restored = hostile.get(url)
     assert restored.status_code == 200 and restored.content == original
+
+
+# ---- requests nobody wrote down ----------------------------------------------------------------
+
+_ANY_CHARACTER = st.characters(codec=None, categories=None)  # lone surrogates and NUL included
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+    | st.text(_ANY_CHARACTER, max_size=12),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["graph", "space", "seed", "task", "nodes", "format", "id",
+                                       "op", "name", "budget", "candidates", "constraints"])
+                      | st.text(_ANY_CHARACTER, max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(body=_JSON | st.binary(max_size=64),
+       path=st.sampled_from(["/v1/architectures", "/v1/search-jobs"]))
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_no_body_whatever_it_holds_gets_a_5xx(hostile, body, path: str) -> None:
+    # ensure_ascii: lone surrogates travel as escapes, as a client's JSON library writes them.
+    content = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
+    r = _post_raw(hostile, path, content)
+    assert r.status_code < 500, (r.status_code, r.text[:500])
