@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nas_service.scoring.protocol import (
     DEFAULT_EVAL_IMAGES,
+    DEFAULT_MAX_SCORING_BYTES,
+    DEFAULT_MAX_SCORING_MACS,
     RECALIBRATION_BATCH_SIZE,
     RECALIBRATION_BATCHES,
 )
@@ -81,6 +83,16 @@ class Settings(BaseSettings):
     max_graph_parameters: int = Field(default=50_000_000, ge=1)
     max_graph_flops: int = Field(default=20_000_000_000, ge=1)
     max_search_candidates: int = Field(default=10_000, ge=1)
+    # Admission control (nas_service.scoring.cost): what scoring one graph may cost, estimated
+    # from its shapes before it runs. The API refuses a graph over either with a 422 problem; a
+    # worker records such a candidate as rejected.
+    max_scoring_bytes: int = Field(default=DEFAULT_MAX_SCORING_BYTES, ge=1,
+                                   description="peak memory of scoring one graph, in bytes")
+    max_scoring_macs: int = Field(default=DEFAULT_MAX_SCORING_MACS, ge=1,
+                                  description="multiply-accumulates of scoring one graph")
+    # Slow clients: a request whose headers or body have not all arrived after this long is
+    # answered 408 and its connection closed.
+    request_read_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -11,6 +11,8 @@ import pytest
 pytest.register_assert_rewrite("service_support")
 
 import httpx  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from service_support import assert_problem, requires_fashion_mnist, tiny_graph_doc  # noqa: E402
 
 from nas_service.db import queue  # noqa: E402
@@ -329,3 +331,176 @@ def test_every_link_in_the_document_leads_to_an_operation(hostile) -> None:
     assert linked >= 10
     assert "Location" in document["paths"]["/v1/architectures"]["post"]["responses"]["201"][
         "headers"]
+
+
+# ---- strict input: one test per class of ambiguous or unstorable input -------------------------
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps({"graph": tiny_graph_doc()}).encode("utf-16"),
+    json.dumps({"graph": tiny_graph_doc()}).encode("utf-16-le"),
+    json.dumps({"graph": tiny_graph_doc()}).encode("utf-32"),
+    b"\xef\xbb\xbf" + json.dumps({"graph": tiny_graph_doc()}).encode(),
+    b'{"space": "cells", "seed": 1, "task": "fashion-mnist\xe9"}',
+])
+def test_a_body_that_is_not_utf8_is_400(hostile, content: bytes) -> None:
+    for path in ("/v1/architectures", "/v1/search-jobs"):
+        assert_problem(_post_raw(hostile, path, content), 400, "malformed-json")
+
+
+@pytest.mark.parametrize("content", [
+    b'{"space": "cells", "seed": 1, "seed": 2}',
+    b'{"graph": {"format": "nas-graph/1", "nodes": [{"id": "a", "op": "input", "shape": [1, 28,'
+    b' 28], "shape": [3, 32, 32]}]}}',
+    b'{"graph": {"format": "nas-graph/1", "format": "nas-graph/1", "nodes": []}}',
+])
+def test_duplicate_keys_are_400_at_any_depth(hostile, content: bytes) -> None:
+    body = assert_problem(_post_raw(hostile, "/v1/architectures", content), 400, "malformed-json")
+    assert "twice" in body["detail"]
+
+
+def test_a_duplicate_attribute_never_picks_a_winner(hostile) -> None:
+    """The probe's case: ``out_channels`` twice in one node, the last one used silently."""
+    text = json.dumps({"graph": tiny_graph_doc(4)})
+    text = text.replace('"out_channels": 4', '"out_channels": 4, "out_channels": 8')
+    assert text.count("out_channels") == 2
+    assert_problem(_post_raw(hostile, "/v1/architectures", text.encode()), 400, "malformed-json")
+
+
+@pytest.mark.parametrize("where", ["name", "node-id", "task", "space", "key", "constraints"])
+def test_lone_surrogate_escapes_are_refused_before_anything_is_stored(hostile, where) -> None:
+    """A string JSON can carry but UTF-8 cannot encode must never reach a row."""
+    doc = tiny_graph_doc(5)
+    if where == "name":
+        text = json.dumps({"graph": {**doc, "name": "PLACEHOLDER"}})
+    elif where == "node-id":
+        doc["nodes"][1]["id"] = "PLACEHOLDER"
+        text = json.dumps({"graph": doc})
+    elif where == "key":
+        text = json.dumps({"graph": doc, "PLACEHOLDER": 1})
+    elif where == "constraints":
+        text = json.dumps({**JOB, "constraints": {"PLACEHOLDER": 1}})
+    else:
+        text = json.dumps({**JOB, where: "PLACEHOLDER"})
+    content = text.replace("PLACEHOLDER", "bad\\ud800name").encode()
+    path = "/v1/architectures" if '"graph"' in text else "/v1/search-jobs"
+    assert_problem(_post_raw(hostile, path, content), 400, "malformed-json")
+    # A surrogate pair is a character like any other.
+    content = text.replace("PLACEHOLDER", "ok\\ud83d\\ude00").encode()
+    assert _post_raw(hostile, path, content).status_code < 500
+
+
+def test_a_stored_row_with_unencodable_text_is_still_readable(hostile, database_url) -> None:
+    """Rows written before the storage layer refused such text: reading them, and posting the
+    same structure under another name (a cache hit on that row), answer 200."""
+    doc = tiny_graph_doc(6)
+    created = hostile.post("/v1/architectures", json={"graph": doc})
+    assert created.status_code == 201, created.text
+    architecture_id = created.json()["id"]
+    poisoned = json.dumps({**doc, "name": "PLACEHOLDER"}).replace("PLACEHOLDER", "bad\\ud800")
+    engine = make_engine(database_url)
+    try:
+        # The driver itself, below the storage layer's checks, as an older version wrote it.
+        mark = "?" if engine.dialect.name == "sqlite" else "%s"
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute(f"UPDATE architectures SET graph = {mark} WHERE id = {mark}",
+                                 (poisoned, architecture_id))
+            raw.commit()
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+    read = hostile.get(f"/v1/architectures/{architecture_id}")
+    assert read.status_code == 200, read.text
+    assert read.json()["graph"]["name"] == "bad\ufffd"
+    again = hostile.post("/v1/architectures", json={"graph": {**doc, "name": "another"}})
+    assert again.status_code == 200 and again.json()["id"] == architecture_id
+
+
+@pytest.mark.parametrize("key", [
+    {"l": "candidates:score", "k": [10**400, 1]},
+    {"l": "candidates:score", "k": [-(10**309), 1]},
+    {"l": "candidates:score", "k": [0.5, 10**30]},
+    {"l": "candidates:score", "k": [0.5, -1]},
+    {"l": "candidates:index", "k": [2**31]},
+    {"l": "candidates:index", "k": [2**63 - 1]},
+    {"l": "candidates:index", "k": [2**64]},
+    {"l": "jobs", "k": ["9999-12-31T23:59:59-14:00", "a" * 32]},
+    {"l": "jobs", "k": ["0001-01-01T00:00:00+14:00", "a" * 32]},
+    {"l": "jobs", "k": ["2020-01-01T00:00:00+00:00", "\ud800"]},
+    {"l": "jobs", "k": ["2020-01-01T00:00:00+00:00", "x" * 100]},
+    {"l": "jobs", "k": ["2020-01-01T00:00:00+99:00", "a" * 32]},
+])
+def test_numeric_and_text_overflow_in_a_tampered_cursor_is_400(hostile, key) -> None:
+    import base64
+
+    raw = json.dumps(key).encode()  # ensure_ascii: a lone surrogate travels as an escape
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    job = hostile.post("/v1/search-jobs", json=JOB).json()
+    path = (f"/v1/search-jobs/{job['id']}/candidates" if key["l"].startswith("candidates")
+            else "/v1/search-jobs")
+    order = key["l"].split(":")[1] if ":" in key["l"] else None
+    r = hostile.get(path, params={"cursor": cursor, **({"order_by": order} if order else {})})
+    assert_problem(r, 400, "invalid-cursor")
+
+
+@pytest.mark.parametrize("headers", [
+    [("Authorization", "Bearer right-key"), ("X-API-Key", "")],
+    [("Authorization", "Bearer right-key"), ("X-API-Key", " ")],
+    [("Authorization", "Bearer "), ("X-API-Key", "right-key")],
+    [("Authorization", "Basic cmlnaHQta2V5Og=="), ("X-API-Key", "right-key")],
+    [("Authorization", "right-key"), ("X-API-Key", "right-key")],
+    [("X-API-Key", "right-key"), ("X-API-Key", "right-key")],
+    [("Authorization", "Bearer right-key"), ("Authorization", "Bearer right-key")],
+    [("X-API-Key", "")],
+])
+def test_ambiguous_credentials_are_401_even_beside_a_valid_key(make_client, headers) -> None:
+    client = make_client(api_keys=("right-key",))
+    assert client.get("/v1/tasks", headers={"Authorization": "Bearer right-key"}
+                      ).status_code == 200
+    r = client.get("/v1/tasks", headers=httpx.Headers(headers))
+    assert_problem(r, 401, "unauthorized")
+
+
+def test_a_checkpoint_altered_on_disk_is_never_served_under_its_old_etag(hostile) -> None:
+    created = hostile.post("/v1/architectures", json={"graph": tiny_graph_doc(7)}).json()
+    url = f"/v1/architectures/{created['id']}/checkpoint"
+    good = hostile.get(url)
+    assert good.status_code == 200
+    store = hostile.app.state.service.store
+    path = store.root / f"{created['checkpoint']['id'][:2]}/{created['checkpoint']['id']}" \
+                        ".safetensors"
+    original = path.read_bytes()
+    for damaged in (original[:-10], original[:-1] + bytes([original[-1] ^ 1]), b""):
+        path.write_bytes(damaged)
+        assert_problem(hostile.get(url), 404, "checkpoint-damaged")
+        conditional = hostile.get(url, headers={"If-None-Match": good.headers["etag"]})
+        assert conditional.status_code == 304  # the client holds the right bytes
+    path.write_bytes(original)
+    restored = hostile.get(url)
+    assert restored.status_code == 200 and restored.content == original
+
+
+# ---- requests nobody wrote down ----------------------------------------------------------------
+
+_ANY_CHARACTER = st.characters(codec=None, categories=None)  # lone surrogates and NUL included
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+    | st.text(_ANY_CHARACTER, max_size=12),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["graph", "space", "seed", "task", "nodes", "format", "id",
+                                       "op", "name", "budget", "candidates", "constraints"])
+                      | st.text(_ANY_CHARACTER, max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(body=_JSON | st.binary(max_size=64),
+       path=st.sampled_from(["/v1/architectures", "/v1/search-jobs"]))
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_no_body_whatever_it_holds_gets_a_5xx(hostile, body, path: str) -> None:
+    # ensure_ascii: lone surrogates travel as escapes, as a client's JSON library writes them.
+    content = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
+    r = _post_raw(hostile, path, content)
+    assert r.status_code < 500, (r.status_code, r.text[:500])

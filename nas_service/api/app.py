@@ -7,12 +7,14 @@ misconfigured service fails at start-up, not on its first request. The lifespan 
 stops the in-process worker thread and warms the task data.
 
 Layers, outermost first: Starlette's error middleware (the catch-all 500 problem), request
-metrics, the body-size limit, then FastAPI's routing with its exception handlers.
+metrics, the body-size limit and read deadline, strict JSON bodies, then FastAPI's routing with
+its exception handlers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +27,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from nas_service.data import list_tasks
 from nas_service.db import make_engine, migrate
 from nas_service.graph import DEFAULT_LIMITS, GraphLimits
-from nas_service.scoring import ArchitectureScorer
+from nas_service.scoring import ArchitectureScorer, ScoringBudget
 from nas_service.search import CheckpointStore, Worker, WorkerHooks
 from nas_service.settings import Settings, get_settings
 from nas_service.version import __version__
@@ -35,7 +37,7 @@ from .auth import APIKeys, require_api_key
 from .deps import ServiceState
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
-from .middleware import BodySizeLimit, RequestMetrics
+from .middleware import BodySizeLimit, RequestMetrics, StrictJSONBody
 from .openapi import finish_openapi
 from .routers import architectures, candidates, catalog, health, search_jobs
 
@@ -63,12 +65,23 @@ def graph_limits(settings: Settings) -> GraphLimits:
                    max_flops=min(settings.max_graph_flops, d.max_flops))
 
 
+WORKER_NICENESS = 10
+"""How much lower the in-process worker thread's CPU priority is than the API's (Linux nice
+values): a search uses the cores the API leaves idle, and a request does not wait for it."""
+
+
+def scoring_budget(settings: Settings) -> ScoringBudget:
+    return ScoringBudget(max_bytes=settings.max_scoring_bytes,
+                         max_macs=settings.max_scoring_macs)
+
+
 def load_scorer(settings: Settings) -> ArchitectureScorer:
     """The GHN named by the settings (``ghn_path``, else the bundled one), ready to score."""
     return ArchitectureScorer.load(
         settings.ghn_path, device=settings.device, eval_images=settings.eval_images,
         recalibration_batches=settings.recalibration_batches,
-        recalibration_batch_size=settings.recalibration_batch_size)
+        recalibration_batch_size=settings.recalibration_batch_size,
+        budget=scoring_budget(settings))
 
 
 def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer | None = None,
@@ -77,6 +90,11 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
 
     ``scorer`` replaces the GHN the settings name (tests share one); ``run_worker`` overrides
     ``settings.worker_in_process`` (the worker thread runs while the app's lifespan does).
+
+    The API and the in-process worker score with separate scorers (:meth:`ArchitectureScorer.
+    sibling`: a GHN and a lock each, the task data shared), both under the settings' scoring
+    budget, and the worker thread runs at a lower CPU priority: a search running in this
+    process never holds a lock an API request waits for.
     """
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
@@ -87,19 +105,21 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
         engine.dispose()
         raise
     metrics = ServiceMetrics()
-    state = ServiceState(settings=settings, engine=engine, scorer=scorer,
+    budget = scoring_budget(settings)
+    state = ServiceState(settings=settings, engine=engine, scorer=scorer.sibling(budget),
                          store=CheckpointStore(settings.checkpoint_dir), metrics=metrics,
                          api_keys=APIKeys(settings.api_keys),
                          graph_limits=graph_limits(settings))
     if settings.worker_in_process if run_worker is None else run_worker:
-        state.worker = Worker.from_settings(settings, engine, scorer, state.store,
-                                            hooks=_metrics_hooks(metrics))
+        state.worker = Worker.from_settings(settings, engine, scorer.sibling(budget),
+                                            state.store, hooks=_metrics_hooks(metrics))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _warm_up(state)
         if state.worker is not None:
-            state.worker_thread = threading.Thread(target=state.worker.run, name="nas-worker",
+            state.worker_thread = threading.Thread(target=_run_in_background,
+                                                   args=(state.worker,), name="nas-worker",
                                                    daemon=True)
             state.worker_thread.start()
         try:
@@ -117,7 +137,9 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     app.state.service = state
     app.state.unhandled_errors = metrics.unhandled_errors
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StrictJSONBody)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       read_seconds=settings.request_read_seconds)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -154,6 +176,17 @@ def _metrics_hooks(metrics: ServiceMetrics) -> WorkerHooks:
     return WorkerHooks(candidate_recorded=lambda status: metrics.candidates.inc(status=status),
                        heartbeat=heartbeat,
                        job_finished=lambda outcome: metrics.jobs_finished.inc(outcome=outcome))
+
+
+def _run_in_background(worker: Worker) -> None:
+    """The worker thread's body: its CPU priority lowered first, so the threads its torch
+    work starts (each thread's own OpenMP team) inherit it (Linux: nice is per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS))
+    except (AttributeError, OSError) as e:  # not Linux, or not permitted: run at equal priority
+        log.info("cannot lower the worker thread's priority: %s", e)
+    worker.run()
 
 
 def _warm_up(state: ServiceState) -> None:

@@ -6,6 +6,11 @@ unless ``NAS_ALLOW_ANONYMOUS=true``, see :mod:`nas_service.settings`). With keys
 without a valid key, or with any invalid one, gets a 401 problem. ``/healthz``, ``/readyz``,
 ``/metrics`` and the docs stay open.
 
+Credentials must be unambiguous: every credential header present counts, and each must carry a
+valid key. An empty ``X-API-Key``, an ``Authorization`` header of another scheme or with nothing
+after ``Bearer``, or a credential header sent twice is a 401, even beside a valid key: a client
+must never believe a header works because another one carried the key.
+
 Keys are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every
 configured digest, so neither the comparison nor the number of keys checked depends on how much of
 a guess was right.
@@ -59,10 +64,26 @@ def require_api_key(
     keys: APIKeys = request.app.state.service.api_keys
     if not keys.enabled:
         return
-    offered = [k for k in (bearer.credentials if bearer else None, header_key) if k]
-    # Every key sent must be valid: a wrong key is a 401 even beside a right one, so that a
-    # client never believes a key works because another header carried a valid one.
-    if not offered or not all(keys.accepts(k) for k in offered):
-        raise Problem(401, "a valid API key is required: send 'Authorization: Bearer <key>' or "
-                      "'X-API-Key: <key>'" if not offered else "the API key is not valid",
-                      slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    # The raw headers, not the parsed dependencies: those drop an empty X-API-Key, a non-Bearer
+    # Authorization and all but one of repeated headers, which is how ambiguity would slip in.
+    authorizations = request.headers.getlist("authorization")
+    api_keys = request.headers.getlist("x-api-key")
+    if not authorizations and not api_keys:
+        raise _unauthorized("a valid API key is required: send 'Authorization: Bearer <key>' or "
+                            "'X-API-Key: <key>'")
+    if len(authorizations) > 1 or len(api_keys) > 1:
+        raise _unauthorized("send one credential header of each kind at most")
+    offered = [k.strip() for k in api_keys]
+    for value in authorizations:
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise _unauthorized("the Authorization header must be 'Bearer <key>'")
+        offered.append(credentials.strip())
+    if not all(offered):
+        raise _unauthorized("an empty API key is not valid")
+    if not all(keys.accepts(k) for k in offered):
+        raise _unauthorized("the API key is not valid")
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, detail, slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})

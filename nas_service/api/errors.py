@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nas_service.db import UnstorableValue
 from nas_service.graph import GraphProblem
 
 log = logging.getLogger("nas_service.api")
@@ -185,6 +186,14 @@ async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
                    slug="invalid-value", title="Invalid value").response(request.url.path)
 
 
+async def _unstorable_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The storage layer's net (nas_service.db.storable) caught a value validation let through:
+    # nothing was written. Logged, so the gap gets closed.
+    log.warning("refused to store a value on %s %s: %s", request.method, request.url.path, exc)
+    return Problem(422, str(exc), slug="invalid-value", title="Invalid value"
+                   ).response(request.url.path)
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path,
               exc_info=(type(exc), exc, exc.__traceback__))
@@ -200,6 +209,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(DataError, _data_error_handler)
+    app.add_exception_handler(UnstorableValue, _unstorable_handler)
     # Exception: Starlette's outermost ServerErrorMiddleware answers with this, then re-raises so
     # the server logs it too (and tests using ASGITransport see it).
     app.add_exception_handler(Exception, _unhandled_handler)

@@ -1,4 +1,9 @@
-"""Database rows as API responses: the one place a row's fields become JSON fields."""
+"""Database rows as API responses: the one place a row's fields become JSON fields.
+
+Reads never fail on stored data: the storage layer refuses what it could not give back
+(:mod:`nas_service.db.storable`), and rows written before it did are served readable here, with
+text that UTF-8 cannot encode (a lone surrogate) shown as U+FFFD and scores of an unknown shape
+left out, rather than answered with a 500 on every read."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,10 +45,37 @@ def candidate_url(candidate_id: str) -> str:
     return f"{API_PREFIX}/candidates/{candidate_id}"
 
 
+def readable(value: Any) -> Any:
+    """``value`` (stored JSON or text) with every string UTF-8 can encode: lone surrogates
+    become U+FFFD."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
+        return value
+    if isinstance(value, dict):
+        return {readable(k): readable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [readable(v) for v in value]
+    return value
+
+
+def _score(scores: Mapping[str, Any]) -> Score | None:
+    if "value" not in scores:
+        return None
+    try:
+        return Score(**readable(dict(scores)))
+    except (ValidationError, TypeError):
+        return None
+
+
 def architecture_view(architecture: Architecture,
                       checkpoint: Checkpoint | None) -> ArchitectureResponse:
     scores = architecture.scores or {}
-    score = Score(**scores) if "value" in scores else None
+    score = _score(scores)
     link = None
     if architecture.checkpoint_id is not None:
         link = CheckpointLink(id=architecture.checkpoint_id,
@@ -50,11 +83,11 @@ def architecture_view(architecture: Architecture,
                               size_bytes=checkpoint.size_bytes if checkpoint else None)
     return ArchitectureResponse(
         id=architecture.id, content_hash=architecture.content_hash, task=architecture.task,
-        name=architecture.name, num_parameters=architecture.num_parameters,
+        name=readable(architecture.name), num_parameters=architecture.num_parameters,
         flops=architecture.flops, score=score, ghn_version=architecture.ghn_version,
         timings={k: float(v) for k, v in (architecture.timings or {}).items()},
         checkpoint=link, created_at=architecture.created_at,
-        graph=json.loads(architecture.graph))
+        graph=readable(json.loads(architecture.graph)))
 
 
 def score_kind(candidate: Candidate, scores: Mapping[str, Any] | None) -> ScoreKind | None:
@@ -77,7 +110,7 @@ def candidate_view(candidate: Candidate,
         status=candidate.status.value, score=candidate.score,
         score_kind=score_kind(candidate, scores),
         predicted_accuracy=float(predicted) if predicted is not None else None,
-        reason=candidate.reason,
+        reason=readable(candidate.reason),
         num_parameters=candidate.num_parameters, flops=candidate.flops,
         seconds=candidate.seconds, architecture_id=candidate.architecture_id,
         architecture_url=(architecture_url(candidate.architecture_id)
@@ -139,6 +172,6 @@ def job_view(job: SearchJob, best: CandidateResponse | None,
                           fraction=job.progress_done / total if total else 0.0),
         rate=rate, best_candidate=best,
         timings={"queued_seconds": max(queued, 0.0), "running_seconds": running},
-        error=job.error, attempts=job.attempts, cancel_requested=job.cancel_requested,
+        error=readable(job.error), attempts=job.attempts, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         links=links)

@@ -267,6 +267,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from nas_service.api import create_app
+    from nas_service.api.connections import http_protocol
 
     settings = _service_settings()
     _prepare_database(settings)
@@ -276,7 +277,8 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings, run_worker=False if args.no_worker else None)
     except _startup_errors() as e:
         raise _startup_failure(settings, e) from None
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                http=http_protocol(settings.request_read_seconds))
     return 0
 
 

@@ -6,7 +6,9 @@ engines and sessions, migrations, and the queries the API and the workers make.
 - :mod:`~nas_service.db.listings`: reading jobs, candidates and events, in pages with keyset
   cursors;
 - :mod:`~nas_service.db.catalog`: the architectures scored per GHN version, and their
-  checkpoint files.
+  checkpoint files;
+- :mod:`~nas_service.db.storable`: what may be written at all, checked on every statement
+  before it is sent (:class:`UnstorableValue`).
 
 ::
 
@@ -46,6 +48,7 @@ from nas_service.db.models import (
     SearchJob,
     SearchStrategy,
 )
+from nas_service.db.storable import UnstorableValue
 
 __all__ = [
     "Architecture",
@@ -63,6 +66,7 @@ __all__ = [
     "SearchStrategy",
     "StorageError",
     "UTCDateTime",
+    "UnstorableValue",
     "catalog",
     "db_now",
     "listings",

@@ -33,6 +33,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from nas_service.db.storable import check_parameters, json_serializer
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 POSTGRES_POOL_SIZE = 5
 POSTGRES_MAX_OVERFLOW = 5
@@ -55,15 +57,20 @@ def make_engine(url: str | URL, *, sqlite_foreign_keys: bool = True, echo: bool 
     PostgreSQL: a bounded pool (5 connections plus 5 overflow per process, so N workers and an
     API stay far below the server's ``max_connections``) and ``pool_pre_ping`` so a connection
     dropped by a server restart is replaced instead of failing the next request.
+
+    Both: every statement's parameters are checked before they are sent, and JSON columns are
+    written strictly (:mod:`nas_service.db.storable`), so no row holds a value that cannot be
+    read back and served.
     """
     url = database_url(url)
     if url.get_backend_name() == "sqlite":
-        return _make_sqlite_engine(url, foreign_keys=sqlite_foreign_keys, echo=echo)
+        return _storable_only(_make_sqlite_engine(url, foreign_keys=sqlite_foreign_keys,
+                                                  echo=echo))
     if url.get_backend_name() == "postgresql":
         try:
-            return create_engine(url, pool_size=POSTGRES_POOL_SIZE,
-                                 max_overflow=POSTGRES_MAX_OVERFLOW, pool_pre_ping=True,
-                                 echo=echo)
+            return _storable_only(create_engine(
+                url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW,
+                pool_pre_ping=True, echo=echo, json_serializer=json_serializer))
         except ModuleNotFoundError as e:
             raise ModuleNotFoundError(f"{e}: PostgreSQL needs the driver, "
                                       "pip install 'nas-service[postgres]'") from e
@@ -88,6 +95,7 @@ def _make_sqlite_engine(url: URL, *, foreign_keys: bool, echo: bool) -> Engine:
     engine = create_engine(
         url,
         echo=echo,
+        json_serializer=json_serializer,
         # Sessions move between threads (a web server's thread pool); the pool hands each
         # connection to one thread at a time.
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
@@ -111,6 +119,15 @@ def _make_sqlite_engine(url: URL, *, foreign_keys: bool, echo: bool) -> Engine:
     def _begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _storable_only(engine: Engine) -> Engine:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check(_conn: Connection, _cursor: Any, _statement: str, parameters: Any,
+               _context: Any, _executemany: bool) -> None:
+        check_parameters(parameters)
 
     return engine
 

@@ -22,7 +22,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import and_, func, or_, select
@@ -89,10 +89,13 @@ def list_jobs(
         created_text, last_id = _decode_cursor(cursor, "jobs", ("str", "str"))
         try:
             created_at = datetime.fromisoformat(created_text)
-        except ValueError:
+            if created_at.tzinfo is None:
+                raise InvalidCursor("invalid cursor")
+            # In UTC, as stored: an offset that moves a date past year 1 or 9999 is refused here,
+            # not by the driver.
+            created_at = created_at.astimezone(timezone.utc)
+        except (ValueError, OverflowError):
             raise InvalidCursor("invalid cursor") from None
-        if created_at.tzinfo is None:
-            raise InvalidCursor("invalid cursor")
         query = query.where(or_(SearchJob.created_at < created_at,
                                 and_(SearchJob.created_at == created_at,
                                      SearchJob.id < last_id)))
@@ -175,14 +178,29 @@ def _encode_cursor(listing: str, key: list[Any]) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+MAX_CURSOR_TEXT = 64
+"""Longest text part of a cursor key: the service writes ids (32 characters) and timestamps."""
+
+
 def _decode_cursor(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[Any]:
     """The sort key in ``cursor``, checked against the listing and the kinds of its parts:
-    ``"int"``, ``"str"`` or ``"score"`` (a finite number or null)."""
+    ``"int"`` (a candidate index: 0 to 2**31 - 1, the column's range), ``"str"`` (at most
+    :data:`MAX_CURSOR_TEXT` characters that UTF-8 encodes, no NUL) or ``"score"`` (a finite
+    number or null). Anything else, however it fails to decode, is :class:`InvalidCursor`: a
+    cursor is client input, and no value of it reaches the database unless the column can hold
+    it."""
     try:
-        raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
-        data = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, UnicodeError, ValueError, TypeError, AttributeError):
+        return _decode_key(cursor, listing, kinds)
+    except InvalidCursor:
+        raise
+    except (ArithmeticError, ValueError, TypeError, AttributeError, UnicodeError,
+            RecursionError, binascii.Error):
         raise InvalidCursor("invalid cursor") from None
+
+
+def _decode_key(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[Any]:
+    raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
+    data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict) or data.get("l") != listing:
         raise InvalidCursor("invalid cursor (not from this listing)")
     key = data.get("k")
@@ -193,13 +211,18 @@ def _decode_cursor(cursor: str, listing: str, kinds: tuple[str, ...]) -> list[An
         # bool is an int to Python, never a valid key part.
         if isinstance(value, bool):
             raise InvalidCursor("invalid cursor")
-        if (kind == "int" and isinstance(value, int) and -2**63 <= value < 2**63
-                # PostgreSQL refuses NUL in text, SQLite would just match nothing.
-                or kind == "str" and isinstance(value, str) and "\x00" not in value):
+        if (kind == "int" and isinstance(value, int) and 0 <= value < 2**31
+                or kind == "str" and isinstance(value, str) and len(value) <= MAX_CURSOR_TEXT
+                # PostgreSQL refuses NUL in text, and no driver sends a lone surrogate.
+                and "\x00" not in value and value.encode("utf-8")):
             decoded.append(value)
-        elif kind == "score" and (value is None or isinstance(value, (int, float))
-                                  and math.isfinite(value)):
-            decoded.append(None if value is None else float(value))
+        elif kind == "score" and value is None:
+            decoded.append(None)
+        elif kind == "score" and isinstance(value, (int, float)):
+            score = float(value)  # OverflowError for integers past the float range
+            if not math.isfinite(score):
+                raise InvalidCursor("invalid cursor")
+            decoded.append(score)
         else:
             raise InvalidCursor("invalid cursor")
     return decoded

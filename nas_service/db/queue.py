@@ -88,6 +88,7 @@ from nas_service.db.models import (
     SearchStrategy,
     new_id,
 )
+from nas_service.db.storable import storable_text
 
 DEFAULT_MAX_ATTEMPTS = 3
 # Rows a claim may find changed under it before giving up for this call (PostgreSQL, only if a
@@ -439,7 +440,8 @@ def record_candidate(
         inserted = conn.execute(
             dialect_insert(conn)(Candidate)
             .values(id=new_id(), job_id=job_id, index=index, status=status, score=score,
-                    architecture_id=architecture_id, reason=reason,
+                    architecture_id=architecture_id,
+                    reason=storable_text(reason) if reason is not None else None,
                     num_parameters=num_parameters, flops=flops, seconds=seconds)
             .on_conflict_do_nothing(index_elements=[Candidate.job_id, Candidate.index])
             .returning(Candidate.id)
@@ -475,6 +477,7 @@ def finish_job(
     status = JobStatus(status)
     if not status.is_final:
         raise ValueError(f"finish_job takes succeeded, failed or cancelled, not {status.value}")
+    error = storable_text(error) if error is not None else None
     with writer(engine).begin() as conn:
         finished = conn.execute(
             update(SearchJob)

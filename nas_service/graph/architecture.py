@@ -372,16 +372,18 @@ def _validate(doc: Any, limits: GraphLimits) -> ArchitectureGraph:
             problems.append(GraphProblem(f"unknown top-level key {key!r}", field=str(key)[:64]))
     name = doc.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 256
-                             or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
+                             or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+                             or not _is_utf8(name)):
         problems.append(GraphProblem(
-            "'name' must be a string of at most 256 characters without control characters",
-            field="name"))
+            "'name' must be a string of at most 256 characters without control characters "
+            "or lone surrogates", field="name"))
         name = None
     sources = doc.get("parameter_sources")
     if sources is not None and not (isinstance(sources, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in sources.items())):
-        problems.append(GraphProblem("'parameter_sources' must map strings to strings",
-                                     field="parameter_sources"))
+            isinstance(k, str) and isinstance(v, str) and _is_utf8(k) and _is_utf8(v)
+            and "\x00" not in k + v for k, v in sources.items())):
+        problems.append(GraphProblem("'parameter_sources' must map strings to strings (UTF-8, "
+                                     "no NUL)", field="parameter_sources"))
         sources = None
     nodes = doc.get("nodes")
     if not isinstance(nodes, list) or not nodes:
@@ -427,6 +429,18 @@ def _validate(doc: Any, limits: GraphLimits) -> ArchitectureGraph:
     if problems:
         raise GraphValidationError(problems)
     return ArchitectureGraph(graph_nodes, name=name, parameter_sources=sources)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether UTF-8 can encode ``text``: JSON's ``"\\ud800"`` escapes decode to lone
+    surrogates, which it cannot, so a document holding one could be stored but not sent back."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _infer_shapes(order: list[_RawNode], limits: GraphLimits,

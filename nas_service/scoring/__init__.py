@@ -20,6 +20,8 @@ Modules:
   statistics, or activations of networks without batch norm), accuracy.
 - :mod:`~.surrogate`: the library facade, ``predict_parameters`` and ``surrogate_accuracy``.
 - :mod:`~.scorer`: :class:`ArchitectureScorer`, the service's scorer of batches of graphs.
+- :mod:`~.cost`: admission control: the memory and compute of scoring a graph, estimated from
+  its shapes, against a :class:`ScoringBudget`.
 - :mod:`~.task_fit`: does a graph fit a task (input shape, classes).
 - :mod:`~.ranking_head`: the estimate of trained accuracy searches rank by.
 - :mod:`~.metrics`: rank correlations (Kendall's tau, Spearman's rho) and top-1 regret.
@@ -36,8 +38,11 @@ __all__ = [
     "GraphDoesNotFitTask",
     "RankingHead",
     "ScoredGraph",
+    "ScoringBudget",
+    "ScoringTooCostly",
     "TaskNotSupported",
     "accuracy",
+    "is_memory_failure",
     "kendall_tau",
     "predict_parameters",
     "ranking_value",
@@ -52,6 +57,9 @@ _LAZY = {
     "ScoredGraph": "scorer",
     "TaskNotSupported": "scorer",
     "ranking_value": "scorer",
+    "ScoringBudget": "cost",
+    "ScoringTooCostly": "cost",
+    "is_memory_failure": "cost",
     "GraphDoesNotFitTask": "task_fit",
     "RankingHead": "ranking_head",
     "accuracy": "evaluation",

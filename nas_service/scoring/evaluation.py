@@ -37,6 +37,8 @@ from nas_service.data import TaskData
 from .protocol import RECALIBRATION_BATCH_SIZE, RECALIBRATION_BATCHES, BatchNormMode
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+READOUT_BATCH_SIZE = 128
+"""Images per forward pass of the readout's feature pass (:func:`classifier_of`)."""
 READOUT_L2 = 0.1
 """Ridge penalty of :func:`fit_readout`, relative to the number of images, on standardised
 features: strong enough for a 25,088-wide flattened feature map fitted on 512 images."""
@@ -143,7 +145,7 @@ def recalibration_batches(task: TaskData, device: torch.device | str, *,
 
 
 @torch.no_grad()
-def classifier_of(net: nn.Module, x: torch.Tensor, batch_size: int = 128
+def classifier_of(net: nn.Module, x: torch.Tensor, batch_size: int = READOUT_BATCH_SIZE
                   ) -> tuple[nn.Linear, torch.Tensor] | None:
     """The linear layer whose output is ``net``'s output on ``x`` (its logits), and the features
     it reads, ``(N, in_features)``; ``None`` when the output does not come straight from a

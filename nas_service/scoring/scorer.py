@@ -14,6 +14,9 @@ Guarantees:
   accuracy on the same images (the first ``eval_images`` of the fixed validation split).
 - A failure in one graph of a batch (an op the GHN was not trained with, a network that does not
   fit in memory) is returned as that graph's result; the other graphs are still scored.
+- Admission control: a graph whose estimated cost passes the scorer's :class:`ScoringBudget`
+  (:mod:`nas_service.scoring.cost`) comes back as :class:`ScoringTooCostly` before any of its
+  tensors is allocated, and the evaluation runs in batches small enough for the budget.
 - The returned ``state`` is exactly ``to_module(graph).state_dict()``'s key set (parameters and
   batch-norm buffers), as CPU tensors, ready for a safetensors checkpoint.
 - The reported accuracy is what a user gets from the checkpoint the plain way
@@ -29,6 +32,7 @@ validation images (``bench/search_bench.py``), so they run in batches of
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
@@ -45,7 +49,9 @@ from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
 from nas_service.graph import ArchitectureGraph, to_module
 
+from .cost import ScoringBudget, ScoringCost, ScoringTooCostly, check_affordable, scoring_cost
 from .evaluation import (
+    READOUT_BATCH_SIZE,
     READOUT_L2,
     accuracy,
     load_parameters,
@@ -156,8 +162,9 @@ class ArchitectureScorer:
                  recalibration_batches: int = RECALIBRATION_BATCHES,
                  recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
                  data_root: str | None = None, ranking_head: RankingHead | None = None,
-                 readout: bool = READOUT) -> None:
+                 budget: ScoringBudget | None = None, readout: bool = READOUT) -> None:
         self.ghn = ghn.eval()
+        self.budget = budget or ScoringBudget()
         self.readout = readout
         self.ranking_head = ranking_head
         self.ghn_version = ghn_version
@@ -175,6 +182,7 @@ class ArchitectureScorer:
              eval_images: int | None = None,
              recalibration_batches: int = RECALIBRATION_BATCHES,
              recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
+             budget: ScoringBudget | None = None,
              readout: bool = READOUT) -> ArchitectureScorer:
         """A scorer around the GHN checkpoint at ``path`` (``None``: the bundled one), with the
         ranking head that lies beside it when that head was fit on this very checkpoint
@@ -193,7 +201,20 @@ class ArchitectureScorer:
         return cls(ghn, ghn_version=version, ghn_path=str(resolved), eval_images=eval_images,
                    recalibration_batches=recalibration_batches,
                    recalibration_batch_size=recalibration_batch_size, ranking_head=head,
-                   readout=readout)
+                   budget=budget, readout=readout)
+
+    def sibling(self, budget: ScoringBudget | None = None) -> ArchitectureScorer:
+        """A scorer of the same GHN, protocol and task data with its own copy of the GHN and its
+        own lock, so that two callers (the API and a worker thread) score at the same time
+        instead of one waiting for the other; ``budget`` replaces this one's."""
+        twin = ArchitectureScorer(copy.deepcopy(self.ghn), ghn_version=self.ghn_version,
+                                  ghn_path=self.ghn_path, eval_images=self.eval_images,
+                                  recalibration_batches=self.recalibration_batches,
+                                  recalibration_batch_size=self.recalibration_batch_size,
+                                  data_root=self.data_root, ranking_head=self.ranking_head,
+                                  budget=budget or self.budget, readout=self.readout)
+        twin._tasks, twin._tasks_lock = self._tasks, self._tasks_lock  # read-only tensors
+        return twin
 
     # ---- what this scorer can do -----------------------------------------------------------
 
@@ -288,7 +309,7 @@ class ArchitectureScorer:
             return []
         data = self.task_tensors(task)
         results: list[ScoredGraph | Exception | None] = [
-            _misfit(graph, data.spec) for graph in graphs]
+            _misfit(graph, data.spec) or self._unaffordable(graph, data) for graph in graphs]
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
             return results  # type: ignore[return-value]
@@ -312,6 +333,30 @@ class ArchitectureScorer:
                     results[i] = e
         return results  # type: ignore[return-value]
 
+    def cost(self, graph: ArchitectureGraph, data: _TaskTensors) -> ScoringCost:
+        """What scoring ``graph`` on ``data`` costs under this scorer's protocol and budget."""
+        return scoring_cost(graph, eval_images=len(data.val_labels),
+                            eval_batch_size=self.eval_batch_size,
+                            recalibration_batches=len(data.recalibration),
+                            recalibration_batch_size=self.recalibration_batch_size,
+                            readout_images=(len(data.recalibration) * self.recalibration_batch_size
+                                            if self.readout else 0),
+                            readout_batch_size=READOUT_BATCH_SIZE, budget=self.budget)
+
+    def check_affordable(self, graph: ArchitectureGraph, task: str | TaskSpec) -> ScoringCost:
+        """The cost of scoring ``graph`` on ``task``; :class:`ScoringTooCostly` when it passes
+        the budget."""
+        cost = self.cost(graph, self.task_tensors(task))
+        check_affordable(cost, self.budget)
+        return cost
+
+    def _unaffordable(self, graph: ArchitectureGraph, data: _TaskTensors) -> Exception | None:
+        try:
+            check_affordable(self.cost(graph, data), self.budget)
+        except ScoringTooCostly as e:
+            return e
+        return None
+
     def _predict_one(self, graph: ArchitectureGraph) -> dict[str, torch.Tensor] | Exception:
         try:
             return self.ghn.predict([graph])[0]
@@ -325,7 +370,7 @@ class ArchitectureScorer:
         recalibrate(net, data.recalibration,
                     data.recalibration_labels if self.readout else None)
         value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
-                         batch_size=self.eval_batch_size)
+                         batch_size=self.cost(graph, data).eval_batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
         ranking = None
         if self.ranking_head is not None:

@@ -21,7 +21,10 @@ Guarantees of :class:`CheckpointStore`:
 - the name is the SHA-256 of the bytes, so the same bytes are stored once and a download can be
   checked against its name (the HTTP ``ETag``);
 - paths stored in the database are relative to the store's root, so the API and workers on other
-  machines find the files wherever the shared volume is mounted.
+  machines find the files wherever the shared volume is mounted;
+- :meth:`CheckpointStore.verify` tells whether a file still holds the bytes its name promises
+  (a file altered or truncated on disk is never served under its old ETag); a file is hashed
+  once per (inode, size, modification time).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +47,8 @@ from nas_service.graph import ArchitectureGraph
 
 CHECKPOINT_FORMAT = "nas-checkpoint/1"
 SUFFIX = ".safetensors"
+VERIFIED_FILES = 4096
+"""How many verified files the store remembers (their stat signatures) before hashing again."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class CheckpointStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._verified: OrderedDict[tuple[str, int, int, int], str] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     def write(self, tensors: Mapping[str, torch.Tensor],
               metadata: Mapping[str, str]) -> StoredCheckpoint:
@@ -96,3 +105,23 @@ class CheckpointStore:
         if not path.is_relative_to(self.root) or not path.is_file():
             return None
         return path
+
+    def verify(self, path: Path, sha256: str) -> bool:
+        """Whether the file at ``path`` hashes to ``sha256`` (a file this store resolved)."""
+        stat = path.stat()
+        signature = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._verified_lock:
+            if self._verified.get(signature) == sha256:
+                self._verified.move_to_end(signature)
+                return True
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            return False
+        with self._verified_lock:
+            self._verified[signature] = sha256
+            while len(self._verified) > VERIFIED_FILES:
+                self._verified.popitem(last=False)
+        return True

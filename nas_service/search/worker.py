@@ -8,6 +8,7 @@ One job, as :meth:`Worker.run_job` runs it::
                         stop asked (SIGTERM): release the job; budget_seconds spent: finish)
              propose candidate i from (seed, i) and the recorded history
              constraints checked on the graph before any GHN work  ─> "rejected" + reason
+             over the scoring budget, or out of memory ─> "rejected" + the estimate
              one GHN forward pass for the batch, then each network scored ─> "scored"
              an exception while scoring one candidate ─> "failed" + the error, the job goes on
              record_candidate with the lease token
@@ -43,7 +44,13 @@ from sqlalchemy import Engine
 from nas_service.data import DatasetError, TaskSpec
 from nas_service.db import LeaseLost, listings, queue, read_session, write_session
 from nas_service.db.queue import ClaimedJob, LeaseStatus
-from nas_service.scoring import ArchitectureScorer, TaskNotSupported, ranking_value
+from nas_service.scoring import (
+    ArchitectureScorer,
+    ScoringTooCostly,
+    TaskNotSupported,
+    is_memory_failure,
+    ranking_value,
+)
 from nas_service.spaces import SearchSpaceError
 
 from .checkpoints import CheckpointStore
@@ -240,7 +247,11 @@ class Worker:
             graph = ev.graph
             if ev.architecture is None:
                 error = ev.error or RuntimeError("not scored")
-                self._record(claimed, lease, history, p.index, "failed",
+                # A candidate this worker cannot afford is a property of the candidate, not a
+                # failure of the worker: rejected, with the estimate or the allocation that failed.
+                unaffordable = isinstance(error, ScoringTooCostly) or is_memory_failure(error)
+                self._record(claimed, lease, history, p.index,
+                             "rejected" if unaffordable else "failed",
                              reason=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH],
                              num_parameters=graph.num_parameters, flops=graph.flops,
                              seconds=propose_seconds + ev.seconds)

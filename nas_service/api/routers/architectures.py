@@ -14,7 +14,7 @@ from nas_service.data import DatasetError, TaskSpec
 from nas_service.db import Architecture, catalog, read_session
 from nas_service.ghn import UnsupportedArchitectureError
 from nas_service.graph import ArchitectureGraph, GraphLimits, GraphValidationError
-from nas_service.scoring import TaskNotSupported
+from nas_service.scoring import ScoringTooCostly, TaskNotSupported, is_memory_failure
 from nas_service.scoring.task_fit import task_mismatches
 from nas_service.search import score_and_store
 from nas_service.search.evaluation import find_stored_architecture
@@ -97,15 +97,42 @@ def _score(service: ServiceState, graph: ArchitectureGraph, spec: TaskSpec,
     if isinstance(error, UnsupportedArchitectureError):
         raise Problem(422, str(error), slug="unsupported-architecture",
                       title="The hypernetwork cannot predict this architecture")
-    if isinstance(error, MemoryError):
-        raise Problem(503, "not enough memory to evaluate this architecture",
-                      slug="insufficient-resources", headers={"Retry-After": "60"})
+    if isinstance(error, ScoringTooCostly):
+        raise too_costly(error)
+    if error is not None and is_memory_failure(error):
+        raise Problem(422, "scoring this architecture ran out of memory: it needs more than "
+                      "this server can give", slug="scoring-too-costly",
+                      title="Scoring this architecture costs too much",
+                      extra={"resource": "memory"})
     if error is not None:
         raise error
     assert evaluation.architecture is not None
     if evaluation.seconds:
         service.metrics.ghn_seconds.observe(evaluation.seconds)
     return architecture_view(evaluation.architecture, evaluation.checkpoint), evaluation.created
+
+
+def too_costly(error: ScoringTooCostly) -> Problem:
+    """The 422 problem of a graph over the scoring budget: which resource, the estimate and
+    the limit (``NAS_MAX_SCORING_BYTES`` or ``NAS_MAX_SCORING_MACS``)."""
+    return Problem(422, str(error), slug="scoring-too-costly",
+                   title="Scoring this architecture costs too much",
+                   extra={"resource": error.resource, "estimate": error.estimate,
+                          "limit": error.limit})
+
+
+def _check_affordable(service: ServiceState, graph: ArchitectureGraph, spec: TaskSpec) -> None:
+    try:
+        service.require_scorer().check_affordable(graph, spec)
+    except ScoringTooCostly as e:
+        raise too_costly(e) from None
+    except DatasetError as e:  # the estimate counts the task's images: they must load
+        raise _task_data_unavailable(spec, e) from None
+
+
+def _task_data_unavailable(spec: TaskSpec, error: DatasetError) -> Problem:
+    return Problem(503, f"the data of task {spec.name!r} is not available: {error}",
+                   slug="task-data-unavailable")
 
 
 LOCATION = {"Location": {"description": "the architecture's URL", "schema": {"type": "string"}}}
@@ -144,6 +171,7 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
         response.headers["Location"] = architecture_url(cached.id)
         return cached
 
+    await run_in_threadpool(_check_affordable, service, graph, spec)
     if service.waiting_scores >= MAX_WAITING_SCORES:
         raise Problem(503, "too many architectures are waiting for the hypernetwork; retry later",
                       slug="busy", headers={"Retry-After": "5"})
@@ -152,8 +180,7 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
         view, created = await anyio.to_thread.run_sync(
             _score, service, graph, spec, graph_seconds, limiter=service.scoring_limiter)
     except DatasetError as e:
-        raise Problem(503, f"the data of task {spec.name!r} is not available: {e}",
-                      slug="task-data-unavailable") from None
+        raise _task_data_unavailable(spec, e) from None
     finally:
         service.waiting_scores -= 1
     service.metrics.architectures.inc(cached="false")

@@ -1,7 +1,11 @@
 """Checkpoint downloads, shared by architectures and candidates: ``ETag`` is the file's SHA-256,
-``If-None-Match`` is honoured (304), the body is the safetensors file as stored."""
+``If-None-Match`` is honoured (304), the body is the safetensors file as stored, checked against
+its SHA-256 before it is served: a file altered or truncated on disk is a 404
+``checkpoint-damaged`` problem (and an error in the log), never its old ETag over other bytes."""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import Response
 from fastapi.responses import FileResponse
@@ -11,6 +15,8 @@ from nas_service.db import Architecture, catalog
 
 from ..deps import ServiceState
 from ..errors import Problem
+
+log = logging.getLogger("nas_service.api")
 
 MEDIA_TYPE = "application/octet-stream"
 # The OpenAPI description of the ETag header of 200 and 304 answers.
@@ -47,4 +53,14 @@ def checkpoint_response(session: Session, service: ServiceState, architecture: A
         raise Problem(404, f"the checkpoint file of architecture {architecture.id} is missing "
                       f"from {service.store.root}", slug="checkpoint-missing",
                       title="Checkpoint file missing")
+    try:
+        intact = service.store.verify(path, architecture.checkpoint_id)
+    except OSError:
+        intact = False
+    if not intact:
+        log.error("checkpoint %s of architecture %s does not match its SHA-256: %s",
+                  architecture.checkpoint_id, architecture.id, path)
+        raise Problem(404, f"the checkpoint file of architecture {architecture.id} is damaged "
+                      "(its content no longer matches its SHA-256)", slug="checkpoint-damaged",
+                      title="Checkpoint file damaged")
     return FileResponse(path, media_type=MEDIA_TYPE, filename=filename, headers=headers)

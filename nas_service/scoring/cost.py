@@ -1,0 +1,145 @@
+"""What scoring a graph costs, estimated before any tensor is allocated: admission control for
+the API and the workers.
+
+The scoring protocol (:mod:`nas_service.scoring.scorer`) runs, for one graph: a GHN prediction of
+every parameter, the network built with them (``to_module``), recalibration on
+``recalibration_batches`` training batches of ``recalibration_batch_size`` images in train mode,
+an optional readout forward over ``readout_images``, and the evaluation over the validation
+images in batches of ``eval_batch_size``; then the state is copied to the CPU and serialised to a
+safetensors checkpoint. So::
+
+    peak bytes  = SCORING_OVERHEAD_BYTES
+                  + 4 x (PARAMETER_COPIES x parameters
+                         + peak_elements x max(recalibration batch, readout batch, eval batch))
+    MACs        = macs per sample x (recalibration images + readout images + eval images)
+
+with ``peak_elements`` the per-sample peak of one forward pass
+(:func:`nas_service.graph.footprint.footprint`: live outputs plus the running node's output and
+workspace; padding and adaptive pooling that grow the spatial size, and attention's token x token
+scores, are in it). A network without batch norm has each convolution's and linear layer's output
+normalised in a forward hook (:func:`nas_service.scoring.evaluation.normalize_activations`),
+which holds two more outputs' worth (the centred output and the quotient): its layers get a
+workspace of 2 outputs instead of 1. ``PARAMETER_COPIES`` counts the GHN's predicted tensors and its decoder's
+tiles, the network's parameters, the CPU copy of the state and the serialised checkpoint.
+
+A graph is refused (:class:`ScoringTooCostly`) when its peak bytes pass the memory budget at the
+recalibration batch (which the protocol fixes: its statistics depend on it), or its MACs pass the
+compute budget. Otherwise the evaluation runs in the largest batch up to the device's that fits
+the budget: the batch size of an evaluation in eval mode does not change a network's outputs, so
+a smaller batch changes the time, not the score.
+
+A memory failure that happens anyway (the estimate is a model; other work shares the machine) is
+recognised by :func:`is_memory_failure`: PyTorch raises ``RuntimeError`` ("can't allocate
+memory", "CUDA out of memory"), Python ``MemoryError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nas_service.graph import ArchitectureGraph
+from nas_service.graph.footprint import Footprint, footprint
+
+from .protocol import DEFAULT_MAX_SCORING_BYTES, DEFAULT_MAX_SCORING_MACS
+
+BYTES_PER_ELEMENT = 4  # float32: the GHN predicts and the networks run in it
+PARAMETER_COPIES = 6
+"""Float32 copies of the parameters one scoring holds at its worst: the GHN's predicted tensors
+and the decoder tiles they are cut from, the network's parameters, the CPU state and the
+checkpoint's bytes (measured on dense graphs of 5-50 M parameters, ``bench/admission_bench.py``)."""
+SCORING_OVERHEAD_BYTES = 160 * 1024 * 1024
+"""What scoring any graph adds besides its batch-sized tensors: the allocator's arenas of the
+threads that run it, oneDNN's set-up, primitive caches and per-thread scratchpads, the GHN's
+graph features (``bench/admission_bench.py``: small networks grow a fresh process by up to
+110 MiB beyond their tensors, a 1 M-parameter ResNet-like one by 135 MiB)."""
+
+_MEMORY_FAILURES = ("can't allocate memory", "out of memory", "not enough memory",
+                    "failed to allocate", "std::bad_alloc")
+
+
+@dataclass(frozen=True)
+class ScoringBudget:
+    """What one scoring may cost: bytes of memory and multiply-accumulates."""
+
+    max_bytes: int = DEFAULT_MAX_SCORING_BYTES
+    max_macs: int = DEFAULT_MAX_SCORING_MACS
+
+
+@dataclass(frozen=True)
+class ScoringCost:
+    """The estimate for one graph under one protocol."""
+
+    peak_bytes: int
+    """At the recalibration batch (or the largest batch the protocol fixes)."""
+    largest_tensor_bytes: int
+    macs: int
+    eval_batch_size: int
+    """The evaluation's batch: the device's, or less where the budget asks for less."""
+    footprint: Footprint
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"peak_bytes": self.peak_bytes, "largest_tensor_bytes": self.largest_tensor_bytes,
+                "macs": self.macs, "eval_batch_size": self.eval_batch_size,
+                "peak_node": self.footprint.peak_node}
+
+
+class ScoringTooCostly(ValueError):
+    """Scoring this graph would pass a budget; ``resource`` is ``"memory"`` or ``"compute"``."""
+
+    def __init__(self, resource: str, estimate: int, limit: int, detail: str) -> None:
+        super().__init__(detail)
+        self.resource = resource
+        self.estimate = estimate
+        self.limit = limit
+
+
+def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size: int,
+                 recalibration_batches: int, recalibration_batch_size: int,
+                 readout_images: int = 0, readout_batch_size: int = 0,
+                 budget: ScoringBudget | None = None) -> ScoringCost:
+    """The cost of scoring ``graph`` this way; with ``budget``, the evaluation batch is cut to
+    what fits it (never below 1)."""
+    has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
+    fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
+    fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
+    per_sample = BYTES_PER_ELEMENT * fp.peak_elements
+    fixed_batch = max(recalibration_batch_size, min(readout_batch_size, readout_images))
+    batch = eval_batch_size
+    if budget is not None and fixed + per_sample * batch > budget.max_bytes:
+        batch = max(1, min(eval_batch_size, (budget.max_bytes - fixed) // max(per_sample, 1)))
+    images = recalibration_batches * recalibration_batch_size + readout_images + eval_images
+    return ScoringCost(peak_bytes=fixed + per_sample * max(fixed_batch, batch),
+                       largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements
+                       * max(fixed_batch, batch),
+                       macs=fp.macs * images, eval_batch_size=batch, footprint=fp)
+
+
+def check_affordable(cost: ScoringCost, budget: ScoringBudget) -> None:
+    """Raises :class:`ScoringTooCostly` when ``cost`` passes ``budget``."""
+    if cost.peak_bytes > budget.max_bytes:
+        raise ScoringTooCostly(
+            "memory", cost.peak_bytes, budget.max_bytes,
+            f"scoring this graph needs an estimated {_mib(cost.peak_bytes)} of memory "
+            f"(largest tensor {_mib(cost.largest_tensor_bytes)}, peak at node "
+            f"{cost.footprint.peak_node!r}); the limit is {_mib(budget.max_bytes)}")
+    if cost.macs > budget.max_macs:
+        raise ScoringTooCostly(
+            "compute", cost.macs, budget.max_macs,
+            f"scoring this graph needs an estimated {cost.macs:,} multiply-accumulates "
+            f"({cost.footprint.macs:,} per image); the limit is {budget.max_macs:,}")
+
+
+def is_memory_failure(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed (PyTorch's ``RuntimeError`` on CPU or
+    CUDA, ``torch.OutOfMemoryError``, Python's ``MemoryError``)."""
+    if isinstance(error, MemoryError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    message = str(error).lower()
+    return type(error).__name__ == "OutOfMemoryError" or any(m in message
+                                                               for m in _MEMORY_FAILURES)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
