@@ -521,7 +521,8 @@ def test_rank_surrogates_then_report_writes_three_valid_files(tiny_ghn, fashion,
     ranking = rank_surrogates(tiny_ghn, fashion, **kwargs)
     assert len(ranking["architectures"]) == 3 and ranking["excluded"] == []
     assert set(ranking["scores"]) == {"predicted_batch", "predicted_recalibrated",
-                                      "parameters", "flops", "sgd_1_epoch", "random_init"}
+                                      "predicted_readout", "parameters", "flops", "sgd_1_epoch",
+                                      "random_init"}
     assert ranking["ranking_head"] is None  # 3 architectures: too few to fit one
     for name, s in ranking["scores"].items():
         for corr in ("kendall_tau", "spearman_rho"):
