@@ -34,7 +34,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import spmm
 
-from nas_service.graph import OP_NAMES, ArchitectureGraph
+from nas_service.graph import OP_NAMES, OPS, ArchitectureGraph
 
 from .features import (
     MATRIX_KINDS,
@@ -194,6 +194,29 @@ class GraphHyperNetwork(nn.Module):
         batch, requests = self.prepare(graphs)
         return self(batch, requests)
 
+    def extend_ops(self, ops: Sequence[str] = OP_NAMES) -> tuple[str, ...]:
+        """Appends an embedding row for each op of ``ops`` this GHN was trained without; returns
+        those ops. A new row starts as a copy of the row of the op's ``stand_in`` (the older op
+        it generalises: ``std_conv2d`` starts as ``conv2d``), or as the mean of every row when
+        it has none (``opaque``). Predictions for graphs of the old ops do not change; further
+        training learns the new rows (``config.ops`` lists them, so a saved checkpoint keeps
+        them)."""
+        new = tuple(op for op in ops if op not in self._op_index)
+        if not new:
+            return new
+        with torch.no_grad():
+            old = self.op_embed.weight
+            rows = [old[self._op_index[OPS[op].stand_in]]
+                    if op in OPS and OPS[op].stand_in in self._op_index else old.mean(dim=0)
+                    for op in new]
+            embed = nn.Embedding(len(old) + len(new), old.shape[1], device=old.device,
+                                 dtype=old.dtype)
+            embed.weight.copy_(torch.cat([old, torch.stack(rows)]))
+        self.op_embed = embed
+        self.config.ops = (*self.config.ops, *new)
+        self._op_index = {op: i for i, op in enumerate(self.config.ops)}
+        return new
+
     # ---- the model ----------------------------------------------------------------------------
 
     def embed(self, batch: Batch) -> torch.Tensor:
@@ -307,12 +330,22 @@ class GraphHyperNetwork(nn.Module):
 
 
 def _matrix_dims(r: ParameterRequest) -> tuple[int, int]:
-    """``(out, in)`` of a matrix-like parameter: a conv's channels, else its last two axes."""
-    return (r.shape[0], r.shape[1]) if r.kind in ("conv", "patch") else (r.shape[-2], r.shape[-1])
+    """``(out, in)`` of a matrix-like parameter: a conv's channels, else its leading axes
+    together and its last axis."""
+    if r.kind in ("conv", "patch"):
+        return r.shape[0], r.shape[1]
+    return math.prod(r.shape[:-1]), r.shape[-1]
 
 
 def _kernel_of(r: ParameterRequest) -> tuple[int, int]:
-    return (r.shape[2], r.shape[3]) if r.kind in ("conv", "patch") else (1, 1)
+    """``(kh, kw)`` of a convolution's kernel: ``(1, k)`` for a 1-D one, the trailing axes
+    folded into two for more; ``(1, 1)`` for other parameters."""
+    if r.kind not in ("conv", "patch"):
+        return 1, 1
+    kernel = r.shape[2:]
+    if len(kernel) < 2:
+        return 1, kernel[0] if kernel else 1
+    return math.prod(kernel[:-1]), kernel[-1]
 
 
 def _fit_grid(codes: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
