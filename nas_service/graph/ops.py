@@ -231,6 +231,16 @@ class EmbeddingAttrs(Attrs):
     embedding_dim: PositiveInt
 
 
+class PadAttrs(Attrs):
+    padding: Annotated[list[Annotated[int, Field(strict=True, ge=0, le=1024)]],
+                       Field(min_length=2, max_length=4)]
+    """``F.pad``'s order, last axis first: ``[left, right]`` or ``[left, right, top, bottom]``;
+    an even number of values."""
+    mode: Literal["constant", "reflect", "replicate", "circular"] = "constant"
+    value: Annotated[float, Field(strict=True, ge=-1e6, le=1e6)] = 0.0
+    """The fill value of ``constant`` padding."""
+
+
 _PARAMETER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,127}"
 _LABEL = r"^[^\x00-\x1f\x7f]{0,256}$"
 
@@ -401,6 +411,21 @@ class Slice(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = [slice(None)] * self.axis + [slice(self.start, self.end, self.step)]
         return x[tuple(index)]
+
+
+class Sub(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x - y
+
+
+class Pad(nn.Module):
+    def __init__(self, padding: Sequence[int], mode: str, value: float):
+        super().__init__()
+        self.padding, self.mode = tuple(padding), mode
+        self.value = value if mode == "constant" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.padding, self.mode, self.value)
 
 
 class StdConv2d(nn.Conv2d):
@@ -912,6 +937,29 @@ def _embedding_shape(a: EmbeddingAttrs, ins: list[Shape]) -> Shape:
     return (ins[0][0], a.embedding_dim)
 
 
+def _pad_shape(a: PadAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3, 2])
+    if len(a.padding) % 2 or len(a.padding) // 2 > len(x) - 1:
+        raise ShapeError(f"padding {a.padding} must pad 1 axis (2 values) of a (C, L) "
+                         "sequence, or 1 or 2 axes (2 or 4 values) of a map", "padding")
+    if a.mode != "constant" and len(a.padding) != 2 * (len(x) - 1):
+        raise ShapeError(f"{a.mode} padding pads every axis but the channels: "
+                         f"{2 * (len(x) - 1)} values", "padding")
+    if a.value != 0.0 and a.mode != "constant":
+        raise ShapeError(f"value applies to constant padding only, not {a.mode!r}", "value")
+    out = list(x)
+    for i in range(len(a.padding) // 2):
+        before, after = a.padding[2 * i], a.padding[2 * i + 1]
+        axis = len(x) - 1 - i
+        if a.mode in ("reflect", "circular") and max(before, after) >= x[axis] + (
+                a.mode == "circular"):
+            raise ShapeError(f"{a.mode} padding {a.padding} must be below the size "
+                             f"{x[axis]} it pads", "padding")
+        out[axis] += before + after
+    return tuple(out)
+
+
 def _opaque_build(a: OpaqueAttrs, ins: list[Shape], out: Shape) -> nn.Module:
     raise ValueError(f"an opaque node cannot be built ({a.label or 'no label'})")
 
@@ -1058,6 +1106,13 @@ _OPS: list[OpSpec] = [
            lambda a, i, o: {"weight": (a.num_embeddings, a.embedding_dim)},
            description="A learned vector per integer id: (T,) ids -> (T, D).",
            stand_in="pos_embed"),
+    OpSpec("pad", "shape", PadAttrs, 1, 1, _pad_shape,
+           lambda a, i, o: Pad(a.padding, a.mode, a.value),
+           description="Pads the last axes of a map or (C, L) sequence (F.pad).",
+           stand_in="identity"),
+    OpSpec("sub", "merge", NoAttrs, 2, 2, _broadcast_shape, _module(Sub),
+           description="Element-wise difference of two inputs (PyTorch broadcasting).",
+           stand_in="add"),
     OpSpec("opaque", "opaque", OpaqueAttrs, 1, None, lambda a, i: tuple(a.shape), _opaque_build,
            lambda a, i, o: {k: tuple(v) for k, v in a.parameters.items()},
            description="A computation nas-graph/1 cannot express exactly: its inputs, output "

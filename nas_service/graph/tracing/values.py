@@ -8,7 +8,12 @@ What a value can be while converting:
 * a parameter or buffer of the module (:class:`_Param`, from ``get_attr``: class tokens,
   positional embeddings, weights of functional calls);
 * sizes: Python ints, or :data:`_BATCH`, the symbolic batch size (``x.size(0)``, ``x.shape[0]``);
-* the ``(output, weights)`` pair of ``nn.MultiheadAttention`` (:class:`_AttentionResult`).
+* the ``(output, weights)`` pair of ``nn.MultiheadAttention`` (:class:`_AttentionResult`);
+* when a forward pass is recorded (:mod:`.recorder`): a tensor computed from parameters and
+  constants only (:class:`_Derived`: a standardised weight, a sliced positional embedding), and a
+  tensor the graph cannot hold (:class:`_Pending`: its batch is not its first dimension, or one
+  sample has more than three dimensions), which becomes an ``opaque`` node where a computation
+  leaves such tensors behind.
 
 All are immutable: a rule makes a new value rather than changing one it was given.
 """
@@ -87,3 +92,24 @@ def _not_plain(t: _Tensor) -> str:
                 "nas-graph/1 only supports around LayerNorm over channels")
     return (f"its input is a {list(t.phys or ())} reshape of a {list(t.shape or ())} tensor, "
             "which nas-graph/1 cannot express")
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """A tensor computed from the module's parameters and constants only, not from the input.
+
+    ``leaves`` are the parameters it was computed from (``(name, parameter)``)."""
+
+    tensor: torch.Tensor
+    leaves: tuple[tuple[str, torch.Tensor], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A recorded tensor the graph cannot hold: computed from graph nodes ``deps`` and from
+    parameters ``params``, by the calls ``labels``; an ``opaque`` node takes them over once a
+    computation returns to a tensor of batch-first shape."""
+
+    deps: tuple[str, ...]
+    params: tuple[tuple[str, torch.Tensor], ...]
+    labels: tuple[str, ...]
