@@ -20,7 +20,7 @@ All are immutable: a rule makes a new value rather than changing one it was give
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -70,7 +70,7 @@ class _Param:
     """A parameter or buffer of the module (``get_attr``), optionally expanded over the batch."""
 
     target: str
-    tensor: torch.Tensor
+    tensor: torch.Tensor = field(repr=False)  # messages quote values: no tensor printing
     batched: bool = False
 
     def full_shape(self) -> tuple[Any, ...]:
@@ -100,8 +100,11 @@ class _Derived:
 
     ``leaves`` are the parameters it was computed from (``(name, parameter)``)."""
 
-    tensor: torch.Tensor
-    leaves: tuple[tuple[str, torch.Tensor], ...]
+    tensor: torch.Tensor = field(repr=False)
+    leaves: tuple[tuple[str, torch.Tensor], ...] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"a tensor computed from {[name for name, _ in self.leaves] or 'constants'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,5 +114,8 @@ class _Pending:
     computation returns to a tensor of batch-first shape."""
 
     deps: tuple[str, ...]
-    params: tuple[tuple[str, torch.Tensor], ...]
-    labels: tuple[str, ...]
+    params: tuple[tuple[str, torch.Tensor], ...] = field(repr=False)
+    labels: tuple[str, ...] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "a tensor whose batch is not its first dimension"
