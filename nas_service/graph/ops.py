@@ -241,6 +241,17 @@ class PadAttrs(Attrs):
     """The fill value of ``constant`` padding."""
 
 
+class ReshapeAttrs(Attrs):
+    shape: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(min_length=1, max_length=3)]
+    """The new shape of one sample (row-major, as ``x.reshape(B, *shape)``)."""
+
+
+class PermuteAttrs(Attrs):
+    dims: Annotated[list[Annotated[int, Field(strict=True, ge=0, le=2)]],
+                    Field(min_length=1, max_length=3)]
+    """A permutation of the axes of one sample (``x.permute(0, *[d + 1 for d in dims])``)."""
+
+
 _PARAMETER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,127}"
 _LABEL = r"^[^\x00-\x1f\x7f]{0,256}$"
 
@@ -416,6 +427,24 @@ class Slice(nn.Module):
 class Sub(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x - y
+
+
+class Reshape(nn.Module):
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.dims = (0, *(d + 1 for d in dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
 
 
 class Pad(nn.Module):
@@ -960,6 +989,20 @@ def _pad_shape(a: PadAttrs, ins: list[Shape]) -> Shape:
     return tuple(out)
 
 
+def _reshape_shape(a: ReshapeAttrs, ins: list[Shape]) -> Shape:
+    if math.prod(a.shape) != math.prod(ins[0]):
+        raise ShapeError(f"cannot reshape {list(ins[0])} ({math.prod(ins[0])} elements) to "
+                         f"{a.shape}", "shape")
+    return tuple(a.shape)
+
+
+def _permute_shape(a: PermuteAttrs, ins: list[Shape]) -> Shape:
+    if sorted(a.dims) != list(range(len(ins[0]))):
+        raise ShapeError(f"dims {a.dims} is not a permutation of the {len(ins[0])} axes of "
+                         f"{list(ins[0])}", "dims")
+    return tuple(ins[0][d] for d in a.dims)
+
+
 def _opaque_build(a: OpaqueAttrs, ins: list[Shape], out: Shape) -> nn.Module:
     raise ValueError(f"an opaque node cannot be built ({a.label or 'no label'})")
 
@@ -1113,6 +1156,14 @@ _OPS: list[OpSpec] = [
     OpSpec("sub", "merge", NoAttrs, 2, 2, _broadcast_shape, _module(Sub),
            description="Element-wise difference of two inputs (PyTorch broadcasting).",
            stand_in="add"),
+    OpSpec("reshape", "shape", ReshapeAttrs, 1, 1, _reshape_shape,
+           lambda a, i, o: Reshape(a.shape),
+           description="Reshapes one sample, row-major (the batch stays first).",
+           stand_in="flatten"),
+    OpSpec("permute", "shape", PermuteAttrs, 1, 1, _permute_shape,
+           lambda a, i, o: Permute(a.dims),
+           description="Permutes the axes of one sample (token mixing, channel shuffles).",
+           stand_in="identity"),
     OpSpec("opaque", "opaque", OpaqueAttrs, 1, None, lambda a, i: tuple(a.shape), _opaque_build,
            lambda a, i, o: {k: tuple(v) for k, v in a.parameters.items()},
            description="A computation nas-graph/1 cannot express exactly: its inputs, output "

@@ -326,6 +326,8 @@ def _max_pool(cx: _Converter, node: fx.Node, x: _Tensor, kernel: Any, stride: An
         raise _Unsupported(f"dilation={dilation!r}")
     if return_indices:
         raise _Unsupported("return_indices=True")
+    if _covers(x, kernel, padding):
+        return cx.add("global_max_pool", [x], node.name, keepdim=True)
     return cx.add("max_pool", [x], node.name, kernel_size=_pair(kernel),
                   stride=_pair(stride) if stride else None, padding=_pair(padding),
                   ceil_mode=bool(ceil_mode))
@@ -343,9 +345,20 @@ def _avg_pool(cx: _Converter, node: fx.Node, x: _Tensor, kernel: Any, stride: An
               ceil_mode: bool, count_include_pad: bool, divisor_override: Any) -> Any:
     if divisor_override is not None:
         raise _Unsupported(f"divisor_override={divisor_override!r}")
+    if _covers(x, kernel, padding):
+        return cx.add("global_avg_pool", [x], node.name, keepdim=True)
     return cx.add("avg_pool", [x], node.name, kernel_size=_pair(kernel),
                   stride=_pair(stride) if stride else None, padding=_pair(padding),
                   ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad))
+
+
+def _covers(x: _Tensor, kernel: Any, padding: Any) -> bool:
+    """An unpadded window at least as large as the map: one window, a global pool
+    (EfficientNet's ``AvgPool2d(1280, ceil_mode=True)`` head)."""
+    assert x.shape is not None
+    k = _pair(kernel)
+    return (len(x.shape) == 3 and _pair(padding) == (0, 0) and k[0] >= x.shape[1]
+            and k[1] >= x.shape[2] and k != (x.shape[1], x.shape[2]))
 
 
 @_module_rule(nn.AdaptiveAvgPool2d)

@@ -207,9 +207,12 @@ class _Recording(TorchFunctionMode):
                          if isinstance(v, _Tensor) and v.known and not v.plain]
                 if attempt or not views:
                     break
-                # Retry once on the views made plain by opaque nodes: a linear layer after a
+                # Retry once on the views made plain by reshape nodes: a linear layer after a
                 # reshape no rule understands is still a linear layer.
-                plain = {v: self.materialize(v, where) for v in views}
+                try:
+                    plain = {v: self.materialize(v, where) for v in views}
+                except _Unsupported:
+                    break
                 abstract_args = _replace(abstract_args, plain)
                 abstract_kwargs = _replace(abstract_kwargs, plain)
         self.opaque(call, module, (abstract_args, abstract_kwargs), out, where, reason)
@@ -278,13 +281,13 @@ class _Recording(TorchFunctionMode):
                 value = _Pending(tuple(deps), tuple(params) if first else (), tuple(labels))
             self.set(t, value)
 
-    def materialize(self, v: Any, where: str) -> _Tensor:
-        """A pending view, or a pending value, as an opaque node of batch-first shape."""
-        if isinstance(v, _Tensor):
-            return self.cx.opaque(f"{v.node}_view", [v.node], [], v.phys,  # type: ignore
-                                  f"a view as {list(v.phys or ())} in {where}",
-                                  f"{where}: a view of shape {list(v.phys or ())}")
-        raise AssertionError(v)
+    def materialize(self, v: _Tensor, where: str) -> _Tensor:
+        """A pending view as the node that computes it: ``permute`` for a channels-last map,
+        ``reshape`` otherwise."""
+        x = _tensor(v.node, v.shape)  # type: ignore[arg-type]
+        if v.nhwc:
+            return self.cx.add("permute", [x], f"{v.node}_view", dims=[1, 2, 0])
+        return self.cx.add("reshape", [x], f"{v.node}_view", shape=list(v.phys or ()))
 
     # ---- values --------------------------------------------------------------------------------
 

@@ -2,13 +2,16 @@
 
 Sizes (``x.size()``, ``x.dim()``, ``x.shape``, ``x.ndim``) evaluate to Python values, with
 :data:`_BATCH` for the batch size. A reshape (``flatten``, ``view``, ``reshape``, ``squeeze``,
-``unsqueeze``) or a permute (``permute``, ``transpose``, ``swapaxes``) becomes a graph node only
-when it is one (``flatten``, ``to_tokens``); otherwise it is a pending view on the value
-(:class:`_Tensor` ``phys``/``nhwc``) that a later call resolves or refuses. ``x[:, i]`` on tokens
-is ``select_token``; one slice of one axis (``x[:, :c]``, ``x[:, 1:]``, ``split``, ``chunk``,
-``narrow``) is ``slice`` nodes (channel splits, dropping a class token); ``mean``/``amax`` over
-the spatial dims of a map or the tokens of a sequence are global pools. The batch dimension
-always stays first.
+``unsqueeze``) becomes a graph node where it is one (``flatten``, ``to_tokens``), and is
+otherwise a pending view on the value (:class:`_Tensor` ``phys``) that a later call resolves
+(``x.flatten(2).transpose(1, 2)`` is ``to_tokens``) or refuses; a recorded run then makes the
+view a ``reshape`` node. The channels-last permute of a map (``x.permute(0, 2, 3, 1)``) is a
+pending view too (``nhwc``: layer norm and linear layers over channels), and any other
+permutation of a plain value is a ``permute`` node. ``x[:, i]`` on tokens is ``select_token``;
+one slice of one axis (``x[:, :c]``, ``x[:, 1:]``, ``split``, ``chunk``, ``narrow``) is
+``slice`` nodes (channel splits, dropping a class token); ``mean``/``amax`` over the spatial
+dims of a map or the tokens of a sequence are global pools. The batch dimension always stays
+first.
 """
 
 from __future__ import annotations
@@ -288,9 +291,10 @@ def _permute(cx: _Converter, node: fx.Node, x: _Tensor, perm: tuple[int, ...]) -
     if not x.nhwc and x.phys == (c, h * w) and perm == (0, 2, 1):
         # x.flatten(2).transpose(1, 2): every position becomes a token.
         return cx.add("to_tokens", [_tensor(x.node, x.shape)], node.name)
-    raise _Unsupported(f"permutation {list(perm)} of a {list(x.phys)} tensor (nas-graph/1 "
-                       "permutes only x.flatten(2).transpose(1, 2) into tokens and channels-last "
-                       "around LayerNorm)")
+    if x.plain:
+        return cx.add("permute", [x], node.name, dims=[d - 1 for d in perm[1:]])
+    raise _Unsupported(f"permutation {list(perm)} of a {list(x.phys)} view of a "
+                       f"{list(x.shape)} tensor")
 
 
 @_call_rule(functions=[torch.transpose, torch.swapaxes], methods=["transpose", "swapaxes"])
