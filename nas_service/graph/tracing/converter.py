@@ -1,16 +1,19 @@
-"""The walk over an fx graph that turns each fx node into ``nas-graph/1`` nodes.
+"""The conversion: each traced or recorded call becomes ``nas-graph/1`` nodes.
 
 Owns the one rule registry: ``@_module_rule(LayerType, ...)`` registers a rule for the layer
 types of ``call_module`` nodes (matched by exact type), ``@_call_rule(functions=..., methods=...)``
 one for ``call_function`` nodes (matched by the function object) and ``call_method`` nodes
 (matched by the method name). The rule modules of this package fill it when they are imported.
+:meth:`_Converter.run` walks an fx graph with it; :mod:`.recorder` calls the same rules with the
+calls of a recorded run.
 
-:class:`_Converter` owns what one conversion builds: node ids (from fx node names, unique and
-within the id length limit), nodes whose attributes are validated and whose shapes are inferred
-by the op specs as they are added, the mapping of each node's parameters and batch-norm buffers
-to their names in the module's ``state_dict``, and the record of every call that no rule
-converts. The module is never run on data: the output shape of a refused call is found on the
-meta device, on a structural copy of the layer whose tensors are meta tensors.
+:class:`_Converter` owns what one conversion builds: node ids (from fx node names or module
+paths, unique and within the id length limit), nodes whose attributes are validated and whose
+shapes are inferred by the op specs as they are added, ``opaque`` nodes, the mapping of each
+node's parameters and batch-norm buffers to their names in the module's ``state_dict``, and the
+record of every call that no rule converts. Walking an fx graph never runs the module on data:
+the output shape of a refused call is found on the meta device, on a structural copy of the layer
+whose tensors are meta tensors.
 """
 
 from __future__ import annotations
