@@ -122,7 +122,7 @@ def test_a_recorded_run_leaves_the_module_as_it_was() -> None:
 
 def test_a_module_that_does_not_run_on_the_shape_names_the_error() -> None:
     with pytest.raises(UnsupportedModuleError, match=r"running Sequential on a batch of 2 inputs "
-                       r"of shape \[3, 8, 8\] failed: RuntimeError"):
+                       r"of shape \[3, 8, 8\] failed in 0 \(Conv2d\): RuntimeError"):
         from_module(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 2)), (3, 8, 8),
                     trace="run")
 

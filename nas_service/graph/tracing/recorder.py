@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,7 @@ class _Call:
     target: Any
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    # Empty: an in-place call needs no rebinding here, its output is its input tensor.
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
 
@@ -100,6 +101,7 @@ class _Recording(TorchFunctionMode):
         self.scope: list[tuple[str, type]] = []
         self.quiet = 0
         self.constants = 0
+        self.failed_in: str | None = None
         self.kinds: dict[Any, tuple[str, Any]] = {}
 
     # ---- what the pass calls -------------------------------------------------------------------
@@ -123,9 +125,12 @@ class _Recording(TorchFunctionMode):
         path = self.paths.get(id(module))
         rule = _MODULE_RULES.get(type(module)) if path else None
         self.scope.append((path or "", type(module)))
+        failed = True
         try:
             if rule is None:
-                return call(module, *args, **kwargs)
+                out = call(module, *args, **kwargs)
+                failed = False
+                return out
             self.quiet += 1
             try:
                 out = call(module, *args, **kwargs)
@@ -144,8 +149,11 @@ class _Recording(TorchFunctionMode):
                     self.derive("call_module", module, ins, list(_tensors(out)), own)
             finally:
                 self.quiet -= 1
+            failed = False
             return out
         finally:
+            if failed and self.failed_in is None and path:
+                self.failed_in = f"{path} ({type(module).__name__})"  # the innermost layer
             self.scope.pop()
 
     # ---- one call ------------------------------------------------------------------------------
@@ -314,7 +322,7 @@ class _Recording(TorchFunctionMode):
         return [(v.target, tensor)] if tensor is not None else []
 
     def derive(self, kind: str, target: Any, ins: list[Any], outputs: list[torch.Tensor],
-               own: list[tuple[str, torch.Tensor]] = ()) -> None:  # type: ignore[assignment]
+               own: Sequence[tuple[str, torch.Tensor]] = ()) -> None:
         """Outputs of a call on parameters and constants only (``own``: the parameters of the
         layer that made the call)."""
         leaves: list[tuple[str, torch.Tensor]] = list(own)
@@ -454,20 +462,24 @@ def _record(module: nn.Module, input_shape: Shape, cx: _Converter) -> Any:
     integer = False
     while True:
         x = _input(module, input_shape, integer)
+        recording = _Recording(cx, module)
         try:
-            return _run(module, x, cx)
+            return _run(module, x, recording)
+        except UnsupportedModuleError:
+            raise
         except Exception as e:
             embeddings = any(isinstance(m, nn.Embedding) for m in module.modules())
             if embeddings and not integer:
                 integer = True  # token ids in, not images
                 continue
+            where = f" in {recording.failed_in}" if recording.failed_in else ""
             raise UnsupportedModuleError(
                 f"running {type(module).__name__} on a batch of {_BATCH_SIZE} inputs of shape "
-                f"{list(input_shape)} failed: {type(e).__name__}: {e}") from e
+                f"{list(input_shape)} failed{where}: {type(e).__name__}: {e}") from e
 
 
-def _run(module: nn.Module, x: torch.Tensor, cx: _Converter) -> Any:
-    recording = _Recording(cx, module)
+def _run(module: nn.Module, x: torch.Tensor, recording: _Recording) -> Any:
+    cx = recording.cx
     recording.set(x, _tensor("input", tuple(x.shape[1:])))
     modes = {m: m.training for m in module.modules()}
     original = nn.Module.__call__
