@@ -34,8 +34,13 @@ class BatchNormAct2d(nn.BatchNorm2d):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative average
+                factor = 1.0 / float(self.num_batches_tracked)
         x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         self.training, self.momentum, self.eps)
+                         self.training, factor, self.eps)
         return self.act(x)
 
 
