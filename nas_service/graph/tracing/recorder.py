@@ -114,6 +114,8 @@ class _Recording(TorchFunctionMode):
             self.quiet += 1
             try:
                 self.record(func, args, kwargs, out)
+            except Exception as e:  # never break the user's forward: keep the outputs opaque
+                self.lost(args, kwargs, out, f"{getattr(func, '__name__', func)}: {e!r}")
             finally:
                 self.quiet -= 1
         return out
@@ -147,6 +149,8 @@ class _Recording(TorchFunctionMode):
                 else:
                     own = [(f"{path}.{n}", p) for n, p in module.named_parameters()]
                     self.derive("call_module", module, ins, list(_tensors(out)), own)
+            except Exception as e:  # as in __torch_function__
+                self.lost(args, kwargs, out, f"{path}: {e!r}")
             finally:
                 self.quiet -= 1
             failed = False
@@ -288,6 +292,20 @@ class _Recording(TorchFunctionMode):
             else:
                 value = _Pending(tuple(deps), tuple(params) if first else (), tuple(labels))
             self.set(t, value)
+
+    def lost(self, args: tuple, kwargs: dict, out: Any, label: str) -> None:
+        """Outputs of a call whose conversion failed unexpectedly: pending on its graph
+        inputs, so the next batch-first call makes them part of an opaque node."""
+        deps: list[str] = []
+        for t in _tensors((args, kwargs)):
+            v = self.values.get(id(t))
+            if isinstance(v, _Tensor):
+                deps.append(v.node)
+            elif isinstance(v, _Pending):
+                deps.extend(v.deps)
+        if deps:
+            for t in _tensors(out):
+                self.set(t, _Pending(tuple(dict.fromkeys(deps)), (), (label[:200],)))
 
     def materialize(self, v: _Tensor, where: str) -> _Tensor:
         """A pending view as the node that computes it: ``permute`` for a channels-last map,
