@@ -141,7 +141,7 @@ class GraphHyperNetwork(nn.Module):
         super().__init__()
         self.config = c = config or GHNConfig()
         h = c.hidden
-        self.op_embed = nn.Embedding(len(c.ops), h)
+        self.op_embed = _op_embedding(c.ops, h)
         self.feat_mlp = nn.Sequential(nn.Linear(NUM_FEATURES, h), nn.GELU(), nn.Linear(h, h))
         self.input_norm = nn.LayerNorm(h)
         layer = SequentialGHNLayer if c.propagation == "sequential" else GHNLayer
@@ -327,6 +327,25 @@ class GraphHyperNetwork(nn.Module):
         for i, (g, r) in enumerate(items):
             out[(g, r.name)] = _tile(values[i], (math.prod(r.shape),)).view(r.shape)
         return out
+
+
+FIRST_VOCABULARY = frozenset(OP_NAMES[:35])
+"""The ops of ``nas-graph/1``'s first vocabulary (``input`` to ``select_token``); the ops of real
+models were appended after them."""
+
+
+def _op_embedding(ops: Sequence[str], hidden: int) -> nn.Embedding:
+    """The initial op embedding: rows of the first vocabulary from the global random stream, as
+    ``nn.Embedding`` draws them; rows of later ops from a generator seeded by their index, so
+    appending ops changes no other initial value of a new GHN."""
+    first = [i for i, op in enumerate(ops) if op in FIRST_VOCABULARY]
+    weight = torch.empty(len(ops), hidden)
+    weight[first] = torch.randn(len(first), hidden)
+    for i, op in enumerate(ops):
+        if op not in FIRST_VOCABULARY:
+            seed = OP_NAMES.index(op) if op in OP_NAMES else i
+            weight[i] = torch.randn(hidden, generator=torch.Generator().manual_seed(seed))
+    return nn.Embedding(len(ops), hidden, _weight=weight)
 
 
 def _matrix_dims(r: ParameterRequest) -> tuple[int, int]:
