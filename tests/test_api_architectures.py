@@ -232,6 +232,17 @@ def test_an_invalid_graph_lists_every_problem_with_its_location(client) -> None:
     assert all(e["message"] for e in body["errors"])
 
 
+def test_a_graph_with_opaque_nodes_is_not_scored_and_each_is_named(client) -> None:
+    doc = _minimal_doc()
+    doc["nodes"][3] = {"id": "act", "op": "opaque", "inputs": ["bn"], "shape": [4, 14, 14],
+                       "parameters": {"gamma": [4]}, "label": "F.softmax in block (Block)"}
+    body = assert_problem(client.post("/v1/architectures", json={"graph": doc}), 422,
+                          "opaque-graph")
+    assert body["errors"] == [{"location": "/body/graph/nodes/3/op", "node": "act",
+                               "field": "op",
+                               "message": "opaque node (F.softmax in block (Block))"}]
+
+
 def test_tasks_and_sources_are_checked(client) -> None:
     body = assert_problem(client.post("/v1/architectures", json={
         "graph": tiny_graph_doc(), "task": "imagenet-22k"}), 422, "invalid-request")

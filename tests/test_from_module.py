@@ -299,50 +299,71 @@ def test_works_under_no_grad_and_inference_mode() -> None:
 # ---- what it refuses ----------------------------------------------------------------------------
 
 
-class Recurrent(nn.Module):
+class Unsupported(nn.Module):
+    """Calls that nas-graph/1 has no op for: a local response norm, a softmax, a sort."""
+
     def __init__(self):
         super().__init__()
-        self.conv1d = nn.Conv1d(8, 8, 3, padding=1)
-        self.lstm = nn.LSTM(16, 16, batch_first=True)
-        self.head = nn.Linear(16, 4)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.lrn = nn.LocalResponseNorm(2)
+        self.head = nn.Linear(8, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 8, 16)
-        x = self.conv1d(x)
-        x, _ = self.lstm(x)
-        return F.softmax(self.head(x.mean(1)), dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lrn(self.conv(x))
+        x = F.softmax(x, dim=1)
+        x = torch.sort(x, dim=-1).values
+        return self.head(x.mean((2, 3)))
 
 
-def test_every_unsupported_layer_is_listed_at_once() -> None:
+def test_with_exact_every_unsupported_layer_is_listed_at_once() -> None:
     with pytest.raises(UnsupportedModuleError) as info:
-        from_module(Recurrent(), (8, 16))
+        from_module(Unsupported(), CIFAR, exact=True)
     listed = info.value.unsupported
-    assert len(listed) == 3
-    assert listed[0].startswith("conv1d (Conv1d)")
-    assert listed[1].startswith("lstm (LSTM)")
-    assert listed[2].startswith("F.softmax")
+    # Each names the call and the layer it is in.
+    assert listed == [
+        "F.local_response_norm in lrn (LocalResponseNorm): not supported by nas-graph/1",
+        "F.softmax in Unsupported.forward: not supported by nas-graph/1",
+        "torch.sort in Unsupported.forward: not supported by nas-graph/1"]
     assert "skip_unsupported" in str(info.value)
     assert isinstance(info.value, ValueError)
 
 
+def test_without_exact_unsupported_calls_become_one_opaque_node() -> None:
+    model = Unsupported()
+    graph = from_module(model, CIFAR)
+    (opaque,) = graph.opaque_nodes
+    assert opaque.shape == (8, 30, 30)
+    assert opaque.attrs.label == ("F.local_response_norm in lrn (LocalResponseNorm); "
+                                  "F.softmax in Unsupported.forward; "
+                                  "torch.sort in Unsupported.forward")
+    assert graph.num_parameters == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="opaque"):
+        to_module(graph)
+
+
 def test_skip_unsupported_replaces_shape_preserving_layers_by_identity() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8), nn.AdaptiveAvgPool2d(1),
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LocalResponseNorm(2), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 10), nn.Softmax(dim=1))
-    with pytest.raises(UnsupportedModuleError, match="InstanceNorm2d"):
-        from_module(model, CIFAR)
-    with pytest.warns(UserWarning, match=r"replaced 2 unsupported.*InstanceNorm2d.*Softmax"):
+    with pytest.raises(UnsupportedModuleError, match="LocalResponseNorm"):
+        from_module(model, CIFAR, exact=True)
+    with pytest.warns(UserWarning, match=r"replaced 2 unsupported.*LocalResponseNorm.*Softmax"):
         graph = from_module(model, CIFAR, skip_unsupported=True)
     assert [n.op for n in graph].count("identity") == 2
     assert graph.num_parameters == sum(p.numel() for p in model.parameters())
 
 
 def test_skip_unsupported_still_refuses_layers_that_change_the_shape() -> None:
+    class Sorted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.topk(x, 8, dim=-1).values)
+
     with pytest.raises(UnsupportedModuleError) as info:
-        from_module(Recurrent(), (8, 16), skip_unsupported=True)
-    # Conv1d(8, 8, 3, padding=1) keeps the shape; the LSTM returns a tuple. The softmax is
-    # still listed: it follows the LSTM, so the shape it would keep is unknown.
-    listed = info.value.unsupported
-    assert [u.split(":")[0] for u in listed] == ["lstm (LSTM)", "F.softmax"]
-    assert "cannot be skipped" in listed[0]
+        from_module(Sorted(), (16,), skip_unsupported=True, exact=True)
+    assert [u.split(":")[0] for u in info.value.unsupported] == ["torch.topk in Sorted.forward"]
 
 
 def test_unsupported_configurations_of_supported_layers() -> None:
@@ -351,7 +372,7 @@ def test_unsupported_configurations_of_supported_layers() -> None:
                           nn.BatchNorm2d(8, track_running_stats=False),
                           nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
     with pytest.raises(UnsupportedModuleError) as info:
-        from_module(model, CIFAR)
+        from_module(model, CIFAR, exact=True)
     text = "\n".join(info.value.unsupported)
     assert "padding_mode='reflect'" in text
     assert "padding='same' with an even" in text
@@ -379,7 +400,8 @@ class CrossAttention(nn.Module):
 def test_attention_other_than_plain_self_attention_is_refused(masked: bool,
                                                               message: str) -> None:
     with pytest.raises(UnsupportedModuleError, match=message):
-        from_module(CrossAttention(masked), (4, 8))
+        from_module(CrossAttention(masked), (4, 8), exact=True)
+    assert from_module(CrossAttention(masked), (4, 8)).opaque_nodes
 
 
 class DataDependent(nn.Module):
@@ -393,9 +415,11 @@ class DataDependent(nn.Module):
         return self.fc(x)
 
 
-def test_untraceable_module_gives_a_clear_error() -> None:
+def test_control_flow_on_values_is_decided_by_a_recorded_run() -> None:
     with pytest.raises(UnsupportedModuleError, match="torch.fx cannot trace DataDependent"):
-        from_module(DataDependent(), (4,))
+        from_module(DataDependent(), (4,), trace="symbolic")
+    graph = from_module(DataDependent(), (4,))
+    assert [n.op for n in graph] == ["input", "linear", "output"]
 
 
 def test_output_must_be_logits() -> None:

@@ -43,6 +43,14 @@ def every_op_graph() -> ArchitectureGraph:
     gate = b.add("hardsigmoid", gate)
     y = b.add("mul", y, gate)
     x = b.add("add", x, y)
+    x = b.add("scale", x)
+    z = b.add("std_conv2d", x, out_channels=12, kernel_size=3, padding=1, eps=1e-6)
+    z = b.add("prelu", z)
+    z = b.add("conv_transpose2d", z, out_channels=6, kernel_size=2, stride=2)  # (6, 32, 32)
+    z = b.add("upsample", b.add("slice", z, end=3), size=16, mode="bilinear")
+    z = b.add("sub", z, b.add("relu", z))
+    z = b.add("permute", b.add("pad", z, padding=[1, 1, 1, 1], mode="replicate"), dims=[0, 2, 1])
+    z = b.add("global_avg_pool", b.add("reshape", z, shape=[3, 9, 36]))
     x = b.add("self_attention", x, num_heads=2)
     p = b.add("max_pool", x, kernel_size=2)
     q = b.add("avg_pool", x, kernel_size=3, stride=2, padding=1)
@@ -58,7 +66,9 @@ def every_op_graph() -> ArchitectureGraph:
     v = b.add("self_attention", v, num_heads=4)
     c = b.add("select_token", v)
     m = b.add("global_avg_pool", v)
-    h = b.add("concat", s, a, c, m)
+    r = b.add("recurrent", t, mode="gru", hidden_size=8)  # (64, 8)
+    r = b.add("flatten", b.add("conv1d", r, out_channels=4, kernel_size=3, stride=2))
+    h = b.add("concat", s, a, c, m, z, r)
     h = b.add("batch_norm", h)
     h = b.add("dropout", h, p=0.1)
     h = b.add("identity", h)
@@ -66,7 +76,8 @@ def every_op_graph() -> ArchitectureGraph:
 
 
 def test_every_op_graph_covers_the_vocabulary():
-    assert {n.op for n in every_op_graph().nodes} == set(OP_NAMES)
+    # An embedding takes integer ids, and an opaque node cannot run: tested on their own.
+    assert {n.op for n in every_op_graph().nodes} == set(OP_NAMES) - {"embedding", "opaque"}
 
 
 def test_predicted_tensors_have_the_shape_of_every_parameter():
@@ -316,3 +327,49 @@ def test_a_sequential_ghn_predicts_every_shape_and_round_trips(tmp_path):
     assert all(torch.equal(predicted[k], again[k]) for k in predicted)
     with pytest.raises(ValueError, match="propagation"):
         GHNConfig(propagation="transformer")
+
+
+def _opaque_and_embedding_graph() -> ArchitectureGraph:
+    b = GraphBuilder((12,))
+    t = b.add("embedding", b.input, num_embeddings=30, embedding_dim=8)  # (12, 8)
+    t = b.add("opaque", t, shape=[12, 8], label="torch.matmul in attn (Attention)",
+              parameters={"weight": [8, 8], "gamma": [8], "bias": [8], "pos": [1, 12, 8],
+                          "kernel": [8, 4, 3], "temperature": []})
+    return b.build(b.add("linear", b.add("global_avg_pool", t), out_features=3), num_classes=3)
+
+
+def test_parameters_of_opaque_and_embedding_nodes_are_predicted():
+    graph = _opaque_and_embedding_graph()
+    params = GraphHyperNetwork(TINY).predict([graph])[0]
+    assert {k: tuple(v.shape) for k, v in params.items()} == graph.parameter_shapes()
+    assert all(torch.isfinite(v).all() for v in params.values())
+
+
+def test_a_loaded_ghn_accepts_ops_appended_after_it_was_trained(tmp_path):
+    old_ops = OP_NAMES[:35]  # the vocabulary the bundled GHN was trained with
+    torch.manual_seed(0)
+    old = GraphHyperNetwork(GHNConfig(**{**TINY.__dict__, "ops": old_ops}))
+    path = save_ghn(old, tmp_path / "old.safetensors", task="fashion-mnist")
+    with pytest.raises(UnsupportedArchitectureError, match="opaque"):
+        old.predict([_opaque_and_embedding_graph()])
+    loaded = load_ghn(path, device="cpu")
+    assert loaded.added_ops == OP_NAMES[35:] and loaded.config.ops == OP_NAMES
+    embed = loaded.op_embed.weight
+    # A new row starts as its stand-in's row, or as the mean of the trained rows.
+    assert torch.equal(embed[OP_NAMES.index("std_conv2d")], embed[OP_NAMES.index("conv2d")])
+    assert torch.allclose(embed[OP_NAMES.index("opaque")], old.op_embed.weight.mean(0))
+    # Graphs of the old vocabulary are predicted exactly as before.
+    graph = _chain(2)
+    before, after = old.eval().predict([graph])[0], loaded.predict([graph])[0]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert loaded.predict([every_op_graph(), _opaque_and_embedding_graph()])
+    # Saved again, the checkpoint keeps the new rows.
+    again = load_ghn(save_ghn(loaded, tmp_path / "new.safetensors", task="fashion-mnist"), "cpu")
+    assert again.added_ops == () and torch.equal(again.op_embed.weight, embed)
+
+
+def test_the_bundled_ghn_predicts_every_op():
+    ghn = load_ghn(device="cpu")
+    for graph in (every_op_graph(), _opaque_and_embedding_graph()):
+        params = ghn.predict([graph])[0]
+        assert params.keys() == graph.parameter_shapes().keys()

@@ -237,7 +237,8 @@ class Client:
 
         if isinstance(source, torch.nn.Module):
             shape = tuple(input_shape) if input_shape is not None else self.task(task).input_shape
-            return {"graph": from_module(source, shape).to_dict()}
+            # The service builds what it scores: a module must convert exactly (no opaque nodes).
+            return {"graph": from_module(source, shape, exact=True).to_dict()}
         if input_shape is not None:
             raise ValueError("input_shape applies to a torch.nn.Module only; a graph has its own")
         if isinstance(source, ArchitectureGraph):

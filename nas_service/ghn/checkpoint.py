@@ -71,6 +71,9 @@ def load_ghn(path: str | os.PathLike | None = None, device: str | torch.device |
 
     ``device`` defaults to ``$NAS_DEVICE``, else ``cuda`` when available, else ``cpu``.
     The returned module has ``.task`` and ``.training_record`` attributes from the metadata.
+    Ops appended to the vocabulary after the checkpoint was trained get embedding rows
+    (:meth:`~nas_service.ghn.GraphHyperNetwork.extend_ops`), so the GHN predicts parameters for
+    every graph; ``.added_ops`` names them.
     """
     path = Path(path) if path is not None else bundled_checkpoint_path()
     if not path.is_file():
@@ -82,6 +85,7 @@ def load_ghn(path: str | os.PathLike | None = None, device: str | torch.device |
         ghn.load_state_dict(state)
     except (OSError, SafetensorError, RuntimeError) as e:
         raise CheckpointError(f"cannot load GHN weights from {path}: {e}") from None
+    ghn.added_ops = ghn.extend_ops()
     ghn.task = meta["task"]
     ghn.training_record = meta["training"]
     return ghn.to(resolve_device(device)).eval()

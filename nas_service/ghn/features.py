@@ -74,6 +74,11 @@ def _spatial(shape: tuple[int, ...]) -> int:
     return shape[0] if len(shape) == 2 else 1
 
 
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    """A 1-D op's kernel, stride or dilation ``k`` as the 2-D ``(1, k)``."""
+    return (1, v) if isinstance(v, int) else v
+
+
 def _log2(x: float) -> float:
     return math.log2(1.0 + x)
 
@@ -83,11 +88,11 @@ def _node_features(node: GraphNode, out_degree: int, depth: float, height: float
     # The attribute values by name: a missing name costs a dict miss, not an AttributeError
     # raised inside pydantic's __getattr__ (a third of featurisation's time otherwise).
     a = node.attrs.__dict__
-    kernel = a.get("kernel_size") or a.get("patch_size") or (1, 1)
-    stride = a.get("stride") or (1, 1)
+    kernel = _pair(a.get("kernel_size") or a.get("patch_size") or (1, 1))
+    stride = _pair(a.get("stride") or (1, 1))
     if node.op in ("max_pool", "avg_pool") and a.get("stride") is None:
         stride = kernel  # PyTorch's default for pooling
-    dilation = a.get("dilation", (1, 1))
+    dilation = _pair(a.get("dilation", (1, 1)))
     groups = a.get("groups", 1)
     in_shape = node.input_shapes[0] if node.input_shapes else node.shape
     in_width = _width(in_shape)
@@ -135,26 +140,46 @@ def parameter_requests(graph: ArchitectureGraph) -> list[ParameterRequest]:
         for pname, shape in node.parameter_shapes.items():
             if node.op in ("batch_norm", "layer_norm", "group_norm"):
                 kind = "norm_weight" if pname == "weight" else "norm_bias"
-            elif pname.endswith("bias"):
+            elif node.op == "opaque":
+                kind = _opaque_kind(pname, shape)
+            elif pname.endswith("bias") or pname.startswith("bias_"):
                 kind = "bias"
-            elif node.op == "conv2d":
+            elif node.op in ("conv2d", "conv1d", "conv_transpose2d", "std_conv2d"):
                 kind = "conv"
             elif node.op == "patch_embed":
                 kind = "patch"
             elif node.op == "linear":
                 kind = "classifier" if node.id in classifier_ids else "linear"
+            elif node.op == "recurrent":
+                kind = "linear"
             elif node.op == "self_attention":
                 kind = "attention_in" if pname == "in_proj_weight" else "attention_out"
-            elif node.op == "pos_embed":
+            elif node.op in ("pos_embed", "embedding"):
                 kind = "position"
             elif node.op == "class_token":
                 kind = "token"
+            elif node.op in ("scale", "prelu"):
+                kind = "norm_weight"  # a learned multiplicative gain per channel
             else:
                 raise ValueError(f"node {node.id!r}: the GHN cannot predict parameter "
                                  f"{pname!r} of op {node.op!r}")
             gain = _gain(graph, consumers, node.id) if kind in ("conv", "linear") else 1.0
             out.append(ParameterRequest(f"{node.id}.{pname}", index, kind, tuple(shape), gain))
     return out
+
+
+def _opaque_kind(name: str, shape: tuple[int, ...]) -> str:
+    """The decoder kind of a parameter of an ``opaque`` node, from its shape and name: a
+    ``(O, I, *kernel)`` tensor is a convolution's, a matrix a linear layer's, a vector a gain
+    when named like one (``weight``, ``gamma``, ``scale``), else a bias."""
+    if len(shape) >= 3 and not (len(shape) == 3 and shape[0] == 1):
+        return "conv"
+    if len(shape) >= 2:
+        return "linear" if shape[0] > 1 else "position"
+    last = name.rsplit(".", 1)[-1].lower()
+    if any(word in last for word in ("weight", "gamma", "scale", "gain", "alpha")):
+        return "norm_weight"
+    return "bias"
 
 
 def shortest_path_lengths(graph: ArchitectureGraph, cutoff: int) -> np.ndarray:

@@ -34,7 +34,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import spmm
 
-from nas_service.graph import OP_NAMES, ArchitectureGraph
+from nas_service.graph import OP_NAMES, OPS, ArchitectureGraph
 
 from .features import (
     MATRIX_KINDS,
@@ -142,7 +142,7 @@ class GraphHyperNetwork(nn.Module):
         super().__init__()
         self.config = c = config or GHNConfig()
         h = c.hidden
-        self.op_embed = nn.Embedding(len(c.ops), h)
+        self.op_embed = _op_embedding(c.ops, h)
         self.feat_mlp = nn.Sequential(nn.Linear(NUM_FEATURES, h), nn.GELU(), nn.Linear(h, h))
         self.input_norm = nn.LayerNorm(h)
         layer = SequentialGHNLayer if c.propagation == "sequential" else GHNLayer
@@ -185,6 +185,29 @@ class GraphHyperNetwork(nn.Module):
         """``[{"<node>.<param>": tensor}]``, one dict per graph, in ``state_dict`` order."""
         batch, requests = self.prepare(graphs)
         return self(batch, requests)
+
+    def extend_ops(self, ops: Sequence[str] = OP_NAMES) -> tuple[str, ...]:
+        """Appends an embedding row for each op of ``ops`` this GHN was trained without; returns
+        those ops. A new row starts as a copy of the row of the op's ``stand_in`` (the older op
+        it generalises: ``std_conv2d`` starts as ``conv2d``), or as the mean of every row when
+        it has none (``opaque``). Predictions for graphs of the old ops do not change; further
+        training learns the new rows (``config.ops`` lists them, so a saved checkpoint keeps
+        them)."""
+        new = tuple(op for op in ops if op not in self._op_index)
+        if not new:
+            return new
+        with torch.no_grad():
+            old = self.op_embed.weight
+            rows = [old[self._op_index[OPS[op].stand_in]]
+                    if op in OPS and OPS[op].stand_in in self._op_index else old.mean(dim=0)
+                    for op in new]
+            embed = nn.Embedding(len(old) + len(new), old.shape[1], device=old.device,
+                                 dtype=old.dtype)
+            embed.weight.copy_(torch.cat([old, torch.stack(rows)]))
+        self.op_embed = embed
+        self.config.ops = (*self.config.ops, *new)
+        self._op_index = {op: i for i, op in enumerate(self.config.ops)}
+        return new
 
     # ---- the model ----------------------------------------------------------------------------
 
@@ -350,13 +373,42 @@ def _host_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torc
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
+FIRST_VOCABULARY = frozenset(OP_NAMES[:35])
+"""The ops of ``nas-graph/1``'s first vocabulary (``input`` to ``select_token``); the ops of real
+models were appended after them."""
+
+
+def _op_embedding(ops: Sequence[str], hidden: int) -> nn.Embedding:
+    """The initial op embedding: rows of the first vocabulary from the global random stream, as
+    ``nn.Embedding`` draws them; rows of later ops from a generator seeded by their index, so
+    appending ops changes no other initial value of a new GHN."""
+    first = [i for i, op in enumerate(ops) if op in FIRST_VOCABULARY]
+    weight = torch.empty(len(ops), hidden)
+    weight[first] = torch.randn(len(first), hidden)
+    for i, op in enumerate(ops):
+        if op not in FIRST_VOCABULARY:
+            seed = OP_NAMES.index(op) if op in OP_NAMES else i
+            weight[i] = torch.randn(hidden, generator=torch.Generator().manual_seed(seed))
+    return nn.Embedding(len(ops), hidden, _weight=weight)
+
+
 def _matrix_dims(r: ParameterRequest) -> tuple[int, int]:
-    """``(out, in)`` of a matrix-like parameter: a conv's channels, else its last two axes."""
-    return (r.shape[0], r.shape[1]) if r.kind in ("conv", "patch") else (r.shape[-2], r.shape[-1])
+    """``(out, in)`` of a matrix-like parameter: a conv's channels, else its leading axes
+    together and its last axis."""
+    if r.kind in ("conv", "patch"):
+        return r.shape[0], r.shape[1]
+    return math.prod(r.shape[:-1]), r.shape[-1]
 
 
 def _kernel_of(r: ParameterRequest) -> tuple[int, int]:
-    return (r.shape[2], r.shape[3]) if r.kind in ("conv", "patch") else (1, 1)
+    """``(kh, kw)`` of a convolution's kernel: ``(1, k)`` for a 1-D one, the trailing axes
+    folded into two for more; ``(1, 1)`` for other parameters."""
+    if r.kind not in ("conv", "patch"):
+        return 1, 1
+    kernel = r.shape[2:]
+    if len(kernel) < 2:
+        return 1, kernel[0] if kernel else 1
+    return math.prod(kernel[:-1]), kernel[-1]
 
 
 def _fit_grid(codes: torch.Tensor, kh: int, kw: int) -> torch.Tensor:

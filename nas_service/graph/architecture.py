@@ -195,6 +195,13 @@ class ArchitectureGraph:
         """Multiply-accumulates of one forward pass of one sample (conv, linear, attention)."""
         return sum(n.flops for n in self.nodes)
 
+    @property
+    def opaque_nodes(self) -> tuple[GraphNode, ...]:
+        """The ``opaque`` nodes: computations the format cannot express exactly. A graph with
+        any cannot be built (:func:`~nas_service.graph.to_module` refuses it), but a GHN still
+        predicts their parameters."""
+        return tuple(n for n in self.nodes if n.op == "opaque")
+
     def parameter_shapes(self) -> dict[str, Shape]:
         """``{"<node id>.<name>": shape}`` in the order of the built module's ``state_dict``."""
         return {f"{n.id}.{k}": s for n in self.nodes for k, s in n.parameter_shapes.items()}
@@ -500,7 +507,11 @@ def _check_node_limits(attrs: Any, out: Shape, pshapes: dict[str, Shape],
     for key in ("kernel_size", "patch_size"):
         # A dict lookup: getattr on a pydantic model raises (slowly) inside for a missing name.
         k = attrs.__dict__.get(key)
-        if k is not None and max(k) > limits.max_kernel_size:
+        if k is None:
+            continue
+        if isinstance(k, int):
+            k = (k,)  # a 1-D kernel
+        if max(k) > limits.max_kernel_size:
             return f"{key} {list(k)} exceeds the limit of {limits.max_kernel_size}"
     width = out[0] if len(out) != 2 else out[1]
     if width > limits.max_channels:

@@ -16,9 +16,16 @@ class GraphNetwork(nn.Module):
     and with weights predicted by a graph hypernetwork.
 
     Input: ``(B, *graph.input_shape)``; output: ``(B, graph.num_classes)`` logits.
+    A graph with ``opaque`` nodes is refused with a ``ValueError`` naming them.
     """
 
     def __init__(self, graph: ArchitectureGraph):
+        opaque = graph.opaque_nodes
+        if opaque:
+            listed = "; ".join(f"{n.id} ({n.attrs.label or 'no label'})"  # type: ignore[attr-defined]
+                               for n in opaque[:20])
+            raise ValueError(f"the graph has {len(opaque)} opaque node(s), which nas-graph/1 "
+                             f"cannot run: {listed}")
         super().__init__()
         self.graph = graph
         index = {n.id: i for i, n in enumerate(graph.nodes)}

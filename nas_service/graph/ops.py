@@ -169,6 +169,105 @@ class SelectTokenAttrs(Attrs):
     index: Annotated[int, Field(strict=True)] = 0
 
 
+Axis = Annotated[int, Field(strict=True, ge=-3, le=2)]
+"""An axis of the per-sample shape (negative counts from the end)."""
+
+
+class ScaleAttrs(Attrs):
+    axis: Axis = 0
+    """The axis the learned vector spans: 0 = channels of a map, -1 = features of tokens."""
+
+
+class SliceAttrs(Attrs):
+    axis: Axis = 0
+    start: Annotated[int, Field(strict=True, ge=0)] = 0
+    end: PositiveInt
+    """Exclusive, at most the axis' size."""
+    step: PositiveInt = 1
+
+
+class UpsampleAttrs(Attrs):
+    size: PositivePair
+    mode: Literal["nearest", "nearest-exact", "bilinear", "bicubic"] = "nearest"
+    align_corners: StrictBool = False
+    """Only with ``bilinear`` or ``bicubic``."""
+
+
+class Conv1dAttrs(Attrs):
+    out_channels: PositiveInt
+    kernel_size: PositiveInt
+    stride: PositiveInt = 1
+    padding: Annotated[int, Field(strict=True, ge=0)] = 0
+    dilation: PositiveInt = 1
+    groups: PositiveInt = 1
+    bias: StrictBool = True
+
+
+class ConvTranspose2dAttrs(Conv2dAttrs):
+    output_padding: NonNegativePair = (0, 0)
+    """Extra rows/columns on one side of the output; each below ``stride`` or ``dilation``."""
+
+
+class StdConv2dAttrs(Conv2dAttrs):
+    eps: Epsilon = 1e-5
+
+
+class PReluAttrs(Attrs):
+    channelwise: StrictBool = True
+    """One slope per channel (axis 0), or one slope shared by every element."""
+
+
+class RecurrentAttrs(Attrs):
+    mode: Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
+    hidden_size: PositiveInt
+    num_layers: Annotated[int, Field(strict=True, ge=1, le=16)] = 1
+    bias: StrictBool = True
+    bidirectional: StrictBool = False
+    dropout: Probability = 0.0
+
+
+class EmbeddingAttrs(Attrs):
+    num_embeddings: PositiveInt
+    embedding_dim: PositiveInt
+
+
+class PadAttrs(Attrs):
+    padding: Annotated[list[Annotated[int, Field(strict=True, ge=0, le=1024)]],
+                       Field(min_length=2, max_length=4)]
+    """``F.pad``'s order, last axis first: ``[left, right]`` or ``[left, right, top, bottom]``;
+    an even number of values."""
+    mode: Literal["constant", "reflect", "replicate", "circular"] = "constant"
+    value: Annotated[float, Field(strict=True, ge=-1e6, le=1e6)] = 0.0
+    """The fill value of ``constant`` padding."""
+
+
+class ReshapeAttrs(Attrs):
+    shape: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(min_length=1, max_length=3)]
+    """The new shape of one sample (row-major, as ``x.reshape(B, *shape)``)."""
+
+
+class PermuteAttrs(Attrs):
+    dims: Annotated[list[Annotated[int, Field(strict=True, ge=0, le=2)]],
+                    Field(min_length=1, max_length=3)]
+    """A permutation of the axes of one sample (``x.permute(0, *[d + 1 for d in dims])``)."""
+
+
+_PARAMETER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,127}"
+_LABEL = r"^[^\x00-\x1f\x7f]{0,256}$"
+
+
+class OpaqueAttrs(Attrs):
+    shape: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(min_length=1, max_length=3)]
+    """Shape of one sample of the output."""
+    parameters: Annotated[
+        dict[Annotated[str, Field(pattern=f"^{_PARAMETER_NAME}$")],
+             Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(max_length=8)]],
+        Field(max_length=256)] = {}
+    """The parameters the computation owns, ``{name: shape}``, in ``state_dict`` order."""
+    label: Annotated[str, Field(pattern=_LABEL)] = ""
+    """What the node stands for, in words (the layer and the calls)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Modules that torch.nn lacks
 # --------------------------------------------------------------------------------------------
@@ -302,6 +401,97 @@ class MultiHeadSelfAttention(nn.Module):
         return y
 
 
+class Scale(nn.Module):
+    """Multiplies by a learned vector along one axis (layer scale): ``x * weight``."""
+
+    def __init__(self, size: int, axis: int, rank: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.view = [1] * rank
+        self.view[axis] = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, *self.view)
+
+
+class Slice(nn.Module):
+    def __init__(self, axis: int, start: int, end: int, step: int):
+        super().__init__()
+        self.axis, self.start, self.end, self.step = axis + 1, start, end, step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = [slice(None)] * self.axis + [slice(self.start, self.end, self.step)]
+        return x[tuple(index)]
+
+
+class Sub(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x - y
+
+
+class Reshape(nn.Module):
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.dims = (0, *(d + 1 for d in dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
+
+
+class Pad(nn.Module):
+    def __init__(self, padding: Sequence[int], mode: str, value: float):
+        super().__init__()
+        self.padding, self.mode = tuple(padding), mode
+        self.value = value if mode == "constant" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.padding, self.mode, self.value)
+
+
+class StdConv2d(nn.Conv2d):
+    """Convolution with a standardised weight: each filter is centred and divided by
+    ``sqrt(var + eps)`` (biased variance over its input channels and kernel) before use."""
+
+    def __init__(self, *args: Any, eps: float = 1e-5, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (self.weight - mean) / torch.sqrt(var + self.eps)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _RecurrentOutput:
+    """Returns the output sequence only (``(B, T, H * directions)``), not the final states.
+
+    Mixed into the ``torch.nn`` recurrent layers so parameter names stay theirs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[0]  # type: ignore[misc]
+
+
+class LSTMOutput(_RecurrentOutput, nn.LSTM):
+    pass
+
+
+class GRUOutput(_RecurrentOutput, nn.GRU):
+    pass
+
+
+class RNNOutput(_RecurrentOutput, nn.RNN):
+    pass
+
+
 # --------------------------------------------------------------------------------------------
 # Op specifications
 # --------------------------------------------------------------------------------------------
@@ -331,11 +521,15 @@ class OpSpec:
     )
     flops: Callable[[Any, list[Shape], Shape], int] = lambda a, i, o: 0
     description: str = ""
+    stand_in: str | None = None
+    """For an op appended after graph hypernetworks were trained: the older op whose learned
+    embedding starts as this op's in such a GHN (``None``: the mean of all of them)."""
 
 
 def _require_rank(shape: Shape, ranks: Sequence[int], what: str = "input") -> None:
     if len(shape) not in ranks:
-        names = {3: "(C, H, W) feature map", 2: "(T, D) token sequence", 1: "(F,) vector"}
+        names = {3: "(C, H, W) feature map", 2: "(T, D) token sequence or (C, L) sequence",
+                 1: "(F,) vector"}
         wanted = " or ".join(names[r] for r in ranks)
         raise ShapeError(f"{what} must be a {wanted}, got shape {list(shape)}")
 
@@ -418,7 +612,7 @@ def _linear_params(a: LinearAttrs, ins: list[Shape], out: Shape) -> dict[str, Sh
 
 
 def _batch_norm_shape(a: BatchNormAttrs, ins: list[Shape]) -> Shape:
-    _require_rank(ins[0], [3, 1])
+    _require_rank(ins[0], [3, 2, 1])
     return ins[0]
 
 
@@ -445,7 +639,7 @@ def _layer_norm_build(a: LayerNormAttrs, ins: list[Shape], out: Shape) -> nn.Mod
 
 
 def _group_norm_shape(a: GroupNormAttrs, ins: list[Shape]) -> Shape:
-    _require_rank(ins[0], [3])
+    _require_rank(ins[0], [3, 2])
     if ins[0][0] % a.num_groups:
         raise ShapeError(
             f"channels {ins[0][0]} are not divisible by num_groups={a.num_groups}", "num_groups"
@@ -624,6 +818,195 @@ def _select_token_shape(a: SelectTokenAttrs, ins: list[Shape]) -> Shape:
     return (ins[0][1],)
 
 
+# ---- layers of real models ---------------------------------------------------------------------
+
+
+def _axis(axis: int, shape: Shape) -> int:
+    rank = len(shape)
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for a rank-{rank} input", "axis")
+    return axis % rank
+
+
+def _scale_shape(a: ScaleAttrs, ins: list[Shape]) -> Shape:
+    _axis(a.axis, ins[0])
+    return ins[0]
+
+
+def _slice_shape(a: SliceAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    axis = _axis(a.axis, x)
+    if a.end > x[axis]:
+        raise ShapeError(f"end {a.end} is beyond the size {x[axis]} of axis {a.axis}", "end")
+    if a.start >= a.end:
+        raise ShapeError(f"start {a.start} must be below end {a.end}", "start")
+    out = list(x)
+    out[axis] = len(range(a.start, a.end, a.step))
+    return tuple(out)
+
+
+def _upsample_shape(a: UpsampleAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [3])
+    if a.align_corners and a.mode not in ("bilinear", "bicubic"):
+        raise ShapeError(f"align_corners applies to bilinear and bicubic only, not {a.mode!r}",
+                         "align_corners")
+    return (ins[0][0], *a.size)
+
+
+def _upsample_build(a: UpsampleAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    corners = a.align_corners if a.mode in ("bilinear", "bicubic") else None
+    return nn.Upsample(size=a.size, mode=a.mode, align_corners=corners)
+
+
+def _conv1d_shape(a: Conv1dAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [2])
+    c, length = x
+    if c % a.groups or a.out_channels % a.groups:
+        raise ShapeError(f"input channels {c} and out_channels {a.out_channels} must be "
+                         f"divisible by groups={a.groups}", "groups")
+    out = _window_out(length, a.kernel_size, a.stride, a.padding, a.dilation)
+    if out < 1:
+        raise ShapeError(f"length collapses to {out} (input {length}, kernel {a.kernel_size}, "
+                         f"stride {a.stride}, padding {a.padding}, dilation {a.dilation})",
+                         "kernel_size")
+    return (a.out_channels, out)
+
+
+def _conv1d_params(a: Conv1dAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    p = {"weight": (a.out_channels, ins[0][0] // a.groups, a.kernel_size)}
+    if a.bias:
+        p["bias"] = (a.out_channels,)
+    return p
+
+
+def _conv_transpose_shape(a: ConvTranspose2dAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3])
+    c, h, w = x
+    if c % a.groups or a.out_channels % a.groups:
+        raise ShapeError(f"input channels {c} and out_channels {a.out_channels} must be "
+                         f"divisible by groups={a.groups}", "groups")
+    size = []
+    for i, n in enumerate((h, w)):
+        if a.output_padding[i] >= max(a.stride[i], a.dilation[i]):
+            raise ShapeError(f"output_padding {list(a.output_padding)} must be below stride or "
+                             "dilation", "output_padding")
+        size.append((n - 1) * a.stride[i] - 2 * a.padding[i]
+                    + a.dilation[i] * (a.kernel_size[i] - 1) + a.output_padding[i] + 1)
+    if min(size) < 1:
+        raise ShapeError(f"spatial size collapses to {size[0]}x{size[1]}", "padding")
+    return (a.out_channels, *size)
+
+
+def _conv_transpose_params(a: ConvTranspose2dAttrs, ins: list[Shape],
+                           out: Shape) -> dict[str, Shape]:
+    p = {"weight": (ins[0][0], a.out_channels // a.groups, *a.kernel_size)}
+    if a.bias:
+        p["bias"] = (a.out_channels,)
+    return p
+
+
+def _conv_transpose_build(a: ConvTranspose2dAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    return nn.ConvTranspose2d(ins[0][0], a.out_channels, a.kernel_size, a.stride, a.padding,
+                              a.output_padding, a.groups, a.bias, a.dilation)
+
+
+def _std_conv_build(a: StdConv2dAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    return StdConv2d(ins[0][0], a.out_channels, a.kernel_size, a.stride, a.padding,
+                     a.dilation, a.groups, a.bias, eps=a.eps)
+
+
+def _prelu_params(a: PReluAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    return {"weight": (ins[0][0] if a.channelwise else 1,)}
+
+
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _recurrent_shape(a: RecurrentAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [2])
+    return (ins[0][0], a.hidden_size * (2 if a.bidirectional else 1))
+
+
+def _recurrent_params(a: RecurrentAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    """``torch.nn.LSTM``/``GRU``/``RNN`` names, in their order."""
+    gates, h = _GATES[a.mode] * a.hidden_size, a.hidden_size
+    directions = ("", "_reverse") if a.bidirectional else ("",)
+    p: dict[str, Shape] = {}
+    for layer in range(a.num_layers):
+        width = ins[0][1] if layer == 0 else h * len(directions)
+        for d in directions:
+            p[f"weight_ih_l{layer}{d}"] = (gates, width)
+            p[f"weight_hh_l{layer}{d}"] = (gates, h)
+            if a.bias:
+                p[f"bias_ih_l{layer}{d}"] = (gates,)
+                p[f"bias_hh_l{layer}{d}"] = (gates,)
+    return p
+
+
+def _recurrent_flops(a: RecurrentAttrs, ins: list[Shape], out: Shape) -> int:
+    steps = ins[0][0]
+    return steps * sum(math.prod(s) for k, s in _recurrent_params(a, ins, out).items()
+                       if k.startswith("weight"))
+
+
+def _recurrent_build(a: RecurrentAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_layers": a.num_layers, "bias": a.bias, "batch_first": True,
+                              "dropout": a.dropout, "bidirectional": a.bidirectional}
+    if a.mode == "lstm":
+        return LSTMOutput(ins[0][1], a.hidden_size, **kwargs)
+    if a.mode == "gru":
+        return GRUOutput(ins[0][1], a.hidden_size, **kwargs)
+    return RNNOutput(ins[0][1], a.hidden_size, nonlinearity=a.mode[4:], **kwargs)
+
+
+def _embedding_shape(a: EmbeddingAttrs, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [1])
+    return (ins[0][0], a.embedding_dim)
+
+
+def _pad_shape(a: PadAttrs, ins: list[Shape]) -> Shape:
+    (x,) = ins
+    _require_rank(x, [3, 2])
+    if len(a.padding) % 2 or len(a.padding) // 2 > len(x) - 1:
+        raise ShapeError(f"padding {a.padding} must pad 1 axis (2 values) of a (C, L) "
+                         "sequence, or 1 or 2 axes (2 or 4 values) of a map", "padding")
+    if a.mode != "constant" and len(a.padding) != 2 * (len(x) - 1):
+        raise ShapeError(f"{a.mode} padding pads every axis but the channels: "
+                         f"{2 * (len(x) - 1)} values", "padding")
+    if a.value != 0.0 and a.mode != "constant":
+        raise ShapeError(f"value applies to constant padding only, not {a.mode!r}", "value")
+    out = list(x)
+    for i in range(len(a.padding) // 2):
+        before, after = a.padding[2 * i], a.padding[2 * i + 1]
+        axis = len(x) - 1 - i
+        if a.mode in ("reflect", "circular") and max(before, after) >= x[axis] + (
+                a.mode == "circular"):
+            raise ShapeError(f"{a.mode} padding {a.padding} must be below the size "
+                             f"{x[axis]} it pads", "padding")
+        out[axis] += before + after
+    return tuple(out)
+
+
+def _reshape_shape(a: ReshapeAttrs, ins: list[Shape]) -> Shape:
+    if math.prod(a.shape) != math.prod(ins[0]):
+        raise ShapeError(f"cannot reshape {list(ins[0])} ({math.prod(ins[0])} elements) to "
+                         f"{a.shape}", "shape")
+    return tuple(a.shape)
+
+
+def _permute_shape(a: PermuteAttrs, ins: list[Shape]) -> Shape:
+    if sorted(a.dims) != list(range(len(ins[0]))):
+        raise ShapeError(f"dims {a.dims} is not a permutation of the {len(ins[0])} axes of "
+                         f"{list(ins[0])}", "dims")
+    return tuple(ins[0][d] for d in a.dims)
+
+
+def _opaque_build(a: OpaqueAttrs, ins: list[Shape], out: Shape) -> nn.Module:
+    raise ValueError(f"an opaque node cannot be built ({a.label or 'no label'})")
+
+
 def _input_shape(a: InputAttrs, ins: list[Shape]) -> Shape:
     return tuple(a.shape)
 
@@ -660,13 +1043,14 @@ _OPS: list[OpSpec] = [
            lambda a, i, o: math.prod(o) * i[0][-1],
            "Fully connected layer over the last axis."),
     OpSpec("batch_norm", "norm", BatchNormAttrs, 1, 1, _batch_norm_shape, _batch_norm_build,
-           _affine_params, description="Batch norm over channels of a map or features of a vector."),
+           _affine_params, description="Batch norm over axis 0: channels of a map or a (C, L) sequence, "
+           "features of a vector."),
     OpSpec("layer_norm", "norm", LayerNormAttrs, 1, 1, _same_shape, _layer_norm_build,
            lambda a, i, o: _affine_params(a, i, o, _layer_norm_axis(i[0])),
            description="Layer norm over the last axis (over channels for a feature map)."),
     OpSpec("group_norm", "norm", GroupNormAttrs, 1, 1, _group_norm_shape,
            lambda a, i, o: nn.GroupNorm(a.num_groups, i[0][0], a.eps, a.affine), _affine_params,
-           description="Group norm over channel groups of a feature map."),
+           description="Group norm over channel groups of a map or a (C, L) sequence."),
     _activation("relu", lambda a: nn.ReLU()),
     _activation("relu6", lambda a: nn.ReLU6()),
     _activation("leaky_relu", lambda a: nn.LeakyReLU(a.negative_slope), LeakyReluAttrs),
@@ -726,6 +1110,64 @@ _OPS: list[OpSpec] = [
     OpSpec("select_token", "transformer", SelectTokenAttrs, 1, 1, _select_token_shape,
            lambda a, i, o: SelectToken(a.index),
            description="Picks one token (the class token at `index` 0)."),
+    OpSpec("scale", "merge", ScaleAttrs, 1, 1, _scale_shape,
+           lambda a, i, o: Scale(i[0][a.axis], a.axis % len(i[0]), len(i[0])),
+           lambda a, i, o: {"weight": (i[0][a.axis],)},
+           description="Multiplies by a learned vector along `axis` (layer scale).",
+           stand_in="mul"),
+    OpSpec("slice", "shape", SliceAttrs, 1, 1, _slice_shape,
+           lambda a, i, o: Slice(a.axis % len(i[0]), a.start, a.end, a.step),
+           description="Keeps `start:end:step` of one axis (channel split, dropping a token).",
+           stand_in="identity"),
+    OpSpec("upsample", "pool", UpsampleAttrs, 1, 1, _upsample_shape, _upsample_build,
+           description="Resizes a feature map to `size` (nearest or bilinear interpolation).",
+           stand_in="adaptive_avg_pool"),
+    OpSpec("conv1d", "conv", Conv1dAttrs, 1, 1, _conv1d_shape,
+           lambda a, i, o: nn.Conv1d(i[0][0], a.out_channels, a.kernel_size, a.stride,
+                                     a.padding, a.dilation, a.groups, a.bias),
+           _conv1d_params, lambda a, i, o: math.prod(o) * (i[0][0] // a.groups) * a.kernel_size,
+           "1-D convolution over a (C, L) sequence.", stand_in="conv2d"),
+    OpSpec("conv_transpose2d", "conv", ConvTranspose2dAttrs, 1, 1, _conv_transpose_shape,
+           _conv_transpose_build, _conv_transpose_params,
+           lambda a, i, o: math.prod(i[0]) * (a.out_channels // a.groups) * a.kernel_size[0]
+           * a.kernel_size[1],
+           "Transposed 2-D convolution (learned upsampling).", stand_in="conv2d"),
+    OpSpec("std_conv2d", "conv", StdConv2dAttrs, 1, 1, _conv_shape, _std_conv_build,
+           _conv_params, _conv_flops,
+           "2-D convolution whose filters are standardised before use (weight standardisation).",
+           stand_in="conv2d"),
+    OpSpec("prelu", "activation", PReluAttrs, 1, 1, _same_shape,
+           lambda a, i, o: nn.PReLU(i[0][0] if a.channelwise else 1), _prelu_params,
+           description="Leaky ReLU with learned slopes (per channel, or one shared).",
+           stand_in="leaky_relu"),
+    OpSpec("recurrent", "sequence", RecurrentAttrs, 1, 1, _recurrent_shape, _recurrent_build,
+           _recurrent_params, _recurrent_flops,
+           "LSTM, GRU or Elman RNN over (T, D) tokens; the output sequence.",
+           stand_in="linear"),
+    OpSpec("embedding", "sequence", EmbeddingAttrs, 1, 1, _embedding_shape,
+           lambda a, i, o: nn.Embedding(a.num_embeddings, a.embedding_dim),
+           lambda a, i, o: {"weight": (a.num_embeddings, a.embedding_dim)},
+           description="A learned vector per integer id: (T,) ids -> (T, D).",
+           stand_in="pos_embed"),
+    OpSpec("pad", "shape", PadAttrs, 1, 1, _pad_shape,
+           lambda a, i, o: Pad(a.padding, a.mode, a.value),
+           description="Pads the last axes of a map or (C, L) sequence (F.pad).",
+           stand_in="identity"),
+    OpSpec("sub", "merge", NoAttrs, 2, 2, _broadcast_shape, _module(Sub),
+           description="Element-wise difference of two inputs (PyTorch broadcasting).",
+           stand_in="add"),
+    OpSpec("reshape", "shape", ReshapeAttrs, 1, 1, _reshape_shape,
+           lambda a, i, o: Reshape(a.shape),
+           description="Reshapes one sample, row-major (the batch stays first).",
+           stand_in="flatten"),
+    OpSpec("permute", "shape", PermuteAttrs, 1, 1, _permute_shape,
+           lambda a, i, o: Permute(a.dims),
+           description="Permutes the axes of one sample (token mixing, channel shuffles).",
+           stand_in="identity"),
+    OpSpec("opaque", "opaque", OpaqueAttrs, 1, None, lambda a, i: tuple(a.shape), _opaque_build,
+           lambda a, i, o: {k: tuple(v) for k, v in a.parameters.items()},
+           description="A computation nas-graph/1 cannot express exactly: its inputs, output "
+           "shape and parameters; cannot be built."),
 ]
 
 OPS: dict[str, OpSpec] = {op.name: op for op in _OPS}

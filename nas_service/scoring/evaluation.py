@@ -185,10 +185,10 @@ def classifier_of(net: nn.Module, x: torch.Tensor, batch_size: int = READOUT_BAT
 
 @torch.no_grad()
 def fit_readout(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                l2: float = READOUT_L2) -> bool:
+                l2: float = READOUT_L2) -> nn.Linear | None:
     r"""Refits ``net``'s classifier (:func:`classifier_of`) to ``labels`` by ridge regression on
-    the features it reads. ``False`` (``net`` unchanged) when ``net`` has no such classifier or
-    its features are not finite.
+    the features it reads, and returns it; ``None`` (``net`` unchanged) when ``net`` has no such
+    classifier or its features are not finite.
 
     With features standardised per column (:math:`Z`, ``N x d``) and centred one-hot targets
     :math:`Y`, the weights are :math:`W = (Z^\top Z + \lambda N I)^{-1} Z^\top Y`, computed in
@@ -197,11 +197,11 @@ def fit_readout(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     """
     found = classifier_of(net, images)
     if found is None:
-        return False
+        return None
     layer, features = found
     f = features.double()
     if not torch.isfinite(f).all():
-        return False
+        return None
     n, d = f.shape
     classes = layer.out_features
     # Without a bias there is nothing to fold the centring into: the features stay uncentred.
@@ -222,7 +222,7 @@ def fit_readout(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     layer.weight.copy_((w / std[:, None]).T.to(layer.weight.dtype))
     if layer.bias is not None:
         layer.bias.copy_((-(mean / std) @ w).to(layer.bias.dtype))
-    return True
+    return layer
 
 
 def recalibrate(net: nn.Module, images: Sequence[torch.Tensor],

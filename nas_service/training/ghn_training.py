@@ -294,11 +294,18 @@ def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    """Restores AdamW's moments. A parameter that grew rows since they were saved (the op
+    embedding after :meth:`~nas_service.ghn.GraphHyperNetwork.extend_ops`) gets zero moments for
+    its new rows, as a fresh optimizer would."""
     flat = load_file(str(path))
     sd = opt.state_dict()
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
         i, name = key.split(".", 1)
+        shape = params[int(i)].shape
+        if value.dim() and value.shape[1:] == shape[1:] and value.shape[0] < shape[0]:
+            value = torch.cat([value, value.new_zeros(shape[0] - value.shape[0], *shape[1:])])
         state.setdefault(int(i), {})[name] = value
     sd["state"] = state
     opt.load_state_dict(sd)

@@ -60,6 +60,15 @@ def _build_graph(body: ArchitectureRequest, spec: TaskSpec,
                       title="Invalid architecture graph",
                       errors=graph_problems(problems[:MAX_REPORTED_PROBLEMS], "/body/graph")
                       ) from None
+    if graph.opaque_nodes:
+        index = {n.id: i for i, n in enumerate(graph.nodes)}
+        raise Problem(422, f"the graph has {len(graph.opaque_nodes)} opaque node(s): the service "
+                      "cannot run them, so it cannot score the graph", slug="opaque-graph",
+                      title="The graph has opaque nodes",
+                      errors=[field_error(f"/body/graph/nodes/{index[n.id]}/op",
+                                          f"opaque node ({n.attrs.label or 'no label'})",  # type: ignore[attr-defined]
+                                          node=n.id, field="op")
+                              for n in graph.opaque_nodes[:MAX_REPORTED_PROBLEMS]])
     mismatches = task_mismatches(graph, spec)
     if mismatches:
         index = {n.id: i for i, n in enumerate(graph.nodes)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,9 +21,10 @@ from ..architecture import FORMAT, ArchitectureGraph
 from ..limits import DEFAULT_LIMITS, GraphLimits
 from ..network import GraphNetwork
 from ..ops import Shape
-from .converter import _Converter, _Entry
+from .converter import _Converter, _Entry, _opaque_parameters, _short_label
 from .errors import UnsupportedModuleError
 from .fx_tracer import _trace
+from .recorder import _record
 from .values import _not_plain, _Param, _Tensor
 
 
@@ -63,71 +64,117 @@ def _fuse_patch_embeddings(entries: dict[str, _Entry], order: list[str]) -> list
     return [nid for nid in order if nid not in renamed]
 
 
+Trace = Literal["auto", "symbolic", "run"]
+
+
 def from_module(module: nn.Module, input_shape: Sequence[int], *,
                 skip_unsupported: bool = False, name: str | None = None,
-                num_classes: int | None = None,
-                limits: GraphLimits = DEFAULT_LIMITS) -> ArchitectureGraph:
+                num_classes: int | None = None, limits: GraphLimits = DEFAULT_LIMITS,
+                exact: bool = False, trace: Trace = "auto") -> ArchitectureGraph:
     """The architecture of ``module`` as a validated :class:`ArchitectureGraph`.
 
-    ``input_shape`` is one sample's shape (``(C, H, W)``, ``(T, D)`` or ``(F,)``). The module
-    is traced with ``torch.fx`` and never run on data nor modified; control flow that depends on
-    ``self.training`` follows the module's current mode.
+    ``input_shape`` is one sample's shape (``(C, H, W)``, ``(T, D)`` or ``(F,)``).
+
+    How it traces (``trace``): ``"symbolic"`` uses ``torch.fx`` only (nothing runs, and control
+    flow that depends on ``self.training`` follows the module's current mode); ``"run"`` records
+    one forward pass on a batch of 2 random inputs in eval mode (:mod:`.recorder`: control flow
+    is decided by the run); ``"auto"`` (the default) tries ``torch.fx`` first, the fast path,
+    and records a run when fx cannot trace the module or meets a call no rule converts. The
+    module is never modified (a run sets eval mode and restores every training flag).
 
     Guarantees:
 
-    * node ids derive from fx node names (``layer1_0_conv1``), and ``parameter_sources`` maps
-      every entry of ``to_module(graph).state_dict()`` — parameters and batch-norm buffers —
-      to its name in ``module.state_dict()``, so :func:`map_state_dict` moves weights across
-      and the rebuilt network computes what ``module`` computes;
+    * every part of the network that ``nas-graph/1`` cannot express exactly becomes an
+      ``opaque`` node that keeps its inputs, its output shape and the parameters it reads, so a
+      graph hypernetwork still predicts them; ``graph.opaque_nodes`` lists them, and
+      ``to_module`` refuses such a graph. With ``exact=True`` there are none:
+      :class:`UnsupportedModuleError` lists every such call instead, each named by its layer
+      (module path and type) and the function it calls;
+    * ``parameter_sources`` maps every parameter of the graph, and every batch-norm buffer, to
+      its name in ``module.state_dict()``, so :func:`map_state_dict` moves weights across, and
+      a graph without opaque nodes rebuilt by ``to_module`` computes what ``module`` computes;
+    * node ids derive from fx node names or module paths (``layer1_0_conv1``);
     * nodes that do not contribute to the output (auxiliary heads) are left out;
     * ``num_classes`` defaults to the size of the output vector; the output must be
       ``(B, num_classes)`` logits.
 
-    Raises :class:`UnsupportedModuleError` listing every layer or call that ``nas-graph/1``
-    cannot express (or when fx cannot trace the module). With ``skip_unsupported=True`` those
-    that keep their input's shape (a softmax, say) become ``identity`` nodes, with a warning.
-    Raises :class:`~nas_service.graph.GraphValidationError` when the graph exceeds ``limits``.
+    ``skip_unsupported=True`` replaces a call that keeps its input's shape (a softmax, say) by
+    an ``identity`` node instead, with a warning. Raises :class:`UnsupportedModuleError` when
+    the module cannot be traced nor run on such inputs, or does not return logits, and
+    :class:`~nas_service.graph.GraphValidationError` when the graph exceeds ``limits``.
 
-    While it traces, ``torch.fx`` patches ``torch.nn.Module.__call__`` for the whole process:
-    calls are serialised, but other threads must not run modules at the same time (a server
-    should convert in a worker process, or in the thread that runs its models).
+    While it traces, ``torch.fx`` (and the recorder) patch ``torch.nn.Module.__call__`` for the
+    whole process: calls are serialised, and other threads' modules run unaffected but slower
+    (a server should convert in a worker process, or in the thread that runs its models).
     """
     input_shape = tuple(int(s) for s in input_shape)
     if isinstance(module, GraphNetwork):
         return _from_graph_network(module, input_shape, name, num_classes, limits)
-    fx_graph, tracer = _trace(module)
-    cx = _Converter(module, tracer, fx_graph, input_shape, skip_unsupported, limits)
-    result = cx.run(fx_graph)
-    entries = cx.entries
+    if trace not in ("auto", "symbolic", "run"):
+        raise ValueError(f"trace must be 'auto', 'symbolic' or 'run', not {trace!r}")
     module_name = type(module).__name__
+    graph_name = name if name is not None else module_name
+    if trace != "run":
+        try:
+            fx_graph, tracer = _trace(module)
+        except UnsupportedModuleError:
+            if trace == "symbolic":
+                raise
+        else:
+            cx = _Converter(module, input_shape, skip_unsupported, limits, tracer.constants,
+                            {n.name for n in fx_graph.nodes})
+            out = _output(cx, cx.run(fx_graph), module_name)
+            if trace == "symbolic" or not _causes(cx.entries, out.node, skippable=False):
+                return _assemble(cx, out, module_name, graph_name, num_classes, limits,
+                                 exact=True)
+    cx = _Converter(module, input_shape, skip_unsupported, limits)
+    out = _output(cx, _record(module, input_shape, cx), module_name)
+    return _assemble(cx, out, module_name, graph_name, num_classes, limits, exact=exact)
 
-    out = result
+
+def _output(cx: _Converter, result: Any, module_name: str) -> _Tensor:
+    """The node of the logits; a problem node where the output is not a logits vector."""
     if isinstance(result, _Tensor) and result.known and not result.plain:
-        out = cx.problem("output_value", f"output: {_not_plain(result)}", [result.node])
-    elif isinstance(result, _Tensor) and result.known and len(result.shape) != 1:  # type: ignore
-        out = cx.problem("output_value", f"output: per-sample shape {list(result.shape)} "
-                         "(the network must return (B, num_classes) logits)", [result.node])
-    elif not isinstance(result, _Tensor):
+        return cx.problem("output_value", f"output: {_not_plain(result)}", [result.node])
+    if isinstance(result, _Tensor) and result.known and len(result.shape) != 1:  # type: ignore
+        return cx.problem("output_value", f"output: per-sample shape {list(result.shape)} "
+                          "(the network must return (B, num_classes) logits)", [result.node])
+    if not isinstance(result, _Tensor):
         kind = type(result).__name__ if not isinstance(result, _Param) else "a module tensor"
         raise UnsupportedModuleError(
             f"{module_name}.forward returns {kind}; from_module needs it to return one "
             "(B, num_classes) logits tensor")
+    return result
 
+
+def _causes(entries: dict[str, _Entry], output: str, skippable: bool) -> list[_Entry]:
+    """The live nodes that are problems (``skippable``: those replaced by identity too)."""
+    live = _live(entries, output)
+    return [e for nid, e in entries.items() if nid in live and e.problem is not None
+            and e.op != "opaque" and (skippable or not e.skippable)]
+
+
+def _assemble(cx: _Converter, out: _Tensor, module_name: str, name: str,
+              num_classes: int | None, limits: GraphLimits, exact: bool) -> ArchitectureGraph:
+    entries = cx.entries
     live = _live(entries, out.node)
-    problems = [e for nid, e in entries.items() if nid in live and e.problem is not None]
+    problems = _causes(entries, out.node, skippable=True)
     hard = [e.problem for e in problems if not e.skippable]
-    if hard:
+    opaque = [e.problem for nid, e in entries.items() if nid in live and e.op == "opaque"]
+    if hard or (exact and opaque):
+        causes = [*hard, *opaque] if exact else hard
         raise UnsupportedModuleError(
-            f"cannot convert {module_name}: {len(hard)} unsupported layer(s) or call(s)"
-            + ("" if skip_unsupported else
+            f"cannot convert {module_name}: {len(causes)} unsupported layer(s) or call(s)"
+            + ("" if cx.skip_unsupported else
                " (skip_unsupported=True replaces those that keep their input's shape by "
-               "identity)"), hard)
+               "identity)"), causes)  # type: ignore[arg-type]
     if problems:
         warnings.warn(f"from_module({module_name}): replaced {len(problems)} unsupported "
                       "layer(s) by identity: " + "; ".join(str(e.problem) for e in problems),
-                      stacklevel=2)
+                      stacklevel=3)
 
     order = _fuse_patch_embeddings(entries, [nid for nid in entries if nid in live])
+    order = _merge_opaque_chains(entries, order, out.node)
     assert out.shape is not None
     nodes: list[dict[str, Any]] = []
     sources: dict[str, str] = {}
@@ -142,11 +189,53 @@ def from_module(module: nn.Module, input_shape: Sequence[int], *,
             sources[f"{nid}.{k}"] = src
     nodes.append({"id": "output", "op": "output", "inputs": [out.node],
                   "num_classes": out.shape[0] if num_classes is None else num_classes})
-    doc: dict[str, Any] = {"format": FORMAT, "name": name if name is not None else module_name,
-                           "nodes": nodes}
+    doc: dict[str, Any] = {"format": FORMAT, "name": name, "nodes": nodes}
     if sources:
         doc["parameter_sources"] = sources
     return ArchitectureGraph.from_dict(doc, limits)
+
+
+def _merge_opaque_chains(entries: dict[str, _Entry], order: list[str], output: str
+                         ) -> list[str]:
+    """An opaque node whose only consumer is an opaque node is folded into it: a run of calls
+    nas-graph/1 cannot express (attention written with matmul and softmax) is one node."""
+    consumers: dict[str, list[str]] = {nid: [] for nid in order}
+    for nid in order:
+        for i in dict.fromkeys(entries[nid].inputs):
+            consumers[i].append(nid)
+    consumers[output].append("output")
+    merged: set[str] = set()
+    for nid in order:
+        e = entries[nid]
+        users = consumers[nid]
+        if e.op != "opaque" or len(users) != 1 or users[0] == "output" \
+                or entries[users[0]].op != "opaque":
+            continue
+        c = entries[users[0]]
+        inputs: list[str] = []
+        for i in c.inputs:
+            inputs.extend(e.inputs if i == nid else [i])
+        c.inputs = list(dict.fromkeys(inputs))
+        params = [(e.sources[k], shape) for k, shape in e.attrs["parameters"].items()]
+        params += [(c.sources[k], shape) for k, shape in c.attrs["parameters"].items()]
+        shapes, c.sources = _opaque_parameters(
+            [(src, _Shape(shape)) for src, shape in params])  # type: ignore[misc]
+        c.attrs = {**c.attrs, "parameters": shapes,
+                   "label": _short_label("; ".join(dict.fromkeys(
+                       [*e.attrs["label"].split("; "), *c.attrs["label"].split("; ")])))}
+        c.problem = f"{e.problem}; {c.problem}"
+        for i in dict.fromkeys(e.inputs):
+            consumers[i] = list(dict.fromkeys(users[0] if u == nid else u
+                                              for u in consumers[i]))
+        merged.add(nid)
+    return [nid for nid in order if nid not in merged]
+
+
+class _Shape:
+    """Stands in for a tensor where only its shape is read (:func:`_opaque_parameters`)."""
+
+    def __init__(self, shape: Sequence[int]):
+        self.shape = list(shape)
 
 
 def _from_graph_network(module: GraphNetwork, input_shape: Shape, name: str | None,
@@ -169,7 +258,8 @@ def map_state_dict(graph: ArchitectureGraph,
 
     The result has exactly the keys of ``to_module(graph).state_dict()`` (parameters and
     batch-norm buffers, via ``graph.parameter_sources``), so ``load_state_dict(..., strict=True)``
-    accepts it. Tensors are shared, not copied. Raises ``KeyError`` naming every source missing
+    accepts it. Tensors are shared, not copied (a tensor that differs from the graph's shape by
+    axes of size 1 is viewed in the graph's shape). Raises ``KeyError`` naming every source missing
     from ``state_dict``, and ``ValueError`` for a graph without ``parameter_sources``.
     """
     sources = graph.parameter_sources
@@ -179,4 +269,14 @@ def map_state_dict(graph: ArchitectureGraph,
     if missing:
         raise KeyError(f"{len(missing)} tensor(s) missing from the state_dict: "
                        + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    return {k: state_dict[src] for k, src in sources.items()}
+    shapes = graph.parameter_shapes()
+    out = {}
+    for k, src in sources.items():
+        t = state_dict[src]
+        # A layer scale kept as (C, 1, 1) is the graph's (C,): the same values, viewed.
+        out[k] = t.view(shapes[k]) if k in shapes and tuple(t.shape) != shapes[k] else t
+    for node in graph.nodes:
+        counter = f"{node.id}.num_batches_tracked"
+        if node.op == "batch_norm" and f"{node.id}.running_mean" in out and counter not in out:
+            out[counter] = torch.tensor(0)  # F.batch_norm is given no counter
+    return out

@@ -1,10 +1,12 @@
 """Rules for function and tensor-method calls that compute values.
 
 Covered: activations (``F.relu`` ... and ``x.relu()``, ``torch.tanh`` ..., in place or not),
-``F.dropout`` (1d/2d/3d), ``+``/``*`` (``operator``, ``torch.add``/``torch.mul``, ``x.add``,
-``x.mul`` and their in-place forms) and ``torch.cat``. Two vision-transformer idioms on module
-parameters are recognised: ``tokens + self.pos_embed`` is a ``pos_embed`` node, and
-``torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)`` a ``class_token`` node.
+``F.dropout`` (1d/2d/3d), ``+``/``*``/``-`` (``operator``, ``torch.add``/``mul``/``sub``,
+``x.add``, ``x.mul``, ``x.sub`` and their in-place forms) and ``torch.cat``. Three idioms on
+module parameters are recognised: ``x * self.gamma`` with a learned vector along one axis is a
+``scale`` node (layer scale, also on a channels-last map), ``tokens + self.pos_embed`` is a
+``pos_embed`` node, and ``torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)`` a
+``class_token`` node.
 """
 
 from __future__ import annotations
@@ -99,8 +101,11 @@ def _sig_binary(input: Any, other: Any, *, alpha: Any = 1, out: Any = None) -> d
 
 
 _BINARY_FUNCTIONS = {operator.add: "add", operator.iadd: "add", torch.add: "add",
-                     operator.mul: "mul", operator.imul: "mul", torch.mul: "mul"}
-_BINARY_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul"}
+                     operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+                     operator.sub: "sub", operator.isub: "sub", torch.sub: "sub"}
+_BINARY_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub",
+                   "sub_": "sub"}
+_INPLACE_FUNCTIONS = (operator.iadd, operator.imul, operator.isub)
 
 
 @_call_rule(functions=list(_BINARY_FUNCTIONS), methods=list(_BINARY_METHODS))
@@ -108,16 +113,17 @@ def _binary_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> An
     if node.op == "call_method":
         op, inplace = _BINARY_METHODS[node.target], node.target.endswith("_")
     else:
-        op, inplace = _BINARY_FUNCTIONS[node.target], node.target in (operator.iadd,
-                                                                      operator.imul)
+        op, inplace = _BINARY_FUNCTIONS[node.target], node.target in _INPLACE_FUNCTIONS
     a = _bind(_sig_binary, args, kwargs)
     x, y = a["input"], a["other"]
     if isinstance(x, int | float) and isinstance(y, int | float):
-        return x + y if op == "add" else x * y  # sizes
-    if op == "add" and isinstance(x, _Param) and isinstance(y, _Tensor):
+        return {"add": operator.add, "mul": operator.mul, "sub": operator.sub}[op](x, y)  # sizes
+    if op in ("add", "mul") and isinstance(x, _Param) and isinstance(y, _Tensor):
         x, y = y, x
     if op == "add" and isinstance(x, _Tensor) and isinstance(y, _Param):
         result = _pos_embed(cx, x, y)
+    elif op == "mul" and isinstance(x, _Tensor) and isinstance(y, _Param):
+        result = _scale(cx, node, x, y)
     elif isinstance(x, _Tensor) and isinstance(y, _Tensor):
         if x.plain and y.plain:
             result = cx.add(op, [x, y], node.name)
@@ -130,8 +136,37 @@ def _binary_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> An
     else:
         what = "a constant" if isinstance(x, _Tensor) or isinstance(y, _Tensor) else "values"
         raise _Unsupported(f"{op} of {what} ({_describe(x)}, {_describe(y)}); nas-graph/1 "
-                           f"{'adds' if op == 'add' else 'multiplies'} computed tensors only")
+                           f"{op}s computed tensors, and scales by learned vectors")
     return _inplace_result(cx, node, inplace, result)
+
+
+def _scale(cx: _Converter, node: fx.Node, x: _Tensor, p: _Param) -> _Tensor:
+    """``x * self.gamma`` with a learned vector spanning one axis of ``x`` (layer scale)."""
+    assert x.shape is not None and x.phys is not None
+    if not x.plain and not x.nhwc:
+        raise _Unsupported(_not_plain(x))
+    shape = tuple(p.tensor.shape)
+    if p.batched or len(shape) > len(x.phys) + 1 or (len(shape) == len(x.phys) + 1
+                                                     and shape[0] != 1):
+        raise _Unsupported(f"multiplies by the module tensor {p.target!r} {list(shape)}")
+    shape = shape[-len(x.phys):] if len(shape) > len(x.phys) else shape
+    aligned = (1,) * (len(x.phys) - len(shape)) + shape  # broadcasting aligns the last axes
+    spanned = [i for i, d in enumerate(aligned) if d != 1]
+    if len(spanned) != 1 or aligned[spanned[0]] != x.phys[spanned[0]]:
+        raise _Unsupported(f"multiplies by the module tensor {p.target!r} {list(p.tensor.shape)} "
+                           f"(nas-graph/1 scales by a learned vector along one axis of "
+                           f"{list(x.phys)})")
+    axis = spanned[0]
+    if x.nhwc:
+        axis = (1, 2, 0)[axis]  # (H, W, C) seen as the (C, H, W) map it is
+    try:
+        cx.root.get_parameter(p.target)
+    except AttributeError:
+        raise _Unsupported(f"multiplies by {p.target!r}, which is not a learned "
+                           "parameter") from None
+    y = cx.add("scale", [_tensor(x.node, x.shape)], node.name,
+               {"weight": (p.target, p.tensor)}, axis=axis)
+    return _Tensor(y.node, x.shape, x.phys, x.nhwc)
 
 
 def _describe(v: Any) -> str:

@@ -1,16 +1,19 @@
-"""The walk over an fx graph that turns each fx node into ``nas-graph/1`` nodes.
+"""The conversion: each traced or recorded call becomes ``nas-graph/1`` nodes.
 
 Owns the one rule registry: ``@_module_rule(LayerType, ...)`` registers a rule for the layer
 types of ``call_module`` nodes (matched by exact type), ``@_call_rule(functions=..., methods=...)``
 one for ``call_function`` nodes (matched by the function object) and ``call_method`` nodes
 (matched by the method name). The rule modules of this package fill it when they are imported.
+:meth:`_Converter.run` walks an fx graph with it; :mod:`.recorder` calls the same rules with the
+calls of a recorded run.
 
-:class:`_Converter` owns what one conversion builds: node ids (from fx node names, unique and
-within the id length limit), nodes whose attributes are validated and whose shapes are inferred
-by the op specs as they are added, the mapping of each node's parameters and batch-norm buffers
-to their names in the module's ``state_dict``, and the record of every call that no rule
-converts. The module is never run on data: the output shape of a refused call is found on the
-meta device, on a structural copy of the layer whose tensors are meta tensors.
+:class:`_Converter` owns what one conversion builds: node ids (from fx node names or module
+paths, unique and within the id length limit), nodes whose attributes are validated and whose
+shapes are inferred by the op specs as they are added, ``opaque`` nodes, the mapping of each
+node's parameters and batch-norm buffers to their names in the module's ``state_dict``, and the
+record of every call that no rule converts. Walking an fx graph never runs the module on data:
+the output shape of a refused call is found on the meta device, on a structural copy of the layer
+whose tensors are meta tensors.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from ..errors import ShapeError
 from ..limits import GraphLimits
 from ..ops import OPS, Attrs, OpSpec, Shape
 from .errors import _Unsupported
-from .fx_tracer import _Tracer
 from .values import _BATCH, _AttentionResult, _not_plain, _Param, _Tensor, _tensor
 
 ModuleRule = Callable[["_Converter", fx.Node, Any, tuple, dict], Any]
@@ -75,16 +77,17 @@ class _Converter:
     """One conversion: walks an fx graph in order, keeps each fx node's abstract value in
     :attr:`env`, and builds :attr:`entries`, the nodes of the ``nas-graph/1`` document."""
 
-    def __init__(self, module: nn.Module, tracer: _Tracer, fx_graph: fx.Graph,
-                 input_shape: Shape, skip_unsupported: bool, limits: GraphLimits):
+    def __init__(self, module: nn.Module, input_shape: Shape, skip_unsupported: bool,
+                 limits: GraphLimits, constants: Mapping[str, torch.Tensor] | None = None,
+                 reserved: set[str] | None = None):
         self.root = module
-        self.constants = tracer.constants
+        self.constants = dict(constants or {})
         self.skip_unsupported = skip_unsupported
         self.max_id = limits.max_id_length
         self.entries: dict[str, _Entry] = {
             "input": _Entry("input", [], {"shape": list(input_shape)})}
         self.taken = {"input", "output"}
-        self.reserved = {n.name for n in fx_graph.nodes}
+        self.reserved = reserved or set()
         self.env: dict[fx.Node, Any] = {}
         self.attrs_cache: dict[tuple[Any, ...], Attrs] = {}
         self.input_shape = input_shape
@@ -145,6 +148,24 @@ class _Converter:
         if key is not None:
             self.attrs_cache[key] = a
         return a
+
+    def opaque(self, hint: str, inputs: Sequence[str], params: Sequence[tuple[str, torch.Tensor]],
+               shape: Shape, label: str, reason: str) -> _Tensor:
+        """Appends an ``opaque`` node: ``inputs`` (graph node ids), the output ``shape`` of one
+        sample, and the parameters ``(source name, tensor)`` the computation owns."""
+        parameters, sources = _opaque_parameters(params)
+        nid = self.fresh_id(hint)
+        self.entries[nid] = _Entry("opaque", list(dict.fromkeys(inputs)),
+                                   {"shape": list(shape), "parameters": parameters,
+                                    "label": _short_label(label)}, sources, problem=reason)
+        return _tensor(nid, shape)
+
+    def skipped(self, hint: str, x: _Tensor, description: str) -> _Tensor:
+        """An ``identity`` node in place of a call that keeps ``x``'s shape
+        (``skip_unsupported``)."""
+        nid = self.fresh_id(hint)
+        self.entries[nid] = _Entry("identity", [x.node], {}, problem=description, skippable=True)
+        return _tensor(nid, x.shape)  # type: ignore[arg-type]
 
     def problem(self, hint: str, description: str | None, inputs: Sequence[str]) -> _Tensor:
         nid = self.fresh_id(hint)
@@ -265,10 +286,7 @@ class _Converter:
         shape = tuple(out.shape[1:])
         x = tensors[0]
         if self.skip_unsupported and x.plain and shape == x.shape:
-            nid = self.fresh_id(node.name)
-            self.entries[nid] = _Entry("identity", [x.node], {}, problem=description,
-                                       skippable=True)
-            return _tensor(nid, shape)
+            return self.skipped(node.name, x, description)
         if self.skip_unsupported:
             description += (f" (it cannot be skipped: it changes the shape {list(x.phys or ())} "
                             f"to {list(shape)})")
@@ -352,6 +370,37 @@ def _call(node: fx.Node, module: nn.Module | None, margs: Any, mkwargs: Any) -> 
     return node.target(*margs, **mkwargs)
 
 
+def _short_label(label: str) -> str:
+    label = "".join(ch if ch.isprintable() else " " for ch in label)
+    return label if len(label) <= 256 else label[:253] + "..."
+
+
+def _opaque_parameters(params: Sequence[tuple[str, torch.Tensor]]
+                       ) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Names for an opaque node's parameters (the last part of each source name, longer where
+    two would clash) with their shapes, and the name -> source mapping."""
+    shapes: dict[str, list[int]] = {}
+    sources: dict[str, str] = {}
+    seen: set[str] = set()
+    for source, tensor in params:
+        if source in seen:
+            continue
+        seen.add(source)
+        parts = source.split(".")
+        name = parts[-1]
+        for k in range(2, len(parts) + 1):
+            if name not in shapes:
+                break
+            name = "_".join(parts[-k:])
+        base, k = name, 1
+        while name in shapes:
+            name = f"{base}_{k}"
+            k += 1
+        shapes[name[:128]] = list(tensor.shape)
+        sources[name[:128]] = source
+    return shapes, sources
+
+
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -360,15 +409,23 @@ def _match_state(op: str, expected: dict[str, Shape],
     """Checks a module's tensors against the op's parameters; returns graph name -> source name
     in ``state_dict`` order (parameters, then batch-norm buffers)."""
     buffers = _BN_BUFFERS if op == "batch_norm" else ()
+    if op == "batch_norm" and "num_batches_tracked" not in sources:
+        buffers = _BN_BUFFERS[:2]  # F.batch_norm is given the statistics only
     wanted = [*expected, *buffers]
+    # A tensor may differ from the op's by axes of size 1: a layer scale kept as (C, 1, 1),
+    # a 1x1 convolution's weight applied as a linear layer's.
     bad = set(sources) != set(wanted) or any(
-        tuple(sources[k][1].shape) != s for k, s in expected.items())
+        _squeezed(sources[k][1].shape) != _squeezed(s) for k, s in expected.items())
     if bad:
         have = {k: list(t.shape) for k, (_, t) in sources.items()}
         want = {k: list(s) for k, s in expected.items()} | {k: "buffer" for k in buffers}
         raise _Unsupported(f"its tensors {have} do not match what nas-graph op {op!r} needs "
                            f"({want})")
     return {k: sources[k][0] for k in wanted}
+
+
+def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
 
 
 def _module_state(target: str, module: nn.Module, prefix: str = "",

@@ -1,10 +1,13 @@
 """Rules for ``torch.nn`` layers (``call_module`` nodes), one per layer type.
 
-Covered: ``Conv2d``, ``Linear``, ``BatchNorm1d``/``BatchNorm2d``, ``LayerNorm``, ``GroupNorm``,
-the activation layers of ``_ACTIVATION_LAYERS``, ``Dropout`` (1d/2d/3d), ``Identity``,
-``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``AdaptiveMaxPool2d``, ``Flatten`` and
-``MultiheadAttention`` (self-attention on batch-first tokens). A layer's parameters and buffers
-become the node's ``parameter_sources``.
+Covered: ``Conv2d``, ``Conv1d``, ``ConvTranspose2d``, ``Linear`` (also on a channels-last map,
+as a 1x1 convolution), ``BatchNorm1d``/``BatchNorm2d``, ``LayerNorm``, ``GroupNorm``,
+``InstanceNorm1d``/``2d`` (without running statistics: group norm with a group per channel), the
+activation layers of ``_ACTIVATION_LAYERS``, ``PReLU``, ``Dropout`` (1d/2d/3d), ``Identity``,
+``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``AdaptiveMaxPool2d``, ``Flatten``,
+``Upsample`` (and its nearest/bilinear forms), the padding layers, ``LSTM``/``GRU``/``RNN``
+(batch-first, from zero states), ``Embedding`` and ``MultiheadAttention`` (self-attention on
+batch-first tokens). A layer's parameters and buffers become the node's ``parameter_sources``.
 
 The lowering helpers here (``_conv_padding``, ``_layer_norm``, ``_max_pool``, ``_avg_pool``,
 ``_adaptive_pool``, ``_elementwise``, ``_inplace_result``) are shared with the rules for the
@@ -23,7 +26,7 @@ from .arguments import _bind, _pair, _plain, _x
 from .converter import _Converter, _module_rule, _module_state
 from .errors import _Unsupported
 from .shape_rules import _flatten
-from .values import _AttentionResult, _Tensor, _tensor
+from .values import _AttentionResult, _Pending, _Tensor, _tensor
 
 
 def _inplace_result(cx: _Converter, node: fx.Node, inplace: bool, value: Any) -> Any:
@@ -55,19 +58,176 @@ def _conv_padding(padding: Any, kernel: Sequence[int], dilation: Sequence[int]) 
 
 @_module_rule(nn.Linear)
 def _linear_layer(cx: _Converter, node: fx.Node, m: nn.Linear, args: tuple, kwargs: dict) -> Any:
+    return _linear(cx, node, _x(args[0] if args else kwargs.get("input")),
+                   _module_state(node.target, m), m.out_features, m.bias is not None)
+
+
+def _linear(cx: _Converter, node: fx.Node, x: _Tensor, sources: dict[str, Any],
+            out_features: int, bias: bool) -> Any:
+    assert x.shape is not None
+    if x.nhwc:
+        # A linear layer on a channels-last map (ConvNeXt's pointwise layers) is a 1x1
+        # convolution of the map; its (O, C) weight is the convolution's (O, C, 1, 1).
+        y = cx.add("conv2d", [_tensor(x.node, x.shape)], node.name, sources,
+                   out_channels=out_features, kernel_size=(1, 1), bias=bias)
+        return _Tensor(y.node, y.shape, (*x.phys[:2], out_features), nhwc=True)  # type: ignore
+    return cx.add("linear", [_plain(x)], node.name, sources, out_features=out_features,
+                  bias=bias)
+
+
+@_module_rule(nn.Conv1d)
+def _conv1d_layer(cx: _Converter, node: fx.Node, m: nn.Conv1d, args: tuple, kwargs: dict) -> Any:
     x = _plain(args[0] if args else kwargs.get("input"))
-    return cx.add("linear", [x], node.name, _module_state(node.target, m),
-                  out_features=m.out_features, bias=m.bias is not None)
+    if m.padding_mode != "zeros":
+        raise _Unsupported(f"padding_mode={m.padding_mode!r} (only zero padding is supported)")
+    (padding,) = _conv_padding(m.padding, m.kernel_size, m.dilation)[:1]
+    return cx.add("conv1d", [x], node.name, _module_state(node.target, m),
+                  out_channels=m.out_channels, kernel_size=m.kernel_size[0], stride=m.stride[0],
+                  padding=padding, dilation=m.dilation[0], groups=m.groups,
+                  bias=m.bias is not None)
+
+
+@_module_rule(nn.ConvTranspose2d)
+def _conv_transpose_layer(cx: _Converter, node: fx.Node, m: nn.ConvTranspose2d, args: tuple,
+                          kwargs: dict) -> Any:
+    if len(args) > 1 or kwargs.get("output_size") is not None:
+        raise _Unsupported("an output_size argument")
+    x = _plain(args[0] if args else kwargs.get("input"))
+    if m.padding_mode != "zeros":
+        raise _Unsupported(f"padding_mode={m.padding_mode!r} (only zero padding is supported)")
+    return cx.add("conv_transpose2d", [x], node.name, _module_state(node.target, m),
+                  out_channels=m.out_channels, kernel_size=m.kernel_size, stride=m.stride,
+                  padding=m.padding, output_padding=m.output_padding, dilation=m.dilation,
+                  groups=m.groups, bias=m.bias is not None)
+
+
+@_module_rule(nn.PReLU)
+def _prelu_layer(cx: _Converter, node: fx.Node, m: nn.PReLU, args: tuple, kwargs: dict) -> Any:
+    x = _plain(args[0] if args else kwargs.get("input"))
+    return cx.add("prelu", [x], node.name, _module_state(node.target, m),
+                  channelwise=m.num_parameters > 1)
+
+
+@_module_rule(nn.InstanceNorm1d, nn.InstanceNorm2d)
+def _instance_norm_layer(cx: _Converter, node: fx.Node, m: nn.modules.instancenorm._InstanceNorm,
+                         args: tuple, kwargs: dict) -> Any:
+    if m.track_running_stats:
+        raise _Unsupported("track_running_stats=True (running statistics at evaluation)")
+    x = _plain(args[0] if args else kwargs.get("input"))
+    return _instance_norm(cx, node, x, m.eps, m.affine, _module_state(node.target, m))
+
+
+def _instance_norm(cx: _Converter, node: fx.Node, x: _Tensor, eps: float, affine: bool,
+                   sources: dict[str, Any]) -> Any:
+    """Instance norm is group norm with one channel per group."""
+    assert x.shape is not None
+    if len(x.shape) not in (2, 3):
+        raise _Unsupported(f"instance norm over per-sample shape {list(x.shape)}")
+    return cx.add("group_norm", [x], node.name, sources, num_groups=x.shape[0], eps=eps,
+                  affine=affine)
+
+
+@_module_rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+def _upsample_layer(cx: _Converter, node: fx.Node, m: nn.Upsample, args: tuple,
+                    kwargs: dict) -> Any:
+    x = _plain(args[0] if args else kwargs.get("input"))
+    return _upsample(cx, node, x, m.size, m.scale_factor, m.mode, m.align_corners,
+                     m.recompute_scale_factor)
+
+
+def _upsample(cx: _Converter, node: fx.Node, x: _Tensor, size: Any, scale_factor: Any,
+              mode: str, align_corners: Any, recompute: Any = None, antialias: bool = False
+              ) -> Any:
+    assert x.shape is not None
+    if len(x.shape) != 3:
+        raise _Unsupported(f"interpolation of per-sample shape {list(x.shape)} (nas-graph/1 "
+                           "resizes (C, H, W) maps)")
+    if antialias:
+        raise _Unsupported("antialias=True")
+    if mode not in ("nearest", "nearest-exact", "bilinear", "bicubic"):
+        raise _Unsupported(f"mode={mode!r}")
+    if size is not None:
+        out = tuple(x.shape[1 + i] if s is None else int(s) for i, s in enumerate(_pair(size)))
+    elif scale_factor is not None:
+        scales = _pair(scale_factor)
+        exact = [x.shape[1 + i] * float(s) for i, s in enumerate(scales)]
+        if any(e != int(e) for e in exact):
+            # A fractional factor maps coordinates by the factor, not by the sizes.
+            raise _Unsupported(f"scale_factor={scale_factor!r} gives a fractional size")
+        out = tuple(int(e) for e in exact)
+    else:
+        raise _Unsupported("neither size nor scale_factor")
+    return cx.add("upsample", [x], node.name, size=out, mode=mode,
+                  align_corners=bool(align_corners) if mode in ("bilinear", "bicubic") else False)
+
+
+_RECURRENT = {nn.LSTM: "lstm", nn.GRU: "gru"}
+
+
+@_module_rule(nn.LSTM, nn.GRU, nn.RNN)
+def _recurrent_layer(cx: _Converter, node: fx.Node, m: nn.RNNBase, args: tuple,
+                     kwargs: dict) -> Any:
+    x = _plain(args[0] if args else kwargs.get("input"), "input")
+    hx = args[1] if len(args) > 1 else kwargs.get("hx")
+    if hx is not None:
+        raise _Unsupported("initial states (hx) given to the layer")
+    if not m.batch_first:
+        raise _Unsupported("batch_first=False (nas-graph/1 runs (B, T, D) sequences)")
+    if getattr(m, "proj_size", 0):
+        raise _Unsupported("proj_size")
+    assert x.shape is not None
+    if len(x.shape) != 2:
+        raise _Unsupported(f"needs (T, D) tokens, got per-sample shape {list(x.shape)}")
+    mode = _RECURRENT.get(type(m)) or f"rnn_{m.nonlinearity}"
+    y = cx.add("recurrent", [x], node.name, _module_state(node.target, m), mode=mode,
+               hidden_size=m.hidden_size, num_layers=m.num_layers, bias=m.bias,
+               bidirectional=m.bidirectional, dropout=float(m.dropout))
+    # (output, final states): the states are not graph values.
+    return (y, _Pending((y.node,), (), (f"{node.target} ({type(m).__name__}) final states",)))
+
+
+@_module_rule(nn.Embedding)
+def _embedding_layer(cx: _Converter, node: fx.Node, m: nn.Embedding, args: tuple,
+                     kwargs: dict) -> Any:
+    if m.max_norm is not None:
+        raise _Unsupported("max_norm (renormalises the weight in forward)")
+    x = _plain(args[0] if args else kwargs.get("input"))
+    return cx.add("embedding", [x], node.name, _module_state(node.target, m),
+                  num_embeddings=m.num_embeddings, embedding_dim=m.embedding_dim)
+
+
+_PADS = {nn.ZeroPad2d: "constant", nn.ConstantPad1d: "constant", nn.ConstantPad2d: "constant",
+         nn.ReflectionPad1d: "reflect", nn.ReflectionPad2d: "reflect",
+         nn.ReplicationPad1d: "replicate", nn.ReplicationPad2d: "replicate",
+         nn.CircularPad1d: "circular", nn.CircularPad2d: "circular"}
+
+
+@_module_rule(*_PADS)
+def _pad_layer(cx: _Converter, node: fx.Node, m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    x = _plain(args[0] if args else kwargs.get("input"))
+    return _pad(cx, node, x, m.padding, _PADS[type(m)], getattr(m, "value", 0.0))
+
+
+def _pad(cx: _Converter, node: fx.Node, x: _Tensor, padding: Any, mode: str,
+         value: Any) -> Any:
+    padding = list(padding)
+    if any(not isinstance(p, int) or p < 0 for p in padding):
+        raise _Unsupported(f"padding {padding} (nas-graph/1 pads by non-negative sizes)")
+    while len(padding) > 2 and padding[-2:] == [0, 0]:
+        padding = padding[:-2]  # F.pad(x, (l, r, 0, 0)) pads the last axis only
+    return cx.add("pad", [x], node.name, padding=padding, mode=mode,
+                  value=float(value or 0.0))
 
 
 @_module_rule(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batch_norm_layer(cx: _Converter, node: fx.Node, m: nn.modules.batchnorm._BatchNorm,
                       args: tuple, kwargs: dict) -> Any:
     x = _plain(args[0] if args else kwargs.get("input"))
-    rank = 3 if isinstance(m, nn.BatchNorm2d) else 1
-    if len(x.shape) != rank:
+    ranks = (3,) if isinstance(m, nn.BatchNorm2d) else (1, 2)
+    if len(x.shape) not in ranks:  # type: ignore[arg-type]
         raise _Unsupported(f"{type(m).__name__} over a per-sample shape {list(x.shape)} "
-                           f"(nas-graph/1 batch-normalises {'maps' if rank == 3 else 'vectors'})")
+                           "(nas-graph/1 batch-normalises "
+                           f"{'maps' if ranks == (3,) else 'vectors and (C, L) sequences'})")
     if not m.track_running_stats:
         raise _Unsupported("track_running_stats=False (batch statistics at evaluation)")
     if m.momentum is None:
@@ -166,6 +326,8 @@ def _max_pool(cx: _Converter, node: fx.Node, x: _Tensor, kernel: Any, stride: An
         raise _Unsupported(f"dilation={dilation!r}")
     if return_indices:
         raise _Unsupported("return_indices=True")
+    if _covers(x, kernel, padding):
+        return cx.add("global_max_pool", [x], node.name, keepdim=True)
     return cx.add("max_pool", [x], node.name, kernel_size=_pair(kernel),
                   stride=_pair(stride) if stride else None, padding=_pair(padding),
                   ceil_mode=bool(ceil_mode))
@@ -183,9 +345,20 @@ def _avg_pool(cx: _Converter, node: fx.Node, x: _Tensor, kernel: Any, stride: An
               ceil_mode: bool, count_include_pad: bool, divisor_override: Any) -> Any:
     if divisor_override is not None:
         raise _Unsupported(f"divisor_override={divisor_override!r}")
+    if _covers(x, kernel, padding):
+        return cx.add("global_avg_pool", [x], node.name, keepdim=True)
     return cx.add("avg_pool", [x], node.name, kernel_size=_pair(kernel),
                   stride=_pair(stride) if stride else None, padding=_pair(padding),
                   ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad))
+
+
+def _covers(x: _Tensor, kernel: Any, padding: Any) -> bool:
+    """An unpadded window at least as large as the map: one window, a global pool
+    (EfficientNet's ``AvgPool2d(1280, ceil_mode=True)`` head)."""
+    assert x.shape is not None
+    k = _pair(kernel)
+    return (len(x.shape) == 3 and _pair(padding) == (0, 0) and k[0] >= x.shape[1]
+            and k[1] >= x.shape[2] and k != (x.shape[1], x.shape[2]))
 
 
 @_module_rule(nn.AdaptiveAvgPool2d)

@@ -2,11 +2,16 @@
 
 Sizes (``x.size()``, ``x.dim()``, ``x.shape``, ``x.ndim``) evaluate to Python values, with
 :data:`_BATCH` for the batch size. A reshape (``flatten``, ``view``, ``reshape``, ``squeeze``,
-``unsqueeze``) or a permute (``permute``, ``transpose``, ``swapaxes``) becomes a graph node only
-when it is one (``flatten``, ``to_tokens``); otherwise it is a pending view on the value
-(:class:`_Tensor` ``phys``/``nhwc``) that a later call resolves or refuses. ``x[:, i]`` on tokens
-is ``select_token``; ``mean``/``amax`` over the spatial dims of a map or the tokens of a sequence
-are global pools. The batch dimension always stays first.
+``unsqueeze``) becomes a graph node where it is one (``flatten``, ``to_tokens``), and is
+otherwise a pending view on the value (:class:`_Tensor` ``phys``) that a later call resolves
+(``x.flatten(2).transpose(1, 2)`` is ``to_tokens``) or refuses; a recorded run then makes the
+view a ``reshape`` node. The channels-last permute of a map (``x.permute(0, 2, 3, 1)``) is a
+pending view too (``nhwc``: layer norm and linear layers over channels), and any other
+permutation of a plain value is a ``permute`` node. ``x[:, i]`` on tokens is ``select_token``;
+one slice of one axis (``x[:, :c]``, ``x[:, 1:]``, ``split``, ``chunk``, ``narrow``) is
+``slice`` nodes (channel splits, dropping a class token); ``mean``/``amax`` over the spatial
+dims of a map or the tokens of a sequence are global pools. The batch dimension always stays
+first.
 """
 
 from __future__ import annotations
@@ -71,8 +76,97 @@ def _getitem_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> A
             and isinstance(index[1], int) and not isinstance(index[1], bool)
             and all(i == full for i in index[2:])):
         return cx.add("select_token", [x], node.name, index=index[1])
-    raise _Unsupported(f"indexing with {index!r} (only x[:, i] on (B, T, D) tokens is "
-                       "supported)")
+    # x[:, :c], x[:, 1:], x[..., a:b]: one slice of one axis.
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (full,) * (len(x.shape) + 1 - len(index) + 1) + index[at + 1:]
+    if (len(index) <= len(x.shape) + 1 and all(isinstance(i, slice) for i in index)
+            and index and index[0] == full):
+        cut = [(axis, i) for axis, i in enumerate(index[1:]) if i != full]
+        if len(cut) == 1:
+            axis, i = cut[0]
+            return _slice(cx, node, x, axis, *i.indices(x.shape[axis]))
+        if not cut:
+            return x
+    raise _Unsupported(f"indexing with {index!r} (supported: x[:, i] on (B, T, D) tokens, "
+                       "and one slice of one axis)")
+
+
+def _slice(cx: _Converter, node: fx.Node, x: _Tensor, axis: int, start: int, end: int,
+           step: int) -> _Tensor:
+    assert x.shape is not None
+    if step < 1:
+        raise _Unsupported(f"a slice with step {step}")
+    if start == 0 and end >= x.shape[axis] and step == 1:
+        return x
+    if start >= end:
+        raise _Unsupported(f"an empty slice {start}:{end} of axis {axis}")
+    return cx.add("slice", [x], node.name, axis=axis, start=start, end=end, step=step)
+
+
+def _sig_split(tensor: Any, split_size_or_sections: Any, dim: int = 0) -> dict[str, Any]:
+    return locals()
+
+
+@_call_rule(functions=[torch.split], methods=["split"])
+def _split_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    if "split_size" in kwargs:  # the tensor method's name for it
+        kwargs = {**kwargs, "split_size_or_sections": kwargs.pop("split_size")}
+    a = _bind(_sig_split, args, kwargs)
+    x = _plain(a["tensor"])
+    assert x.shape is not None
+    axis = _norm_dim(a["dim"], len(x.shape) + 1) - 1
+    if axis < 0:
+        raise _Unsupported("splitting the batch")
+    n, sizes = x.shape[axis], a["split_size_or_sections"]
+    if isinstance(sizes, int):
+        sizes = [min(sizes, n - s) for s in range(0, n, sizes)] if sizes > 0 else []
+    return _pieces(cx, node, x, axis, [_int(s, "split size") for s in sizes])
+
+
+def _pieces(cx: _Converter, node: fx.Node, x: _Tensor, axis: int, sizes: list[int]) -> tuple:
+    assert x.shape is not None
+    if sum(sizes) != x.shape[axis] or any(s < 0 for s in sizes):
+        raise _Unsupported(f"sizes {sizes} do not split {x.shape[axis]}")
+    out, start = [], 0
+    for size in sizes:
+        out.append(_slice(cx, node, x, axis, start, start + size, 1) if size else x)
+        start += size
+    return tuple(out)
+
+
+def _sig_chunk(input: Any, chunks: int, dim: int = 0) -> dict[str, Any]:
+    return locals()
+
+
+@_call_rule(functions=[torch.chunk], methods=["chunk"])
+def _chunk_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    a = _bind(_sig_chunk, args, kwargs)
+    x = _plain(a["input"])
+    assert x.shape is not None
+    axis = _norm_dim(a["dim"], len(x.shape) + 1) - 1
+    chunks = _int(a["chunks"], "chunks")
+    if axis < 0 or chunks < 1:
+        raise _Unsupported("chunks of the batch, or fewer than one chunk")
+    n = x.shape[axis]
+    size = -(-n // chunks)
+    return _pieces(cx, node, x, axis, [min(size, n - s) for s in range(0, n, size)])
+
+
+def _sig_narrow(input: Any, dim: int, start: int, length: int) -> dict[str, Any]:
+    return locals()
+
+
+@_call_rule(functions=[torch.narrow], methods=["narrow"])
+def _narrow_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    a = _bind(_sig_narrow, args, kwargs)
+    x = _plain(a["input"])
+    assert x.shape is not None
+    axis = _norm_dim(a["dim"], len(x.shape) + 1) - 1
+    if axis < 0:
+        raise _Unsupported("narrowing the batch")
+    start = _int(a["start"], "start") % x.shape[axis]
+    return _slice(cx, node, x, axis, start, start + _int(a["length"], "length"), 1)
 
 
 def _sig_flatten(input: Any, start_dim: int = 0, end_dim: int = -1) -> dict[str, Any]:
@@ -197,9 +291,10 @@ def _permute(cx: _Converter, node: fx.Node, x: _Tensor, perm: tuple[int, ...]) -
     if not x.nhwc and x.phys == (c, h * w) and perm == (0, 2, 1):
         # x.flatten(2).transpose(1, 2): every position becomes a token.
         return cx.add("to_tokens", [_tensor(x.node, x.shape)], node.name)
-    raise _Unsupported(f"permutation {list(perm)} of a {list(x.phys)} tensor (nas-graph/1 "
-                       "permutes only x.flatten(2).transpose(1, 2) into tokens and channels-last "
-                       "around LayerNorm)")
+    if x.plain:
+        return cx.add("permute", [x], node.name, dims=[d - 1 for d in perm[1:]])
+    raise _Unsupported(f"permutation {list(perm)} of a {list(x.phys)} view of a "
+                       f"{list(x.shape)} tensor")
 
 
 @_call_rule(functions=[torch.transpose, torch.swapaxes], methods=["transpose", "swapaxes"])

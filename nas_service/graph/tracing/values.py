@@ -8,14 +8,19 @@ What a value can be while converting:
 * a parameter or buffer of the module (:class:`_Param`, from ``get_attr``: class tokens,
   positional embeddings, weights of functional calls);
 * sizes: Python ints, or :data:`_BATCH`, the symbolic batch size (``x.size(0)``, ``x.shape[0]``);
-* the ``(output, weights)`` pair of ``nn.MultiheadAttention`` (:class:`_AttentionResult`).
+* the ``(output, weights)`` pair of ``nn.MultiheadAttention`` (:class:`_AttentionResult`);
+* when a forward pass is recorded (:mod:`.recorder`): a tensor computed from parameters and
+  constants only (:class:`_Derived`: a standardised weight, a sliced positional embedding), and a
+  tensor the graph cannot hold (:class:`_Pending`: its batch is not its first dimension, or one
+  sample has more than three dimensions), which becomes an ``opaque`` node where a computation
+  leaves such tensors behind.
 
 All are immutable: a rule makes a new value rather than changing one it was given.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -65,7 +70,7 @@ class _Param:
     """A parameter or buffer of the module (``get_attr``), optionally expanded over the batch."""
 
     target: str
-    tensor: torch.Tensor
+    tensor: torch.Tensor = field(repr=False)  # messages quote values: no tensor printing
     batched: bool = False
 
     def full_shape(self) -> tuple[Any, ...]:
@@ -87,3 +92,30 @@ def _not_plain(t: _Tensor) -> str:
                 "nas-graph/1 only supports around LayerNorm over channels")
     return (f"its input is a {list(t.phys or ())} reshape of a {list(t.shape or ())} tensor, "
             "which nas-graph/1 cannot express")
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """A tensor computed from the module's parameters and constants only, not from the input.
+
+    ``leaves`` are the parameters it was computed from (``(name, parameter)``)."""
+
+    tensor: torch.Tensor = field(repr=False)
+    leaves: tuple[tuple[str, torch.Tensor], ...] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"a tensor computed from {[name for name, _ in self.leaves] or 'constants'}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A recorded tensor the graph cannot hold: computed from graph nodes ``deps`` and from
+    parameters ``params``, by the calls ``labels``; an ``opaque`` node takes them over once a
+    computation returns to a tensor of batch-first shape."""
+
+    deps: tuple[str, ...]
+    params: tuple[tuple[str, torch.Tensor], ...] = field(repr=False)
+    labels: tuple[str, ...] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "a tensor whose batch is not its first dimension"

@@ -39,6 +39,10 @@ export const OP_COLORS = {
   flatten: "#e5e7eb", dropout: "#d1d5db", identity: "#f3f4f6",
   patch_embed: "#a5b4fc", to_tokens: "#5eead4", class_token: "#99f6e4", pos_embed: "#67e8f9",
   self_attention: "#22d3ee", select_token: "#a5f3fc",
+  scale: "#fda4af", slice: "#d4d4d8", upsample: "#f5d0fe", conv1d: "#bfdbfe",
+  conv_transpose2d: "#60a5fa", std_conv2d: "#3b82f6", prelu: "#ea580c", recurrent: "#a78bfa",
+  embedding: "#2dd4bf", pad: "#e4e4e7", sub: "#ec4899", reshape: "#d6d3d1", permute: "#a8a29e",
+  opaque: "#64748b",
 };
 const OP_ORDER = Object.keys(OP_COLORS);
 
