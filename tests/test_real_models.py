@@ -137,8 +137,11 @@ def test_predicted_parameters_land_in_the_users_module_opaque_parts_included() -
         net = predict_parameters(model, ghn=ghn)
     report = net.parameter_report
     assert set(report.untouched) == {"unused.weight", "unused.bias", "mask"}
+    # The classifier is refitted on the task's labels (the readout), every other parameter the
+    # forward pass reads is predicted: opaque attention and layer scales included.
+    assert set(report.estimated) >= {"head.weight", "head.bias"}
     assert set(report.predicted) == {n for n, _ in model.named_parameters()} - {
-        "unused.weight", "unused.bias"}
+        "unused.weight", "unused.bias", "head.weight", "head.bias"}
     assert report.opaque_nodes == tuple(n.id for n in graph.opaque_nodes)
     assert not torch.equal(net.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
     assert torch.equal(net.unused.weight, model.unused.weight)
