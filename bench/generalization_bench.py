@@ -29,7 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas_service.data import load_task  # noqa: E402
-from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn  # noqa: E402
+from nas_service.ghn.checkpoint import (  # noqa: E402
+    bundled_checkpoint_path,
+    load_ghn,
+    read_metadata,
+)
 from nas_service.runtime import retain_freed_memory  # noqa: E402
 from nas_service.training.generalization import (  # noqa: E402
     architecture_sets,
@@ -47,6 +51,13 @@ OUT = ROOT / "bench" / "results" / "generalization_bench.json"
 def ghn_sha256(path: str | None) -> str:
     """The SHA-256 of the checkpoint scored: which GHN the results belong to."""
     return hashlib.sha256(Path(path or bundled_checkpoint_path()).read_bytes()).hexdigest()
+
+
+def ghn_trained_on(path: str | None) -> list[str] | None:
+    """The search spaces the checkpoint was trained on, as its metadata records them: a set is
+    in distribution only for a GHN trained on its families."""
+    training = read_metadata(path or bundled_checkpoint_path()).get("training")
+    return None if not isinstance(training, dict) else training.get("config", {}).get("spaces")
 
 
 def main() -> int:
@@ -79,7 +90,8 @@ def main() -> int:
         result = summarize_generalization(rows_by_set(earlier["architectures"]), sets, task,
                                           cache, eval_images=earlier["protocol"]["eval_images"])
         result.update({k: earlier[k] for k in ("benchmark", "task", "ghn", "ghn_sha256",
-                                               "torch", "threads", "timestamp", "seconds")
+                                               "ghn_trained_on", "torch", "threads",
+                                               "timestamp", "seconds")
                        if k in earlier})
     else:
         ghn = load_ghn(args.ghn, "cpu")
@@ -87,6 +99,7 @@ def main() -> int:
         result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images)
         result.update({"benchmark": "generalization", "task": task.spec.name,
                        "ghn": args.ghn or "bundled", "ghn_sha256": ghn_sha256(args.ghn),
+                       "ghn_trained_on": ghn_trained_on(args.ghn),
                        "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "seconds": time.time() - started})
