@@ -333,3 +333,27 @@ def test_hypernetwork_learner_refuses_mismatched_networks_and_unknown_tasks():
     learner = HypernetworkLearner(HyperMLP(parameter_shapes(target)), target, beta=0.01)
     with pytest.raises(ContinualError, match="in order"):
         learner.learn(1, _teacher_task("a", 1), TrainingSettings(steps=1), torch.Generator())
+
+
+def test_continual_bench_command_prints_the_table_and_writes_json(tmp_path: Path, capsys):
+    import json
+
+    from nas_service.commands import main
+
+    # The command keeps the task's fixed validation split (5,000 images), so a few more.
+    write_idx_task(tmp_path / "fm", n_train=5200, n_test=60)
+    clear_cache()
+    out = tmp_path / "result.json"
+    argv = ["continual-bench", "--data-root", str(tmp_path / "fm"), "--quick", "--steps", "2",
+            "--methods", "hnet-chunked,finetune", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "split: 5 tasks" in printed and "permuted: 3 tasks" in printed
+    result = json.loads(out.read_text())
+    assert set(result["split"]) == {"hnet-chunked", "finetune"}
+    assert len(result["permuted"]["finetune"]["task1_after_each"]) == 3
+    assert result["split"]["hnet-chunked"]["parameters"]["compression"] < 1
+    assert main(["continual-bench", "--methods", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown nope" in err and "Traceback" not in err
+    clear_cache()

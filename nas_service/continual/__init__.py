@@ -23,6 +23,15 @@ Quick use::
 
 from .baselines import EWC, OnlineEWC, SynapticIntelligence, WeightPenalty, diagonal_fisher
 from .errors import ContinualError
+from .experiment import (
+    BASELINE_STRENGTH,
+    BASELINES,
+    BENCHMARKS,
+    HYPERNETWORKS,
+    benchmark_methods,
+    benchmark_tasks,
+    run_method,
+)
 from .hypernetwork import (
     BETA_DEFAULTS,
     ChunkedHyperMLP,
@@ -47,12 +56,16 @@ from .targets import TargetCNN, TargetMLP, TargetNetwork, parameter_shapes
 from .tasks import ContinualTask, permuted_tasks, pixel_permutations, split_tasks
 
 __all__ = [
+    "BASELINES",
+    "BASELINE_STRENGTH",
+    "BENCHMARKS",
     "BETA_DEFAULTS",
     "EWC",
     "ChunkedHyperMLP",
     "ContinualError",
     "ContinualLearner",
     "ContinualTask",
+    "HYPERNETWORKS",
     "HyperMLP",
     "HypernetworkLearner",
     "OnlineEWC",
@@ -67,11 +80,14 @@ __all__ = [
     "WeightLayout",
     "WeightPenalty",
     "accuracy",
+    "benchmark_methods",
+    "benchmark_tasks",
     "diagonal_fisher",
     "output_regularizer",
     "parameter_shapes",
     "permuted_tasks",
     "pixel_permutations",
+    "run_method",
     "run_multitask",
     "run_sequence",
     "snapshot_outputs",

@@ -28,6 +28,7 @@ __all__ = [
     "HypernetworkLearner",
     "RegularizedLearner",
     "SequenceResult",
+    "StepCallback",
     "TrainingSettings",
     "accuracy",
     "run_multitask",
