@@ -357,3 +357,15 @@ def test_continual_bench_command_prints_the_table_and_writes_json(tmp_path: Path
     err = capsys.readouterr().err
     assert "unknown nope" in err and "Traceback" not in err
     clear_cache()
+
+
+def test_unknown_benchmarks_and_methods_are_refused(small_fashion):
+    from nas_service.continual import benchmark_methods, benchmark_tasks, run_method
+
+    with pytest.raises(ContinualError, match="unknown benchmark"):
+        benchmark_tasks("rotated", small_fashion)
+    assert "hnet-full" in benchmark_methods("split")
+    assert "hnet-full" not in benchmark_methods("permuted")
+    tasks = benchmark_tasks("split", small_fashion, quick=True)
+    with pytest.raises(ContinualError, match="unknown method 'hnet-full' for permuted"):
+        run_method("permuted", "hnet-full", tasks, TrainingSettings(steps=1))
