@@ -91,6 +91,45 @@ def summarise(doc: dict[str, Any]) -> None:
                   f"{params:10d} {ratio:>6s} {m['seconds']:6.0f}")
 
 
+LABELS = {"hnet-chunked": "hypernetwork, chunked", "hnet-full": "hypernetwork, full",
+          "hnet-chunked-large": "hypernetwork, chunked (large)", "finetune": "fine-tuning",
+          "ewc": "EWC", "online-ewc": "online EWC", "si": "SI",
+          "multitask": "multi-task (upper bound)"}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The tables of docs/continual.md, from the results file."""
+    parts = []
+    for benchmark, section in doc.get("benchmarks", {}).items():
+        inferred = benchmark == "split"
+        head = ["method", "average accuracy", "forgetting", "task 1 after each task",
+                "task-1 forgetting"] + (["task inferred"] if inferred else []) + [
+                "trainable numbers (ratio to target)", "s"]
+        lines = [f"**{benchmark}** ({section['tasks']} tasks, {section['steps_per_task']} steps "
+                 f"per task, {section['test_images_per_task']} test images per task):", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        order = [m for m in benchmark_methods(benchmark) if m in section["methods"]]
+        for name in order + [m for m in section["methods"] if m not in order]:
+            m = section["methods"][name]
+            p = m["parameters"]
+            if "compression" in p:
+                count = p["hypernetwork"] + p["task_embeddings"]
+                size = f"{count:,} ({p['compression']:.2f})"
+            else:
+                size = f"{p['network']:,}"
+            row = [LABELS.get(name, name), f"{m['average_accuracy']:.2f}",
+                   f"{m['forgetting']:.2f}" if "forgetting" in m else "–",
+                   " / ".join(f"{a:.1f}" for a in m["task1_after_each"])
+                   if "task1_after_each" in m else "–",
+                   f"{m['task1_forgetting']:.2f}" if "task1_forgetting" in m else "–"]
+            if inferred:
+                row.append(f"{m['task_inferred_accuracy']:.2f}")
+            row += [size, f"{m['seconds']:.0f}"]
+            lines.append("| " + " | ".join(row) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
@@ -102,7 +141,12 @@ def main() -> None:
                         "tasks, 500 test images per task, written to a separate file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the results file's tables as markdown and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((args.out or (QUICK_OUT if args.quick else OUT)).read_text())))
+        return
     torch.set_num_threads(1)
     out = args.out or (QUICK_OUT if args.quick else OUT)
     settings = TrainingSettings(steps=args.steps or (30 if args.quick else 600),

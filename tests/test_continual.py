@@ -364,8 +364,8 @@ def test_unknown_benchmarks_and_methods_are_refused(small_fashion):
 
     with pytest.raises(ContinualError, match="unknown benchmark"):
         benchmark_tasks("rotated", small_fashion)
-    assert "hnet-full" in benchmark_methods("split")
-    assert "hnet-full" not in benchmark_methods("permuted")
+    assert "hnet-chunked-large" in benchmark_methods("permuted")
+    assert "hnet-chunked-large" not in benchmark_methods("split")
     tasks = benchmark_tasks("split", small_fashion, quick=True)
-    with pytest.raises(ContinualError, match="unknown method 'hnet-full' for permuted"):
-        run_method("permuted", "hnet-full", tasks, TrainingSettings(steps=1))
+    with pytest.raises(ContinualError, match="unknown method 'hnet-chunked-large' for split"):
+        run_method("split", "hnet-chunked-large", tasks, TrainingSettings(steps=1))

@@ -58,8 +58,8 @@ BASELINE_STRENGTH: dict[str, dict[str, float]] = {
 }
 
 #: The hypernetworks of each benchmark: name → (class, keyword arguments). The default chunked
-#: one is compressive (fewer trainable numbers than one target network); the full one on Split
-#: and the large chunked one on Permuted are not.
+#: one is compressive (fewer trainable numbers than one target network); the full ones and the
+#: large chunked one are not.
 HYPERNETWORKS: dict[str, dict[str, tuple[type[TaskHypernetwork], dict[str, Any]]]] = {
     "split": {
         "hnet-chunked": (ChunkedHyperMLP, {"chunk_size": 800, "hidden": (64, 64)}),
@@ -68,6 +68,7 @@ HYPERNETWORKS: dict[str, dict[str, tuple[type[TaskHypernetwork], dict[str, Any]]
     "permuted": {
         "hnet-chunked": (ChunkedHyperMLP, {"chunk_size": 800, "hidden": (64, 64)}),
         "hnet-chunked-large": (ChunkedHyperMLP, {"chunk_size": 2000, "hidden": (100, 100)}),
+        "hnet-full": (HyperMLP, {"hidden": (25, 25)}),
     },
 }
 BASELINES = ("finetune", "ewc", "online-ewc", "si", "multitask")
