@@ -8,7 +8,8 @@ images per task, learning rate 1e-3):
 * **Permuted Fashion-MNIST**: 10 tasks of all 10 classes, task 1 unpermuted, the others under
   fixed pixel permutations (seed 0).
 
-Methods: the hypernetwork (chunked, and full where affordable; β as the paper's code), plain
+Methods (defined in ``nas_service.continual.experiment``): the hypernetworks (chunked and full;
+on Permuted also a larger chunked one; β as the paper's code), plain
 sequential fine-tuning (lower bound), EWC, online EWC, SI, and multi-task training on all tasks
 at once (upper bound, the same number of training images in all). For each: the test accuracy
 of every task after the last one and its mean, task 1's accuracy after each task, forgetting
@@ -21,6 +22,7 @@ method's final networks; an image counts as right if its task and class both are
 
     python bench/continual_bench.py            # writes bench/results/continual_bench.json
     python bench/continual_bench.py --quick    # a smoke run (tiny budget, separate file)
+    python bench/continual_bench.py --markdown # the results file's tables, as in docs/continual.md
 
 ``--benchmarks`` / ``--methods`` run a part; the results of each method are merged into the
 output file as soon as they exist, so two processes may run different benchmarks at once.

@@ -49,9 +49,9 @@ __all__ = [
 BENCHMARKS = ("split", "permuted")
 TARGET_HIDDEN = (100, 100)
 
-#: Strengths of the regularisation baselines (EWC and online EWC: λ; SI: c), chosen by short
-#: pilot runs (300–500 steps, the first 4 tasks; λ ∈ {1e2, 1e3, 1e4}, c ∈ {0.1, 1}), not by a
-#: validation sweep.
+#: Strengths of the regularisation baselines (EWC and online EWC: λ; SI: c), chosen by a few
+#: short pilot runs (300–500 steps, the first 4 tasks), not by a validation sweep
+#: (docs/continual.md says which).
 BASELINE_STRENGTH: dict[str, dict[str, float]] = {
     "split": {"ewc": 1e4, "online-ewc": 1e4, "si": 1.0},
     "permuted": {"ewc": 1e2, "online-ewc": 1e2, "si": 1.0},
