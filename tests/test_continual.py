@@ -364,6 +364,7 @@ def test_unknown_benchmarks_and_methods_are_refused(small_fashion):
 
     with pytest.raises(ContinualError, match="unknown benchmark"):
         benchmark_tasks("rotated", small_fashion)
+    assert benchmark_methods("split-cnn")[0] == "hnet-chunked"
     assert "hnet-chunked-large" in benchmark_methods("permuted")
     assert "hnet-chunked-large" not in benchmark_methods("split")
     tasks = benchmark_tasks("split", small_fashion, quick=True)

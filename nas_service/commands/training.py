@@ -265,8 +265,8 @@ def add_continual_bench(add_parser: AddParser) -> None:
                                "task 1's accuracy after each task and its trainable parameters "
                                "(docs/continual.md). bench/continual_bench.py runs the same "
                                "definitions and records them.")
-    p.add_argument("--benchmark", choices=("split", "permuted", "all"), default="all",
-                   help="default: %(default)s")
+    p.add_argument("--benchmark", choices=("split", "permuted", "split-cnn", "all"),
+                   default="all", help="default: %(default)s")
     p.add_argument("--methods", default=None, metavar="A,B",
                    help="comma-separated subset, e.g. hnet-chunked,finetune (default: all)")
     p.add_argument("--steps", type=positive_int, default=600,
