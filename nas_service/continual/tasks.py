@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +48,8 @@ class ContinualTask:
         idx = torch.randint(len(self.train_y), (batch_size,), generator=generator)
         return self.inputs(self.train_x[idx]), self.train_y[idx]
 
-    def test_batches(self, batch_size: int = 1000):
+    def test_batches(self, batch_size: int = 1000
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test split in order, as the task presents it."""
         for start in range(0, len(self.test_y), batch_size):
             end = start + batch_size
