@@ -53,7 +53,7 @@ from nas_service.continual import (  # noqa: E402
     benchmark_tasks,
     run_method,
 )
-from nas_service.continual.experiment import TARGET_DESCRIPTIONS  # noqa: E402
+from nas_service.continual.experiment import DEFAULT_STEPS, TARGET_DESCRIPTIONS  # noqa: E402
 from nas_service.data import load_task  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "continual_bench.json"
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None,
                         help="a subset of the methods (default: all of each benchmark)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="Adam steps per task (default: 600; --quick: 30)")
+                        help="Adam steps per task (default: 600, split-cnn 300; --quick: 30)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 steps, 3 permuted "
                         "tasks, 500 test images per task, written to a separate file")
     parser.add_argument("--seed", type=int, default=0)
@@ -152,8 +152,6 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     out = args.out or (QUICK_OUT if args.quick else OUT)
-    settings = TrainingSettings(steps=args.steps or (30 if args.quick else 600),
-                                batch_size=128, lr=1e-3, seed=args.seed)
     command = "python " + " ".join([relative(Path(__file__).resolve()), *sys.argv[1:]])
 
     for benchmark in args.benchmarks:
@@ -163,6 +161,8 @@ def main() -> None:
             if unknown:
                 parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
             methods = [m for m in methods if m in args.methods]
+        steps = args.steps or (30 if args.quick else DEFAULT_STEPS[benchmark])
+        settings = TrainingSettings(steps=steps, batch_size=128, lr=1e-3, seed=args.seed)
         tasks = benchmark_tasks(benchmark, load_task("fashion-mnist"), quick=args.quick)
         info = {"tasks": len(tasks), "steps_per_task": settings.steps,
                 "batch_size": settings.batch_size, "lr": settings.lr, "seed": settings.seed,

@@ -257,8 +257,9 @@ def _rank_ghn(args: argparse.Namespace) -> int:
 def add_continual_bench(add_parser: AddParser) -> None:
     p = add_parser("continual-bench",
                    help="continual learning on Fashion-MNIST: hypernetworks against baselines",
-                   description="Learn Split Fashion-MNIST (5 tasks of 2 classes) and/or Permuted "
-                               "Fashion-MNIST (10 tasks) one task after another with a "
+                   description="Learn Split Fashion-MNIST (5 tasks of 2 classes; split-cnn: "
+                               "with a small CNN) and/or Permuted Fashion-MNIST (10 tasks) one "
+                               "task after another with a "
                                "task-conditioned hypernetwork and with the baselines (fine-"
                                "tuning, EWC, online EWC, SI, multi-task training), and print "
                                "each method's average accuracy after the last task, forgetting, "
@@ -269,8 +270,8 @@ def add_continual_bench(add_parser: AddParser) -> None:
                    default="all", help="default: %(default)s")
     p.add_argument("--methods", default=None, metavar="A,B",
                    help="comma-separated subset, e.g. hnet-chunked,finetune (default: all)")
-    p.add_argument("--steps", type=positive_int, default=600,
-                   help="Adam steps per task (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="Adam steps per task (default: 600, split-cnn 300)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--quick", action="store_true",
                    help="3 permuted tasks and 500 test images per task (a smoke run)")
@@ -286,6 +287,7 @@ def _continual_bench(args: argparse.Namespace) -> int:
     from nas_service.commands.output import table
     from nas_service.continual import (
         BENCHMARKS,
+        DEFAULT_STEPS,
         ContinualError,
         TrainingSettings,
         benchmark_methods,
@@ -307,10 +309,10 @@ def _continual_bench(args: argparse.Namespace) -> int:
         data = load_task("fashion-mnist", args.data_root)
     except DatasetError as e:
         raise CommandError(str(e)) from None
-    settings = TrainingSettings(steps=args.steps, seed=args.seed)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     results: dict[str, dict[str, dict]] = {}
     for benchmark in benchmarks:
+        settings = TrainingSettings(steps=args.steps or DEFAULT_STEPS[benchmark], seed=args.seed)
         tasks = benchmark_tasks(benchmark, data, quick=args.quick)
         methods = [m for m in benchmark_methods(benchmark) if wanted is None or m in wanted]
         results[benchmark] = {}

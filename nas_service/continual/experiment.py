@@ -41,6 +41,7 @@ __all__ = [
     "BASELINES",
     "BASELINE_STRENGTH",
     "BENCHMARKS",
+    "DEFAULT_STEPS",
     "HYPERNETWORKS",
     "TARGET_DESCRIPTIONS",
     "TARGET_HIDDEN",
@@ -52,6 +53,8 @@ __all__ = [
 BENCHMARKS = ("split", "permuted", "split-cnn")
 TARGET_HIDDEN = (100, 100)
 _SEQUENCE = {"split": "split", "permuted": "permuted", "split-cnn": "split"}  # β, tasks
+#: Adam steps per task of each benchmark's recorded run (the CNN is slow on a CPU).
+DEFAULT_STEPS = {"split": 600, "permuted": 600, "split-cnn": 300}
 TARGET_DESCRIPTIONS = {
     "split": "MLP 784-100-100, one head per task",
     "permuted": "MLP 784-100-100, one head per task",
