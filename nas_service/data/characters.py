@@ -25,8 +25,8 @@ beside it. Cleaning, in this order (docs/sequence.md):
 
 The dictionary's own markup (``\\Ca*lor"ic\\``, ``{cross references}``, ``[=a]`` accents) is
 kept: it is part of the text a model must predict. Entries are in the dictionary's
-alphabetical order, so the validation and test splits are the end of the alphabet (``T`` ..
-``Z``).
+alphabetical order, so the validation split runs from *Thyroid* to *Value* and the test split
+from *Value* to *Zythum*.
 
 A **text file** given by the user is decoded the same way (step 1) and used as it is.
 
