@@ -22,8 +22,18 @@ Results are written after every model (``--out``, default
 ``--quick`` is a smoke run (a tiny budget and few steps; writes to a temporary file unless
 ``--out`` is given).
 
-    python bench/sequence_bench.py                 # ~0.25 M and ~1 M parameters (about an hour)
+    python bench/sequence_bench.py                 # ~0.25 M and ~1 M parameters, one after the other
     python bench/sequence_bench.py --quick
+
+The measured results (docs/sequence.md) ran the two sizes as two processes at once, then
+combined their files into ``bench/results/sequence_bench.json``:
+
+    python bench/sequence_bench.py --sizes 250000 --steps 250 --max-seconds 1200 \
+        --eval-chars 50000 --out bench/results/sequence_bench_250k.json
+    python bench/sequence_bench.py --sizes 1000000 --steps 100 --max-seconds 1200 \
+        --eval-chars 50000 --out bench/results/sequence_bench_1m.json
+    python bench/sequence_bench.py --combine bench/results/sequence_bench_250k.json \
+        bench/results/sequence_bench_1m.json
 """
 
 from __future__ import annotations
@@ -64,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpus", default=None, help="a text file instead of GCIDE")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models, few steps")
     p.add_argument("--out", default=None)
+    p.add_argument("--combine", nargs="+", default=None, metavar="FILE",
+                   help="no training: combine the results of runs made in parallel (e.g. one "
+                        "per size) into --out")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.eval_chars, args.hyper_size = "30000", "5", 2_000, 16
@@ -84,8 +97,21 @@ def ordering(rows: list[dict]) -> dict:
     return out
 
 
+def combine(files: list[str], out: Path) -> None:
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    report = {"parts": [{k: v for k, v in p.items() if k != "results"} for p in parts],
+              "results": [r for p in parts for r in p["results"]]}
+    report["ordering"] = ordering(report["results"])
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report["ordering"], indent=1))
+    print(f"written to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        combine(args.combine, Path(args.out) if args.out else DEFAULT_OUT)
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
