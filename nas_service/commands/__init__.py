@@ -37,6 +37,7 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     training.add_evaluate_ghn,
     training.add_rank_ghn,
     training.add_continual_bench,
+    training.add_train_char_lm,
     service.add_db,  # db upgrade | current
     service.add_serve,
     service.add_worker,

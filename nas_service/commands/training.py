@@ -1,6 +1,8 @@
-"""``nas-service train-ghn | evaluate-ghn | rank-ghn | continual-bench``: training a graph
-hypernetwork and measuring its predicted weights and rankings (docs/ghn.md, docs/evaluation.md);
-continual learning with task-conditioned hypernetworks on Fashion-MNIST (docs/continual.md).
+"""``nas-service train-ghn | evaluate-ghn | rank-ghn``: training a graph hypernetwork and
+measuring its predicted weights and rankings (docs/ghn.md, docs/evaluation.md);
+``nas-service continual-bench``: continual learning with task-conditioned hypernetworks on
+Fashion-MNIST (docs/continual.md); ``nas-service train-char-lm``: training one character
+language model (docs/sequence.md).
 
 The training and evaluation stack (torch-geometric, the data layer) is imported inside the
 handlers; only ``train-ghn``'s defaults (``TrainingConfig``) are read when the parser is built.
@@ -335,4 +337,76 @@ def _continual_bench(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
+# train-char-lm
+# ------------------------------------------------------------------------------------------------
+
+
+def add_train_char_lm(add_parser: AddParser) -> None:
+    from nas_service.training.char_lm import CharLMSettings
+
+    d = CharLMSettings()
+    p = add_parser("train-char-lm", help="train a character-level language model, report bpc",
+                   description="Train an LSTM, RHN, HyperLSTM or hyper-RHN character language "
+                               "model with truncated BPTT on the GCIDE corpus (Debian's "
+                               "dict-gcide) or a text file, then report bits per character on "
+                               "the validation and test splits (docs/sequence.md).")
+    p.add_argument("--kind", choices=("lstm", "rhn", "hyper-lstm", "hyper-rhn"), default=d.kind,
+                   help="default: %(default)s")
+    p.add_argument("--parameters", type=positive_int, default=d.parameters,
+                   help="parameter budget: the widest model within it (default: %(default)s)")
+    p.add_argument("--hidden", type=positive_int, default=None,
+                   help="hidden size (instead of --parameters)")
+    for name in ("num_layers", "depth", "hyper_size", "embedding_size", "steps", "batch_size",
+                 "bptt", "min_count"):
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int,
+                       default=getattr(d, name), help="default: %(default)s")
+    for name in ("dropout", "recurrent_dropout", "lr", "clip"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
+                       help="default: %(default)s")
+    p.add_argument("--layer-norm", action="store_true", help="layer norm in the custom cells")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop training after this wall-clock time, even before --steps")
+    p.add_argument("--eval-chars", type=int, default=d.eval_chars,
+                   help="characters of each of val and test scored; 0: all "
+                        "(default: %(default)s)")
+    p.add_argument("--corpus", default=None, metavar="FILE",
+                   help="a UTF-8 text file (default: /usr/share/dictd/gcide.dict.dz)")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write char-lm.safetensors and result.json here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train_char_lm)
+
+
+def _train_char_lm(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas_service.data import DatasetError
+    from nas_service.training.char_lm import CharLMSettings, train_char_lm
+
+    if args.minutes is not None and args.minutes <= 0:
+        raise CommandError(f"--minutes must be positive, got {args.minutes}")
+    torch.set_num_threads(args.threads)
+    try:
+        settings = CharLMSettings(
+            kind=args.kind, hidden_size=args.hidden, parameters=args.parameters,
+            num_layers=args.num_layers, depth=args.depth, hyper_size=args.hyper_size,
+            embedding_size=args.embedding_size, dropout=args.dropout,
+            recurrent_dropout=args.recurrent_dropout, layer_norm=args.layer_norm,
+            corpus=args.corpus, min_count=args.min_count, steps=args.steps,
+            max_seconds=None if args.minutes is None else args.minutes * 60,
+            batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, clip=args.clip,
+            eval_chars=args.eval_chars or None, seed=args.seed)
+        result = train_char_lm(settings, args.out, progress=not args.no_progress)
+    except (DatasetError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    print(f"{result['model']['kind']}, {result['parameters']:,} parameters, "
+          f"{result['steps']} steps ({result['train_characters']:,} characters, "
+          f"{result['train_tokens_per_s']:.0f}/s): validation {result['val_bpc']:.3f} bpc, "
+          f"test {result['test_bpc']:.3f} bpc")
+    if args.out is not None:
+        print(f"wrote {Path(args.out) / 'char-lm.safetensors'} and "
+              f"{Path(args.out) / 'result.json'}")
     return 0
