@@ -30,6 +30,10 @@ Atomic (one transaction each, all or nothing):
 - :func:`record_candidate` inserts candidate *i* at most once (``INSERT ... ON CONFLICT (job_id,
   index) DO NOTHING``) and updates the job's ``progress_done`` and ``best_candidate_id`` in the
   same transaction, from the candidates table itself, so they are never out of step with it.
+- :func:`promote_candidate` moves a scored candidate from rung *k - 1* to rung *k* at most once
+  (the row is changed only while it is at rung *k - 1* with no rung-*k* entry), with the best
+  candidate recomputed in the same transaction; only scores at the job's last rung (the full
+  fidelity) compete for best.
 - :func:`create_job` with an idempotency key creates at most one job per key, even under
   concurrent replays.
 

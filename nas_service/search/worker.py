@@ -3,7 +3,8 @@
 One job, as :meth:`Worker.run_job` runs it::
 
     claim_next_job ─> strategy for (space, task, seed, constraints)
-        └─ for each batch of missing candidate indices (a generation, for evolution):
+        └─ for each bracket of the job's fidelity schedule (the whole job without rungs),
+           for each batch of its missing candidate indices (a generation, for evolution):
              heartbeat (lease lost: stop writing; cancel requested: finish "cancelled";
                         stop asked (SIGTERM): release the job; budget_seconds spent: finish)
              propose candidate i from (seed, i) and the recorded history
@@ -11,8 +12,15 @@ One job, as :meth:`Worker.run_job` runs it::
              over the scoring budget, or out of memory ─> "rejected" + the estimate
              one GHN forward pass for the batch, then each network scored ─> "scored"
              an exception while scoring one candidate ─> "failed" + the error, the job goes on
-             record_candidate with the lease token
+             record_candidate with the lease token, at rung 0
+           then rung by rung, the bracket's best 1/eta of the rung below (not promoted yet),
+           in batches: the same graphs scored at the next rung ─> promote_candidate
     finish_job("succeeded")
+
+Rungs (:mod:`nas_service.scoring.fidelity`): rung *k* scores with a view of the scorer at that
+rung's fidelity (:meth:`ArchitectureScorer.at_fidelity`: the same GHN and lock, fewer images).
+A bracket's promotions are a function of its candidates' stored scores, so a worker that takes
+over a job after a crash finishes the same promotions and redoes none that were recorded.
 
 A background thread renews the lease every ``heartbeat_seconds`` while a batch is being scored,
 so a slow batch does not lose its lease; each write still names the token, so a worker whose
