@@ -13,8 +13,10 @@ Four measurements, one process, torch on one thread (``--threads``):
    the seconds one score takes (GHN prediction and evaluation, measured per architecture).
 2. **Throughput.** A real :class:`~nas_service.search.Worker` on SQLite runs one random search
    job on ``cells`` per configuration of ``CONFIGURATIONS`` (today's full score, and rungs),
-   ``--candidates`` candidates each; candidates per minute from the job's wall-clock time, and
-   the process CPU seconds per candidate.
+   ``--candidates`` candidates each (the same architectures for every configuration: the same
+   seed and indices); candidates per minute of the process's CPU time (what one worker on a core
+   of its own scores: this machine's cores are shared with other work, which inflates wall-clock
+   times unevenly) and per minute of wall-clock time.
 3. **Search quality, simulated** on the ground-truth architectures with the costs measured in 1:
    random search drawing architectures from them (with replacement), scored (a) in full,
    (b) with each rung configuration (successive halving in brackets, only full scores become
@@ -195,9 +197,12 @@ def worker_throughput(scorer: ArchitectureScorer, name: str, fidelity: dict[str,
               "full_scores": sum(1 for c in scored if (c.rung or 0) == top),
               "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
               "candidates_per_minute": round(len(scored) / wall * 60, 2),
+              "candidates_per_cpu_minute": round(len(scored) / cpu * 60, 2),
               "cpu_seconds_per_candidate": round(cpu / max(len(scored), 1), 4)}
-    print(f"  {name}: {result['candidates_per_minute']} candidates/min "
-          f"({len(scored)} in {wall:.1f} s, {result['full_scores']} full)", flush=True)
+    print(f"  {name}: {result['candidates_per_cpu_minute']} candidates per CPU minute, "
+          f"{result['candidates_per_minute']} per wall-clock minute "
+          f"({len(scored)} in {wall:.1f} s, {cpu:.1f} CPU s, {result['full_scores']} full)",
+          flush=True)
     return result
 
 
@@ -230,7 +235,8 @@ def simulate(rng: random.Random, pool: Sequence[dict[str, Any]], schedule: Fidel
     return None
 
 
-def search_quality(pool: list[dict[str, Any]], runs: int, seed: int) -> dict[str, Any]:
+def search_quality(pool: list[dict[str, Any]], runs: int, seed: int,
+                   measured: Sequence[str]) -> dict[str, Any]:
     ranked = sorted(range(len(pool)), key=lambda i: -pool[i]["trained"])
     top = set(ranked[:max(1, math.ceil(TOP_FRACTION * len(pool)))])
     full = "1000"
@@ -242,6 +248,8 @@ def search_quality(pool: list[dict[str, Any]], runs: int, seed: int) -> dict[str
             if config is None:
                 continue
             schedule = FidelitySchedule.from_config(config, 1000)
+            if not all(str(r) in measured for r in schedule.rungs):
+                continue
             strategies[f"ghn-{name}/{score_key}"] = (schedule, [str(r) for r in schedule.rungs],
                                                      score_key, "ghn_seconds")
     strategies["sgd-1-epoch"] = (FidelitySchedule.single(1000), ["sgd"], "sgd_value",
@@ -336,17 +344,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer architectures, candidates "
                                                              "and simulated runs")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rungs", type=int, nargs="+", default=[125, 250, 500, 1000])
-    parser.add_argument("--candidates", type=int, default=64,
+    parser.add_argument("--rungs", type=int, nargs="+", default=[125, 250, 1000])
+    parser.add_argument("--archs", type=int, default=None,
+                        help="at most this many ground-truth architectures (default: all)")
+    parser.add_argument("--candidates", type=int, default=None,
                         help="candidates per throughput job (the full-score job: a quarter)")
     parser.add_argument("--batch-size", type=int, default=8, help="graphs per GHN batch")
-    parser.add_argument("--sgd-images", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--sgd-images", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--postgres-url", default=os.environ.get("NAS_TEST_POSTGRES_URL",
                                                                  DEFAULT_POSTGRES_URL))
     args = parser.parse_args()
-    if args.quick:
-        args.candidates, args.sgd_images, args.runs = 32, 256, 300
+    quick, full = {"archs": 16, "candidates": 16, "sgd_images": 256, "runs": 300}, {
+        "archs": None, "candidates": 32, "sgd_images": 512, "runs": 2000}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result: dict[str, Any] = {
@@ -354,12 +367,10 @@ def main() -> None:
                                                                   time.gmtime()),
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": args.threads,
         "load_average": list(os.getloadavg()), "quick": args.quick,
-        "command": "python bench/multi_fidelity_bench.py" + (" --quick" if args.quick else ""),
+        "command": "python " + " ".join(sys.argv),
     }
     scorer = ArchitectureScorer.load(device="cpu", eval_images=1000)
-    archs = ground_truth_architectures(scorer, 50)
-    if args.quick:
-        archs = archs[:16]
+    archs = ground_truth_architectures(scorer, 50)[:args.archs]
     print(f"1. {len(archs)} architectures with ground truth, rungs {args.rungs}", flush=True)
     result["rungs"] = score_rungs(scorer, archs, args.rungs)
     result["architectures"] = len(archs)
@@ -368,7 +379,7 @@ def main() -> None:
     print("2. worker throughput on cells (SQLite)", flush=True)
     throughput = []
     for name, config in CONFIGURATIONS.items():
-        count = args.candidates // 4 if config is None else args.candidates
+        count = args.candidates  # the same architectures (indices) for every configuration
         throughput.append(worker_throughput(scorer, name, config, count, args.batch_size,
                                             seed=1))
         result["throughput"] = throughput
@@ -387,7 +398,8 @@ def main() -> None:
                                             ["predicted_accuracy"] for r in result["rungs"]},
                      "sgd_value": {"sgd": sgd_value}})
     result["sgd_seconds_per_architecture"] = round(statistics.mean(sgd), 2)
-    result["search_quality"] = search_quality(pool, args.runs, seed=0)
+    result["search_quality"] = search_quality(pool, args.runs, seed=0,
+                                              measured=list(result["rungs"]))
     _save(result)
 
     print("4. database time per candidate", flush=True)
@@ -397,7 +409,7 @@ def main() -> None:
     database["postgresql"] = postgres_database_seconds(args.postgres_url,
                                                        200 if not args.quick else 40)
     full = next(t for t in throughput if t["configuration"] == "full")
-    best = max(throughput, key=lambda t: t["candidates_per_minute"])
+    best = max(throughput, key=lambda t: t["candidates_per_cpu_minute"])
     db = database["postgresql"].get("record_candidate_seconds",
                                     database["sqlite"]["record_candidate_seconds"])
     result["database"] = database
@@ -409,9 +421,12 @@ def main() -> None:
     }
     quality = result["search_quality"]["strategies"]
     result["summary"] = {
+        "full_candidates_per_cpu_minute": full["candidates_per_cpu_minute"],
         "full_candidates_per_minute": full["candidates_per_minute"],
+        "candidates_per_cpu_minute": {t["configuration"]: t["candidates_per_cpu_minute"]
+                                      for t in throughput},
         "best_configuration": best["configuration"],
-        "best_candidates_per_minute": best["candidates_per_minute"],
+        "best_candidates_per_cpu_minute": best["candidates_per_cpu_minute"],
         "target_candidates_per_minute": 120,
         "kendall_tau_by_rung": {r: v["kendall_tau_ranking_value"]
                                 for r, v in result["rungs"].items()},
