@@ -264,6 +264,12 @@ def add_search(add_parser: AddParser) -> None:
     p.add_argument("--strategy", choices=["random", "evolution"], default="random")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
+    p.add_argument("--rungs", type=_rungs, default=None, metavar="N,N,...",
+                   help="multi-fidelity scoring: validation images of each rung, the last the "
+                        "service's full budget (e.g. 250,1000); every candidate is scored on "
+                        "the first, the best 1/ETA of each rung on the next")
+    p.add_argument("--eta", type=positive_int, default=None,
+                   help="with --rungs: the fraction promoted, 1/ETA (service default 4)")
     p.add_argument("--idempotency-key", default=None, metavar="KEY",
                    help="re-running with the same key and options returns the same job")
     p.add_argument("--wait", action="store_true", help="follow the job until it finishes")
@@ -279,20 +285,37 @@ def add_search(add_parser: AddParser) -> None:
     p.set_defaults(handler=_search)
 
 
+def _rungs(text: str) -> list[int]:
+    """``250,1000`` → ``[250, 1000]``."""
+    try:
+        return [positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected image counts separated by commas, e.g. 250,1000; got {text!r}") from None
+
+
+def _fidelity(c: Candidate) -> str:
+    """``1,000 full`` or ``250 rung 0``: the images a score was taken on."""
+    if c.rung is None or c.eval_images is None:
+        return "-"
+    return f"{c.eval_images:,} " + ("full" if c.full_fidelity else f"rung {c.rung}")
+
+
 def _candidate_table(candidates: Sequence[Candidate]) -> str:
     label, with_predicted = _score_columns(candidates)
     headers = ["rank", "index", "status", label,
-               *(["predicted acc."] if with_predicted else []), "parameters", "MACs",
+               *(["predicted acc."] if with_predicted else []), "images", "parameters", "MACs",
                "candidate"]
     rows = [[rank, c.index, c.status, _score(c.score),
-             *([_score(c.predicted_accuracy)] if with_predicted else []),
+             *([_score(c.predicted_accuracy)] if with_predicted else []), _fidelity(c),
              _count(c.num_parameters), _count(c.flops), c.id]
             for rank, c in enumerate(candidates, 1)]
     if any(c.reason for c in candidates):  # why a candidate was rejected or failed
         headers.append("reason")
         for row, c in zip(rows, candidates, strict=True):
             row.append(c.reason or "")
-    return table(headers, rows, right=(0, 1, 3, 4, 5, 6) if with_predicted else (0, 1, 3, 4, 5))
+    return table(headers, rows,
+                 right=(0, 1, 3, 4, 6, 7) if with_predicted else (0, 1, 3, 5, 6))
 
 
 def _best_line(best: Candidate | None) -> str:
@@ -320,6 +343,10 @@ def _job_lines(job: Job) -> list[str]:
                                                       else "")),
             ("search", f"{job.space}, {job.strategy}, seed {job.seed}, task {job.task}"),
             ("budget", budget), ("constraints", constraints),
+            ("fidelity", "full budget for every candidate" if not job.fidelity else
+             " -> ".join(f"{r:,}" for r in job.fidelity["rungs"])
+             + f" images, best 1/{job.fidelity['eta']} of brackets of "
+               f"{job.fidelity['bracket']}"),
             ("progress", f"{job.progress.done}/{job.progress.total}"),
             ("rate", f"{job.rate:.2f} candidates/s" if job.rate else "-"),
             ("best", _best_line(job.best_candidate))]
@@ -341,7 +368,8 @@ def _search(args: argparse.Namespace) -> int:
         job = client.submit_search(
             space=args.space, candidates=args.budget, seconds=args.seconds,
             max_parameters=args.max_parameters, max_flops=args.max_flops, task=args.task,
-            seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key)
+            seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key,
+            rungs=args.rungs, eta=args.eta)
         if not args.wait:
             if args.json:
                 print_json(job.to_dict())
