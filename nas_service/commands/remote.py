@@ -480,6 +480,77 @@ def _cancel(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
+def add_finetune(add_parser: AddParser) -> None:
+    p = add_parser(
+        "finetune", help="train a candidate from its predicted weights, against random init",
+        description="Train a scored candidate (or architecture) from its GHN-predicted weights "
+                    "with SGD, and the same network from PyTorch's default initialisation with "
+                    "the same batches, and print both validation accuracies after every "
+                    "epoch. ID is a candidate or architecture id on the service (its "
+                    "checkpoint is downloaded), or the path of a checkpoint file saved by "
+                    "`download`.")
+    p.add_argument("id", metavar="ID", help="a candidate id, an architecture id, or a "
+                                            ".safetensors checkpoint file")
+    p.add_argument("--epochs", type=positive_int, default=1, help="default: %(default)s")
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N",
+                   help="training images per epoch (default: the whole training split)")
+    p.add_argument("--eval-images", type=positive_int, default=2000, metavar="N",
+                   help="validation images scored after each epoch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the cosine schedule (default: the SGD "
+                        "protocol's, 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the task's data lies (default: NAS_DATA_ROOT or the system's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection(p)
+    p.set_defaults(handler=_finetune)
+
+
+@reports_client_errors
+def _finetune(args: argparse.Namespace) -> int:
+    from nas_service.client import InvalidCheckpoint
+    from nas_service.client.checkpoint import CheckpointFile
+    from nas_service.data import DatasetError, load_task
+    from nas_service.training.evaluate import SGD_LR
+    from nas_service.training.finetune import finetune_against_random_init
+
+    if Path(args.id).is_file():
+        checkpoint = CheckpointFile.read(args.id)
+    else:
+        with _client(args) as client:
+            checkpoint = client.fetch_checkpoint(args.id)
+    try:
+        net = checkpoint.module()
+    except Exception as e:  # noqa: BLE001 - whatever torch or the graph layer says, in one line
+        raise InvalidCheckpoint(f"{checkpoint.url}: the weights do not load into the graph's "
+                                f"network: {type(e).__name__}: {e}") from None
+    task = checkpoint.metadata.get("task") or "fashion-mnist"
+    try:
+        data = load_task(task, args.data_root)
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    report = finetune_against_random_init(
+        net, checkpoint.graph, data, epochs=args.epochs, max_images=args.max_images,
+        eval_images=args.eval_images, lr=args.lr if args.lr is not None else SGD_LR,
+        seed=args.seed, progress=not args.no_progress)
+    if args.json:
+        print_json({"checkpoint": checkpoint.url, "task": task, **report.to_dict()})
+        return 0
+    print(f"{checkpoint.graph.name or args.id} on {task}: validation accuracy "
+          f"({report.eval_images:,} images) after each epoch of {report.images_per_epoch:,} "
+          f"training images")
+    rows = [[epoch, f"{p:.4f}", f"{r:.4f}", f"{p - r:+.4f}"]
+            for epoch, (p, r) in enumerate(zip(report.predicted, report.random_init,
+                                               strict=True))]
+    print(table(["epoch", "from predicted", "from random init", "difference"], rows,
+                right=(0, 1, 2, 3)))
+    print(f"seconds: {report.seconds['predicted']:.1f} from predicted, "
+          f"{report.seconds['random_init']:.1f} from random init")
+    return 0
+
+
 def add_download(add_parser: AddParser) -> None:
     p = add_parser(
         "download", help="download an architecture's or a candidate's predicted weights",
