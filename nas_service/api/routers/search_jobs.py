@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import DataError
 
+from nas_service.data import DatasetError
 from nas_service.db import (
     IdempotencyConflict,
     InvalidCursor,
@@ -97,7 +98,12 @@ def create_search_job(
                       errors=[field_error("/body/task", str(e), field="task")]) from None
     fidelity = None
     if body.fidelity is not None:
-        fidelity = _fidelity_schedule(body.fidelity.model_dump(), scorer.full_images(body.task))
+        try:  # the full budget counts the task's validation images: they must load
+            full_images = scorer.full_images(body.task)
+        except DatasetError as e:
+            raise Problem(503, f"the data of task {body.task!r} is not available: {e}",
+                          slug="task-data-unavailable") from None
+        fidelity = _fidelity_schedule(body.fidelity.model_dump(), full_images)
     limit = service.settings.max_search_candidates
     if body.budget.candidates > limit:
         message = f"at most {limit} candidates per job"
