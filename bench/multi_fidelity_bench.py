@@ -30,7 +30,7 @@ Four measurements, one process, torch on one thread (``--threads``):
    the worker's CPU seconds per candidate (from 2) give the speed-up of n workers, each on its
    own core, when the database serialises its share: ``min(n, (c + d) / d)``.
 
-    python bench/multi_fidelity_bench.py            # about 20 minutes on a 2-core CPU
+    python bench/multi_fidelity_bench.py            # 45 minutes on this 2-core CPU, under load
     python bench/multi_fidelity_bench.py --quick    # a few minutes, fewer of everything
 """
 
