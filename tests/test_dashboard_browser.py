@@ -483,7 +483,8 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     headers = page.eval_on_selector_all(
         "#candidates-table th", "ths => ths.map(th => [th.dataset.column, th.textContent, th.title])")
     assert [h[0] for h in headers] == ["index", "status", "score", "predicted_accuracy",
-                                       "num_parameters", "flops", "seconds", "reason"]
+                                       "fidelity", "num_parameters", "flops", "seconds",
+                                       "reason"]
     score_head, predicted_head = headers[2], headers[3]
     assert score_head[1].startswith("Est. trained acc.")
     assert "ranking head's estimate of test accuracy after 5 epochs" in score_head[2]
