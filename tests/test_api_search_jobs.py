@@ -179,6 +179,9 @@ def test_a_job_with_rungs_shows_each_scores_fidelity_and_its_best_is_a_full_scor
     best = done["best_candidate"]
     assert best["full_fidelity"] and best["score"] == max(c["score"] for c in full)
     assert client.get(f"/v1/candidates/{best['id']}").json() == best
+    metrics = client.get("/metrics").text
+    assert 'nas_candidates_recorded_total{status="scored"} 6' in metrics
+    assert 'nas_candidates_promoted_total{rung="1"} 2' in metrics
 
 
 def test_a_job_over_some_families_records_the_view_and_samples_only_them(make_client) -> None:

@@ -83,6 +83,7 @@ class WorkerHooks:
     """Callbacks the process embedding a worker uses to observe it (the API's metrics, tests)."""
 
     candidate_recorded: Callable[[str], None] = _ignore  # status
+    candidate_promoted: Callable[[int], None] = _ignore  # the rung it was scored at
     heartbeat: Callable[[bool], None] = _ignore  # lease still held
     job_finished: Callable[[str], None] = _ignore  # outcome, see Worker.run_job
     batch_done: Callable[[str, list[int]], None] = _ignore  # job id, indices recorded
@@ -342,7 +343,7 @@ class Worker:
                 architecture_scores=_rung_fields(ev.architecture.scores))
             run.history[index] = Outcome(outcome.status, outcome.score,
                                          (*outcome.rung_scores, score))
-            self.hooks.candidate_recorded("promoted")
+            self.hooks.candidate_promoted(rung)
 
     def _record(self, run: _JobRun, index: int, status: str, **fields: object) -> None:
         claimed = run.claimed
