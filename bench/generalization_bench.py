@@ -2,6 +2,8 @@
 
     python bench/generalization_bench.py --truth-only      # train the ground truth (resumable)
     python bench/generalization_bench.py [--ghn FILE]      # score every set, write the results
+    python bench/generalization_bench.py --resummarize     # the results again, with the ground
+                                                           # truth trained since (scores kept)
 
 Sets: in-distribution seeds of the families the GHN was trained on, families held out of its
 training, ordinary hand-written CNNs, and the reference zoo (no ground truth: too large to
@@ -15,6 +17,7 @@ in-distribution set, with its Kendall tau measured out of distribution, is writt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -26,11 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas_service.data import load_task  # noqa: E402
-from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
+from nas_service.ghn.checkpoint import (  # noqa: E402
+    bundled_checkpoint_path,
+    load_ghn,
+    read_metadata,
+)
 from nas_service.runtime import retain_freed_memory  # noqa: E402
 from nas_service.training.generalization import (  # noqa: E402
     architecture_sets,
     evaluate_generalization,
+    rows_by_set,
+    summarize_generalization,
     train_ground_truth_sets,
 )
 from nas_service.training.ranking import GroundTruthCache  # noqa: E402
@@ -39,12 +48,27 @@ CACHE = ROOT / "bench" / "results" / "generalization" / "ground-truth.json"
 OUT = ROOT / "bench" / "results" / "generalization_bench.json"
 
 
+def ghn_sha256(path: str | None) -> str:
+    """The SHA-256 of the checkpoint scored: which GHN the results belong to."""
+    return hashlib.sha256(Path(path or bundled_checkpoint_path()).read_bytes()).hexdigest()
+
+
+def ghn_trained_on(path: str | None) -> list[str] | None:
+    """The search spaces the checkpoint was trained on, as its metadata records them: a set is
+    in distribution only for a GHN trained on its families."""
+    training = read_metadata(path or bundled_checkpoint_path()).get("training")
+    return None if not isinstance(training, dict) else training.get("config", {}).get("spaces")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ghn", default=None, help="GHN checkpoint (default: the bundled one)")
     parser.add_argument("--task", default="fashion-mnist")
     parser.add_argument("--truth-only", action="store_true",
                         help="only train the ground truth and the SGD baseline into the cache")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="bring --out up to date with the ground truth the cache holds now, "
+                             "without scoring anything again")
     parser.add_argument("--per-set", type=int, default=18,
                         help="sampled architectures per sampled set (default: 18)")
     parser.add_argument("--eval-images", type=int, default=1000)
@@ -61,14 +85,24 @@ def main() -> int:
     if args.truth_only:
         train_ground_truth_sets(sets, task, cache, device="cpu")
         return 0
-    ghn = load_ghn(args.ghn, "cpu")
-    started = time.time()
-    result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images)
-    result.update({"benchmark": "generalization", "task": task.spec.name,
-                   "ghn": args.ghn or "bundled", "torch": torch.__version__,
-                   "threads": torch.get_num_threads(),
-                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "seconds": time.time() - started})
+    if args.resummarize:
+        earlier = json.loads(args.out.read_text())
+        result = summarize_generalization(rows_by_set(earlier["architectures"]), sets, task,
+                                          cache, eval_images=earlier["protocol"]["eval_images"])
+        result.update({k: earlier[k] for k in ("benchmark", "task", "ghn", "ghn_sha256",
+                                               "ghn_trained_on", "torch", "threads",
+                                               "timestamp", "seconds")
+                       if k in earlier})
+    else:
+        ghn = load_ghn(args.ghn, "cpu")
+        started = time.time()
+        result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images)
+        result.update({"benchmark": "generalization", "task": task.spec.name,
+                       "ghn": args.ghn or "bundled", "ghn_sha256": ghn_sha256(args.ghn),
+                       "ghn_trained_on": ghn_trained_on(args.ghn),
+                       "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "seconds": time.time() - started})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     head = result["protocol"]["ranking_head"]

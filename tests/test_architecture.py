@@ -128,7 +128,7 @@ def test_nothing_imports_the_api_or_the_command_line() -> None:
 
 def test_the_ml_core_never_imports_web_database_or_settings() -> None:
     table = rules()
-    core = ("graph", "spaces", "data", "ghn", "scoring", "training", "zoo")
+    core = ("graph", "spaces", "data", "ghn", "scoring", "training", "zoo", "continual")
     service = {"fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "pydantic_settings",
                "httpx"}
     for unit in core:

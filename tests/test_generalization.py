@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+
+import pytest
 
 from nas_service.spaces import family_of
 from nas_service.training.generalization import (
@@ -11,8 +14,11 @@ from nas_service.training.generalization import (
     HELD_OUT_FAMILIES,
     RANKED,
     architecture_sets,
+    rows_by_set,
+    summarize_generalization,
     summarize_set,
 )
+from nas_service.training.ranking import GroundTruthCache
 from nas_service.zoo.handwritten import HANDWRITTEN
 
 
@@ -55,3 +61,31 @@ def test_a_set_summary_ranks_every_score_against_the_ground_truth():
     assert ranking["synflow"]["kendall_tau"] is None  # failed everywhere: all tied last
     assert summary["mean"]["predicted_readout"] == sum(0.2 * i for i in (1, 2, 3, 4, 5, 6, 9)) / 7
     assert summary["seconds_per_architecture"]["ghn_score"] == 1.0
+
+
+def test_results_are_brought_up_to_date_with_ground_truth_trained_since(tmp_path):
+    sets = architecture_sets((1, 28, 28), 10, per_set=4)
+    sets = {"in_distribution": sets["in_distribution"],
+            "held_out_families": sets["held_out_families"]}
+    task = SimpleNamespace(spec=SimpleNamespace(name="toy"), train=range(100))
+    rows = {name: [{**_record(i + 1, None), "hash": g.content_hash(), "set": name}
+                   for i, g in enumerate(graphs)] for name, graphs in sets.items()}
+    cache = GroundTruthCache(tmp_path / "truth.json")
+    before = summarize_generalization(rows, sets, task, cache, eval_images=100)
+    assert before["sets"]["held_out_families"]["with_ground_truth"] == 0
+
+    for i, graph in enumerate(sets["held_out_families"][:3]):  # trained since
+        cache.put(GroundTruthCache.key(graph, task, GROUND_TRUTH.epochs, GROUND_TRUTH.images, 0,
+                                       eval_images=2000), {"accuracy": 0.5 + 0.1 * i,
+                                                           "seconds": 9.0})
+    after = summarize_generalization(rows_by_set(before["architectures"]), sets, task,
+                                     GroundTruthCache(tmp_path / "truth.json"), eval_images=100)
+    summary = after["sets"]["held_out_families"]
+    assert summary["with_ground_truth"] == 3
+    assert summary["ranking"]["predicted_readout"]["kendall_tau"] == 1.0
+    assert summary["mean"]["trained_accuracy"] == pytest.approx(0.6)
+    assert after["sets"]["in_distribution"]["with_ground_truth"] == 0
+
+    rows["in_distribution"].reverse()  # scored in another order, or on other architectures
+    with pytest.raises(ValueError, match="'in_distribution' is not the set of this checkout"):
+        summarize_generalization(rows, sets, task, cache, eval_images=100)

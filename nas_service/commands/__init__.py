@@ -36,6 +36,7 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     training.add_train_ghn,
     training.add_evaluate_ghn,
     training.add_rank_ghn,
+    training.add_continual_bench,
     service.add_db,  # db upgrade | current
     service.add_serve,
     service.add_worker,

@@ -1,5 +1,6 @@
-"""``nas-service train-ghn | evaluate-ghn | rank-ghn``: training a graph hypernetwork and
-measuring its predicted weights and rankings (docs/ghn.md, docs/evaluation.md).
+"""``nas-service train-ghn | evaluate-ghn | rank-ghn | continual-bench``: training a graph
+hypernetwork and measuring its predicted weights and rankings (docs/ghn.md, docs/evaluation.md);
+continual learning with task-conditioned hypernetworks on Fashion-MNIST (docs/continual.md).
 
 The training and evaluation stack (torch-geometric, the data layer) is imported inside the
 handlers; only ``train-ghn``'s defaults (``TrainingConfig``) are read when the parser is built.
@@ -245,4 +246,93 @@ def _rank_ghn(args: argparse.Namespace) -> int:
         print(f"the service ranks by the head once it lies beside the checkpoint as "
               f"{head_path_for(args.ghn or bundled_checkpoint_path())}")
     print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# continual-bench
+# ------------------------------------------------------------------------------------------------
+
+
+def add_continual_bench(add_parser: AddParser) -> None:
+    p = add_parser("continual-bench",
+                   help="continual learning on Fashion-MNIST: hypernetworks against baselines",
+                   description="Learn Split Fashion-MNIST (5 tasks of 2 classes; split-cnn: "
+                               "with a small CNN) and/or Permuted Fashion-MNIST (10 tasks) one "
+                               "task after another with a "
+                               "task-conditioned hypernetwork and with the baselines (fine-"
+                               "tuning, EWC, online EWC, SI, multi-task training), and print "
+                               "each method's average accuracy after the last task, forgetting, "
+                               "task 1's accuracy after each task and its trainable parameters "
+                               "(docs/continual.md). bench/continual_bench.py runs the same "
+                               "definitions and records them.")
+    p.add_argument("--benchmark", choices=("split", "permuted", "split-cnn", "all"),
+                   default="all", help="default: %(default)s")
+    p.add_argument("--methods", default=None, metavar="A,B",
+                   help="comma-separated subset, e.g. hnet-chunked,finetune (default: all)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="Adam steps per task (default: 600, split-cnn 300)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--quick", action="store_true",
+                   help="3 permuted tasks and 500 test images per task (a smoke run)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="Fashion-MNIST's folder")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_continual_bench)
+
+
+def _continual_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas_service.commands.output import table
+    from nas_service.continual import (
+        BENCHMARKS,
+        DEFAULT_STEPS,
+        ContinualError,
+        TrainingSettings,
+        benchmark_methods,
+        benchmark_tasks,
+        run_method,
+    )
+    from nas_service.data import DatasetError, load_task
+
+    benchmarks = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    wanted = None if args.methods is None else [m.strip() for m in args.methods.split(",")
+                                                if m.strip()]
+    known = {m for b in benchmarks for m in benchmark_methods(b)}
+    if wanted is not None:
+        unknown = sorted(set(wanted) - known)
+        if unknown or not wanted:
+            raise CommandError(f"--methods: unknown {', '.join(unknown) or 'empty list'}; "
+                               f"known: {', '.join(sorted(known))}")
+    try:
+        data = load_task("fashion-mnist", args.data_root)
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    results: dict[str, dict[str, dict]] = {}
+    for benchmark in benchmarks:
+        settings = TrainingSettings(steps=args.steps or DEFAULT_STEPS[benchmark], seed=args.seed)
+        tasks = benchmark_tasks(benchmark, data, quick=args.quick)
+        methods = [m for m in benchmark_methods(benchmark) if wanted is None or m in wanted]
+        results[benchmark] = {}
+        for method in methods:
+            try:
+                results[benchmark][method] = run_method(benchmark, method, tasks, settings,
+                                                        progress=not args.no_progress)
+            except ContinualError as e:
+                raise CommandError(str(e)) from None
+        rows = []
+        for method, r in results[benchmark].items():
+            p = r["parameters"]
+            count = int(p.get("network", p.get("hypernetwork", 0) + p.get("task_embeddings", 0)))
+            rows.append((method, f"{r['average_accuracy']:.2f}", r.get("forgetting"),
+                         r.get("task1_forgetting"), r.get("task_inferred_accuracy"),
+                         f"{count:,}", f"{p['compression']:.2f}" if "compression" in p else None))
+        print(f"{benchmark}: {len(tasks)} tasks, {settings.steps} steps per task, accuracy in %")
+        print(table(["method", "average", "forgetting", "task-1 forgetting", "task inferred",
+                     "trainable", "ratio"], rows, right=(1, 2, 3, 4, 5, 6)))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0

@@ -161,19 +161,35 @@ def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
             for graph in graphs:
                 record = _score_architecture(ghn, graph, task, proxy_batch, eval_images)
                 record["set"] = name
-                for key, budget, split in (("trained_accuracy", GROUND_TRUTH, "test"),
-                                           ("sgd_baseline", BASELINE, "val")):
-                    hit = cache.get(GroundTruthCache.key(graph, task, budget.epochs,
-                                                         budget.images, 0, split=split,
-                                                         eval_images=2000))
-                    record[key] = None if hit is None else hit["accuracy"]
-                    record["seconds"][key] = None if hit is None else hit["seconds"]
                 rows[name].append(record)
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    return summarize_generalization(rows, sets, task, cache, eval_images=eval_images)
+
+
+def summarize_generalization(rows: dict[str, list[dict[str, Any]]],
+                             sets: dict[str, list[ArchitectureGraph]], task: TaskData,
+                             cache: GroundTruthCache, *, eval_images: int) -> dict[str, Any]:
+    """The results of :func:`evaluate_generalization` from its scored ``rows`` (one list per
+    set, in the order of ``sets``): the ground truth the cache holds now attached, the ranking
+    head fit, every set summarised. Cheap, so results can be brought up to date when more
+    ground truth has been trained, without scoring anything again."""
+    for name, records in rows.items():
+        graphs = sets[name]
+        if [r["hash"] for r in records] != [g.content_hash() for g in graphs]:
+            raise ValueError(f"the scored set {name!r} is not the set of this checkout "
+                             f"({len(records)} scored, {len(graphs)} now)")
+        for record, graph in zip(records, graphs, strict=True):
+            for key, budget, split in (("trained_accuracy", GROUND_TRUTH, "test"),
+                                       ("sgd_baseline", BASELINE, "val")):
+                hit = cache.get(GroundTruthCache.key(graph, task, budget.epochs,
+                                                     budget.images, 0, split=split,
+                                                     eval_images=2000))
+                record[key] = None if hit is None else hit["accuracy"]
+                record["seconds"][key] = None if hit is None else hit["seconds"]
     head = _fit_head(rows.get("in_distribution", []), task)
     for records in rows.values():
         for r in records:
@@ -198,6 +214,14 @@ def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
                          "ranking_head": None if head is None else head.to_dict()},
             "sets": {name: summarize_set(records) for name, records in rows.items()},
             "architectures": [r for records in rows.values() for r in records]}
+
+
+def rows_by_set(architectures: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The ``architectures`` of a results file grouped by their ``set`` again, in order."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for record in architectures:
+        rows.setdefault(record["set"], []).append(record)
+    return rows
 
 
 RANKED = ("predicted_recalibrated", "predicted_readout", "ranking_head", *PROXIES,
