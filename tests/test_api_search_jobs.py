@@ -10,6 +10,7 @@ import pytest
 pytest.register_assert_rewrite("service_support")
 
 from service_support import (  # noqa: E402
+    EVAL_IMAGES,
     SMALL_FLOPS,
     assert_problem,
     requires_fashion_mnist,
@@ -134,6 +135,53 @@ def test_a_job_runs_to_completion_and_its_best_candidate_downloads(make_client) 
     assert 'nas_candidates_recorded_total{status="scored"} 4' in metrics
     assert 'nas_worker_jobs_total{outcome="succeeded"} 1' in metrics
     assert 'nas_worker_heartbeats_total{held="true"}' in metrics
+
+
+@pytest.mark.parametrize(("fidelity", "location"), [
+    ({"rungs": [16, 8, EVAL_IMAGES]}, "/body/fidelity/rungs/1"),
+    ({"rungs": [16, EVAL_IMAGES // 2]}, "/body/fidelity/rungs/1"),  # not the full budget
+    ({"rungs": [16, EVAL_IMAGES], "eta": 4, "bracket": 3}, "/body/fidelity/bracket"),
+    ({"rungs": [16, EVAL_IMAGES], "eta": 1}, "/body/fidelity/eta"),
+    ({"rungs": [0, EVAL_IMAGES]}, "/body/fidelity/rungs/0"),
+    ({"rungs": [16, EVAL_IMAGES], "eta": "4"}, "/body/fidelity/eta"),
+    ({"rungs": [16, EVAL_IMAGES], "halving": True}, "/body/fidelity/halving"),
+])
+def test_rungs_that_cannot_run_are_a_422_naming_where(client, fidelity, location) -> None:
+    r = client.post("/v1/search-jobs", json={**JOB, "fidelity": fidelity})
+    problem = assert_problem(r, 422)
+    assert location in [e["location"] for e in problem["errors"]], problem
+    assert client.get("/v1/search-jobs").json()["items"] == []
+
+
+def test_a_job_with_rungs_shows_each_scores_fidelity_and_its_best_is_a_full_score(
+        make_client) -> None:
+    client = make_client(worker_in_process=True)
+    r = client.post("/v1/search-jobs", json={**JOB, "budget": {"candidates": 6},
+                                             "fidelity": {"rungs": [16, EVAL_IMAGES],
+                                                          "eta": 3}})
+    assert r.status_code == 202, r.text
+    assert r.json()["fidelity"] == {"rungs": [16, EVAL_IMAGES], "eta": 3, "bracket": 9}
+    done = _wait(client, r.json()["id"])
+    assert done["status"] == "succeeded", done
+    items = client.get(done["links"]["candidates"], params={"order_by": "index"}).json()["items"]
+    scored = [c for c in items if c["status"] == "scored"]
+    full = [c for c in scored if c["full_fidelity"]]
+    assert len(full) == 2  # ceil(6 / 3) of the one bracket
+    for c in scored:
+        assert c["rung_scores"][0]["rung"] == 0 and c["rung_scores"][0]["images"] == 16
+        if c["full_fidelity"]:
+            assert (c["rung"], c["eval_images"]) == (1, EVAL_IMAGES)
+            assert [r["images"] for r in c["rung_scores"]] == [16, EVAL_IMAGES]
+            architecture = client.get(c["architecture_url"]).json()
+            assert architecture["score"]["images"] == EVAL_IMAGES
+        else:
+            assert (c["rung"], c["eval_images"], len(c["rung_scores"])) == (0, 16, 1)
+    best = done["best_candidate"]
+    assert best["full_fidelity"] and best["score"] == max(c["score"] for c in full)
+    assert client.get(f"/v1/candidates/{best['id']}").json() == best
+    metrics = client.get("/metrics").text
+    assert 'nas_candidates_recorded_total{status="scored"} 6' in metrics
+    assert 'nas_candidates_promoted_total{rung="1"} 2' in metrics
 
 
 def test_a_job_over_some_families_records_the_view_and_samples_only_them(make_client) -> None:

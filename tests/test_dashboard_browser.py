@@ -483,7 +483,8 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     headers = page.eval_on_selector_all(
         "#candidates-table th", "ths => ths.map(th => [th.dataset.column, th.textContent, th.title])")
     assert [h[0] for h in headers] == ["index", "status", "score", "predicted_accuracy",
-                                       "num_parameters", "flops", "seconds", "reason"]
+                                       "fidelity", "num_parameters", "flops", "seconds",
+                                       "reason"]
     score_head, predicted_head = headers[2], headers[3]
     assert score_head[1].startswith("Est. trained acc.")
     assert "ranking head's estimate of test accuracy after 5 epochs" in score_head[2]
@@ -651,6 +652,32 @@ def test_a_running_job_updates_live_and_can_be_cancelled(tab: Tab, api: httpx.Cl
     assert not page.is_visible("#cancel-job")
     page.wait_for_function(f"() => document.querySelector('#job-progress .progress-label')"
                            f".textContent == '{job['progress']['done']} / 5000 candidates'")
+
+
+def test_a_job_with_rungs_shows_the_fidelity_of_every_score(tab: Tab,
+                                                           api: httpx.Client) -> None:
+    full = api.get("/v1/hypernetworks").json()[0]["score"]["images"]
+    posted = api.post("/v1/search-jobs", json={
+        "space": "cells", "seed": 13, "budget": {"candidates": 4},
+        "constraints": {"max_flops": SMALL_FLOPS},
+        "fidelity": {"rungs": [16, full], "eta": 2}})
+    assert posted.status_code == 202, posted.text
+    job_id = posted.json()["id"]
+    page = tab.goto(f"#/jobs/{job_id}")
+    page.wait_for_selector("[data-job-status=succeeded]", timeout=JOB_SECONDS)
+    assert page.inner_text("#job-fidelity") == (
+        f"16 → {full:,} images, best 1/2 promoted in brackets of 4")
+    candidates = _all_candidates(api, job_id, "index")
+    for c in candidates:
+        row = page.wait_for_selector(f"#candidates-table tr[data-candidate-id='{c['id']}']")
+        expected = (f"{c['eval_images']:,} images · "
+                    + ("full" if c["full_fidelity"] else f"rung {c['rung']}"))
+        assert expected in row.inner_text()
+    assert sum(c["full_fidelity"] for c in candidates) == 2
+    best = api.get(f"/v1/search-jobs/{job_id}").json()["best_candidate"]
+    page = tab.goto(f"#/candidates/{best['id']}")
+    page.wait_for_selector("#candidate-fidelity")
+    assert page.inner_text("#candidate-fidelity").startswith(f"{full:,} images · full (16: ")
 
 
 def test_graphs_of_hundreds_of_nodes_are_laid_out_legibly(tab: Tab) -> None:

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from remote_support import RemoteService, free_port  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from service_support import (  # noqa: E402
+    EVAL_IMAGES,
     SMALL_FLOPS,
     requires_fashion_mnist,
     tiny_graph,
@@ -190,8 +191,9 @@ def test_search_waits_with_progress_and_prints_the_best_candidates(service, caps
     job_id = lines[0]
     assert len(job_id) == 32
     assert "4/4" in err  # the progress bar
-    fields = dict(line.split(None, 1) for line in lines[1:9])
+    fields = dict(line.split(None, 1) for line in lines[1:10])
     assert fields["status"] == "succeeded" and fields["progress"] == "4/4"
+    assert fields["fidelity"] == "full budget for every candidate"
     header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
     rows = [line.split() for line in lines[header + 1:]]
     assert [r[0] for r in rows] == ["1", "2", "3"]
@@ -242,19 +244,35 @@ def test_tables_name_the_score_by_what_it_is() -> None:
     plain = _candidate_table([_candidate(0, 0.71, "predicted-accuracy", 0.71),
                               _candidate(1, None, None, None)]).splitlines()
     assert re.split(r"\s{2,}", plain[0]) == ["rank", "index", "status", "predicted acc.",
-                                              "parameters", "MACs", "candidate", "reason"]
+                                              "images", "parameters", "MACs", "candidate",
+                                              "reason"]
     assert plain[1].split()[3] == "0.7100" and plain[2].split()[3] == "-"
     assert _best_line(_candidate(0, 0.71, "predicted-accuracy", 0.71)).startswith(
         "0.7100 predicted accuracy (candidate 0, c0)")
     # A service that does not say: "score", as before.
     older = _candidate_table([_candidate(0, 0.71, None, None)]).splitlines()
-    assert re.split(r"\s{2,}", older[0])[3:5] == ["score", "parameters"]
+    assert re.split(r"\s{2,}", older[0])[3:5] == ["score", "images"]
     assert _best_line(_candidate(0, 0.71, None, None)) == "0.7100 (candidate 0, c0)"
     # Estimates of two GHNs' heads, or of a head and none: "score", the predicted beside it.
     mixed = _candidate_table([_candidate(0, 0.9, "estimated-trained-accuracy", 0.6),
                               _candidate(1, 0.7, "predicted-accuracy", 0.7)]).splitlines()
     assert re.split(r"\s{2,}", mixed[0])[3:5] == ["score", "predicted acc."]
     assert mixed[1].split()[3:5] == ["0.9000", "0.6000"]
+
+
+def test_search_with_rungs_shows_the_fidelity_of_each_score(service, capsys) -> None:
+    status, out, err = _run(capsys, "search", "--budget", "4", "--max-flops", str(SMALL_FLOPS),
+                            "--seed", "5", "--rungs", f"16,{EVAL_IMAGES}", "--eta", "2",
+                            "--wait", "--poll", "0.1", "--no-progress", "--top", "4")
+    assert status == 0, err
+    lines = out.splitlines()
+    fields = dict(line.split(None, 1) for line in lines[1:10])
+    assert fields["fidelity"] == f"16 -> {EVAL_IMAGES} images, best 1/2 of brackets of 4"
+    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
+    images = [re.split(r"\s{2,}", line.strip())[5] for line in lines[header + 1:]]
+    assert sorted(images) == sorted([f"{EVAL_IMAGES} full"] * 2 + ["16 rung 0"] * 2)
+    status, _, err = _run(capsys, "search", "--budget", "4", "--rungs", "16,x")
+    assert status == 2 and "image counts separated by commas" in err
 
 
 def test_search_without_wait_prints_the_id_and_cancel_stops_it(service, capsys) -> None:

@@ -174,6 +174,7 @@ def _metrics_hooks(metrics: ServiceMetrics) -> WorkerHooks:
             metrics.last_heartbeat.set(time.time())
 
     return WorkerHooks(candidate_recorded=lambda status: metrics.candidates.inc(status=status),
+                       candidate_promoted=lambda rung: metrics.promotions.inc(rung=str(rung)),
                        heartbeat=heartbeat,
                        job_finished=lambda outcome: metrics.jobs_finished.inc(outcome=outcome))
 

@@ -158,6 +158,10 @@ class ServiceMetrics:
         self.candidates = Counter(
             "nas_candidates_recorded_total",
             "Candidates recorded by this process's worker, by status.", ("status",))
+        self.promotions = Counter(
+            "nas_candidates_promoted_total",
+            "Candidates of multi-fidelity jobs scored again at a higher rung by this process's "
+            "worker, by that rung.", ("rung",))
         self.ghn_seconds = Histogram(
             "nas_scoring_seconds", "Time to predict parameters and score one architecture.",
             ())
@@ -179,8 +183,8 @@ class ServiceMetrics:
 
     def all(self) -> list[_Metric]:
         return [self.request_seconds, self.unhandled_errors, self.architectures, self.candidates,
-                self.ghn_seconds, self.heartbeats, self.last_heartbeat, self.jobs_finished,
-                self.queue_depth, self.jobs, self.database_up]
+                self.promotions, self.ghn_seconds, self.heartbeats, self.last_heartbeat,
+                self.jobs_finished, self.queue_depth, self.jobs, self.database_up]
 
     def render(self) -> str:
         lines: list[str] = []

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nas_service.data import DatasetError, get_task, list_tasks
+from nas_service.scoring.fidelity import MAX_BRACKET, MAX_ETA, MAX_RUNGS
 from nas_service.spaces import SPACES, SearchSpaceError, get_space
 
 MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
@@ -166,12 +167,33 @@ class Constraints(_Request):
                                   description="multiply-accumulates per sample")
 
 
+class FidelityConfig(_Request):
+    """Multi-fidelity rungs (successive halving in brackets, ``docs/api.md``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"rungs": [250, 1000], "eta": 4}]})
+
+    rungs: list[Annotated[int, Field(ge=1, le=10_000_000)]] = Field(
+        min_length=1, max_length=MAX_RUNGS,
+        description="validation images of each rung, increasing; the last is the service's "
+                    "full budget (NAS_EVAL_IMAGES, GET /v1/hypernetworks: score.images)")
+    eta: int = Field(default=4, ge=2, le=MAX_ETA,
+                     description="the best 1/eta of each rung (rounded up, per bracket) are "
+                                 "scored at the next")
+    bracket: int | None = Field(
+        default=None, ge=2, le=MAX_BRACKET,
+        description="consecutive candidates that compete for promotion (at least eta); "
+                    "default eta ** len(rungs)")
+
+
 class SearchJobRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"space": "cells", "seed": 0, "budget": {"candidates": 200}},
         {"space": "cells", "task": "fashion-mnist", "strategy": "evolution", "seed": 1,
          "budget": {"candidates": 4, "seconds": 600},
          "constraints": {"max_parameters": 100000, "max_flops": 2000000}},
+        {"space": "cells", "seed": 2, "budget": {"candidates": 256},
+         "fidelity": {"rungs": [250, 1000], "eta": 4}},
     ]})
 
     space: SpaceName
@@ -180,6 +202,9 @@ class SearchJobRequest(_Request):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     budget: Budget
     constraints: Constraints = Field(default_factory=Constraints)
+    fidelity: FidelityConfig | None = Field(
+        default=None, description="score every candidate cheaply first and only the best "
+                                  "at the full budget; null: every candidate in full")
 
     @field_validator("task")
     @classmethod
@@ -196,6 +221,18 @@ class Progress(BaseModel):
     done: int
     total: int
     fraction: float
+
+
+class RungScore(BaseModel):
+    rung: int = Field(description="0 for the cheapest; the job's last rung is the full score")
+    images: int | None = Field(description="validation images the score was taken on")
+    score: float | None = Field(description="the candidate's score at this rung (what the job "
+                                            "ranks by); null when scoring at it failed")
+    predicted_accuracy: float | None = None
+    architecture_id: str | None = Field(
+        default=None, description="the architecture stored with this rung's score and "
+                                  "checkpoint")
+    error: str | None = None
 
 
 class CandidateResponse(BaseModel):
@@ -217,10 +254,18 @@ class CandidateResponse(BaseModel):
         description="the accuracy of the network with its GHN-predicted weights, a fraction in "
                     "[0, 1]: its architecture's score.value, what its checkpoint reproduces; "
                     "null when the candidate has no scored architecture")
+    rung: int | None = Field(description="the rung score was taken at (0: the cheapest); null "
+                                         "when the candidate has no score")
+    eval_images: int | None = Field(description="validation images score was taken on")
+    full_fidelity: bool | None = Field(
+        description="whether score is a full-budget score (the job's last rung): only those "
+                    "compete for the job's best candidate")
+    rung_scores: list[RungScore] = Field(default_factory=list,
+                                         description="the candidate's score at every rung")
     reason: str | None
     num_parameters: int | None
     flops: int | None
-    seconds: float | None
+    seconds: float | None = Field(description="seconds spent on it, every rung together")
     architecture_id: str | None
     architecture_url: str | None
     checkpoint_url: str | None
@@ -236,6 +281,8 @@ class SearchJobResponse(BaseModel):
     seed: int
     budget: Budget
     constraints: Constraints
+    fidelity: FidelityConfig | None = Field(description="the job's rungs (bracket filled in); "
+                                                        "null: every candidate in full")
     progress: Progress
     rate: float | None = Field(description="candidates recorded per second of running time")
     best_candidate: CandidateResponse | None

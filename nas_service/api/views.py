@@ -24,7 +24,9 @@ from .schemas import (
     CandidateResponse,
     CheckpointLink,
     Constraints,
+    FidelityConfig,
     Progress,
+    RungScore,
     Score,
     ScoreKind,
     SearchJobResponse,
@@ -99,13 +101,32 @@ def score_kind(candidate: Candidate, scores: Mapping[str, Any] | None) -> ScoreK
     return "estimated-trained-accuracy" if scores.get("ranking") else "predicted-accuracy"
 
 
-def candidate_view(candidate: Candidate,
-                   scores: Mapping[str, Any] | None) -> CandidateResponse:
+def _rung_scores(entries: Any) -> list[RungScore]:
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            out.append(RungScore(**readable({k: v for k, v in entry.items()
+                                             if k in RungScore.model_fields})))
+        except (ValidationError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def candidate_view(candidate: Candidate, scores: Mapping[str, Any] | None,
+                   top_rung: int = 0) -> CandidateResponse:
     """``scores``: the stored scores of the candidate's architecture (:func:`architecture_scores`),
-    ``None`` when it has none."""
+    ``None`` when it has none; ``top_rung``: the job's last rung (:func:`top_rungs`)."""
     has_architecture = candidate.architecture_id is not None
     predicted = scores.get("value") if scores else None
+    scored = candidate.score is not None
+    rung = (candidate.rung if candidate.rung is not None else 0) if scored else None
+    images = candidate.eval_images
+    if scored and images is None and scores:
+        images = scores.get("images")
     return CandidateResponse(
+        rung=rung, eval_images=images if scored else None,
+        full_fidelity=(rung == top_rung) if scored else None,
+        rung_scores=_rung_scores(candidate.rung_scores),
         id=candidate.id, job_id=candidate.job_id, index=candidate.index,
         status=candidate.status.value, score=candidate.score,
         score_kind=score_kind(candidate, scores),
@@ -130,10 +151,27 @@ def architecture_scores(session: Session,
     return {architecture_id: scores or {} for architecture_id, scores in rows}
 
 
+def top_rungs(session: Session, job_ids: Iterable[str]) -> dict[str, int]:
+    """The last rung of each job's fidelity schedule (0 without one), in one query."""
+    ids = set(job_ids)
+    if not ids:
+        return {}
+    rows = session.execute(select(SearchJob.id, SearchJob.fidelity).where(SearchJob.id.in_(ids)))
+    return {job_id: _top_rung(fidelity) for job_id, fidelity in rows}
+
+
+def _top_rung(fidelity: Any) -> int:
+    rungs = fidelity.get("rungs") if isinstance(fidelity, dict) else None
+    return len(rungs) - 1 if isinstance(rungs, list) and rungs else 0
+
+
 def candidate_views(session: Session, candidates: Sequence[Candidate]) -> list[CandidateResponse]:
-    """The responses of a page of candidates: one query for their architectures' scores."""
+    """The responses of a page of candidates: one query for their architectures' scores, one
+    for their jobs' rungs."""
     scores = architecture_scores(session, candidates)
-    return [candidate_view(c, scores.get(c.architecture_id or "")) for c in candidates]
+    tops = top_rungs(session, {c.job_id for c in candidates})
+    return [candidate_view(c, scores.get(c.architecture_id or ""), tops.get(c.job_id, 0))
+            for c in candidates]
 
 
 def best_candidates(session: Session,
@@ -144,10 +182,20 @@ def best_candidates(session: Session,
     if not ids:
         return {}
     rows = session.execute(
-        select(Candidate, Architecture.scores)
+        select(Candidate, Architecture.scores, SearchJob.fidelity)
         .outerjoin(Architecture, Architecture.id == Candidate.architecture_id)
+        .join(SearchJob, SearchJob.id == Candidate.job_id)
         .where(Candidate.id.in_(ids)))
-    return {c.id: candidate_view(c, scores) for c, scores in rows}
+    return {c.id: candidate_view(c, scores, _top_rung(fidelity)) for c, scores, fidelity in rows}
+
+
+def _fidelity(fidelity: Any) -> FidelityConfig | None:
+    if not isinstance(fidelity, dict):
+        return None
+    try:
+        return FidelityConfig(**fidelity)
+    except (ValidationError, TypeError):
+        return None
 
 
 def job_view(job: SearchJob, best: CandidateResponse | None,
@@ -168,6 +216,7 @@ def job_view(job: SearchJob, best: CandidateResponse | None,
         budget=Budget(candidates=job.budget_candidates, seconds=job.budget_seconds),
         constraints=Constraints(**{k: v for k, v in (job.constraints or {}).items()
                                    if k in Constraints.model_fields}),
+        fidelity=_fidelity(job.fidelity),
         progress=Progress(done=job.progress_done, total=total,
                           fraction=job.progress_done / total if total else 0.0),
         rate=rate, best_candidate=best,

@@ -60,6 +60,20 @@ class CheckpointFile:
         net.load_state_dict(self.state_dict(), strict=True)
         return net.eval()
 
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> CheckpointFile:
+        """A checkpoint saved before (``nas-service download``, :meth:`save`); raises
+        :class:`InvalidCheckpoint` when the file is not a ``nas-checkpoint/1`` file."""
+        import hashlib
+
+        data = Path(path).read_bytes()
+        metadata = safetensors_metadata(data)
+        if metadata.get("format") != CHECKPOINT_FORMAT or "graph" not in metadata:
+            raise InvalidCheckpoint(f"{path}: not a {CHECKPOINT_FORMAT} file "
+                                    f"(format {metadata.get('format')!r})")
+        return cls(data=data, sha256=hashlib.sha256(data).hexdigest(), metadata=metadata,
+                   url=Path(path).resolve().as_uri())
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the file (complete or not at all: a temporary file renamed over ``path``)."""
         target = Path(path)

@@ -288,10 +288,13 @@ class Client:
                       max_parameters: int | None = None, max_flops: int | None = None,
                       task: str = "fashion-mnist", seed: int = 0,
                       strategy: Literal["random", "evolution"] = "random",
-                      idempotency_key: str | None = None) -> Job:
+                      idempotency_key: str | None = None,
+                      rungs: Sequence[int] | None = None, eta: int | None = None) -> Job:
         """Queues a search job (``POST /v1/search-jobs``): ``candidates`` architectures from
         ``space``, within ``max_parameters``/``max_flops`` (MACs per sample), stopping after
-        ``seconds`` if given.
+        ``seconds`` if given. With ``rungs`` (validation images, increasing, the last the
+        service's full budget), every candidate is scored on the first rung and the best
+        ``1/eta`` of each rung on the next (multi-fidelity scoring, ``docs/api.md``).
 
         An ``Idempotency-Key`` is always sent (``idempotency_key``, else a random one for this
         call), so a retried request cannot queue the job twice; passing your own key makes a
@@ -302,8 +305,12 @@ class Client:
         budget: dict[str, Any] = {"candidates": candidates}
         if seconds is not None:
             budget["seconds"] = seconds
-        body = {"space": space, "task": task, "strategy": strategy, "seed": seed,
-                "budget": budget, "constraints": constraints}
+        body: dict[str, Any] = {"space": space, "task": task, "strategy": strategy,
+                                "seed": seed, "budget": budget, "constraints": constraints}
+        if rungs is not None:
+            body["fidelity"] = {"rungs": list(rungs)}
+            if eta is not None:
+                body["fidelity"]["eta"] = eta
         key = idempotency_key or f"client-{uuid.uuid4().hex}"
         data, _ = self._json("POST", f"{API_PREFIX}/search-jobs", json=body,
                              headers={"Idempotency-Key": key})

@@ -192,6 +192,16 @@ class Candidate(_Result):
     created_at: datetime
     predicted_accuracy: float | None = None
     score_kind: str | None = None
+    rung: int | None = None
+    """The rung of the job's fidelity schedule ``score`` was taken at (0: the cheapest)."""
+    eval_images: int | None = None
+    """Validation images ``score`` was taken on."""
+    full_fidelity: bool | None = None
+    """Whether ``score`` is a full-budget score (the job's last rung); only those compete for
+    the job's best candidate."""
+    rung_scores: tuple[dict[str, Any], ...] = ()
+    """Every rung's score: ``{"rung", "images", "score", "predicted_accuracy",
+    "architecture_id", "error"}``."""
 
     @property
     def estimated_trained_accuracy(self) -> float | None:
@@ -208,7 +218,9 @@ class Candidate(_Result):
             architecture_url=data.get("architecture_url"),
             checkpoint_url=data.get("checkpoint_url"), created_at=_datetime(data["created_at"]),
             predicted_accuracy=data.get("predicted_accuracy"),
-            score_kind=data.get("score_kind"))
+            score_kind=data.get("score_kind"), rung=data.get("rung"),
+            eval_images=data.get("eval_images"), full_fidelity=data.get("full_fidelity"),
+            rung_scores=tuple(dict(e) for e in data.get("rung_scores") or ()))
 
 
 @dataclass(frozen=True)
@@ -235,6 +247,9 @@ class Job(_Result):
     started_at: datetime | None
     finished_at: datetime | None
     links: dict[str, str] = field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
+    """The job's rungs, ``{"rungs": [250, 1000], "eta": 4, "bracket": 16}``; ``None``: every
+    candidate is scored in full."""
 
     @property
     def finished(self) -> bool:
@@ -259,7 +274,8 @@ class Job(_Result):
             attempts=int(data.get("attempts", 0)),
             cancel_requested=bool(data.get("cancel_requested", False)),
             created_at=_datetime(data["created_at"]), started_at=_datetime(data.get("started_at")),
-            finished_at=_datetime(data.get("finished_at")), links=dict(data.get("links") or {}))
+            finished_at=_datetime(data.get("finished_at")), links=dict(data.get("links") or {}),
+            fidelity=dict(data["fidelity"]) if data.get("fidelity") else None)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     remote.add_jobs,
     remote.add_cancel,
     remote.add_download,
+    remote.add_finetune,
 )
 """Every subcommand, in the order ``--help`` lists them. Register a new one here."""
 

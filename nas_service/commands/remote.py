@@ -264,6 +264,12 @@ def add_search(add_parser: AddParser) -> None:
     p.add_argument("--strategy", choices=["random", "evolution"], default="random")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--task", default="fashion-mnist", help="task name (default: %(default)s)")
+    p.add_argument("--rungs", type=_rungs, default=None, metavar="N,N,...",
+                   help="multi-fidelity scoring: validation images of each rung, the last the "
+                        "service's full budget (e.g. 250,1000); every candidate is scored on "
+                        "the first, the best 1/ETA of each rung on the next")
+    p.add_argument("--eta", type=positive_int, default=None,
+                   help="with --rungs: the fraction promoted, 1/ETA (service default 4)")
     p.add_argument("--idempotency-key", default=None, metavar="KEY",
                    help="re-running with the same key and options returns the same job")
     p.add_argument("--wait", action="store_true", help="follow the job until it finishes")
@@ -279,20 +285,37 @@ def add_search(add_parser: AddParser) -> None:
     p.set_defaults(handler=_search)
 
 
+def _rungs(text: str) -> list[int]:
+    """``250,1000`` → ``[250, 1000]``."""
+    try:
+        return [positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected image counts separated by commas, e.g. 250,1000; got {text!r}") from None
+
+
+def _fidelity(c: Candidate) -> str:
+    """``1,000 full`` or ``250 rung 0``: the images a score was taken on."""
+    if c.rung is None or c.eval_images is None:
+        return "-"
+    return f"{c.eval_images:,} " + ("full" if c.full_fidelity else f"rung {c.rung}")
+
+
 def _candidate_table(candidates: Sequence[Candidate]) -> str:
     label, with_predicted = _score_columns(candidates)
     headers = ["rank", "index", "status", label,
-               *(["predicted acc."] if with_predicted else []), "parameters", "MACs",
+               *(["predicted acc."] if with_predicted else []), "images", "parameters", "MACs",
                "candidate"]
     rows = [[rank, c.index, c.status, _score(c.score),
-             *([_score(c.predicted_accuracy)] if with_predicted else []),
+             *([_score(c.predicted_accuracy)] if with_predicted else []), _fidelity(c),
              _count(c.num_parameters), _count(c.flops), c.id]
             for rank, c in enumerate(candidates, 1)]
     if any(c.reason for c in candidates):  # why a candidate was rejected or failed
         headers.append("reason")
         for row, c in zip(rows, candidates, strict=True):
             row.append(c.reason or "")
-    return table(headers, rows, right=(0, 1, 3, 4, 5, 6) if with_predicted else (0, 1, 3, 4, 5))
+    return table(headers, rows,
+                 right=(0, 1, 3, 4, 6, 7) if with_predicted else (0, 1, 3, 5, 6))
 
 
 def _best_line(best: Candidate | None) -> str:
@@ -320,6 +343,10 @@ def _job_lines(job: Job) -> list[str]:
                                                       else "")),
             ("search", f"{job.space}, {job.strategy}, seed {job.seed}, task {job.task}"),
             ("budget", budget), ("constraints", constraints),
+            ("fidelity", "full budget for every candidate" if not job.fidelity else
+             " -> ".join(f"{r:,}" for r in job.fidelity["rungs"])
+             + f" images, best 1/{job.fidelity['eta']} of brackets of "
+               f"{job.fidelity['bracket']}"),
             ("progress", f"{job.progress.done}/{job.progress.total}"),
             ("rate", f"{job.rate:.2f} candidates/s" if job.rate else "-"),
             ("best", _best_line(job.best_candidate))]
@@ -341,7 +368,8 @@ def _search(args: argparse.Namespace) -> int:
         job = client.submit_search(
             space=args.space, candidates=args.budget, seconds=args.seconds,
             max_parameters=args.max_parameters, max_flops=args.max_flops, task=args.task,
-            seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key)
+            seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key,
+            rungs=args.rungs, eta=args.eta)
         if not args.wait:
             if args.json:
                 print_json(job.to_dict())
@@ -450,6 +478,77 @@ def _cancel(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 # download
 # ------------------------------------------------------------------------------------------------
+
+
+def add_finetune(add_parser: AddParser) -> None:
+    p = add_parser(
+        "finetune", help="train a candidate from its predicted weights, against random init",
+        description="Train a scored candidate (or architecture) from its GHN-predicted weights "
+                    "with SGD, and the same network from PyTorch's default initialisation with "
+                    "the same batches, and print both validation accuracies after every "
+                    "epoch. ID is a candidate or architecture id on the service (its "
+                    "checkpoint is downloaded), or the path of a checkpoint file saved by "
+                    "`download`.")
+    p.add_argument("id", metavar="ID", help="a candidate id, an architecture id, or a "
+                                            ".safetensors checkpoint file")
+    p.add_argument("--epochs", type=positive_int, default=1, help="default: %(default)s")
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N",
+                   help="training images per epoch (default: the whole training split)")
+    p.add_argument("--eval-images", type=positive_int, default=2000, metavar="N",
+                   help="validation images scored after each epoch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the cosine schedule (default: the SGD "
+                        "protocol's, 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the task's data lies (default: NAS_DATA_ROOT or the system's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection(p)
+    p.set_defaults(handler=_finetune)
+
+
+@reports_client_errors
+def _finetune(args: argparse.Namespace) -> int:
+    from nas_service.client import InvalidCheckpoint
+    from nas_service.client.checkpoint import CheckpointFile
+    from nas_service.data import DatasetError, load_task
+    from nas_service.training.evaluate import SGD_LR
+    from nas_service.training.finetune import finetune_against_random_init
+
+    if Path(args.id).is_file():
+        checkpoint = CheckpointFile.read(args.id)
+    else:
+        with _client(args) as client:
+            checkpoint = client.fetch_checkpoint(args.id)
+    try:
+        net = checkpoint.module()
+    except Exception as e:  # noqa: BLE001 - whatever torch or the graph layer says, in one line
+        raise InvalidCheckpoint(f"{checkpoint.url}: the weights do not load into the graph's "
+                                f"network: {type(e).__name__}: {e}") from None
+    task = checkpoint.metadata.get("task") or "fashion-mnist"
+    try:
+        data = load_task(task, args.data_root)
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    report = finetune_against_random_init(
+        net, checkpoint.graph, data, epochs=args.epochs, max_images=args.max_images,
+        eval_images=args.eval_images, lr=args.lr if args.lr is not None else SGD_LR,
+        seed=args.seed, progress=not args.no_progress)
+    if args.json:
+        print_json({"checkpoint": checkpoint.url, "task": task, **report.to_dict()})
+        return 0
+    print(f"{checkpoint.graph.name or args.id} on {task}: validation accuracy "
+          f"({report.eval_images:,} images) after each epoch of {report.images_per_epoch:,} "
+          f"training images")
+    rows = [[epoch, f"{p:.4f}", f"{r:.4f}", f"{p - r:+.4f}"]
+            for epoch, (p, r) in enumerate(zip(report.predicted, report.random_init,
+                                               strict=True))]
+    print(table(["epoch", "from predicted", "from random init", "difference"], rows,
+                right=(0, 1, 2, 3)))
+    print(f"seconds: {report.seconds['predicted']:.1f} from predicted, "
+          f"{report.seconds['random_init']:.1f} from random init")
+    return 0
 
 
 def add_download(add_parser: AddParser) -> None:

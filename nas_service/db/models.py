@@ -157,6 +157,9 @@ class SearchJob(Base):
     budget_seconds: Mapped[float | None] = mapped_column(Float)
     # {"max_parameters": 1000000, "max_flops": null}
     constraints: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Multi-fidelity rungs, {"rungs": [250, 1000], "eta": 4, "bracket": 16}
+    # (nas_service.scoring.fidelity); NULL: every candidate gets the full score.
+    fidelity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # Idempotency: a replayed request with the same key returns this job, unless its body
     # (request_hash) differs.
@@ -204,6 +207,13 @@ class Candidate(Base):
     num_parameters: Mapped[int | None] = mapped_column(BigInteger)
     flops: Mapped[int | None] = mapped_column(BigInteger)
     seconds: Mapped[float | None] = mapped_column(Float)
+    # The fidelity ``score`` was taken at: its rung of the job's schedule (0 first; the job's
+    # last rung is the full score, the only one that competes for best) and its validation
+    # images. NULL on rows written before multi-fidelity scoring: full scores.
+    rung: Mapped[int | None] = mapped_column(Integer)
+    eval_images: Mapped[int | None] = mapped_column(Integer)
+    # Every rung's score, [{"rung": 0, "images": 250, "score": 0.71, "architecture_id": ...}]
+    rung_scores: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=db_now())
 
 

@@ -30,6 +30,10 @@ Atomic (one transaction each, all or nothing):
 - :func:`record_candidate` inserts candidate *i* at most once (``INSERT ... ON CONFLICT (job_id,
   index) DO NOTHING``) and updates the job's ``progress_done`` and ``best_candidate_id`` in the
   same transaction, from the candidates table itself, so they are never out of step with it.
+- :func:`promote_candidate` moves a scored candidate from rung *k - 1* to rung *k* at most once
+  (the row is changed only while it is at rung *k - 1* with no rung-*k* entry), with the best
+  candidate recomputed in the same transaction; only scores at the job's last rung (the full
+  fidelity) compete for best.
 - :func:`create_job` with an idempotency key creates at most one job per key, even under
   concurrent replays.
 
@@ -119,6 +123,8 @@ class ClaimedJob:
     constraints: dict[str, Any]
     # Candidates recorded by earlier attempts: skip them, they are already stored.
     done_indices: frozenset[int]
+    # The job's multi-fidelity schedule ({"rungs", "eta", "bracket"}); None: full scores only.
+    fidelity: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,7 @@ def create_job(
     constraints: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    fidelity: Mapping[str, Any] | None = None,
 ) -> tuple[SearchJob, bool]:
     """Queue a search job; return ``(job, created)``.
 
@@ -210,6 +217,7 @@ def create_job(
         id=job_id, status=JobStatus.QUEUED, space=space, task=task,
         strategy=SearchStrategy(strategy), seed=seed, budget_candidates=budget_candidates,
         budget_seconds=budget_seconds, constraints=dict(constraints or {}),
+        fidelity=dict(fidelity) if fidelity is not None else None,
         idempotency_key=idempotency_key, request_hash=request_hash,
         progress_done=0, progress_total=budget_candidates, attempts=0, cancel_requested=False,
     )
@@ -320,7 +328,7 @@ def claim_next_job(
                 .returning(SearchJob.attempts, SearchJob.lease_expires_at, SearchJob.space,
                            SearchJob.task, SearchJob.strategy, SearchJob.seed,
                            SearchJob.budget_candidates, SearchJob.budget_seconds,
-                           SearchJob.constraints)
+                           SearchJob.constraints, SearchJob.fidelity)
             ).first()
             if claimed is not None:
                 break
@@ -339,6 +347,7 @@ def claim_next_job(
         strategy=claimed.strategy, seed=claimed.seed,
         budget_candidates=claimed.budget_candidates, budget_seconds=claimed.budget_seconds,
         constraints=dict(claimed.constraints or {}), done_indices=frozenset(done),
+        fidelity=dict(claimed.fidelity) if claimed.fidelity is not None else None,
     )
 
 
@@ -406,13 +415,21 @@ def record_candidate(
     num_parameters: int | None = None,
     flops: int | None = None,
     seconds: float | None = None,
+    rung: int | None = None,
+    eval_images: int | None = None,
+    architecture_scores: Mapping[str, Any] | None = None,
 ) -> bool:
     """Store candidate ``index`` of a job; return whether this call stored it.
 
     Idempotent on ``(job_id, index)``: recording an index that is already stored (a rerun after a
     crash) changes nothing and returns ``False``. In the same transaction the job's
     ``progress_done`` becomes the number of stored candidates and ``best_candidate_id`` the scored
-    candidate with the highest score (ties: the lowest index).
+    candidate with the highest full-fidelity score (ties: the lowest index; see
+    :func:`promote_candidate`).
+
+    A scored candidate of a multi-fidelity job names its ``rung`` and the ``eval_images`` its
+    score was taken on; it starts ``rung_scores`` with them (and ``architecture_scores``, extra
+    fields of that rung's entry).
 
     A ``scored`` candidate needs a finite ``score``; ``rejected`` and ``failed`` ones have none
     (``reason`` says why).
@@ -431,31 +448,118 @@ def record_candidate(
     with writer(engine).begin() as conn:
         # FOR UPDATE: a concurrent reclaim waits until this transaction ends, so the token
         # cannot change between the check and the write (SQLite: the database is locked).
-        budget = conn.scalar(select(SearchJob.budget_candidates)
-                             .where(_holds_lease(job_id, token)).with_for_update())
-        if budget is None:
+        job = conn.execute(select(SearchJob.budget_candidates, SearchJob.fidelity)
+                           .where(_holds_lease(job_id, token)).with_for_update()).first()
+        if job is None:
             raise LeaseLost(job_id)
+        budget = job.budget_candidates
         if not 0 <= index < budget:
             raise ValueError(f"candidate index {index} outside the job's budget 0..{budget - 1}")
+        rung_scores = None
+        if status is CandidateStatus.SCORED and rung is not None:
+            rung_scores = [_rung_entry(rung, eval_images, score, architecture_id,
+                                       architecture_scores)]
         inserted = conn.execute(
             dialect_insert(conn)(Candidate)
             .values(id=new_id(), job_id=job_id, index=index, status=status, score=score,
                     architecture_id=architecture_id,
                     reason=storable_text(reason) if reason is not None else None,
-                    num_parameters=num_parameters, flops=flops, seconds=seconds)
+                    num_parameters=num_parameters, flops=flops, seconds=seconds,
+                    rung=rung if status is CandidateStatus.SCORED else None,
+                    eval_images=eval_images if status is CandidateStatus.SCORED else None,
+                    rung_scores=rung_scores)
             .on_conflict_do_nothing(index_elements=[Candidate.job_id, Candidate.index])
             .returning(Candidate.id)
         ).first()
         if inserted is None:
             return False
-        best = (select(Candidate.id)
-                .where(Candidate.job_id == job_id, Candidate.status == CandidateStatus.SCORED)
-                .order_by(Candidate.score.desc(), Candidate.index)
-                .limit(1).scalar_subquery())
-        done = (select(func.count()).select_from(Candidate)
-                .where(Candidate.job_id == job_id).scalar_subquery())
-        conn.execute(update(SearchJob).where(SearchJob.id == job_id)
-                     .values(progress_done=done, best_candidate_id=best))
+        _update_progress(conn, job_id, job.fidelity)
+    return True
+
+
+def top_rung(fidelity: Mapping[str, Any] | None) -> int:
+    """The last rung of a job's fidelity schedule: the full score."""
+    return len(fidelity["rungs"]) - 1 if fidelity else 0
+
+
+def _rung_entry(rung: int, images: int | None, score: float | None,
+                architecture_id: str | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**(extra or {}), "rung": rung, "images": images, "score": score,
+            "architecture_id": architecture_id}
+
+
+def _update_progress(conn: Connection, job_id: str, fidelity: Mapping[str, Any] | None) -> None:
+    """``progress_done`` and ``best_candidate_id`` from the candidates table. Only scores of
+    the job's last rung (the full fidelity) compete for best: a cheap score is noisier, and a
+    candidate that was not promoted was judged worse by it. Rows with no rung are full scores."""
+    top = top_rung(fidelity)
+    full = (Candidate.rung == top) if top else or_(Candidate.rung.is_(None), Candidate.rung == 0)
+    best = (select(Candidate.id)
+            .where(Candidate.job_id == job_id, Candidate.status == CandidateStatus.SCORED, full)
+            .order_by(Candidate.score.desc(), Candidate.index)
+            .limit(1).scalar_subquery())
+    done = (select(func.count()).select_from(Candidate)
+            .where(Candidate.job_id == job_id).scalar_subquery())
+    conn.execute(update(SearchJob).where(SearchJob.id == job_id)
+                 .values(progress_done=done, best_candidate_id=best))
+
+
+def promote_candidate(
+    engine: Engine,
+    job_id: str,
+    token: str,
+    index: int,
+    *,
+    rung: int,
+    eval_images: int,
+    score: float | None,
+    architecture_id: str | None = None,
+    seconds: float = 0.0,
+    error: str | None = None,
+    architecture_scores: Mapping[str, Any] | None = None,
+) -> bool:
+    """Record candidate ``index``'s score at ``rung`` (its previous rung plus one); return
+    whether this call changed it.
+
+    The candidate's ``score``, ``rung``, ``eval_images`` and ``architecture_id`` become this
+    rung's, its ``seconds`` grow by ``seconds``, and ``rung_scores`` gains the entry; with
+    ``error`` (the rung's scoring failed) only ``rung_scores`` gains an entry naming it, and the
+    candidate keeps its score. Idempotent: a candidate not at ``rung - 1`` (already promoted by
+    an earlier attempt, or not scored) is left alone and ``False`` returned. The job's best
+    candidate is recomputed in the same transaction.
+
+    Raises:
+        LeaseLost: ``token`` does not hold the job's lease; nothing is written.
+        ValueError: neither a finite ``score`` nor an ``error``.
+    """
+    if error is None and (score is None or not math.isfinite(score)):
+        raise ValueError(f"a promoted candidate needs a finite score, got {score!r}")
+    with writer(engine).begin() as conn:
+        job = conn.execute(select(SearchJob.fidelity)
+                           .where(_holds_lease(job_id, token)).with_for_update()).first()
+        if job is None:
+            raise LeaseLost(job_id)
+        row = conn.execute(select(Candidate.id, Candidate.rung, Candidate.rung_scores,
+                                  Candidate.seconds)
+                           .where(Candidate.job_id == job_id, Candidate.index == index,
+                                  Candidate.status == CandidateStatus.SCORED)).first()
+        if row is None or row.rung != rung - 1:
+            return False
+        entries = list(row.rung_scores or [])
+        if any(e.get("rung") == rung for e in entries):
+            return False  # this rung was tried and failed before
+        if error is not None:
+            entries.append({**_rung_entry(rung, eval_images, None, None, None),
+                            "error": storable_text(error)})
+            values: dict[str, Any] = {"rung_scores": entries}
+        else:
+            entries.append(_rung_entry(rung, eval_images, score, architecture_id,
+                                       architecture_scores))
+            values = {"rung_scores": entries, "rung": rung, "eval_images": eval_images,
+                      "score": score, "architecture_id": architecture_id,
+                      "seconds": (row.seconds or 0.0) + seconds}
+        conn.execute(update(Candidate).where(Candidate.id == row.id).values(**values))
+        _update_progress(conn, job_id, job.fidelity)
     return True
 
 

@@ -58,6 +58,7 @@ from .evaluation import (
     recalibrate,
     recalibration_batches,
 )
+from .fidelity import Fidelity, scaled_recalibration_batches
 from .protocol import (
     RANKING_NAME,
     READOUT,
@@ -176,6 +177,8 @@ class ArchitectureScorer:
         self.lock = threading.Lock()
         self._tasks: dict[str, _TaskTensors] = {}
         self._tasks_lock = threading.Lock()
+        self._full: ArchitectureScorer | None = None  # set on the views of at_fidelity
+        self._fidelities: dict[Fidelity, ArchitectureScorer] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -215,6 +218,48 @@ class ArchitectureScorer:
                                   budget=budget or self.budget, readout=self.readout)
         twin._tasks, twin._tasks_lock = self._tasks, self._tasks_lock  # read-only tensors
         return twin
+
+    def full_images(self, task: str | TaskSpec) -> int:
+        """Validation images of a full-fidelity score of ``task`` (``eval_images``, or the
+        whole split when that is ``None``)."""
+        full = self._full or self
+        return len(full.task_tensors(task).val_labels)
+
+    def fidelity_of_images(self, images: int, task: str | TaskSpec) -> Fidelity:
+        """The fidelity of a score on ``images`` validation images: the recalibration scaled
+        alike (:func:`~nas_service.scoring.fidelity.scaled_recalibration_batches`)."""
+        full = self._full or self
+        full_images = full.full_images(task)
+        return Fidelity(min(images, full_images), scaled_recalibration_batches(
+            images, full_images, full.recalibration_batches))
+
+    def at_fidelity(self, fidelity: Fidelity, task: str | TaskSpec) -> ArchitectureScorer:
+        """A view of this scorer that scores at ``fidelity``: the same GHN, lock, ranking head
+        and task data, cut to the first ``fidelity.images`` validation images and the first
+        ``fidelity.recalibration_batches`` recalibration batches. Its ``ghn_version`` names the
+        fidelity too, so the architecture cache never serves a cheaper score as a full one; at
+        the full fidelity it is this scorer itself."""
+        full = self._full or self
+        if (fidelity.images >= full.full_images(task)
+                and fidelity.recalibration_batches >= full.recalibration_batches):
+            return full
+        with full._tasks_lock:
+            view = full._fidelities.get(fidelity)
+            if view is None:
+                protocol = (f"{full.ghn_version}|images={fidelity.images}"
+                            f"|recalibration={fidelity.recalibration_batches}"
+                            f"x{full.recalibration_batch_size}")
+                view = ArchitectureScorer(
+                    full.ghn, ghn_version=hashlib.sha256(protocol.encode()).hexdigest()[:16],
+                    ghn_path=full.ghn_path, eval_images=fidelity.images,
+                    recalibration_batches=fidelity.recalibration_batches,
+                    recalibration_batch_size=full.recalibration_batch_size,
+                    data_root=full.data_root, ranking_head=full.ranking_head,
+                    budget=full.budget, readout=full.readout)
+                view.lock = full.lock  # one GHN, one lock
+                view._full = full
+                full._fidelities[fidelity] = view
+        return view
 
     # ---- what this scorer can do -----------------------------------------------------------
 
@@ -275,6 +320,8 @@ class ArchitectureScorer:
         A task name is checked (:meth:`check_task`); a :class:`TaskSpec` is taken as what
         :meth:`check_task` returned."""
         spec = task if isinstance(task, TaskSpec) else self.check_task(task)
+        if self._full is not None:
+            return self._cut_task_tensors(spec)
         with self._tasks_lock:
             cached = self._tasks.get(spec.name)
             if cached is not None:
@@ -291,6 +338,19 @@ class ArchitectureScorer:
                                    [yb for _, yb in recalibration])
             self._tasks[spec.name] = tensors
             return tensors
+
+    def _cut_task_tensors(self, spec: TaskSpec) -> _TaskTensors:
+        assert self._full is not None
+        full = self._full.task_tensors(spec)
+        with self._tasks_lock:
+            cached = self._tasks.get(spec.name)
+            if cached is None:
+                images, batches = self.eval_images, self.recalibration_batches
+                cached = _TaskTensors(spec, full.val_images[:images], full.val_labels[:images],
+                                      full.recalibration[:batches],
+                                      full.recalibration_labels[:batches])
+                self._tasks[spec.name] = cached
+            return cached
 
     @property
     def eval_batch_size(self) -> int:

@@ -43,10 +43,22 @@ def candidate_seed(job_seed: int, index: int) -> int:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the job recorded for one candidate: its status and score (``None`` unless scored)."""
+    """What the job recorded for one candidate: its status and score (``None`` unless scored).
+
+    ``score`` is the candidate's rung-0 score, which strategies select by: every scored candidate
+    has one and it never changes once written, so a replayed job proposes the same candidates
+    whatever was promoted meanwhile. ``rung_scores`` holds every rung's score in order (``None``
+    for a rung whose scoring failed); the last one is the candidate's current score."""
 
     status: str
     score: float | None
+    rung_scores: tuple[float | None, ...] = ()
+
+    @property
+    def rung(self) -> int | None:
+        """The highest rung the candidate was scored at (``None``: not scored)."""
+        reached = [k for k, s in enumerate(self.rung_scores) if s is not None]
+        return reached[-1] if reached else (0 if self.score is not None else None)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 One job, as :meth:`Worker.run_job` runs it::
 
     claim_next_job ─> strategy for (space, task, seed, constraints)
-        └─ for each batch of missing candidate indices (a generation, for evolution):
+        └─ for each bracket of the job's fidelity schedule (the whole job without rungs),
+           for each batch of its missing candidate indices (a generation, for evolution):
              heartbeat (lease lost: stop writing; cancel requested: finish "cancelled";
                         stop asked (SIGTERM): release the job; budget_seconds spent: finish)
              propose candidate i from (seed, i) and the recorded history
@@ -11,8 +12,15 @@ One job, as :meth:`Worker.run_job` runs it::
              over the scoring budget, or out of memory ─> "rejected" + the estimate
              one GHN forward pass for the batch, then each network scored ─> "scored"
              an exception while scoring one candidate ─> "failed" + the error, the job goes on
-             record_candidate with the lease token
+             record_candidate with the lease token, at rung 0
+           then rung by rung, the bracket's best 1/eta of the rung below (not promoted yet),
+           in batches: the same graphs scored at the next rung ─> promote_candidate
     finish_job("succeeded")
+
+Rungs (:mod:`nas_service.scoring.fidelity`): rung *k* scores with a view of the scorer at that
+rung's fidelity (:meth:`ArchitectureScorer.at_fidelity`: the same GHN and lock, fewer images).
+A bracket's promotions are a function of its candidates' stored scores, so a worker that takes
+over a job after a crash finishes the same promotions and redoes none that were recorded.
 
 A background thread renews the lease every ``heartbeat_seconds`` while a batch is being scored,
 so a slow batch does not lose its lease; each write still names the token, so a worker whose
@@ -37,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -51,6 +59,7 @@ from nas_service.scoring import (
     is_memory_failure,
     ranking_value,
 )
+from nas_service.scoring.fidelity import Fidelity, FidelitySchedule
 from nas_service.spaces import SearchSpaceError
 
 from .checkpoints import CheckpointStore
@@ -74,6 +83,7 @@ class WorkerHooks:
     """Callbacks the process embedding a worker uses to observe it (the API's metrics, tests)."""
 
     candidate_recorded: Callable[[str], None] = _ignore  # status
+    candidate_promoted: Callable[[int], None] = _ignore  # the rung it was scored at
     heartbeat: Callable[[bool], None] = _ignore  # lease still held
     job_finished: Callable[[str], None] = _ignore  # outcome, see Worker.run_job
     batch_done: Callable[[str, list[int]], None] = _ignore  # job id, indices recorded
@@ -191,42 +201,81 @@ class Worker:
             strategy = make_strategy(claimed.strategy.value, claimed.space, seed=claimed.seed,
                                      input_shape=spec.input_shape, num_classes=spec.num_classes,
                                      constraints=claimed.constraints)
-        except (DatasetError, TaskNotSupported, SearchSpaceError, ValueError) as e:
+            schedule = FidelitySchedule.from_config(claimed.fidelity,
+                                                    self.scorer.full_images(spec))
+        except (DatasetError, TaskNotSupported, SearchSpaceError, ValueError, KeyError,
+                TypeError) as e:
             queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "failed",
                              error=f"cannot run this job: {e}")
             return "failed"
         history = self._history(claimed.job_id)
-        pending = [i for i in range(claimed.budget_candidates) if i not in claimed.done_indices]
         deadline = (time.monotonic() + claimed.budget_seconds
                     if claimed.budget_seconds is not None else None)
-        for batch in _batches(pending, self.batch_size, strategy.generation_size):
-            if self._stop.is_set():
-                queue.release_job(self.engine, claimed.job_id, claimed.lease_token)
-                return "released"
-            status = self._beat(claimed, lease)
-            if not status:
-                return "lease_lost"
-            if status.cancel_requested:
-                queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "cancelled")
-                return "cancelled"
-            if deadline is not None and time.monotonic() >= deadline:
-                with write_session(self.engine) as session:
-                    queue.add_event(session, claimed.job_id, "budget_seconds_spent",
-                                    {"budget_seconds": claimed.budget_seconds,
-                                     "recorded": len(history)})
+        run = _JobRun(claimed, spec, strategy, schedule, history, lease, deadline)
+        for bracket in schedule.brackets(claimed.budget_candidates):
+            pending = [i for i in bracket if i not in history]
+            for batch in _batches(pending, self.batch_size, strategy.generation_size):
+                stop = self._between_batches(run)
+                if stop is not None:
+                    return stop
+                if run.out_of_time:
+                    break
+                self._run_batch(run, batch)
+                self.hooks.batch_done(claimed.job_id, list(batch))
+            for rung in range(1, schedule.top_rung + 1):
+                if run.out_of_time:
+                    break
+                for batch in _chunks(self._promotions(run, bracket, rung), self.batch_size):
+                    stop = self._between_batches(run)
+                    if stop is not None:
+                        return stop
+                    if run.out_of_time:
+                        break
+                    self._promote_batch(run, batch, rung)
+                    self.hooks.batch_done(claimed.job_id, list(batch))
+            if run.out_of_time:
                 break
-            self._run_batch(claimed, spec, strategy, batch, history, lease)
-            self.hooks.batch_done(claimed.job_id, list(batch))
         if lease.cancel_requested or self._beat(claimed, lease).cancel_requested:
             queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "cancelled")
             return "cancelled"
         queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "succeeded")
         return "succeeded"
 
-    def _run_batch(self, claimed: ClaimedJob, spec: TaskSpec, strategy: SearchStrategy,
-                   batch: Sequence[int], history: dict[int, Outcome], lease: _LeaseState) -> None:
+    def _between_batches(self, run: _JobRun) -> str | None:
+        """What ends the job before the next batch (``released``, ``lease_lost``,
+        ``cancelled``), or ``None``; sets ``run.out_of_time`` once ``budget_seconds`` is spent."""
+        claimed = run.claimed
+        if self._stop.is_set():
+            queue.release_job(self.engine, claimed.job_id, claimed.lease_token)
+            return "released"
+        status = self._beat(claimed, run.lease)
+        if not status:
+            return "lease_lost"
+        if status.cancel_requested:
+            queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "cancelled")
+            return "cancelled"
+        if run.deadline is not None and time.monotonic() >= run.deadline:
+            run.out_of_time = True
+            with write_session(self.engine) as session:
+                queue.add_event(session, claimed.job_id, "budget_seconds_spent",
+                                {"budget_seconds": claimed.budget_seconds,
+                                 "recorded": len(run.history)})
+        return None
+
+    def _promotions(self, run: _JobRun, bracket: range, rung: int) -> list[int]:
+        """The candidates of ``bracket`` that go on to ``rung`` and are not there yet: the best
+        of those scored at ``rung - 1`` (:meth:`FidelitySchedule.promoted`), less those whose
+        ``rung`` was already tried."""
+        scores = {i: o.rung_scores[rung - 1] for i in bracket
+                  if (o := run.history.get(i)) is not None and o.status == "scored"
+                  and len(o.rung_scores) >= rung and o.rung_scores[rung - 1] is not None}
+        return [i for i in run.schedule.promoted(scores)  # type: ignore[arg-type]
+                if len(run.history[i].rung_scores) == rung]
+
+    def _run_batch(self, run: _JobRun, batch: Sequence[int]) -> None:
+        claimed = run.claimed
         started = time.perf_counter()
-        proposals: list[Proposal] = [strategy.propose(i, history) for i in batch]
+        proposals: list[Proposal] = [run.strategy.propose(i, run.history) for i in batch]
         propose_seconds = (time.perf_counter() - started) / len(batch)
         to_score: list[Proposal] = []
         for p in proposals:
@@ -235,14 +284,15 @@ class Worker:
             if reason is None:
                 to_score.append(p)
                 continue
-            self._record(claimed, lease, history, p.index, "rejected", reason=reason,
+            self._record(run, p.index, "rejected", reason=reason,
                          num_parameters=p.graph.num_parameters if p.graph else None,
                          flops=p.graph.flops if p.graph else None, seconds=propose_seconds)
         if not to_score:
             return
-        evaluations = evaluate_architectures(self.engine, self.scorer, self.store,
+        scorer = run.scorer_at(self.scorer, 0)
+        evaluations = evaluate_architectures(self.engine, scorer, self.store,
                                              [p.graph for p in to_score if p.graph is not None],
-                                             spec)
+                                             run.spec)
         for p, ev in zip(to_score, evaluations, strict=True):
             graph = ev.graph
             if ev.architecture is None:
@@ -250,26 +300,60 @@ class Worker:
                 # A candidate this worker cannot afford is a property of the candidate, not a
                 # failure of the worker: rejected, with the estimate or the allocation that failed.
                 unaffordable = isinstance(error, ScoringTooCostly) or is_memory_failure(error)
-                self._record(claimed, lease, history, p.index,
-                             "rejected" if unaffordable else "failed",
+                self._record(run, p.index, "rejected" if unaffordable else "failed",
                              reason=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH],
                              num_parameters=graph.num_parameters, flops=graph.flops,
                              seconds=propose_seconds + ev.seconds)
                 continue
-            self._record(claimed, lease, history, p.index, "scored",
+            self._record(run, p.index, "scored",
                          score=ranking_value(ev.architecture.scores),
                          architecture_id=ev.architecture.id,
                          num_parameters=graph.num_parameters, flops=graph.flops,
-                         seconds=propose_seconds + ev.seconds)
+                         seconds=propose_seconds + ev.seconds, rung=0,
+                         eval_images=ev.architecture.scores.get("images"),
+                         architecture_scores=_rung_fields(ev.architecture.scores))
 
-    def _record(self, claimed: ClaimedJob, lease: _LeaseState, history: dict[int, Outcome],
-                index: int, status: str, **fields: object) -> None:
-        if lease.lost:
+    def _promote_batch(self, run: _JobRun, batch: Sequence[int], rung: int) -> None:
+        """Scores the candidates ``batch`` (scored at ``rung - 1``) at ``rung``: the same
+        graphs (derived again from the job's seed and rung-0 history), one GHN batch."""
+        claimed = run.claimed
+        graphs = [run.strategy.propose(i, run.history).graph for i in batch]
+        scorer = run.scorer_at(self.scorer, rung)
+        images = run.fidelity(self.scorer, rung).images
+        evaluations = evaluate_architectures(self.engine, scorer, self.store,
+                                             [g for g in graphs if g is not None], run.spec)
+        for index, ev in zip(batch, evaluations, strict=True):
+            if run.lease.lost:
+                raise LeaseLost(claimed.job_id)
+            outcome = run.history[index]
+            if ev.architecture is None:
+                error = ev.error or RuntimeError("not scored")
+                queue.promote_candidate(
+                    self.engine, claimed.job_id, claimed.lease_token, index, rung=rung,
+                    eval_images=images, score=None,
+                    error=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH])
+                run.history[index] = Outcome(outcome.status, outcome.score,
+                                             (*outcome.rung_scores, None))
+                continue
+            score = ranking_value(ev.architecture.scores)
+            queue.promote_candidate(
+                self.engine, claimed.job_id, claimed.lease_token, index, rung=rung,
+                eval_images=ev.architecture.scores.get("images", images), score=score,
+                architecture_id=ev.architecture.id, seconds=ev.seconds,
+                architecture_scores=_rung_fields(ev.architecture.scores))
+            run.history[index] = Outcome(outcome.status, outcome.score,
+                                         (*outcome.rung_scores, score))
+            self.hooks.candidate_promoted(rung)
+
+    def _record(self, run: _JobRun, index: int, status: str, **fields: object) -> None:
+        claimed = run.claimed
+        if run.lease.lost:
             raise LeaseLost(claimed.job_id)
         queue.record_candidate(self.engine, claimed.job_id, claimed.lease_token, index,
                                status=status, **fields)  # type: ignore[arg-type]
         score = fields.get("score")
-        history[index] = Outcome(status, float(score) if isinstance(score, float) else None)
+        value = float(score) if isinstance(score, float) else None
+        run.history[index] = Outcome(status, value, (value,) if value is not None else ())
         self.hooks.candidate_recorded(status)
 
     def _history(self, job_id: str) -> dict[int, Outcome]:
@@ -280,7 +364,7 @@ class Worker:
                 page = listings.list_candidates(session, job_id, order_by="index",
                                                 limit=listings.MAX_PAGE_SIZE, cursor=cursor)
                 for c in page.items:
-                    history[c.index] = Outcome(c.status.value, c.score)
+                    history[c.index] = _outcome(c.status.value, c.score, c.rung_scores)
                 if page.next_cursor is None:
                     return history
                 cursor = page.next_cursor
@@ -317,6 +401,47 @@ class Worker:
                           claimed.job_id)
             return "abandoned"
         return "failed"
+
+
+def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    return [list(indices[i:i + size]) for i in range(0, len(indices), size)]
+
+
+def _rung_fields(scores: dict[str, Any]) -> dict[str, Any]:
+    """What a rung's entry keeps of its architecture's score besides the ranking value."""
+    return {"predicted_accuracy": scores.get("value"),
+            "recalibration_images": scores.get("recalibration_images")}
+
+
+def _outcome(status: str, score: float | None,
+             rung_scores: Sequence[dict[str, Any]] | None) -> Outcome:
+    """A stored candidate as the worker's history holds it (rows without ``rung_scores`` hold
+    one full score)."""
+    if not rung_scores:
+        return Outcome(status, score, (score,) if score is not None else ())
+    ordered = sorted(rung_scores, key=lambda e: int(e.get("rung", 0)))
+    values = tuple(None if e.get("score") is None else float(e["score"]) for e in ordered)
+    return Outcome(status, values[0], values)
+
+
+@dataclass
+class _JobRun:
+    """What one run of a claimed job carries from batch to batch."""
+
+    claimed: ClaimedJob
+    spec: TaskSpec
+    strategy: SearchStrategy
+    schedule: FidelitySchedule
+    history: dict[int, Outcome]
+    lease: _LeaseState
+    deadline: float | None
+    out_of_time: bool = False
+
+    def fidelity(self, scorer: ArchitectureScorer, rung: int) -> Fidelity:
+        return scorer.fidelity_of_images(self.schedule.rungs[rung], self.spec)
+
+    def scorer_at(self, scorer: ArchitectureScorer, rung: int) -> ArchitectureScorer:
+        return scorer.at_fidelity(self.fidelity(scorer, rung), self.spec)
 
 
 def _batches(indices: Sequence[int], size: int, generation: int | None) -> list[list[int]]:

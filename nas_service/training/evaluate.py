@@ -103,8 +103,12 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
               epochs: float, batch_size: int = SGD_BATCH_SIZE, lr: float = SGD_LR,
               momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
               max_images: int | None = None, augment: bool = False,
-              device: str | torch.device | None = None, progress: bool = False) -> nn.Module:
+              device: str | torch.device | None = None, progress: bool = False,
+              on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """Trains a network with plain SGD on the task's training split; returns it in eval mode.
+
+    ``on_epoch(epoch, net)`` is called after each whole epoch (1, 2, ...) with the network in
+    eval mode (it goes back to training mode after), e.g. to measure its accuracy.
 
     A graph is built with ``to_module`` under ``torch.manual_seed(seed)`` (PyTorch's default
     initialisation, the same one :func:`evaluate_architecture` scores as ``random_init``); a
@@ -180,6 +184,10 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
                     step += 1
                     if bar is not None:
                         bar.update(1)
+                    if on_epoch is not None and step % steps_per_epoch == 0:
+                        net.eval()
+                        on_epoch(step // steps_per_epoch, net)
+                        net.train()
         finally:
             if bar is not None:
                 bar.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import DataError
 
+from nas_service.data import DatasetError
 from nas_service.db import (
     IdempotencyConflict,
     InvalidCursor,
@@ -17,6 +18,7 @@ from nas_service.db import (
     write_session,
 )
 from nas_service.scoring import TaskNotSupported
+from nas_service.scoring.fidelity import FidelityError, FidelitySchedule
 
 from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, field_error, not_found, problem_responses, require_id
@@ -53,6 +55,19 @@ def _next_url(request: Request, cursor: str | None) -> str | None:
     return f"{request.url.path}?{urlencode(params)}"
 
 
+def _fidelity_schedule(config: dict[str, Any], full_images: int) -> dict[str, Any]:
+    """The job's stored schedule (the bracket filled in); a 422 problem naming the rung, eta or
+    bracket that cannot run on this service."""
+    try:
+        return FidelitySchedule.from_config(config, full_images).to_config()
+    except FidelityError as e:
+        location = f"/body/fidelity/{e.field}"
+        if e.index is not None:
+            location += f"/{e.index}"
+        raise Problem(422, str(e), slug="invalid-request", title="Invalid request",
+                      errors=[field_error(location, str(e), field=e.field)]) from None
+
+
 LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
 _JOB_LINKS = links(GetSearchJob=("get_search_job", "job_id=$response.body#/id"),
                    ListJobCandidates=("list_job_candidates", "job_id=$response.body#/id"),
@@ -81,6 +96,14 @@ def create_search_job(
     except TaskNotSupported as e:
         raise Problem(422, str(e), slug="task-not-supported", title="Task not supported",
                       errors=[field_error("/body/task", str(e), field="task")]) from None
+    fidelity = None
+    if body.fidelity is not None:
+        try:  # the full budget counts the task's validation images: they must load
+            full_images = scorer.full_images(body.task)
+        except DatasetError as e:
+            raise Problem(503, f"the data of task {body.task!r} is not available: {e}",
+                          slug="task-data-unavailable") from None
+        fidelity = _fidelity_schedule(body.fidelity.model_dump(), full_images)
     limit = service.settings.max_search_candidates
     if body.budget.candidates > limit:
         message = f"at most {limit} candidates per job"
@@ -94,7 +117,7 @@ def create_search_job(
                 seed=body.seed, budget_candidates=body.budget.candidates,
                 budget_seconds=body.budget.seconds,
                 constraints=body.constraints.model_dump(exclude_none=True),
-                idempotency_key=idempotency_key,
+                fidelity=fidelity, idempotency_key=idempotency_key,
                 request_hash=queue.fingerprint_request(body.model_dump(mode="json")))
             view = job_view(job, None)
     except IdempotencyConflict as e:

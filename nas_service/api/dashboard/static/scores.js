@@ -68,3 +68,24 @@ export function rankingQuality(ranking) {
   return ranking.measured_on ? `Kendall τ ${tau} on ${ranking.measured_on}`
     : `leave-one-out Kendall τ ${tau}`;
 }
+
+/** The fidelity a candidate's score was taken at, in words: "1,000 images · full" for a
+ * full-budget score (the job's last rung: only those compete for best), "250 images · rung 0"
+ * for a cheaper one; "" when it has no score. */
+export function describeFidelity(candidate) {
+  if (candidate.rung == null) return "";
+  const images = candidate.eval_images == null ? "?" : candidate.eval_images.toLocaleString("en");
+  return `${images} images · ` + (candidate.full_fidelity ? "full" : `rung ${candidate.rung}`);
+}
+
+/** A job's schedule in words: "250 → 1,000 images, best 1/4 promoted in brackets of 16", or
+ * "every candidate on the full budget" without one. */
+export function describeSchedule(fidelity) {
+  if (!fidelity) return "every candidate on the full budget";
+  const rungs = fidelity.rungs.map((r) => r.toLocaleString("en")).join(" → ");
+  return `${rungs} images, best 1/${fidelity.eta} promoted in brackets of ${fidelity.bracket}`;
+}
+
+export const FIDELITY_TITLE = "Validation images the score was taken on. A job with rungs "
+  + "scores every candidate on the first and only the best of each bracket on the next, up to "
+  + "the full budget; only full scores compete for the job's best candidate.";

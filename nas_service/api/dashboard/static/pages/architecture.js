@@ -8,7 +8,9 @@ import {
 } from "../dom.js";
 import {renderGraph} from "../graph.js";
 import {problemBox} from "../problem.js";
-import {ESTIMATE, PREDICTED_COLUMN, rankingQuality, scoreLabels} from "../scores.js";
+import {
+  ESTIMATE, FIDELITY_TITLE, PREDICTED_COLUMN, describeFidelity, rankingQuality, scoreLabels,
+} from "../scores.js";
 
 /** A link to a checkpoint route. Without an API key the browser follows it (and streams the
  * file); with one, the file is fetched with the key header and then saved. */
@@ -131,6 +133,13 @@ export async function renderCandidate(root, [id], ctx) {
       candidate.score_kind === ESTIMATE
         ? [h("span", {title: PREDICTED_COLUMN.title}, "Predicted accuracy"),
            h("span", {id: "candidate-predicted"}, formatScore(candidate.predicted_accuracy))] : null,
+      candidate.rung != null
+        ? [h("span", {title: FIDELITY_TITLE}, "Fidelity"),
+           h("span", {id: "candidate-fidelity"}, describeFidelity(candidate)
+             + ((candidate.rung_scores || []).length > 1
+               ? " (" + candidate.rung_scores.map((r) => `${(r.images ?? "?").toLocaleString("en")}: `
+                 + (r.score == null ? "failed" : formatScore(r.score))).join(", ") + ")"
+               : ""))] : null,
       ["Parameters", formatExact(candidate.num_parameters)],
       ["FLOPs", formatExact(candidate.flops)],
       ["Scoring time", formatSeconds(candidate.seconds)],

@@ -11,7 +11,8 @@ import {
 import {problemBox} from "../problem.js";
 import {renderScatter} from "../scatter.js";
 import {
-  ESTIMATE, MIXED, PREDICTED_COLUMN, describeScore, scoreKindOf, scoreLabels,
+  ESTIMATE, FIDELITY_TITLE, MIXED, PREDICTED_COLUMN, describeFidelity, describeSchedule,
+  describeScore, scoreKindOf, scoreLabels,
 } from "../scores.js";
 import {ACTIVE} from "./jobs.js";
 
@@ -37,6 +38,7 @@ function columns(kind, target) {
     kind === ESTIMATE || kind === MIXED
       ? {key: "predicted_accuracy", title: PREDICTED_COLUMN.column, tooltip: PREDICTED_COLUMN.title,
          sortable: true, firstDir: -1} : null,
+    {key: "fidelity", title: "Fidelity", tooltip: FIDELITY_TITLE},
     {key: "num_parameters", title: "Parameters", sortable: true},
     {key: "flops", title: "FLOPs", sortable: true},
     {key: "seconds", title: "Time"},
@@ -287,6 +289,8 @@ export async function render(root, [jobId], ctx) {
       ["Constraints", [c.max_parameters ? `≤ ${formatCount(c.max_parameters)} parameters` : null,
                        c.max_flops ? `≤ ${formatCount(c.max_flops)} FLOPs` : null]
                         .filter(Boolean).join(", ") || "none"],
+      ["Fidelity", h("span", {id: "job-fidelity", title: FIDELITY_TITLE},
+                     describeSchedule(job.fidelity))],
       ["Created", timeCell(job.created_at)], ["Started", timeCell(job.started_at)],
       ["Finished", timeCell(job.finished_at)],
       ["Attempts", String(job.attempts)],
@@ -358,6 +362,8 @@ function candidateRow(c, cols) {
     status: statusBadge(c.status),
     score: formatScore(c.score),
     predicted_accuracy: formatScore(c.predicted_accuracy),
+    fidelity: h("span", {class: c.full_fidelity === false ? "muted" : null},
+                describeFidelity(c)),
     num_parameters: h("span", {title: formatExact(c.num_parameters)}, formatCount(c.num_parameters)),
     flops: h("span", {title: formatExact(c.flops)}, formatCount(c.flops)),
     seconds: formatSeconds(c.seconds),
