@@ -11,7 +11,8 @@ train here). Results: ``bench/results/generalization_bench.json`` (a summary per
 architecture's scores); the ground truth is cached in
 ``bench/results/generalization/ground-truth.json``, and the ranking head fit on the
 in-distribution set, with its Kendall tau measured out of distribution, is written beside it as
-``ranking-head.json`` (the one the bundled GHN ships).
+``ranking-head.json`` (a head a GHN can ship, once the in-distribution set has its ground
+truth).
 """
 
 from __future__ import annotations

@@ -267,3 +267,24 @@ def stop_server(process: subprocess.Popen) -> str:
         process.kill()
         output, _ = process.communicate()
     return output or ""
+
+
+def make_worker(engine: Any, scorer: ArchitectureScorer, tmp_path: Path, **kwargs: Any) -> Any:
+    """A worker on ``engine`` with short leases and polls, storing checkpoints under
+    ``tmp_path``; ``kwargs`` override its options."""
+    from nas_service.search import CheckpointStore, Worker
+
+    options = dict(worker_id="test-worker", lease_seconds=5.0, heartbeat_seconds=0.2,
+                   batch_size=3, poll_seconds=0.05)
+    options.update(kwargs)
+    return Worker(engine, scorer, CheckpointStore(tmp_path / "checkpoints"), **options)
+
+
+def job_state(engine: Any, job_id: str) -> tuple[Any, list[Any]]:
+    """A job as stored, and its candidates in index order."""
+    from nas_service.db import listings, read_session
+
+    with read_session(engine) as session:
+        job = listings.get_job(session, job_id)
+        candidates = listings.list_candidates(session, job_id, order_by="index", limit=500).items
+        return job, candidates

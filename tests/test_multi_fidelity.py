@@ -4,13 +4,17 @@ real database (SQLite and PostgreSQL), a real tiny GHN and the real Fashion-MNIS
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.register_assert_rewrite("service_support")
 
-from service_support import EVAL_IMAGES, SMALL_FLOPS, requires_fashion_mnist  # noqa: E402
+from service_support import (  # noqa: E402
+    EVAL_IMAGES,
+    SMALL_FLOPS,
+    job_state,
+    make_worker,
+    requires_fashion_mnist,
+)
 from sqlalchemy import update  # noqa: E402
 
 from nas_service.db import (  # noqa: E402
@@ -32,7 +36,7 @@ from nas_service.scoring.fidelity import (  # noqa: E402
     expected_cost_per_candidate,
     scaled_recalibration_batches,
 )
-from nas_service.search import CheckpointStore, Worker, WorkerHooks  # noqa: E402
+from nas_service.search import WorkerHooks  # noqa: E402
 from nas_service.spaces import get_space  # noqa: E402
 
 pytest_plugins = ("service_support",)
@@ -122,20 +126,6 @@ def _job(engine, candidates: int = 8, **kwargs) -> str:
         return job.id
 
 
-def _worker(engine, scorer, tmp_path: Path, **kwargs) -> Worker:
-    options = dict(worker_id="test-worker", lease_seconds=5.0, heartbeat_seconds=0.2,
-                   batch_size=3, poll_seconds=0.05)
-    options.update(kwargs)
-    return Worker(engine, scorer, CheckpointStore(tmp_path / "checkpoints"), **options)
-
-
-def _state(engine, job_id: str) -> tuple[SearchJob, list[Candidate]]:
-    with read_session(engine) as session:
-        job = listings.get_job(session, job_id)
-        candidates = listings.list_candidates(session, job_id, order_by="index", limit=500).items
-        return job, candidates
-
-
 def _summary(engine, candidates: list[Candidate]) -> list[tuple]:
     with read_session(engine) as session:
         return [(c.index, c.status.value, c.rung, c.eval_images, c.score,
@@ -149,8 +139,8 @@ def _summary(engine, candidates: list[Candidate]) -> list[tuple]:
 def test_every_candidate_is_scored_cheaply_and_the_best_of_each_bracket_in_full(
         engine, scorer, tmp_path) -> None:
     job_id = _job(engine, 8)
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded", job.error
     assert job.fidelity == FIDELITY and job.progress_done == 8
     scored = [c for c in candidates if c.status.value == "scored"]
@@ -184,7 +174,7 @@ def test_a_worker_killed_mid_rung_loses_nothing_and_the_redo_promotes_the_same(
         engine, scorer, tmp_path) -> None:
     reference = _job(engine, 8, seed=11)
     crashed = _job(engine, 8, seed=11)
-    _worker(engine, scorer, tmp_path).run(once=True)
+    make_worker(engine, scorer, tmp_path).run(once=True)
     batches: list[list[int]] = []
 
     def crash_in_the_first_promotions(job_id: str, indices: list[int]) -> None:
@@ -192,21 +182,21 @@ def test_a_worker_killed_mid_rung_loses_nothing_and_the_redo_promotes_the_same(
         if len(batches) == 3:  # rung 0 of bracket 0 (two batches of 3 and 1), a promotion
             raise RuntimeError("simulated crash")
 
-    dying = _worker(engine, scorer, tmp_path, worker_id="dying",
+    dying = make_worker(engine, scorer, tmp_path, worker_id="dying",
                     hooks=WorkerHooks(batch_done=crash_in_the_first_promotions))
     claimed = queue.claim_next_job(engine, dying.worker_id, 5.0)
     assert claimed.job_id == crashed
     assert dying.run_job(claimed) == "abandoned"
-    job, candidates = _state(engine, crashed)
+    job, candidates = job_state(engine, crashed)
     assert [c.index for c in candidates] == [0, 1, 2, 3]
     assert sum(c.rung == 1 for c in candidates) == 2  # the promotion batch was recorded
     with write_session(engine) as session:
         session.execute(update(SearchJob).where(SearchJob.id == crashed)
                         .values(lease_expires_at=db_now(-1)))
-    _worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
-    job, candidates = _state(engine, crashed)
+    make_worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
+    job, candidates = job_state(engine, crashed)
     assert job.status.value == "succeeded" and job.attempts == 2
-    assert _summary(engine, candidates) == _summary(engine, _state(engine, reference)[1])
+    assert _summary(engine, candidates) == _summary(engine, job_state(engine, reference)[1])
 
 
 @requires_fashion_mnist
@@ -214,8 +204,8 @@ def test_evolution_with_rungs_selects_parents_by_their_cheap_scores(engine, scor
                                                                     tmp_path) -> None:
     job_id = _job(engine, 6, strategy="evolution",
                   fidelity={"rungs": [LOW, EVAL_IMAGES], "eta": 2, "bracket": 2})
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded", job.error
     assert [c.index for c in candidates] == list(range(6))
     assert sum(c.rung == 1 for c in candidates if c.status.value == "scored") == 3
@@ -225,8 +215,8 @@ def test_evolution_with_rungs_selects_parents_by_their_cheap_scores(engine, scor
 def test_a_job_whose_rungs_do_not_end_at_the_full_budget_fails_with_the_reason(
         engine, scorer, tmp_path) -> None:
     job_id = _job(engine, 2, fidelity={"rungs": [LOW, EVAL_IMAGES // 2], "eta": 2})
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, _ = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, _ = job_state(engine, job_id)
     assert job.status.value == "failed" and "full budget" in job.error
 
 

@@ -3,13 +3,17 @@ Fashion-MNIST: completion, redo after a crash, cancel, lost leases, rejections, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.register_assert_rewrite("service_support")
 
-from service_support import SMALL_FLOPS, requires_fashion_mnist, tiny_graph  # noqa: E402
+from service_support import (  # noqa: E402
+    SMALL_FLOPS,
+    job_state,
+    make_worker,
+    requires_fashion_mnist,
+    tiny_graph,
+)
 from sqlalchemy import update  # noqa: E402
 
 from nas_service.db import (  # noqa: E402
@@ -23,11 +27,9 @@ from nas_service.db import (  # noqa: E402
     write_session,
 )
 from nas_service.search import (  # noqa: E402
-    CheckpointStore,
     Outcome,
     RandomSearch,
     RegularizedEvolution,
-    Worker,
     WorkerHooks,
     candidate_seed,
     check_constraints,
@@ -50,20 +52,6 @@ def _job(engine, candidates: int = 6, **kwargs) -> str:
         return job.id
 
 
-def _worker(engine, scorer, tmp_path: Path, **kwargs) -> Worker:
-    options = dict(worker_id="test-worker", lease_seconds=5.0, heartbeat_seconds=0.2,
-                   batch_size=3, poll_seconds=0.05)
-    options.update(kwargs)
-    return Worker(engine, scorer, CheckpointStore(tmp_path / "checkpoints"), **options)
-
-
-def _state(engine, job_id: str) -> tuple[SearchJob, list[Candidate]]:
-    with read_session(engine) as session:
-        job = listings.get_job(session, job_id)
-        candidates = listings.list_candidates(session, job_id, order_by="index", limit=500).items
-        return job, candidates
-
-
 def _hashes(engine, candidates: list[Candidate]) -> list[str | None]:
     with read_session(engine) as session:
         return [catalog.get_architecture(session, c.architecture_id).content_hash
@@ -73,9 +61,9 @@ def _hashes(engine, candidates: list[Candidate]) -> list[str | None]:
 def test_a_job_runs_to_completion_with_every_index_exactly_once(engine, scorer,
                                                                  tmp_path) -> None:
     job_id = _job(engine, 6)
-    worker = _worker(engine, scorer, tmp_path)
+    worker = make_worker(engine, scorer, tmp_path)
     worker.run(once=True)
-    job, candidates = _state(engine, job_id)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded", job.error
     assert [c.index for c in candidates] == [0, 1, 2, 3, 4, 5]
     assert all(c.status.value == "scored" and c.architecture_id for c in candidates)
@@ -90,34 +78,34 @@ def test_a_job_runs_to_completion_with_every_index_exactly_once(engine, scorer,
     assert all(c.flops <= SMALL_FLOPS for c in candidates)
     # Nothing left: a second pass returns at once.
     worker.run(once=True)
-    assert _state(engine, job_id)[0].attempts == 1
+    assert job_state(engine, job_id)[0].attempts == 1
 
 
 def test_a_job_redone_after_a_crash_gives_the_same_candidates(engine, scorer,
                                                               tmp_path) -> None:
     reference = _job(engine, 5, seed=9)
     crashed = _job(engine, 5, seed=9)
-    _worker(engine, scorer, tmp_path).run(once=True)
+    make_worker(engine, scorer, tmp_path).run(once=True)
 
     def crash_after_first_batch(job_id: str, indices: list[int]) -> None:
         raise RuntimeError("simulated crash")
 
-    dying = _worker(engine, scorer, tmp_path, batch_size=2, worker_id="dying",
+    dying = make_worker(engine, scorer, tmp_path, batch_size=2, worker_id="dying",
                     hooks=WorkerHooks(batch_done=crash_after_first_batch))
     claimed = queue.claim_next_job(engine, dying.worker_id, 5.0)
     assert claimed.job_id == crashed
     assert dying.run_job(claimed) == "abandoned"
-    job, candidates = _state(engine, crashed)
+    job, candidates = job_state(engine, crashed)
     assert job.status.value == "running" and [c.index for c in candidates] == [0, 1]
 
     with write_session(engine) as session:  # the dead worker's lease runs out
         session.execute(update(SearchJob).where(SearchJob.id == crashed)
                         .values(lease_expires_at=db_now(-1)))
-    _worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
-    job, candidates = _state(engine, crashed)
+    make_worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
+    job, candidates = job_state(engine, crashed)
     assert job.status.value == "succeeded" and job.attempts == 2
     assert [c.index for c in candidates] == [0, 1, 2, 3, 4]
-    assert _hashes(engine, candidates) == _hashes(engine, _state(engine, reference)[1])
+    assert _hashes(engine, candidates) == _hashes(engine, job_state(engine, reference)[1])
 
 
 def test_cancelling_mid_job_stops_it_at_the_next_batch(engine, scorer, tmp_path) -> None:
@@ -128,10 +116,10 @@ def test_cancelling_mid_job_stops_it_at_the_next_batch(engine, scorer, tmp_path)
             with write_session(engine) as session:
                 queue.request_cancel(session, job)
 
-    worker = _worker(engine, scorer, tmp_path, batch_size=2,
+    worker = make_worker(engine, scorer, tmp_path, batch_size=2,
                      hooks=WorkerHooks(batch_done=cancel))
     worker.run(once=True)
-    job, candidates = _state(engine, job_id)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "cancelled"
     assert [c.index for c in candidates] == [0, 1]
     assert job.finished_at is not None and job.lease_token is None
@@ -157,11 +145,11 @@ def test_a_worker_that_loses_its_lease_stops_writing(engine, scorer, tmp_path) -
         raise AssertionError("could not take the lease over")
 
     outcomes: list[str] = []
-    worker = _worker(engine, scorer, tmp_path, batch_size=2,
+    worker = make_worker(engine, scorer, tmp_path, batch_size=2,
                      hooks=WorkerHooks(batch_done=steal, job_finished=outcomes.append))
     worker.run(once=True)
     assert outcomes == ["lease_lost"]
-    job, candidates = _state(engine, job_id)
+    job, candidates = job_state(engine, job_id)
     assert [c.index for c in candidates] == [0, 1]
     assert job.status.value == "running"
     assert job.lease_owner == "thief" and job.lease_token == thief[0].lease_token
@@ -170,10 +158,10 @@ def test_a_worker_that_loses_its_lease_stops_writing(engine, scorer, tmp_path) -
 
 def test_stopping_releases_the_job_to_the_queue(engine, scorer, tmp_path) -> None:
     job_id = _job(engine, 6)
-    worker = _worker(engine, scorer, tmp_path, batch_size=2)
+    worker = make_worker(engine, scorer, tmp_path, batch_size=2)
     worker.hooks = WorkerHooks(batch_done=lambda job, indices: worker.stop())
     worker.run()
-    job, candidates = _state(engine, job_id)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "queued" and job.attempts == 0 and job.lease_token is None
     assert [c.index for c in candidates] == [0, 1]
 
@@ -181,8 +169,8 @@ def test_stopping_releases_the_job_to_the_queue(engine, scorer, tmp_path) -> Non
 def test_impossible_constraints_reject_candidates_with_a_reason(engine, scorer,
                                                                 tmp_path) -> None:
     job_id = _job(engine, 2, constraints={"max_parameters": 10})
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded"
     assert [c.status.value for c in candidates] == ["rejected", "rejected"]
     assert all("fits the bounds" in c.reason for c in candidates)
@@ -210,8 +198,8 @@ def test_a_candidate_that_fails_is_recorded_and_the_job_goes_on(engine, scorer, 
         return original(graph, params, data, predict_seconds)
 
     monkeypatch.setattr(scorer, "_evaluate", flaky)
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded"
     assert [c.status.value for c in candidates] == ["scored", "failed", "scored", "scored"]
     assert candidates[1].reason == "RuntimeError: CUDA is on fire"
@@ -220,16 +208,16 @@ def test_a_candidate_that_fails_is_recorded_and_the_job_goes_on(engine, scorer, 
 
 def test_a_job_for_a_task_without_a_ghn_fails_at_once(engine, scorer, tmp_path) -> None:
     job_id = _job(engine, 2, task="cifar10")
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "failed" and "cifar10" in job.error
     assert candidates == []
 
 
 def test_a_spent_time_budget_ends_the_job_with_what_it_has(engine, scorer, tmp_path) -> None:
     job_id = _job(engine, 6, budget_seconds=1e-6)
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded"
     assert len(candidates) < 6
     with read_session(engine) as session:
@@ -238,8 +226,8 @@ def test_a_spent_time_budget_ends_the_job_with_what_it_has(engine, scorer, tmp_p
 
 def test_evolution_runs_a_job_to_completion(engine, scorer, tmp_path) -> None:
     job_id = _job(engine, 5, strategy="evolution")
-    _worker(engine, scorer, tmp_path).run(once=True)
-    job, candidates = _state(engine, job_id)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded"
     assert [c.index for c in candidates] == [0, 1, 2, 3, 4]
 

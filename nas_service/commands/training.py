@@ -337,6 +337,10 @@ def _continual_bench(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # train-char-lm
 # ------------------------------------------------------------------------------------------------
 
