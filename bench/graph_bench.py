@@ -18,9 +18,7 @@ import argparse
 import datetime as dt
 import json
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from support.processes import median_wall_and_cpu  # noqa: E402
 
 from nas_service.graph import ArchitectureGraph, to_module  # noqa: E402
 from nas_service.graph.tracing import from_module  # noqa: E402
@@ -43,18 +42,6 @@ NETWORKS: dict[str, Callable[[], torch.nn.Module]] = {
 }
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Median wall-clock and CPU seconds of ``fn`` over ``repeats`` runs, after a warm-up."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return statistics.median(wall), statistics.median(cpu)
-
-
 def run(repeats: int, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     results: dict[str, Any] = {}
@@ -62,9 +49,11 @@ def run(repeats: int, threads: int) -> dict[str, Any]:
         model = make().eval()
         graph = from_module(model, INPUT_SHAPE)
         timings = {
-            "from_module": _time(lambda m=model: from_module(m, INPUT_SHAPE), repeats),
-            "to_module": _time(lambda g=graph: to_module(g), repeats),
-            "validate": _time(lambda g=graph: ArchitectureGraph.from_dict(g.to_dict()), repeats),
+            "from_module": median_wall_and_cpu(lambda m=model: from_module(m, INPUT_SHAPE),
+                                               repeats),
+            "to_module": median_wall_and_cpu(lambda g=graph: to_module(g), repeats),
+            "validate": median_wall_and_cpu(
+                lambda g=graph: ArchitectureGraph.from_dict(g.to_dict()), repeats),
         }
         results[name] = {
             "input_shape": list(INPUT_SHAPE),

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 from real_models import all_models  # noqa: E402
+from support.processes import median_wall_and_cpu  # noqa: E402
 
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
 from nas_service.graph.tracing import UnsupportedModuleError, from_module  # noqa: E402
@@ -165,25 +166,12 @@ def rescore_accuracy(output: Path) -> dict[str, Any]:
     return report
 
 
-def _median(fn: Any, repeats: int) -> tuple[float, float]:
-    """Median wall-clock and process CPU seconds (the CPU time is less sensitive to other load
-    on a shared machine)."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return statistics.median(wall), statistics.median(cpu)
-
-
 def resnet50_timings(repeats: int) -> dict[str, Any]:
     model = resnet50().eval()
     shape = (3, 32, 32)
     out: dict[str, Any] = {}
     for name, trace in (("fx", "symbolic"), ("recorded_run", "run")):
-        wall, cpu = _median(lambda t=trace: from_module(model, shape, trace=t), repeats)
+        wall, cpu = median_wall_and_cpu(lambda t=trace: from_module(model, shape, trace=t), repeats)
         out[name], out[f"{name}_cpu"] = round(wall, 4), round(cpu, 4)
     return out
 

@@ -209,6 +209,19 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def median_wall_and_cpu(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median wall-clock and process CPU seconds of ``repeats`` calls of ``fn``, after one
+    untimed warm-up call (the CPU time is less sensitive to other load on a shared machine)."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values (``p`` in ``(0, 100]``)."""
     if not sorted_values:
