@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.resnet50_only:
         report = json.loads(args.output.read_text())
-        report["resnet50_from_module_s"].update(resnet50_timings(args.repeats))
+        report["resnet50_from_module_s"].update(resnet50_timings(args.repeats), repeats=args.repeats)
         args.output.write_text(json.dumps(report, indent=2) + "\n")
         print("ResNet-50 from_module:", report["resnet50_from_module_s"])
         return
