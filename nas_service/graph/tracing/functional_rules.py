@@ -88,6 +88,15 @@ def _param_source(v: Any, name: str) -> tuple[str, torch.Tensor]:
     return v.target, v.tensor
 
 
+def _layer_sources(weight: tuple[str, torch.Tensor], bias: Any) -> dict[str, Any]:
+    """The parameter sources of a layer called with ``weight`` (its source) and an optional
+    ``bias`` (``F.linear``, ``F.conv*``)."""
+    sources: dict[str, Any] = {"weight": weight}
+    if bias is not None:
+        sources["bias"] = _param_source(bias, "bias")
+    return sources
+
+
 def _sig_linear(input: Any, weight: Any, bias: Any = None) -> dict[str, Any]:
     return locals()
 
@@ -96,9 +105,7 @@ def _sig_linear(input: Any, weight: Any, bias: Any = None) -> dict[str, Any]:
 def _linear_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     a = _bind(_sig_linear, args, kwargs)
     w = _param_source(a["weight"], "weight")
-    sources = {"weight": w}
-    if a["bias"] is not None:
-        sources["bias"] = _param_source(a["bias"], "bias")
+    sources = _layer_sources(w, a["bias"])
     return _linear(cx, node, _x(a["input"]), sources, w[1].shape[0], a["bias"] is not None)
 
 
@@ -116,9 +123,7 @@ def _conv2d_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> An
         op, extra = "std_conv2d", {"eps": eps}
     else:
         w = _param_source(a["weight"], "weight")
-    sources = {"weight": w}
-    if a["bias"] is not None:
-        sources["bias"] = _param_source(a["bias"], "bias")
+    sources = _layer_sources(w, a["bias"])
     kernel = tuple(w[1].shape[2:])
     return cx.add(op, [_plain(a["input"])], node.name, sources,
                   out_channels=w[1].shape[0], kernel_size=kernel, stride=_pair(a["stride"]),
@@ -160,9 +165,7 @@ def _sig_conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padd
 def _conv1d_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     a = _bind(_sig_conv1d, args, kwargs)
     w = _param_source(a["weight"], "weight")
-    sources = {"weight": w}
-    if a["bias"] is not None:
-        sources["bias"] = _param_source(a["bias"], "bias")
+    sources = _layer_sources(w, a["bias"])
     kernel = int(w[1].shape[2])
     one = lambda v: v[0] if isinstance(v, tuple | list) else v  # noqa: E731
     (padding,) = _conv_padding(a["padding"] if isinstance(a["padding"], str)
@@ -183,9 +186,7 @@ def _sig_conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any
 def _conv_transpose_call(cx: _Converter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     a = _bind(_sig_conv_transpose2d, args, kwargs)
     w = _param_source(a["weight"], "weight")
-    sources = {"weight": w}
-    if a["bias"] is not None:
-        sources["bias"] = _param_source(a["bias"], "bias")
+    sources = _layer_sources(w, a["bias"])
     return cx.add("conv_transpose2d", [_plain(a["input"])], node.name, sources,
                   out_channels=w[1].shape[1] * a["groups"], kernel_size=tuple(w[1].shape[2:]),
                   stride=_pair(a["stride"]), padding=_pair(a["padding"]),
