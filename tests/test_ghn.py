@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 
 import numpy as np
@@ -19,7 +20,7 @@ from nas_service.ghn.features import (
     shortest_path_lengths,
     typed_adjacency,
 )
-from nas_service.ghn.model import _tile
+from nas_service.ghn.model import _tile, tile_signs
 from nas_service.graph import OP_NAMES, ArchitectureGraph, GraphBuilder, to_module
 
 TINY = GHNConfig(hidden=16, layers=2, code=8, block_out=8, block_in=8, vector=8)
@@ -120,8 +121,48 @@ def test_large_layers_are_tiled_and_large_kernels_resized():
     w = params["conv2d_0.weight"]
     expected = (2 / (3 * 121)) ** 0.5
     assert w[:8].pow(2).mean().sqrt().item() == pytest.approx(expected, rel=1e-4)
-    assert torch.equal(w[8:16], w[:8])
+    # Later tiles are the block with signs flipped (tile_signs), so the scale is the block's.
+    assert torch.equal(w[8:16].abs(), w[:8].abs()) and not torch.equal(w[8:16], w[:8])
     assert w.pow(2).mean().sqrt().item() == pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (8, 100), (100, 8), (130, 65)])
+def test_tile_signs_keep_the_first_tile_and_flip_the_others(shape):
+    signs = tile_signs(*shape, 8, 8, torch.device("cpu"))
+    assert signs.shape == shape and set(signs.unique().tolist()) <= {-1, 1}
+    assert (signs[:8, :8] == 1).all()
+    assert torch.equal(signs, tile_signs.__wrapped__(*shape, 8, 8, torch.device("cpu")))
+    # Every later tile has a pattern of its own: no two tiles alike, none all +1.
+    tiles = {tuple(signs[r:r + 8, c:c + 8].reshape(-1).tolist())
+             for r in range(0, shape[0] - 7, 8) for c in range(0, shape[1] - 7, 8)}
+    assert len(tiles) == (shape[0] // 8) * (shape[1] // 8)
+    # Roughly balanced, as random signs are.
+    assert abs(signs[8:, :].float().mean().item() if shape[0] > 8 else
+               signs[:, 8:].float().mean().item()) < 0.2
+
+
+def test_tile_signs_lift_the_rank_of_a_wide_linear_layer():
+    """Plain tiling makes a 40 x 40 matrix of 8 x 8 copies (rank <= 8): a layer over 40
+    inputs would see only their sums modulo 8. Decorrelated tiles keep its rank."""
+    b = GraphBuilder((40,))
+    graph = b.build(b.add("linear", b.input, out_features=40), num_classes=40)
+    torch.manual_seed(0)
+    plain = GraphHyperNetwork(GHNConfig(**{**vars(TINY), "tile_signs": False}))
+    signed = GraphHyperNetwork(TINY)
+    signed.load_state_dict(plain.state_dict())
+    w_plain = plain.predict([graph])[0]["linear_0.weight"]
+    w_signed = signed.predict([graph])[0]["linear_0.weight"]
+    assert torch.linalg.matrix_rank(w_plain) <= 8
+    assert torch.linalg.matrix_rank(w_signed) > 30
+    assert torch.equal(w_signed[:8, :8], w_plain[:8, :8])
+
+
+def test_a_checkpoint_without_tile_signs_loads_with_plain_tiling():
+    """Checkpoints saved before the option existed were trained with copies: they keep them."""
+    config = GHNConfig.from_json(json.dumps({k: v for k, v in vars(TINY).items()
+                                             if k != "tile_signs"}))
+    assert config.tile_signs is False
+    assert GHNConfig().tile_signs is True
 
 
 def test_activations_change_the_prediction():

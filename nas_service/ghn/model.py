@@ -21,6 +21,7 @@ Three parts, readable top to bottom:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -65,6 +66,10 @@ class GHNConfig:
     vector: int = 64
     ops: tuple[str, ...] = field(default_factory=lambda: OP_NAMES)
     """The op vocabulary this GHN was trained with (embedding rows, in order)."""
+    tile_signs: bool = True
+    """Decorrelate the tiles of tensors larger than one block (see :func:`tile_signs`): without
+    it, a tensor's tiles are copies, so a wide layer repeats its output channels and a linear
+    layer over many inputs sees only their sums modulo ``block_in``."""
     propagation: str = "synchronous"
     """``synchronous`` (:class:`GHNLayer` rounds, the default) or ``sequential`` (GHN-2's
     node-by-node traversal, :mod:`nas_service.ghn.sequential`, kept for the ablation); with
@@ -82,6 +87,8 @@ class GHNConfig:
     def from_json(cls, text: str) -> GHNConfig:
         data = json.loads(text)
         data["ops"] = tuple(data.get("ops", OP_NAMES))
+        # A checkpoint saved before the option existed was trained with plain tiling.
+        data.setdefault("tile_signs", False)
         return cls(**data)
 
 
@@ -289,7 +296,11 @@ class GraphHyperNetwork(nn.Module):
             for j, i in enumerate(idx):
                 g, r = items[i]
                 out_ch, in_ch = _matrix_dims(r)
-                out[(g, r.name)] = _tile(blocks[j], (out_ch, in_ch, kh, kw)).reshape(r.shape)
+                tiled = _tile(blocks[j], (out_ch, in_ch, kh, kw))
+                if c.tile_signs and (out_ch > bo or in_ch > bi):
+                    tiled = tiled * tile_signs(out_ch, in_ch, bo, bi,
+                                               tiled.device)[:, :, None, None]
+                out[(g, r.name)] = tiled.reshape(r.shape)
         return out
 
     def _code_grid(self, hidden: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
@@ -420,6 +431,33 @@ def _fit_grid(codes: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     top = (codes.shape[-2] - kh) // 2
     left = (codes.shape[-1] - kw) // 2
     return codes[..., top:top + kh, left:left + kw]
+
+
+@functools.lru_cache(maxsize=64)  # int8: a 2048 x 2048 pattern is 4 MiB
+def tile_signs(out_ch: int, in_ch: int, block_out: int, block_in: int,
+               device: torch.device) -> torch.Tensor:
+    """The ``(out_ch, in_ch)`` pattern of signs that makes the tiles of a tiled tensor differ.
+
+    ``sign[o, i] = a(o, i // block_in) * b(i, o // block_out)`` with ``a(o, 0) = b(i, 0) = 1``, so
+    the first tile is the predicted block itself, tile ``(0, q)`` flips the block's rows by a
+    pattern of its own and tile ``(p, 0)`` its columns. Output ``o`` of a layer over many inputs
+    then sees a signed sum of the input's chunks (a random projection) rather than their plain
+    sum, and the channels of a wide layer are no longer copies. The signs come from an integer
+    hash of the indices, so every process, device and version of torch computes the same ones.
+    """
+    o = torch.arange(out_ch, dtype=torch.int64)[:, None]
+    i = torch.arange(in_ch, dtype=torch.int64)[None, :]
+    q, p = i // block_in, o // block_out
+    a = torch.where(q == 0, 1, _hash_sign(o, q, 0x9E3779B1))
+    b = torch.where(p == 0, 1, _hash_sign(i, p, 0x85EBCA77))
+    return (a * b).to(device=device, dtype=torch.int8)
+
+
+def _hash_sign(x: torch.Tensor, y: torch.Tensor, salt: int) -> torch.Tensor:
+    """``+1`` or ``-1`` from a 32-bit multiplicative hash of the index pair ``(x, y)``."""
+    h = (x * 0x27D4EB2F + y * 0x165667B1 + salt) & 0xFFFFFFFF
+    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+    return 1 - 2 * ((h >> 13) & 1)
 
 
 def _tile(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
