@@ -23,11 +23,11 @@ Guarantees:
   (``to_module``, ``load_state_dict``, ``accuracy`` on the same images): the batch size of the
   evaluation does not change a network's outputs in eval mode, and the tensors keep PyTorch's
   default layout. The cheaper views of :meth:`ArchitectureScorer.at_fidelity` (the lower rungs
-  of a search) run networks and images in the channels-last layout on a CPU, about 1.3x less
-  CPU time per score: it changes logits in the last bits, so a plain re-evaluation of such a
-  checkpoint can differ by a near-tied image; those scores only decide promotions, and only
-  full scores compete for a job's best (``bench/multi_fidelity_bench.py`` measures each rung's
-  Kendall tau).
+  of a search) run networks and images in the channels-last layout on a CPU, which PyTorch's
+  CPU convolutions run faster: it changes logits in the last bits, so a plain re-evaluation of
+  such a checkpoint can differ by a near-tied image; those scores only decide promotions, and
+  only full scores compete for a job's best (``bench/multi_fidelity_bench.py`` measures each
+  rung's Kendall tau and its CPU time).
 - With a single recalibration batch (the cheap rungs), the classifier's readout reads its
   features off the recalibration's own forward pass
   (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``), one pass fewer.
