@@ -25,6 +25,13 @@ Four measurements, one process, torch on one thread (``--threads``):
    the 55,000 of an epoch). The time until the incumbent (what the search returns if stopped
    then) is a top-5 % architecture by trained accuracy: median and mean over ``--runs``
    simulated searches, and the ratio to SGD's.
+With ``--breakdown`` rungs, the CPU time of one score at each of them is broken down by step
+(proposing, the GHN forward pass, building the network, recalibration and readout, evaluation,
+copying the state, writing the checkpoint), on 16 of the throughput job's architectures.
+``--reuse-rungs`` takes those rungs' per-architecture records from an earlier result
+(``--reuse-from``) instead of scoring the 39 architectures again; three of them are scored again
+and must reproduce their stored accuracy exactly, or the benchmark stops.
+
 4. **Worker scaling model.** Seconds of database time per candidate (``record_candidate`` and
    ``promote_candidate`` on SQLite and, when it answers, PostgreSQL at ``--postgres-url``) and
    the worker's CPU seconds per candidate (from 2) give the speed-up of n workers, each on its
@@ -32,6 +39,9 @@ Four measurements, one process, torch on one thread (``--threads``):
 
     python bench/multi_fidelity_bench.py            # 45 minutes on this 2-core CPU, under load
     python bench/multi_fidelity_bench.py --quick    # a few minutes, fewer of everything
+    python bench/multi_fidelity_bench.py --rungs 100 250 --reuse-rungs 1000 --breakdown 100 250 \
+        --candidates 64 --full-candidates 8 --configurations full 100-250-1000-eta8 \
+        --sgd-images 256                            # the committed result, 10 minutes
 """
 
 from __future__ import annotations
@@ -81,14 +91,16 @@ CONFIGURATIONS: dict[str, dict[str, Any] | None] = {
     "125-1000-eta4": {"rungs": [125, 1000], "eta": 4, "bracket": 16},
     "125-1000-eta8": {"rungs": [125, 1000], "eta": 8, "bracket": 32},
     "125-250-1000-eta4": {"rungs": [125, 250, 1000], "eta": 4, "bracket": 32},
+    "100-250-1000-eta4": {"rungs": [100, 250, 1000], "eta": 4, "bracket": 64},
+    "100-250-1000-eta8": {"rungs": [100, 250, 1000], "eta": 8, "bracket": 64},
 }
 
 
-def _save(result: dict[str, Any]) -> None:
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".tmp")
+def _save(result: dict[str, Any], out: Path = OUT) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(OUT)
+    tmp.replace(out)
 
 
 # ---- 1. rungs against trained accuracy ----------------------------------------------------------
@@ -130,7 +142,7 @@ def score_rungs(scorer: ArchitectureScorer, archs: Sequence[tuple[ArchitectureGr
             accuracies.append(scored.accuracy)
             rankings.append(scored.ranking["value"] if scored.ranking else scored.accuracy)
         out[str(images)] = {
-            "images": fidelity.images,
+            "images": fidelity.images, "ghn_version": view.ghn_version,
             "recalibration_images": fidelity.recalibration_batches * view.recalibration_batch_size,
             "kendall_tau_predicted_accuracy": round(kendall_tau(accuracies, trained), 4),
             "kendall_tau_ranking_value": round(kendall_tau(rankings, trained), 4),
@@ -144,6 +156,95 @@ def score_rungs(scorer: ArchitectureScorer, archs: Sequence[tuple[ArchitectureGr
               f" (accuracy alone {out[str(images)]['kendall_tau_predicted_accuracy']:.3f}), "
               f"{out[str(images)]['seconds_per_architecture']:.3f} s", flush=True)
     return out
+
+
+def reused_rung(scorer: ArchitectureScorer,
+                archs: Sequence[tuple[ArchitectureGraph, float, float]], path: Path,
+                images: int, spot_checks: int) -> dict[str, Any]:
+    """The rung of ``images`` validation images as an earlier result file holds it, instead of
+    scoring every architecture again: its architectures must be these, and the first
+    ``spot_checks`` of them are scored again and must give the stored predicted accuracy
+    exactly (scores are deterministic), which shows the protocol has not changed since."""
+    stored = json.loads(path.read_text())["rungs"][str(images)]
+    names = [g.name for g, _, _ in archs]
+    if [a["name"] for a in stored["per_architecture"]] != names:
+        raise SystemExit(f"{path}: rung {images} holds other architectures")
+    spec = scorer.check_task(TASK)
+    view = scorer.at_fidelity(scorer.fidelity_of_images(images, spec), spec)
+    for (graph, _, _), entry in list(zip(archs, stored["per_architecture"],
+                                         strict=True))[:spot_checks]:
+        (scored,) = view.score([graph], spec)
+        if isinstance(scored, Exception) or scored.accuracy != entry["predicted_accuracy"]:
+            raise SystemExit(f"{path}: rung {images} of {graph.name} no longer reproduces")
+    print(f"  rung {images:>5} images: reused from {path.name} ({spot_checks} spot checks "
+          f"reproduced), tau {stored['kendall_tau_ranking_value']:.3f}", flush=True)
+    return {**stored, "ghn_version": view.ghn_version, "reused_from": str(path.relative_to(ROOT))
+            if path.is_relative_to(ROOT) else str(path), "spot_checks": spot_checks}
+
+
+def rung_breakdown(scorer: ArchitectureScorer, images: int, candidates: int, seed: int
+                   ) -> dict[str, Any]:
+    """Where the CPU time of a score at ``images`` validation images goes, per candidate: the
+    steps of :meth:`ArchitectureScorer.score` and of storing a score, timed one by one on the
+    throughput job's ``cells`` architectures (GHN batches of 8)."""
+    from nas_service.graph import to_module
+    from nas_service.scoring.evaluation import accuracy, load_parameters, recalibrate
+    from nas_service.search.checkpoints import checkpoint_metadata
+    from nas_service.search.strategies import check_constraints, make_strategy
+
+    spec = scorer.check_task(TASK)
+    view = scorer.at_fidelity(scorer.fidelity_of_images(images, spec), spec)
+    data = view.task_tensors(spec)
+    constraints = {"max_flops": MAX_FLOPS}
+    strategy = make_strategy("random", "cells", seed=seed, input_shape=spec.input_shape,
+                             num_classes=spec.num_classes, constraints=constraints)
+    seconds: dict[str, float] = dict.fromkeys(
+        ("propose", "ghn_forward", "build_network", "recalibrate_and_readout", "evaluate",
+         "copy_state", "checkpoint_write"), 0.0)
+
+    def timed(step: str, started: float) -> None:
+        seconds[step] += time.process_time() - started
+
+    started = time.process_time()
+    graphs = [p.graph for p in (strategy.propose(i, {}) for i in range(candidates))
+              if p.graph is not None and check_constraints(p.graph, constraints) is None]
+    timed("propose", started)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        store = CheckpointStore(Path(tmp))
+        for start in range(0, len(graphs), 8):
+            batch = graphs[start:start + 8]
+            started = time.process_time()
+            predicted = view.ghn.predict(batch)
+            timed("ghn_forward", started)
+            for graph, params in zip(batch, predicted, strict=True):
+                started = time.process_time()
+                net = load_parameters(to_module(graph, initialize=False), params)
+                if view.channels_last:
+                    net = net.to(memory_format=torch.channels_last)
+                timed("build_network", started)
+                started = time.process_time()
+                recalibrate(net, data.recalibration, data.recalibration_labels,
+                            one_pass=len(data.recalibration) == 1)
+                timed("recalibrate_and_readout", started)
+                started = time.process_time()
+                value = accuracy(net, data.val_images, data.val_labels,
+                                 batch_size=view.eval_batch_size)
+                timed("evaluate", started)
+                started = time.process_time()
+                state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+                timed("copy_state", started)
+                started = time.process_time()
+                store.write(state, checkpoint_metadata(graph, task=TASK, scores={"value": value},
+                                                       ghn_version=view.ghn_version))
+                timed("checkpoint_write", started)
+    per = {k: round(v / len(graphs), 4) for k, v in seconds.items()}
+    total = sum(per.values())
+    print(f"  {images} images: {total:.3f} CPU s per candidate: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in per.items()), flush=True)
+    return {"images": images,
+            "recalibration_images": sum(len(y) for y in data.recalibration_labels),
+            "channels_last": view.channels_last, "candidates": len(graphs),
+            "cpu_seconds_per_candidate": per, "total_cpu_seconds_per_candidate": round(total, 4)}
 
 
 def sgd_costs(archs: Sequence[tuple[ArchitectureGraph, float, float]], sgd_images: int
@@ -352,6 +453,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="graphs per GHN batch")
     parser.add_argument("--sgd-images", type=int, default=None)
     parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--configurations", nargs="+", choices=list(CONFIGURATIONS),
+                        default=list(CONFIGURATIONS), help="job fidelities of the throughput "
+                                                           "runs (default: all)")
+    parser.add_argument("--full-candidates", type=int, default=None,
+                        help="candidates of the full-score job (default: --candidates)")
+    parser.add_argument("--reuse-rungs", type=int, nargs="*", default=[],
+                        help="rungs taken from --reuse-from instead of scored again (a few "
+                             "architectures are scored again and must reproduce)")
+    parser.add_argument("--reuse-from", type=Path, default=OUT)
+    parser.add_argument("--breakdown", type=int, nargs="*", default=[],
+                        help="rungs (validation images) whose CPU time is broken down by step")
+    parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--postgres-url", default=os.environ.get("NAS_TEST_POSTGRES_URL",
                                                                  DEFAULT_POSTGRES_URL))
     args = parser.parse_args()
@@ -371,19 +484,31 @@ def main() -> None:
     }
     scorer = ArchitectureScorer.load(device="cpu", eval_images=1000)
     archs = ground_truth_architectures(scorer, 50)[:args.archs]
-    print(f"1. {len(archs)} architectures with ground truth, rungs {args.rungs}", flush=True)
-    result["rungs"] = score_rungs(scorer, archs, args.rungs)
+    rungs = sorted(set(args.rungs) | set(args.reuse_rungs))
+    print(f"1. {len(archs)} architectures with ground truth, rungs {rungs}", flush=True)
+    scored = score_rungs(scorer, archs, [r for r in rungs if r not in args.reuse_rungs])
+    result["rungs"] = {str(r): scored[str(r)] if str(r) in scored else
+                       reused_rung(scorer, archs, args.reuse_from, r, spot_checks=3)
+                       for r in rungs}
     result["architectures"] = len(archs)
-    _save(result)
+    _save(result, args.out)
+
+    if args.breakdown:
+        print("CPU time of one score, by step", flush=True)
+        result["breakdown"] = [rung_breakdown(scorer, images, 16, seed=1)
+                               for images in args.breakdown]
+        _save(result, args.out)
 
     print("2. worker throughput on cells (SQLite)", flush=True)
     throughput = []
-    for name, config in CONFIGURATIONS.items():
-        count = args.candidates  # the same architectures (indices) for every configuration
-        throughput.append(worker_throughput(scorer, name, config, count, args.batch_size,
-                                            seed=1))
+    for name in args.configurations:
+        # The same seed for every configuration: the first candidates are the same architectures.
+        count = args.full_candidates if name == "full" and args.full_candidates else \
+            args.candidates
+        throughput.append(worker_throughput(scorer, name, CONFIGURATIONS[name], count,
+                                            args.batch_size, seed=1))
         result["throughput"] = throughput
-        _save(result)
+        _save(result, args.out)
 
     print(f"3. one epoch of SGD: {args.sgd_images} images timed per architecture", flush=True)
     sgd = sgd_costs(archs, args.sgd_images)
@@ -400,7 +525,7 @@ def main() -> None:
     result["sgd_seconds_per_architecture"] = round(statistics.mean(sgd), 2)
     result["search_quality"] = search_quality(pool, args.runs, seed=0,
                                               measured=list(result["rungs"]))
-    _save(result)
+    _save(result, args.out)
 
     print("4. database time per candidate", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,7 +559,7 @@ def main() -> None:
         "median_speedup_vs_sgd": {k: v["median_speedup_vs_sgd"] for k, v in quality.items()},
         "speedup_4_workers_model": result["scaling_model"]["speedup_by_workers"]["4"],
     }
-    _save(result)
+    _save(result, args.out)
     print(json.dumps(result["summary"], indent=1))
 
 

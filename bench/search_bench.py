@@ -29,6 +29,10 @@ Only ``scored`` candidates count (``rejected`` and ``failed`` ones are listed be
 jobs carry a ``max_flops`` constraint of ``--max-flops`` (20 M by default: the range the bundled
 GHN was trained on; ``0`` for none), which random search samples within.
 
+With ``--fidelity`` the jobs score in multi-fidelity rungs (every candidate on the first rung's
+images, the best of each bracket on the next; ``bench/multi_fidelity_bench.py`` measures what
+each rung ranks like); a candidate counts as scored at its first rung.
+
 Every process the benchmark starts is stopped when it ends, fails or is interrupted.
 
     python bench/search_bench.py                  # writes bench/results/search_bench.json
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import statistics
@@ -108,7 +113,8 @@ def _create_job(engine: Engine, space: str, seed: int, args: argparse.Namespace)
     with write_session(engine) as session:
         job, _ = queue.create_job(session, space=space, task=TASK, strategy="random", seed=seed,
                                   budget_candidates=args.max_candidates,
-                                  budget_seconds=args.seconds, constraints=constraints)
+                                  budget_seconds=args.seconds, constraints=constraints,
+                                  fidelity=args.fidelity)
         return job.id
 
 
@@ -394,6 +400,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_flops": args.max_flops or None, "threads": args.threads,
             "eval_images": args.eval_images, "eval_images_default": defaults["eval_images"].default,
             "ghn_batch_size": args.batch_size or _default_batch_size(),
+            "fidelity": args.fidelity,
             "recalibration": f"{defaults['recalibration_batches'].default} x "
                              f"{defaults['recalibration_batch_size'].default} training images",
             "device": "NAS_DEVICE unset: automatic",
@@ -447,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=None,
                         help="NAS_EVAL_IMAGES of the workers (default: unset, the service's "
                              "default of 1,000 validation images)")
+    parser.add_argument("--fidelity", type=json.loads, default=None, metavar="JSON",
+                        help='the jobs\' multi-fidelity schedule, e.g. \'{"rungs": [100, 250, '
+                             '1000], "eta": 8}\' (default: none, every candidate in full); '
+                             'only scored candidates count, at whatever rung')
     parser.add_argument("--batch-size", type=int, default=None,
                         help="NAS_GHN_BATCH_SIZE of the workers (default: unset, the service's)")
     parser.add_argument("--sgd-candidates", type=int, default=3,

@@ -405,6 +405,51 @@ def test_recalibrate_with_labels_refits_the_readout(fashion):
     assert accuracy(net, x, y) > 0.6
 
 
+def _readout_nets() -> list[nn.Module]:
+    torch.manual_seed(0)
+    with_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(0.5),
+                            nn.Linear(64, 10))
+    bn_free = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                            nn.Linear(64, 10))
+    return [with_bn, bn_free]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["batch-norm", "bn-free"])
+def test_one_pass_recalibration_reads_the_readout_features_off_the_recalibration_pass(
+        fashion, which):
+    x, y = fashion.tensors("train")
+    x, y = x[:128], y[:128]
+    two_pass = _readout_nets()[which]
+    one_pass = _readout_nets()[which]
+    calls = []
+    one_pass[0].register_forward_hook(lambda *_: calls.append(1))
+    recalibrate(two_pass, [x], [y])
+    recalibrate(one_pass, [x], [y], one_pass=True)
+    assert len(calls) == 1 and not one_pass.training  # one forward pass, left in eval mode
+    before, after = two_pass.state_dict(), one_pass.state_dict()
+    for key in before:
+        # Batch statistics are the recalibrated ones (up to the unbiased variance); dropout is
+        # off in the pass, or the refitted classifier would be far from the two-pass one.
+        assert torch.allclose(before[key].float(), after[key].float(), rtol=0.02, atol=0.02), key
+    val_x, val_y = fashion.tensors("val")
+    assert abs(accuracy(one_pass, val_x[:500], val_y[:500])
+               - accuracy(two_pass, val_x[:500], val_y[:500])) <= 0.01
+
+
+def test_one_pass_needs_labels_and_a_single_batch(fashion):
+    x, y = fashion.tensors("train")
+    nets = [_readout_nets()[0] for _ in range(2)]
+    recalibrate(nets[0], [x[:64], x[64:128]], [y[:64], y[64:128]])
+    recalibrate(nets[1], [x[:64], x[64:128]], [y[:64], y[64:128]], one_pass=True)
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(),
+                                                 nets[1].state_dict().values(), strict=True))
+    unlabelled = _readout_nets()[0]
+    classifier = unlabelled[6].weight.clone()
+    recalibrate(unlabelled, [x[:64]], one_pass=True)
+    assert torch.equal(classifier, unlabelled[6].weight)  # no labels: no readout
+
+
 def test_held_out_set_follows_the_ghns_recorded_training_config(tiny_ghn):
     cfg = training_config_of(tiny_ghn)
     assert cfg.spaces == ("macro", "cells") and cfg.max_parameters == 50_000

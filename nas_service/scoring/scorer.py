@@ -19,11 +19,18 @@ Guarantees:
   tensors is allocated, and the evaluation runs in batches small enough for the budget.
 - The returned ``state`` is exactly ``to_module(graph).state_dict()``'s key set (parameters and
   batch-norm buffers), as CPU tensors, ready for a safetensors checkpoint.
-- The reported accuracy is what a user gets from the checkpoint the plain way
+- A full-fidelity score is what a user gets from the checkpoint the plain way
   (``to_module``, ``load_state_dict``, ``accuracy`` on the same images): the batch size of the
   evaluation does not change a network's outputs in eval mode, and the tensors keep PyTorch's
-  default layout. (Channels-last tensors would cut the CPU time by a further ~1.7x, but they
-  change logits in the last bits, which flips near-tied predictions and so the accuracy.)
+  default layout. The cheaper views of :meth:`ArchitectureScorer.at_fidelity` (the lower rungs
+  of a search) run networks and images in the channels-last layout on a CPU, which PyTorch's
+  CPU convolutions run faster: it changes logits in the last bits, so a plain re-evaluation of
+  such a checkpoint can differ by a near-tied image; those scores only decide promotions, and
+  only full scores compete for a job's best (``bench/multi_fidelity_bench.py`` measures each
+  rung's Kendall tau and its CPU time).
+- With a single recalibration batch (the cheap rungs), the classifier's readout reads its
+  features off the recalibration's own forward pass
+  (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``), one pass fewer.
 
 Speed: on a CPU nearly all of a candidate's time is the network's forward passes over the
 validation images (``bench/search_bench.py``), so they run in batches of
@@ -37,7 +44,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,11 +141,17 @@ def score_version(checkpoint_sha256: str, eval_images: int | None,
                 f"|recalibration={recalibration_batches}x{recalibration_batch_size}"
                 f"|bn-free=normalize-activations")
     if readout:
-        protocol += f"|readout=ridge({READOUT_L2})"
+        protocol += f"|readout=ridge({READOUT_L2})" + _readout_pass(recalibration_batches)
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"
     return hashlib.sha256(protocol.encode()).hexdigest()[:16]
+
+
+def _readout_pass(recalibration_batches: int) -> str:
+    """What :func:`score_version` adds when the readout reads its features off the
+    recalibration's own pass (one recalibration batch: ``recalibrate(..., one_pass=True)``)."""
+    return "|readout-features=recalibration-pass" if recalibration_batches == 1 else ""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -178,6 +191,9 @@ class ArchitectureScorer:
         self._tasks: dict[str, _TaskTensors] = {}
         self._tasks_lock = threading.Lock()
         self._full: ArchitectureScorer | None = None  # set on the views of at_fidelity
+        self.channels_last = False
+        """Whether networks and images run in the channels-last layout (the cheaper views of
+        :meth:`at_fidelity` on a CPU; see the module docstring)."""
         self._fidelities: dict[Fidelity, ArchitectureScorer] = {}
 
     @classmethod
@@ -246,9 +262,13 @@ class ArchitectureScorer:
         with full._tasks_lock:
             view = full._fidelities.get(fidelity)
             if view is None:
+                channels_last = full.device.type == "cpu"
                 protocol = (f"{full.ghn_version}|images={fidelity.images}"
                             f"|recalibration={fidelity.recalibration_batches}"
-                            f"x{full.recalibration_batch_size}")
+                            f"x{full.recalibration_batch_size}"
+                            + (_readout_pass(fidelity.recalibration_batches)
+                               if full.readout else "")
+                            + ("|layout=channels-last" if channels_last else ""))
                 view = ArchitectureScorer(
                     full.ghn, ghn_version=hashlib.sha256(protocol.encode()).hexdigest()[:16],
                     ghn_path=full.ghn_path, eval_images=fidelity.images,
@@ -257,6 +277,7 @@ class ArchitectureScorer:
                     data_root=full.data_root, ranking_head=full.ranking_head,
                     budget=full.budget, readout=full.readout)
                 view.lock = full.lock  # one GHN, one lock
+                view.channels_last = channels_last
                 view._full = full
                 full._fidelities[fidelity] = view
         return view
@@ -346,8 +367,10 @@ class ArchitectureScorer:
             cached = self._tasks.get(spec.name)
             if cached is None:
                 images, batches = self.eval_images, self.recalibration_batches
-                cached = _TaskTensors(spec, full.val_images[:images], full.val_labels[:images],
-                                      full.recalibration[:batches],
+                layout = _layout(self.channels_last)
+                cached = _TaskTensors(spec, layout(full.val_images[:images]),
+                                      full.val_labels[:images],
+                                      [layout(x) for x in full.recalibration[:batches]],
                                       full.recalibration_labels[:batches])
                 self._tasks[spec.name] = cached
             return cached
@@ -427,8 +450,11 @@ class ArchitectureScorer:
                   data: _TaskTensors, predict_seconds: float) -> ScoredGraph:
         started = time.perf_counter()
         net = load_parameters(to_module(graph, initialize=False, device=self.device), params)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
         recalibrate(net, data.recalibration,
-                    data.recalibration_labels if self.readout else None)
+                    data.recalibration_labels if self.readout else None,
+                    one_pass=len(data.recalibration) == 1)
         value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
                          batch_size=self.cost(graph, data).eval_batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
@@ -440,6 +466,13 @@ class ArchitectureScorer:
                            timings={"predict": predict_seconds,
                                     "score": time.perf_counter() - started},
                            name=score_name(self.readout), ranking=ranking)
+
+
+def _layout(channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a view does to its image tensors: channels-last copies of 4-d ones, or nothing."""
+    if not channels_last:
+        return lambda x: x
+    return lambda x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _misfit(graph: ArchitectureGraph, spec: TaskSpec) -> Exception | None:
