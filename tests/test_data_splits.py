@@ -52,7 +52,7 @@ def cifar_dir(tmp_path: Path) -> Path:
 
 
 def test_registry() -> None:
-    assert list_tasks() == ["cifar10", "fashion-mnist", "mnist"]
+    assert list_tasks() == ["cifar10", "fashion-mnist", "gcide-chars", "mnist"]
     fm, mn, c10 = TASKS["fashion-mnist"], TASKS["mnist"], TASKS["cifar10"]
     assert (fm.input_shape, fm.mean, fm.std) == ((1, 28, 28), (0.2860,), (0.3530,))
     assert (mn.input_shape, mn.mean, mn.std) == ((1, 28, 28), (0.1307,), (0.3081,))
