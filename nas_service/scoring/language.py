@@ -28,10 +28,10 @@ from nas_service.ghn import GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, to_module
 
 from .evaluation import load_parameters
+from .protocol import BPC_NAME
 
-BPC_NAME = "predicted-bpc"
-"""The name of the score of a character task: validation bits per character of the network
-with GHN-predicted parameters."""
+__all__ = ["BPC_NAME", "EVAL_BATCH_SIZE", "bits_per_character", "next_token_loss",
+           "predicted_bpc", "training_windows", "validation_windows"]
 EVAL_BATCH_SIZE = 64
 """Windows per forward pass."""
 

@@ -112,11 +112,17 @@ class ScoredGraph:
 
 
 def ranking_value(scores: dict[str, Any]) -> float:
-    """What searches rank an architecture by: the ranking head's estimate of its trained accuracy
-    when the GHN has a ranking head (it ranks better than the surrogate accuracy alone,
-    ``docs/evaluation.md``), else the surrogate accuracy itself."""
+    """What searches rank an architecture by, higher being better: the ranking head's estimate
+    of its trained accuracy when the GHN has a ranking head (it ranks better than the surrogate
+    accuracy alone, ``docs/evaluation.md``), else the surrogate accuracy itself; for a character
+    task, minus the validation bits per character (``predicted-bpc``), so that the best
+    candidate of a search, the largest value, is the one with the lowest bpc."""
     ranking = scores.get("ranking")
-    return float(ranking["value"] if ranking else scores["value"])
+    if ranking:
+        return float(ranking["value"])
+    if scores.get("name") == BPC_NAME:
+        return -float(scores["value"])
+    return float(scores["value"])
 
 
 @dataclass
