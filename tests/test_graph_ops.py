@@ -173,6 +173,18 @@ CASES: list[OpCase] = [
            macs=5 * 2 * (12 * 8 + 12 * 4 + 12 * 8 + 12 * 4), label="gru2bi"),
     OpCase("recurrent", TOKENS, {"mode": "rnn_relu", "hidden_size": 3, "bias": False},
            macs=5 * (3 * 8 + 3 * 3), label="relu"),
+    # the cells of nas_service.sequence: T * (every weight matrix), input (T, D) = (5, 8)
+    OpCase("rhn", TOKENS, {"hidden_size": 6, "depth": 2}, macs=5 * (12 * 8 + 2 * 6 * 12)),
+    OpCase("rhn", TOKENS, {"hidden_size": 3, "depth": 3, "layer_norm": True},
+           macs=5 * (6 * 8 + 3 * 3 * 6), label="ln"),
+    OpCase("hyper_lstm", TOKENS, {"hidden_size": 4, "hyper_size": 3, "hyper_embedding_size": 2},
+           macs=5 * (4 * 16 + 3 * 12 + 16 * 8 + 12 * 8 + 12 * 4 + 3 * 2 * 16 + 6 * 3)),
+    OpCase("hyper_lstm", TOKENS, {"hidden_size": 2, "hyper_size": 2, "layer_norm": True},
+           macs=5 * (2 * 8 + 2 * 8 + 8 * 8 + 8 * 8 + 8 * 2 + 3 * 16 * 8 + 48 * 2), label="ln"),
+    OpCase("hyper_rhn", TOKENS, {"hidden_size": 4, "depth": 2, "hyper_size": 3,
+                                 "hyper_embedding_size": 2, "layer_norm": True},
+           macs=5 * (2 * 4 * 8 + 8 * 8 + 2 * 3 * 6 + 6 * 12 + 3 * 2 * 8 + 6 * 3 + 2 * 2 * 8
+                     + 4 * 3)),
     OpCase("embedding", VECTOR, {"num_embeddings": 4, "embedding_dim": 5}),
     OpCase("pad", MAP, {"padding": [0, 1, 2, 0]}),
     OpCase("pad", MAP, {"padding": [1, 1, 2, 0], "mode": "reflect"}, label="reflect"),
@@ -204,12 +216,13 @@ SUPPORTED_RANKS: dict[str, set[int]] = {
     "scale": {1, 2, 3}, "slice": {1, 2, 3}, "upsample": {3}, "conv1d": {2},
     "conv_transpose2d": {3}, "std_conv2d": {3}, "prelu": {1, 2, 3}, "recurrent": {2},
     "embedding": {1}, "opaque": {1, 2, 3}, "pad": {2, 3}, "sub": {1, 2, 3},
-    "reshape": {1, 2, 3}, "permute": {1, 2, 3},
+    "reshape": {1, 2, 3}, "permute": {1, 2, 3}, "rhn": {2}, "hyper_lstm": {2},
+    "hyper_rhn": {2},
     **{a: {1, 2, 3} for a in ("relu", "relu6", "leaky_relu", "elu", "gelu", "silu", "mish",
                               "tanh", "sigmoid", "hardswish", "hardsigmoid")},
 }
 MAC_OPS = {"conv2d", "linear", "patch_embed", "self_attention", "conv1d", "conv_transpose2d",
-           "std_conv2d", "recurrent"}
+           "std_conv2d", "recurrent", "rhn", "hyper_lstm", "hyper_rhn"}
 
 
 def build_case(case: OpCase) -> tuple[ArchitectureGraph, str]:
@@ -485,6 +498,15 @@ def test_attention_over_a_map_matches_nn_multihead_attention():
     ("std_conv2d", {"out_channels": 2, "kernel_size": 3, "eps": 0.0}, "eps"),
     ("recurrent", {"mode": "lstm", "hidden_size": 2, "num_layers": 17}, "num_layers"),
     ("recurrent", {"mode": "transformer", "hidden_size": 2}, "mode"),
+    ("rhn", {"hidden_size": 2, "depth": 17}, "depth"),
+    ("rhn", {"hidden_size": 2, "depth": 0}, "depth"),
+    ("rhn", {"hidden_size": 2}, "depth"),
+    ("hyper_lstm", {"hidden_size": 2, "hyper_size": 0}, "hyper_size"),
+    ("hyper_lstm", {"hidden_size": 2, "hyper_size": 2, "depth": 2}, "depth"),
+    ("hyper_rhn", {"hidden_size": 2, "depth": 2, "hyper_size": 2,
+                   "hyper_embedding_size": 0}, "hyper_embedding_size"),
+    ("hyper_rhn", {"hidden_size": 2, "depth": 2, "hyper_size": 2, "layer_norm": 1},
+     "layer_norm"),
     ("prelu", {"channelwise": 1}, "channelwise"),
     ("pad", {"padding": [1, 1, 1]}, "padding"),
     ("pad", {"padding": [1, 1, 1, 1, 1, 1]}, "padding"),
@@ -508,7 +530,7 @@ def test_attention_over_a_map_matches_nn_multihead_attention():
 ])
 def test_hostile_attributes_of_the_ops_of_real_models(op: str, attrs: dict[str, Any],
                                                      field_name: str):
-    shape = (4, 9) if op in ("conv1d", "recurrent") else MAP if op != "opaque" else VECTOR
+    shape = (4, 9) if op in ("conv1d", "recurrent", "rhn", "hyper_lstm", "hyper_rhn") else MAP if op != "opaque" else VECTOR
     b = GraphBuilder(shape, input_id="x")
     node = b.add(op, b.input, id=UNDER_TEST, **attrs)
     with pytest.raises(GraphValidationError) as info:

@@ -18,7 +18,7 @@ MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
 Strategy = Literal["random", "evolution"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatusName = Literal["scored", "rejected", "failed"]
-ScoreKind = Literal["estimated-trained-accuracy", "predicted-accuracy"]
+ScoreKind = Literal["estimated-trained-accuracy", "predicted-accuracy", "negative-predicted-bpc"]
 
 
 # Documented as enums, so that clients (and generated tests) see the names that exist; validated
@@ -117,10 +117,14 @@ class Ranking(BaseModel):
 
 class Score(BaseModel):
     value: float = Field(description="accuracy with the predicted weights (what the checkpoint "
-                                     "reproduces), a fraction in [0, 1]")
+                                     "reproduces), a fraction in [0, 1]; for a character task "
+                                     "(name predicted-bpc) validation bits per character, "
+                                     "lower is better")
     name: str = Field(description="which score: predicted-readout (predicted weights, "
                                   "recalibrated, classifier refitted on the recalibration "
-                                  "images) or predicted-recalibrated")
+                                  "images), predicted-recalibrated, or predicted-bpc (a "
+                                  "language model's bits per character with its predicted "
+                                  "weights)")
     split: str = Field(description="the split it was measured on")
     images: int | None = Field(default=None, description="images it was measured on")
     recalibration_images: int | None = None
@@ -240,20 +244,29 @@ class CandidateResponse(BaseModel):
     job_id: str
     index: int
     status: CandidateStatusName
-    score: float | None = Field(description="what the job ranks candidates by, a fraction in "
-                                            "[0, 1]; score_kind says which accuracy it is")
+    score: float | None = Field(description="what the job ranks candidates by, higher is "
+                                            "better: an accuracy in [0, 1], or minus the bits "
+                                            "per character of a character task; score_kind "
+                                            "says which")
     score_kind: ScoreKind | None = Field(
         description="what score is: estimated-trained-accuracy, the GHN's ranking head's "
                     "estimate of the accuracy the network would reach if trained (its "
                     "architecture's score.ranking.value; score.ranking.target says which "
                     "training), when the GHN has a ranking head; else predicted-accuracy, the "
                     "accuracy of the network with its GHN-predicted weights (its "
-                    "architecture's score.value, the same as predicted_accuracy); null when "
-                    "the candidate has no score or no scored architecture")
+                    "architecture's score.value, the same as predicted_accuracy); "
+                    "negative-predicted-bpc on a character task: minus predicted_bpc, so that "
+                    "the best candidate has the lowest bits per character; null when the "
+                    "candidate has no score or no scored architecture")
     predicted_accuracy: float | None = Field(
         description="the accuracy of the network with its GHN-predicted weights, a fraction in "
                     "[0, 1]: its architecture's score.value, what its checkpoint reproduces; "
-                    "null when the candidate has no scored architecture")
+                    "null when the candidate has no scored architecture or its task is a "
+                    "character task")
+    predicted_bpc: float | None = Field(
+        default=None, description="a character task's score: validation bits per character of "
+                                  "the network with its GHN-predicted weights (lower is better), "
+                                  "its architecture's score.value; null otherwise")
     rung: int | None = Field(description="the rung score was taken at (0: the cheapest); null "
                                          "when the candidate has no score")
     eval_images: int | None = Field(description="validation images score was taken on")

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nas_service.db import Architecture, Candidate, Checkpoint, SearchJob
+from nas_service.scoring.protocol import BPC_NAME
 
 from .schemas import (
     ArchitectureResponse,
@@ -95,9 +96,12 @@ def architecture_view(architecture: Architecture,
 def score_kind(candidate: Candidate, scores: Mapping[str, Any] | None) -> ScoreKind | None:
     """Which accuracy ``candidate.score`` is, from its architecture's stored ``scores``: the
     ranking head's estimate when they hold one (searches rank by it then), else the accuracy
-    with the predicted weights."""
+    with the predicted weights; for a character task, minus the bits per character with the
+    predicted weights (searches maximise it: the best candidate has the lowest bpc)."""
     if candidate.score is None or not scores or "value" not in scores:
         return None
+    if scores.get("name") == BPC_NAME:
+        return "negative-predicted-bpc"
     return "estimated-trained-accuracy" if scores.get("ranking") else "predicted-accuracy"
 
 
@@ -118,6 +122,7 @@ def candidate_view(candidate: Candidate, scores: Mapping[str, Any] | None,
     ``None`` when it has none; ``top_rung``: the job's last rung (:func:`top_rungs`)."""
     has_architecture = candidate.architecture_id is not None
     predicted = scores.get("value") if scores else None
+    bpc = scores is not None and scores.get("name") == BPC_NAME
     scored = candidate.score is not None
     rung = (candidate.rung if candidate.rung is not None else 0) if scored else None
     images = candidate.eval_images
@@ -130,7 +135,8 @@ def candidate_view(candidate: Candidate, scores: Mapping[str, Any] | None,
         id=candidate.id, job_id=candidate.job_id, index=candidate.index,
         status=candidate.status.value, score=candidate.score,
         score_kind=score_kind(candidate, scores),
-        predicted_accuracy=float(predicted) if predicted is not None else None,
+        predicted_accuracy=float(predicted) if predicted is not None and not bpc else None,
+        predicted_bpc=float(predicted) if predicted is not None and bpc else None,
         reason=readable(candidate.reason),
         num_parameters=candidate.num_parameters, flops=candidate.flops,
         seconds=candidate.seconds, architecture_id=candidate.architecture_id,

@@ -175,7 +175,9 @@ class Candidate(_Result):
     network would reach if trained) or ``"predicted-accuracy"`` (the accuracy with its predicted
     weights, when the GHN has no ranking head). ``predicted_accuracy`` is always the latter: what
     the candidate's checkpoint reproduces. Both are ``None`` for an unscored candidate (and from a
-    service too old to send them)."""
+    service too old to send them). On a character task (``gcide-chars``) ``score_kind`` is
+    ``"negative-predicted-bpc"``: ``score`` is minus ``predicted_bpc``, the validation bits per
+    character with the predicted weights (the best candidate has the lowest)."""
 
     id: str
     job_id: str
@@ -202,6 +204,8 @@ class Candidate(_Result):
     rung_scores: tuple[dict[str, Any], ...] = ()
     """Every rung's score: ``{"rung", "images", "score", "predicted_accuracy",
     "architecture_id", "error"}``."""
+    predicted_bpc: float | None = None
+    """A character task's validation bits per character with the predicted weights."""
 
     @property
     def estimated_trained_accuracy(self) -> float | None:
@@ -220,7 +224,8 @@ class Candidate(_Result):
             predicted_accuracy=data.get("predicted_accuracy"),
             score_kind=data.get("score_kind"), rung=data.get("rung"),
             eval_images=data.get("eval_images"), full_fidelity=data.get("full_fidelity"),
-            rung_scores=tuple(dict(e) for e in data.get("rung_scores") or ()))
+            rung_scores=tuple(dict(e) for e in data.get("rung_scores") or ()),
+            predicted_bpc=data.get("predicted_bpc"))
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def _count(value: int | None) -> str | None:
 
 
 _SCORE_LABELS = {"estimated-trained-accuracy": "est. trained acc.",
-                "predicted-accuracy": "predicted acc."}
+                "predicted-accuracy": "predicted acc.",
+                "negative-predicted-bpc": "minus predicted bpc"}
 """A candidate's ``score_kind`` as a column header."""
 
 

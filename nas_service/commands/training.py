@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from nas_service.commands.arguments import AddParser, positive_int
 from nas_service.commands.errors import CommandError
@@ -40,9 +41,11 @@ def add_train_ghn(add_parser: AddParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if present)")
     p.add_argument("--task", default=defaults["task"], help="task name (default: %(default)s)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
-    p.add_argument("--spaces", default=",".join(defaults["spaces"]),
+    p.add_argument("--spaces", default=None,
                    help="comma-separated search spaces, e.g. cells,families[-vit,-mlp] "
-                        "(default: %(default)s)")
+                        f"(default: {','.join(defaults['spaces'])}; charlm for a character "
+                        "task such as gcide-chars, which trains on language models: one "
+                        "process, no resume)")
     for name in ("steps", "meta_batch", "batch_size", "warmup_steps", "max_parameters",
                  "max_flops", "validate_every", "validation_architectures",
                  "checkpoint_every", "log_every"):
@@ -76,7 +79,7 @@ def add_train_ghn(add_parser: AddParser) -> None:
 
 
 def _train_ghn(args: argparse.Namespace) -> int:
-    from nas_service.data import DatasetError
+    from nas_service.data import DatasetError, get_task
     from nas_service.ghn.checkpoint import CheckpointError, resolve_device
     from nas_service.spaces import SearchSpaceError, split_space_names
     from nas_service.training.config import TrainingConfig
@@ -85,9 +88,14 @@ def _train_ghn(args: argparse.Namespace) -> int:
 
     ghn = {k: getattr(args, k) for k in ("hidden", "layers", "propagation")
            if getattr(args, k) is not None}
+    try:
+        language_model = get_task(args.task).is_language_model
+    except DatasetError as e:
+        raise CommandError(str(e)) from None
+    spaces = args.spaces or ("charlm" if language_model else ",".join(TrainingConfig.spaces))
     cfg = TrainingConfig(
         task=args.task, data_root=args.data_root,
-        spaces=split_space_names(args.spaces),
+        spaces=split_space_names(spaces),
         steps=args.steps, meta_batch=args.meta_batch, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, max_parameters=args.max_parameters, max_flops=args.max_flops,
@@ -99,6 +107,8 @@ def _train_ghn(args: argparse.Namespace) -> int:
         gpu = resolve_device(args.device).type != "cpu"
         per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
         workers = min(8, max(0, (os.cpu_count() or 1) - 2) // per_machine) if gpu else 0
+    if language_model:
+        return _train_char_ghn(args, cfg)
     if args.init_from is not None and args.restart:
         raise CommandError("--init-from and --restart contradict each other")
     if args.init_from is not None and args.warm_start is not None:
@@ -115,6 +125,27 @@ def _train_ghn(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     if ranks.main:
         print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
+    return 0
+
+
+def _train_char_ghn(args: argparse.Namespace, cfg: Any) -> int:
+    """A character task: :mod:`nas_service.training.char_ghn` (one process, a fresh run)."""
+    from nas_service.data import DatasetError
+    from nas_service.ghn.checkpoint import CheckpointError
+    from nas_service.spaces import SearchSpaceError
+    from nas_service.training.char_ghn import train_char_ghn
+
+    unsupported = [flag for flag, value in (("--init-from", args.init_from),
+                                            ("--warm-start", args.warm_start),
+                                            ("--workers", args.workers)) if value is not None]
+    if unsupported or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CommandError(f"{cfg.task} trains in one process from scratch: "
+                           f"{', '.join(unsupported) or 'torchrun'} is not supported")
+    try:
+        train_char_ghn(cfg, args.out, device=args.device, progress=not args.no_progress)
+    except (DatasetError, SearchSpaceError, CheckpointError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    print(f"GHN written to {Path(args.out) / 'ghn.safetensors'}")
     return 0
 
 

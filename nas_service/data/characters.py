@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .errors import DatasetError
+from .tasks import TaskSpec, get_task, resolve_root
 
 __all__ = [
     "CHAR_SPLITS",
@@ -57,6 +58,7 @@ __all__ = [
     "CharCorpus",
     "clean_gcide",
     "load_char_corpus",
+    "load_char_task",
 ]
 
 DEFAULT_GCIDE_PATH = Path("/usr/share/dictd/gcide.dict.dz")
@@ -263,4 +265,27 @@ def load_char_corpus(path: str | os.PathLike[str] | None = None, *,
         text = data.decode("utf-8", errors="replace")
     corpus = _corpus(name, source, text, min_count)
     _CACHE[key] = corpus
+    return corpus
+
+
+GCIDE_FILE = "gcide.dict.dz"
+
+
+def load_char_task(task: str | TaskSpec = "gcide-chars",
+                   root: str | os.PathLike[str] | None = None) -> CharCorpus:
+    """The corpus of a character task (``gcide-chars``): ``gcide.dict.dz`` in ``root``, else in
+    ``$NAS_DATASETS_DIR/<task>``, else in the task's default folder (``/usr/share/dictd``),
+    checked against the task: its vocabulary must be the task's ``class_names``, in order, so
+    that token ids mean the same characters in every process. :class:`DatasetError` otherwise,
+    or when ``task`` is not a character task."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if not spec.is_language_model:
+        raise DatasetError(f"{spec.name!r} is not a character task", task=spec.name)
+    folder, _ = resolve_root(spec, root)
+    corpus = load_char_corpus(folder / GCIDE_FILE)
+    if corpus.vocabulary != "".join(spec.class_names):
+        raise DatasetError(
+            f"the corpus has a vocabulary of {corpus.vocab_size} characters that is not the "
+            f"task's {spec.num_classes} (another dict-gcide version?): token ids would not "
+            "mean the task's characters", task=spec.name, root=folder, filename=GCIDE_FILE)
     return corpus

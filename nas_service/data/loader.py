@@ -359,6 +359,9 @@ def load_task(
     file, or any malformed file.
     """
     spec = get_task(name)
+    if spec.is_language_model:
+        raise DatasetError(f"{spec.name!r} is a character task, not images: load it with "
+                           "nas_service.data.characters.load_char_task", task=spec.name)
     if limit_train is not None and (isinstance(limit_train, bool) or limit_train < 1):
         raise ValueError(f"limit_train must be a positive int or None, got {limit_train!r}")
     vsize = spec.val_size if val_size is None else int(val_size)

@@ -1,4 +1,6 @@
-"""Task registry: what each image-classification task is and where its files live."""
+"""Task registry: what each task is and where its files live: image classification
+(``fashion-mnist``, ``mnist``, ``cifar10``) and character-level language modelling
+(``gcide-chars``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ __all__ = [
     "list_tasks",
     "resolve_root",
 ]
+
+GCIDE_CHARS_SEQUENCE = 64
+"""Characters a ``gcide-chars`` network reads at once (``T``): each scored from a zero state."""
+GCIDE_VOCABULARY = ("\ufffd\n !\"&'()*+,-./0123456789:;=?ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^`"
+                    "abcdefghijklmnopqrstuvwxyz{|}~")
+"""The vocabulary of the GCIDE corpus at the default ``min_count`` (index 0: unknown
+characters); :func:`nas_service.data.characters.load_char_task` checks the installed corpus
+against it."""
 
 #: Environment variable naming a folder that holds one sub-folder per task
 #: (``$NAS_DATASETS_DIR/<task-name>``).
@@ -39,13 +49,20 @@ class TaskSpec:
         val_size: number of images carved out of the original training set as the fixed
             validation split (used to score architectures; the test split is only for
             final evaluation).
-        family: on-disk format family: ``"idx"`` (MNIST-style) or ``"cifar"``.
+        family: on-disk format family: ``"idx"`` (MNIST-style), ``"cifar"``, or
+            ``"characters"``: a language-modelling task on a character corpus
+            (:mod:`nas_service.data.characters`), whose ``input_shape`` is ``(T,)`` (token ids),
+            ``num_classes`` the vocabulary size and ``class_names`` the vocabulary's characters;
+            its ``val_size`` is the number of validation windows of ``T + 1`` characters a score
+            is taken on.
         augment_pad: zero padding used by the random-crop training augmentation.
         augment_flip: whether random horizontal flips are label-preserving for this task.
+        metric: what a score measures: ``"accuracy"`` (higher is better) or ``"bpc"``, bits per
+            character of next-character prediction (lower is better).
     """
 
     name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
@@ -55,16 +72,35 @@ class TaskSpec:
     family: str
     augment_pad: int
     augment_flip: bool
+    metric: str = "accuracy"
 
     def __post_init__(self) -> None:
         # Catch registry typos at import time rather than as odd broadcasting later.
+        if self.family not in ("idx", "cifar", "characters"):
+            raise ValueError(f"{self.name}: unknown family {self.family!r}")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: class_names must have num_classes entries")
+        if self.metric != ("bpc" if self.family == "characters" else "accuracy"):
+            raise ValueError(f"{self.name}: a {self.family} task's metric is not {self.metric!r}")
+        if self.family == "characters":
+            if len(self.input_shape) != 1 or self.mean or self.std:
+                raise ValueError(f"{self.name}: a character task has input_shape (T,) and no "
+                                 "mean/std")
+            return
         channels = self.input_shape[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"{self.name}: mean/std must have one value per channel")
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{self.name}: class_names must have num_classes entries")
-        if self.family not in ("idx", "cifar"):
-            raise ValueError(f"{self.name}: unknown family {self.family!r}")
+
+    @property
+    def is_language_model(self) -> bool:
+        """Whether this is a character task: graphs read ``[T]`` token ids and predict the next
+        token at every position (``task="next_token"`` outputs)."""
+        return self.family == "characters"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Accuracy: higher is better; bits per character: lower is better."""
+        return self.metric == "accuracy"
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -130,6 +166,20 @@ TASKS: dict[str, TaskSpec] = {
             family="cifar",
             augment_pad=4,
             augment_flip=True,
+        ),
+        TaskSpec(
+            name="gcide-chars",
+            input_shape=(GCIDE_CHARS_SEQUENCE,),
+            num_classes=len(GCIDE_VOCABULARY),
+            class_names=tuple(GCIDE_VOCABULARY),
+            mean=(),
+            std=(),
+            default_root="/usr/share/dictd",
+            val_size=128,
+            family="characters",
+            augment_pad=0,
+            augment_flip=False,
+            metric="bpc",
         ),
     )
 }

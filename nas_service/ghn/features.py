@@ -43,6 +43,7 @@ FEATURE_NAMES = (
 NUM_FEATURES = len(FEATURE_NAMES)
 
 _RELU_LIKE = {"relu", "relu6", "leaky_relu"}
+_CELL_OPS = {"rhn", "hyper_lstm", "hyper_rhn"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ def parameter_requests(graph: ArchitectureGraph) -> list[ParameterRequest]:
                 kind = "norm_weight" if pname == "weight" else "norm_bias"
             elif node.op == "opaque":
                 kind = _opaque_kind(pname, shape)
+            elif node.op in _CELL_OPS and "norm" in pname:  # the cells' own layer norms
+                kind = "norm_bias" if pname.endswith("bias") else "norm_weight"
             elif pname.endswith("bias") or pname.startswith("bias_"):
                 kind = "bias"
             elif node.op in ("conv2d", "conv1d", "conv_transpose2d", "std_conv2d"):
@@ -150,8 +153,8 @@ def parameter_requests(graph: ArchitectureGraph) -> list[ParameterRequest]:
                 kind = "patch"
             elif node.op == "linear":
                 kind = "classifier" if node.id in classifier_ids else "linear"
-            elif node.op == "recurrent":
-                kind = "linear"
+            elif node.op == "recurrent" or node.op in _CELL_OPS:
+                kind = "linear"  # input, recurrent and hypernetwork matrices (and stacks)
             elif node.op == "self_attention":
                 kind = "attention_in" if pname == "in_proj_weight" else "attention_out"
             elif node.op in ("pos_embed", "embedding"):

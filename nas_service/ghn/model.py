@@ -205,9 +205,8 @@ class GraphHyperNetwork(nn.Module):
             return new
         with torch.no_grad():
             old = self.op_embed.weight
-            rows = [old[self._op_index[OPS[op].stand_in]]
-                    if op in OPS and OPS[op].stand_in in self._op_index else old.mean(dim=0)
-                    for op in new]
+            rows = [old[self._op_index[known]] if (known := self._known_stand_in(op)) else
+                    old.mean(dim=0) for op in new]
             embed = nn.Embedding(len(old) + len(new), old.shape[1], device=old.device,
                                  dtype=old.dtype)
             embed.weight.copy_(torch.cat([old, torch.stack(rows)]))
@@ -215,6 +214,16 @@ class GraphHyperNetwork(nn.Module):
         self.config.ops = (*self.config.ops, *new)
         self._op_index = {op: i for i, op in enumerate(self.config.ops)}
         return new
+
+    def _known_stand_in(self, op: str) -> str | None:
+        """The first op this GHN knows along ``op``'s chain of stand-ins (``hyper_rhn`` ->
+        ``recurrent`` -> ``linear``), or ``None``."""
+        seen = {op}
+        stand_in = OPS[op].stand_in if op in OPS else None
+        while stand_in is not None and stand_in not in self._op_index and stand_in not in seen:
+            seen.add(stand_in)
+            stand_in = OPS[stand_in].stand_in if stand_in in OPS else None
+        return stand_in if stand_in in self._op_index else None
 
     # ---- the model ----------------------------------------------------------------------------
 

@@ -67,7 +67,8 @@ class GraphNode:
         doc: dict[str, Any] = {"id": self.id, "op": self.op}
         if self.inputs:
             doc["inputs"] = list(self.inputs)
-        doc.update(self.attrs.model_dump(mode="json"))
+        written = self.attrs.written()
+        doc.update(self.attrs.model_dump(mode="json", include=set(written)))
         return doc
 
     def hash_fields(self) -> dict[str, Any]:
@@ -78,7 +79,7 @@ class GraphNode:
         doc: dict[str, Any] = {"id": self.id, "op": self.op}
         if self.inputs:
             doc["inputs"] = self.inputs
-        doc.update(self.attrs.__dict__)
+        doc.update(self.attrs.written())
         return doc
 
 
@@ -184,7 +185,14 @@ class ArchitectureGraph:
 
     @property
     def num_classes(self) -> int:
+        """Classes of a classifier; the vocabulary of a next-token predictor."""
         return self.output_node.attrs.num_classes  # type: ignore[attr-defined]
+
+    @property
+    def task(self) -> str:
+        """What the output predicts: ``classification`` (``(num_classes,)`` logits per sample)
+        or ``next_token`` (``(T, num_classes)`` logits for a ``[T]`` token input)."""
+        return self.output_node.attrs.task  # type: ignore[attr-defined]
 
     @property
     def num_parameters(self) -> int:
@@ -433,9 +441,28 @@ def _validate(doc: Any, limits: GraphLimits) -> ArchitectureGraph:
                                              node=n.id, index=n.index))
 
     graph_nodes = _infer_shapes(order, limits, problems)
+    _check_next_token(graph_nodes, problems)
     if problems:
         raise GraphValidationError(problems)
     return ArchitectureGraph(graph_nodes, name=name, parameter_sources=sources)
+
+
+def _check_next_token(nodes: list[GraphNode], problems: list[GraphProblem]) -> None:
+    """A ``next_token`` output predicts a token per input position: the input must be ``[T]``
+    token ids and the logits ``(T, vocabulary)``."""
+    output = next((n for n in nodes if n.op == "output"), None)
+    if output is None or output.attrs.task != "next_token":  # type: ignore[attr-defined]
+        return
+    first = nodes[0]
+    if first.op != "input" or len(first.shape) != 1:
+        problems.append(GraphProblem(
+            f"a next_token output needs an input of [T] token ids, got shape "
+            f"{list(first.shape) if first.op == 'input' else '?'}", node=output.id,
+            field="task"))
+    elif output.shape[0] != first.shape[0]:
+        problems.append(GraphProblem(
+            f"a next_token output needs logits for each of the {first.shape[0]} input tokens, "
+            f"got {output.shape[0]}", node=output.id, field="task"))
 
 
 def _is_utf8(text: str) -> bool:

@@ -51,16 +51,21 @@ class GraphBuilder:
         self._nodes.append(node)
         return node_id
 
-    def to_dict(self, output: str, num_classes: int, output_id: str = "output") -> dict[str, Any]:
+    def to_dict(self, output: str, num_classes: int, output_id: str = "output",
+                task: str = "classification") -> dict[str, Any]:
         doc: dict[str, Any] = {"format": FORMAT}
         if self.name:
             doc["name"] = self.name
-        doc["nodes"] = [*self._nodes,
-                        {"id": output_id, "op": "output", "inputs": [output],
-                         "num_classes": num_classes}]
+        out: dict[str, Any] = {"id": output_id, "op": "output", "inputs": [output],
+                               "num_classes": num_classes}
+        if task != "classification":
+            out["task"] = task
+        doc["nodes"] = [*self._nodes, out]
         return doc
 
     def build(self, output: str, num_classes: int, limits: GraphLimits = DEFAULT_LIMITS,
-              output_id: str = "output") -> ArchitectureGraph:
-        """Adds the output node and validates the whole graph."""
-        return ArchitectureGraph.from_dict(self.to_dict(output, num_classes, output_id), limits)
+              output_id: str = "output", task: str = "classification") -> ArchitectureGraph:
+        """Adds the output node and validates the whole graph. ``task="next_token"`` makes a
+        language model: ``output`` gives ``(T, num_classes)`` logits for a ``[T]`` token input."""
+        return ArchitectureGraph.from_dict(
+            self.to_dict(output, num_classes, output_id, task), limits)

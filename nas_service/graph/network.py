@@ -15,7 +15,8 @@ class GraphNetwork(nn.Module):
     keys are ``"<node id>.<parameter>"`` and line up with :meth:`ArchitectureGraph.parameter_shapes`
     and with weights predicted by a graph hypernetwork.
 
-    Input: ``(B, *graph.input_shape)``; output: ``(B, graph.num_classes)`` logits.
+    Input: ``(B, *graph.input_shape)``; output: ``(B, graph.num_classes)`` logits, or
+    ``(B, T, graph.num_classes)`` for a ``next_token`` graph (``(B, T)`` token ids in).
     A graph with ``opaque`` nodes is refused with a ``ValueError`` naming them.
     """
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from torch import nn
 
+from ..sequence.cells import HyperLSTMCell, HyperRHNCell, RHNCell
 from .errors import ShapeError
 
 Shape = tuple[int, ...]
@@ -65,6 +66,20 @@ class Attrs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    appended: ClassVar[tuple[str, ...]] = ()
+    """Attributes added to an op after documents using it were stored: written out, and part of
+    the content hash, only when they differ from their default, so those documents keep their
+    hashes (architecture caches and stored candidates are keyed by them)."""
+
+    def written(self) -> dict[str, Any]:
+        """The attribute values as stored: every attribute but an appended one at its default."""
+        values = self.__dict__
+        if not self.appended:
+            return values
+        fields = type(self).model_fields
+        return {k: v for k, v in values.items()
+                if k not in self.appended or v != fields[k].default}
+
 
 class NoAttrs(Attrs):
     pass
@@ -77,6 +92,13 @@ class InputAttrs(Attrs):
 
 class OutputAttrs(Attrs):
     num_classes: PositiveInt
+    """Classes of a classifier; the vocabulary size of a next-token predictor."""
+    task: Literal["classification", "next_token"] = "classification"
+    """``classification``: one ``(num_classes,)`` vector of logits per sample;
+    ``next_token``: logits for every position of a ``[T]`` token input, ``(T, num_classes)``,
+    the one at ``t`` predicting token ``t + 1`` (a language model)."""
+
+    appended: ClassVar[tuple[str, ...]] = ("task",)
 
 
 class Conv2dAttrs(Attrs):
@@ -224,6 +246,34 @@ class RecurrentAttrs(Attrs):
     bias: StrictBool = True
     bidirectional: StrictBool = False
     dropout: Probability = 0.0
+
+
+Depth = Annotated[int, Field(strict=True, ge=1, le=16)]
+
+
+class RHNAttrs(Attrs):
+    hidden_size: PositiveInt
+    depth: Depth
+    """Recurrence depth ``L``: highway layers per time step."""
+    layer_norm: StrictBool = False
+
+
+class HyperLSTMAttrs(Attrs):
+    hidden_size: PositiveInt
+    hyper_size: PositiveInt
+    """Width ``N`` of the hypernetwork LSTM."""
+    hyper_embedding_size: PositiveInt = 16
+    """Size ``N_z`` of each of its embeddings ``z``."""
+    layer_norm: StrictBool = False
+
+
+class HyperRHNAttrs(Attrs):
+    hidden_size: PositiveInt
+    depth: Depth
+    hyper_size: PositiveInt
+    """Width ``N`` of the hypernetwork RHN (of the same depth)."""
+    hyper_embedding_size: PositiveInt = 16
+    layer_norm: StrictBool = False
 
 
 class EmbeddingAttrs(Attrs):
@@ -489,6 +539,30 @@ class GRUOutput(_RecurrentOutput, nn.GRU):
 
 
 class RNNOutput(_RecurrentOutput, nn.RNN):
+    pass
+
+
+class _BatchFirst:
+    """Runs a :mod:`nas_service.sequence.cells` layer on a ``(B, T, D)`` batch from zero
+    states and returns its output sequence ``(B, T, H)``.
+
+    Mixed into the cells (which are time-major) so parameter names stay theirs and the graph's
+    layer computes exactly what the library's language model computes with the same weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = super().forward(x.transpose(0, 1))  # type: ignore[misc]
+        return y.transpose(0, 1)
+
+
+class RHNLayer(_BatchFirst, RHNCell):
+    pass
+
+
+class HyperLSTMLayer(_BatchFirst, HyperLSTMCell):
+    pass
+
+
+class HyperRHNLayer(_BatchFirst, HyperRHNCell):
     pass
 
 
@@ -961,6 +1035,72 @@ def _recurrent_build(a: RecurrentAttrs, ins: list[Shape], out: Shape) -> nn.Modu
     return RNNOutput(ins[0][1], a.hidden_size, nonlinearity=a.mode[4:], **kwargs)
 
 
+# ---- recurrent highway and hyper cells (nas_service.sequence.cells) -----------------------------
+
+
+def _cell_shape(a: Any, ins: list[Shape]) -> Shape:
+    _require_rank(ins[0], [2])
+    return (ins[0][0], a.hidden_size)
+
+
+def _rhn_params(input_size: int, hidden: int, depth: int, layer_norm: bool,
+                prefix: str = "") -> dict[str, Shape]:
+    """:class:`RHNCell`'s parameters in ``state_dict`` order (its own, then its children's)."""
+    p = {f"{prefix}recurrent_weight": (depth, hidden, 2 * hidden),
+         f"{prefix}recurrent_bias": (depth, 2 * hidden),
+         f"{prefix}input_proj.weight": (2 * hidden, input_size)}
+    if layer_norm:
+        for layer in range(depth):
+            p[f"{prefix}norms.{layer}.weight"] = (2, hidden)
+            p[f"{prefix}norms.{layer}.bias"] = (2, hidden)
+    return p
+
+
+def _hyper_scales_params(prefix: str, hyper: int, groups: int, size: int,
+                         embedding: int) -> dict[str, Shape]:
+    return {f"{prefix}project": (groups, embedding, size),
+            f"{prefix}embed.weight": (groups * embedding, hyper),
+            f"{prefix}embed.bias": (groups * embedding,)}
+
+
+def _rhn_layer_params(a: RHNAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    return _rhn_params(ins[0][1], a.hidden_size, a.depth, a.layer_norm)
+
+
+def _hyper_lstm_params(a: HyperLSTMAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    H, N, D = a.hidden_size, a.hyper_size, ins[0][1]
+    p: dict[str, Shape] = {
+        "recurrent_weight": (H, 4 * H), "bias": (4 * H,), "hyper_recurrent_weight": (N, 4 * N),
+        "input_proj.weight": (4 * H, D),
+        "hyper_input_proj.weight": (4 * N, D), "hyper_input_proj.bias": (4 * N,),
+        "hyper_state_proj.weight": (4 * N, H),
+        **_hyper_scales_params("scales.", N, 3, 4 * H, a.hyper_embedding_size)}
+    if a.layer_norm:
+        p.update({"norm.weight": (4, H), "norm.bias": (4, H), "cell_norm.weight": (H,),
+                  "cell_norm.bias": (H,), "hyper_norm.weight": (4, N), "hyper_norm.bias": (4, N)})
+    return p
+
+
+def _hyper_rhn_params(a: HyperRHNAttrs, ins: list[Shape], out: Shape) -> dict[str, Shape]:
+    H, N, D = a.hidden_size, a.hyper_size, ins[0][1]
+    p = {**_rhn_params(D, H, a.depth, a.layer_norm, "main."),
+         **_rhn_params(D + H, N, a.depth, a.layer_norm, "hyper.")}
+    for layer in range(a.depth):
+        p.update(_hyper_scales_params(f"scales.{layer}.", N, 3 if layer == 0 else 2, 2 * H,
+                                      a.hyper_embedding_size))
+    return p
+
+
+def _cell_flops(params: Callable[[Any, list[Shape], Shape], dict[str, Shape]]
+                ) -> Callable[[Any, list[Shape], Shape], int]:
+    """Every weight matrix (and stack of matrices) is multiplied once per time step; the
+    biases and the layer norms' gains are added or multiplied element-wise."""
+    def flops(a: Any, ins: list[Shape], out: Shape) -> int:
+        return ins[0][0] * sum(math.prod(s) for k, s in params(a, ins, out).items()
+                               if len(s) >= 2 and "norm" not in k and not k.endswith("bias"))
+    return flops
+
+
 def _embedding_shape(a: EmbeddingAttrs, ins: list[Shape]) -> Shape:
     _require_rank(ins[0], [1])
     return (ins[0][0], a.embedding_dim)
@@ -1013,6 +1153,12 @@ def _input_shape(a: InputAttrs, ins: list[Shape]) -> Shape:
 
 def _output_shape(a: OutputAttrs, ins: list[Shape]) -> Shape:
     (x,) = ins
+    if a.task == "next_token":
+        if len(x) != 2 or x[1] != a.num_classes:
+            raise ShapeError(
+                f"a next_token output's input must be (T, num_classes={a.num_classes}) logits, "
+                f"one vector per token, got shape {list(x)}", "num_classes")
+        return x
     if x != (a.num_classes,):
         raise ShapeError(
             f"the output's input must be a vector of num_classes={a.num_classes} logits, "
@@ -1168,6 +1314,25 @@ _OPS: list[OpSpec] = [
            lambda a, i, o: {k: tuple(v) for k, v in a.parameters.items()},
            description="A computation nas-graph/1 cannot express exactly: its inputs, output "
            "shape and parameters; cannot be built."),
+    OpSpec("rhn", "sequence", RHNAttrs, 1, 1, _cell_shape,
+           lambda a, i, o: RHNLayer(i[0][1], a.hidden_size, a.depth, layer_norm=a.layer_norm),
+           _rhn_layer_params, _cell_flops(_rhn_layer_params),
+           "Recurrent highway network layer (depth highway layers per step) over (T, D) "
+           "tokens; the output sequence.", stand_in="recurrent"),
+    OpSpec("hyper_lstm", "sequence", HyperLSTMAttrs, 1, 1, _cell_shape,
+           lambda a, i, o: HyperLSTMLayer(i[0][1], a.hidden_size, a.hyper_size,
+                                          hyper_embedding_size=a.hyper_embedding_size,
+                                          layer_norm=a.layer_norm),
+           _hyper_lstm_params, _cell_flops(_hyper_lstm_params),
+           "HyperLSTM layer: an LSTM whose pre-activations a small LSTM scales per unit and "
+           "per step; the output sequence.", stand_in="recurrent"),
+    OpSpec("hyper_rhn", "sequence", HyperRHNAttrs, 1, 1, _cell_shape,
+           lambda a, i, o: HyperRHNLayer(i[0][1], a.hidden_size, a.depth, a.hyper_size,
+                                         hyper_embedding_size=a.hyper_embedding_size,
+                                         layer_norm=a.layer_norm),
+           _hyper_rhn_params, _cell_flops(_hyper_rhn_params),
+           "Recurrent highway hypernetwork layer: an RHN whose pre-activations a small RHN "
+           "scales per unit, depth and step; the output sequence.", stand_in="recurrent"),
 ]
 
 OPS: dict[str, OpSpec] = {op.name: op for op in _OPS}

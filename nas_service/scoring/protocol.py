@@ -47,6 +47,10 @@ def score_name(readout: bool) -> str:
 SCORE_NAME = score_name(READOUT)
 """The name of the score the service reports, evaluated in eval mode."""
 SCORE_SPLIT = "val"
+BPC_NAME = "predicted-bpc"
+"""The name of the score of a character task (``gcide-chars``): validation bits per character
+of the network with GHN-predicted parameters, lower is better
+(:mod:`nas_service.scoring.language`); searches rank by its negative."""
 RANKING_NAME = "ranking-head"
 """The name of the ranking score: the GHN's ranking head's estimate of trained accuracy."""
 

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from nas_service.data import DatasetError, TaskSpec, get_task, load_task
+from nas_service.data.characters import load_char_task
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
 from nas_service.graph import ArchitectureGraph, to_module
@@ -66,6 +67,7 @@ from .evaluation import (
     recalibration_batches,
 )
 from .fidelity import Fidelity, scaled_recalibration_batches
+from .language import BPC_NAME, bits_per_character, validation_windows
 from .protocol import (
     RANKING_NAME,
     READOUT,
@@ -95,7 +97,10 @@ class ScoredGraph:
 
     graph: ArchitectureGraph
     accuracy: float
+    """The score: top-1 accuracy of an image task; validation bits per character of a
+    character task (``name`` ``predicted-bpc``, lower is better)."""
     images: int
+    """Validation images (windows of a character task) the score was taken on."""
     state: dict[str, torch.Tensor]  # to_module(graph).state_dict() keys, CPU tensors
     timings: dict[str, float]  # seconds: "predict" (its share of the batch), "score"
     name: str = score_name(READOUT)
@@ -114,18 +119,24 @@ class ScoredGraph:
 
 
 def ranking_value(scores: dict[str, Any]) -> float:
-    """What searches rank an architecture by: the ranking head's estimate of its trained accuracy
-    when the GHN has a ranking head (it ranks better than the surrogate accuracy alone,
-    ``docs/evaluation.md``), else the surrogate accuracy itself."""
+    """What searches rank an architecture by, higher being better: the ranking head's estimate
+    of its trained accuracy when the GHN has a ranking head (it ranks better than the surrogate
+    accuracy alone, ``docs/evaluation.md``), else the surrogate accuracy itself; for a character
+    task, minus the validation bits per character (``predicted-bpc``), so that the best
+    candidate of a search, the largest value, is the one with the lowest bpc."""
     ranking = scores.get("ranking")
-    return float(ranking["value"] if ranking else scores["value"])
+    if ranking:
+        return float(ranking["value"])
+    if scores.get("name") == BPC_NAME:
+        return -float(scores["value"])
+    return float(scores["value"])
 
 
 @dataclass
 class _TaskTensors:
     spec: TaskSpec
-    val_images: torch.Tensor  # (N, C, H, W) normalised, on the GHN's device
-    val_labels: torch.Tensor  # (N,)
+    val_images: torch.Tensor  # (N, C, H, W) normalised, on the GHN's device; (N, T) token ids
+    val_labels: torch.Tensor  # (N,); (N, T) next tokens of a character task
     recalibration: list[torch.Tensor] = field(default_factory=list)  # images, (B, C, H, W)
     recalibration_labels: list[torch.Tensor] = field(default_factory=list)  # (B,)
 
@@ -347,6 +358,10 @@ class ArchitectureScorer:
             cached = self._tasks.get(spec.name)
             if cached is not None:
                 return cached
+            if spec.is_language_model:
+                tensors = self._language_tensors(spec)
+                self._tasks[spec.name] = tensors
+                return tensors
             data = load_task(spec.name, self.data_root)
             x, y = data.tensors(SCORE_SPLIT, device=self.device)
             if self.eval_images is not None:
@@ -359,6 +374,16 @@ class ArchitectureScorer:
                                    [yb for _, yb in recalibration])
             self._tasks[spec.name] = tensors
             return tensors
+
+    def _language_tensors(self, spec: TaskSpec) -> _TaskTensors:
+        """A character task's validation windows (``spec.val_size``, or ``eval_images`` when
+        fewer): no recalibration, since the language models have no batch norm and their
+        decoder is scored as predicted (:mod:`~nas_service.scoring.language`)."""
+        corpus = load_char_task(spec, self.data_root)
+        count = spec.val_size if self.eval_images is None else min(self.eval_images,
+                                                                    spec.val_size)
+        x, y = validation_windows(getattr(corpus, SCORE_SPLIT), spec.input_shape[0], count)
+        return _TaskTensors(spec, x.to(self.device), y.to(self.device))
 
     def _cut_task_tensors(self, spec: TaskSpec) -> _TaskTensors:
         assert self._full is not None
@@ -450,6 +475,14 @@ class ArchitectureScorer:
                   data: _TaskTensors, predict_seconds: float) -> ScoredGraph:
         started = time.perf_counter()
         net = load_parameters(to_module(graph, initialize=False, device=self.device), params)
+        if data.spec.is_language_model:  # bits per character: lower is better, no ranking head
+            value = bits_per_character(net, data.val_images, data.val_labels)
+            state = {k: v.detach().to("cpu").contiguous().clone()
+                     for k, v in net.state_dict().items()}
+            return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels),
+                               state=state, timings={"predict": predict_seconds,
+                                                     "score": time.perf_counter() - started},
+                               name=BPC_NAME)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         recalibrate(net, data.recalibration,

@@ -4,6 +4,7 @@
 >>> genome, graph = get_space("cells").sample_with_genome(42, (1, 28, 28), 10)
 >>> child_genome, child = get_space("cells").mutate(genome, seed=7)
 >>> graph = get_space("families[-densenet,-vit]").sample(3)   # all families but two
+>>> lm = get_space("charlm").sample(5, (64,), 90)   # a language model: 64 tokens, 90 symbols
 
 ``docs/spaces.md`` describes each space, its genome and its bounds.
 """
@@ -16,6 +17,7 @@ from .base import (
     SearchSpaceError,
 )
 from .cells import CELL_OPS, CellSpace
+from .charlm import CharLMSpace
 from .families import FAMILIES, FamilySpace, family_of
 from .macro import MacroSpace
 from .registry import SPACES, get_space, sample_architecture, split_space_names
@@ -26,6 +28,7 @@ __all__ = [
     "FAMILIES",
     "SPACES",
     "CellSpace",
+    "CharLMSpace",
     "FamilySpace",
     "Genome",
     "GenomeSearchSpace",

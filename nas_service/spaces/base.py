@@ -120,6 +120,11 @@ class GenomeSearchSpace(ABC):
                         limits: GraphLimits = DEFAULT_LIMITS) -> ArchitectureGraph:
         """The validated graph of ``genome`` (deterministic: no randomness here)."""
 
+    def check_input(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """``input_shape`` as a tuple when this space can generate for it, else
+        :class:`SearchSpaceError`; image spaces take ``(C, H, W)`` (:func:`check_input_shape`)."""
+        return check_input_shape(input_shape)
+
     # ---- shared machinery ----------------------------------------------------------------------
 
     def sample(self, seed: int, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
@@ -142,7 +147,7 @@ class GenomeSearchSpace(ABC):
         version still does not fit, a new genome is drawn from the same seeded stream; at most
         16 genomes are tried before :class:`SearchSpaceError`.
         """
-        shape = check_input_shape(input_shape)
+        shape = self.check_input(input_shape)
         _check_positive("num_classes", num_classes)
         bounds = _Bounds(max_parameters, max_flops, limits)
         rng = random.Random(f"{self.name}/{_check_seed(seed)}")
@@ -183,7 +188,7 @@ class GenomeSearchSpace(ABC):
         the bounds whose every neighbour is over them).
         """
         self.check_genome(genome)
-        shape = check_input_shape(input_shape)
+        shape = self.check_input(input_shape)
         _check_positive("num_classes", num_classes)
         bounds = _Bounds(max_parameters, max_flops, limits)
         parent = self.genome_to_graph(genome, shape, num_classes, limits=_UNBOUNDED)

@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from ..graph import DEFAULT_LIMITS, ArchitectureGraph, GraphLimits
 from .base import DEFAULT_INPUT_SHAPE, SearchSpace, SearchSpaceError
 from .cells import CellSpace
+from .charlm import CharLMSpace
 from .families import SPACE_NAME as FAMILIES_SPACE
 from .families import FamilySpace
 from .macro import MacroSpace
 
 SPACES: dict[str, SearchSpace] = {space.name: space
-                                  for space in (CellSpace(), FamilySpace(), MacroSpace())}
+                                  for space in (CellSpace(), FamilySpace(), MacroSpace(),
+                                                CharLMSpace())}
 """Every space by name. Spaces are stateless: one shared instance each."""
 
 

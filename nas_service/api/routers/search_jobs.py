@@ -19,6 +19,7 @@ from nas_service.db import (
 )
 from nas_service.scoring import TaskNotSupported
 from nas_service.scoring.fidelity import FidelityError, FidelitySchedule
+from nas_service.spaces import SearchSpaceError, get_space
 
 from ..deps import ReadSessionDep, ServiceDep
 from ..errors import Problem, field_error, not_found, problem_responses, require_id
@@ -68,6 +69,20 @@ def _fidelity_schedule(config: dict[str, Any], full_images: int) -> dict[str, An
                       errors=[field_error(location, str(e), field=e.field)]) from None
 
 
+def _check_space_fits_task(space: str, task: str, input_shape: tuple[int, ...]) -> None:
+    """A 422 problem when ``space`` cannot generate networks for the task's inputs (language
+    models for an image task, image classifiers for a character task)."""
+    check = getattr(get_space(space), "check_input", None)  # the name is already validated
+    if check is None:
+        return
+    try:
+        check(input_shape)
+    except SearchSpaceError as e:
+        message = f"space {space!r} cannot generate networks for task {task!r}: {e}"
+        raise Problem(422, message, slug="invalid-request", title="Invalid request",
+                      errors=[field_error("/body/space", message, field="space")]) from None
+
+
 LOCATION = {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}
 _JOB_LINKS = links(GetSearchJob=("get_search_job", "job_id=$response.body#/id"),
                    ListJobCandidates=("list_job_candidates", "job_id=$response.body#/id"),
@@ -92,10 +107,11 @@ def create_search_job(
     same job (200); the same key with another body is a 409 problem."""
     scorer = service.require_scorer()
     try:
-        scorer.check_task(body.task)
+        spec = scorer.check_task(body.task)
     except TaskNotSupported as e:
         raise Problem(422, str(e), slug="task-not-supported", title="Task not supported",
                       errors=[field_error("/body/task", str(e), field="task")]) from None
+    _check_space_fits_task(body.space, spec.name, spec.input_shape)
     fidelity = None
     if body.fidelity is not None:
         try:  # the full budget counts the task's validation images: they must load

@@ -96,7 +96,9 @@ def from_module(module: nn.Module, input_shape: Sequence[int], *,
     * node ids derive from fx node names or module paths (``layer1_0_conv1``);
     * nodes that do not contribute to the output (auxiliary heads) are left out;
     * ``num_classes`` defaults to the size of the output vector; the output must be
-      ``(B, num_classes)`` logits.
+      ``(B, num_classes)`` logits, or, for ``(T,)`` token ids in (``input_shape``), per-token
+      logits ``(B, T, vocabulary)``: a language model, whose graph's output has
+      ``task="next_token"``.
 
     ``skip_unsupported=True`` replaces a call that keeps its input's shape (a softmax, say) by
     an ``identity`` node instead, with a warning. Raises :class:`UnsupportedModuleError` when
@@ -136,15 +138,22 @@ def _output(cx: _Converter, result: Any, module_name: str) -> _Tensor:
     """The node of the logits; a problem node where the output is not a logits vector."""
     if isinstance(result, _Tensor) and result.known and not result.plain:
         return cx.problem("output_value", f"output: {_not_plain(result)}", [result.node])
-    if isinstance(result, _Tensor) and result.known and len(result.shape) != 1:  # type: ignore
+    if isinstance(result, _Tensor) and result.known and len(result.shape) != 1 \
+            and not _per_token(cx.input_shape, result.shape):  # type: ignore[arg-type]
         return cx.problem("output_value", f"output: per-sample shape {list(result.shape)} "
-                          "(the network must return (B, num_classes) logits)", [result.node])
+                          "(the network must return (B, num_classes) logits, or (B, T, vocabulary) "
+                          "logits for (B, T) token ids)", [result.node])
     if not isinstance(result, _Tensor):
         kind = type(result).__name__ if not isinstance(result, _Param) else "a module tensor"
         raise UnsupportedModuleError(
             f"{module_name}.forward returns {kind}; from_module needs it to return one "
             "(B, num_classes) logits tensor")
     return result
+
+
+def _per_token(input_shape: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether ``shape`` is a language model's output: logits ``(T, V)`` for ``[T]`` tokens."""
+    return len(input_shape) == 1 and len(shape) == 2 and shape[0] == input_shape[0]
 
 
 def _causes(entries: dict[str, _Entry], output: str, skippable: bool) -> list[_Entry]:
@@ -187,8 +196,11 @@ def _assemble(cx: _Converter, out: _Tensor, module_name: str, name: str,
         nodes.append(node)
         for k, src in e.sources.items():
             sources[f"{nid}.{k}"] = src
-    nodes.append({"id": "output", "op": "output", "inputs": [out.node],
-                  "num_classes": out.shape[0] if num_classes is None else num_classes})
+    output: dict[str, Any] = {"id": "output", "op": "output", "inputs": [out.node],
+                              "num_classes": out.shape[-1] if num_classes is None else num_classes}
+    if _per_token(cx.input_shape, out.shape):
+        output["task"] = "next_token"
+    nodes.append(output)
     doc: dict[str, Any] = {"format": FORMAT, "name": name, "nodes": nodes}
     if sources:
         doc["parameter_sources"] = sources

@@ -90,10 +90,26 @@ export function formatExact(n) {
   return n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US");
 }
 
-/** An accuracy in [0, 1] as a percentage: 0.8312 -> "83.12 %". */
+/** A candidate's score as what it measures: an accuracy in [0, 1] as a percentage (0.8312 ->
+ * "83.12 %"); a negative score is minus the bits per character of a character task (what its
+ * searches maximise), shown as the bits per character: -1.9234 -> "1.923 bpc". */
 export function formatScore(value) {
   if (value === null || value === undefined) return "–";
+  if (value < 0) return formatBpc(-value);
   return `${(value * 100).toFixed(2)} %`;
+}
+
+/** Bits per character (a character task's score.value, lower is better): "1.923 bpc". */
+export function formatBpc(value) {
+  if (value === null || value === undefined) return "–";
+  return `${Number(value).toFixed(3)} bpc`;
+}
+
+/** An architecture's score.value as what it measures: bits per character for predicted-bpc,
+ * else an accuracy. */
+export function formatScoreValue(score) {
+  if (!score) return "–";
+  return score.name === "predicted-bpc" ? formatBpc(score.value) : formatScore(score.value);
 }
 
 export function formatSeconds(value) {

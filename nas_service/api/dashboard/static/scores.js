@@ -8,6 +8,7 @@ import {formatScore} from "./dom.js";
 
 export const ESTIMATE = "estimated-trained-accuracy";
 export const PREDICTED = "predicted-accuracy";
+export const BPC = "negative-predicted-bpc";
 export const MIXED = "mixed";
 
 /** The kind of the scores of `candidates` (nulls skipped): ESTIMATE or PREDICTED when they all
@@ -39,6 +40,12 @@ export function scoreLabels(kind, target) {
     return {column: "Predicted acc.", name: "predicted accuracy", heading: "Predicted accuracy",
             title: `${PREDICTED_TITLE} The GHN has no ranking head: the search ranks by it.`};
   }
+  if (kind === BPC) {
+    return {column: "Predicted bpc", name: "predicted bits per character (up: fewer)",
+            heading: "Predicted bits per character",
+            title: "Validation bits per character of the language model with its GHN-predicted "
+              + "weights, lower is better: the search ranks candidates by it, the lowest first."};
+  }
   return {
     column: "Score", name: "score", heading: "Score",
     title: "What the search ranks by: the ranking head's estimate of trained accuracy where the "
@@ -57,6 +64,7 @@ export function describeScore(candidate) {
       + formatScore(candidate.predicted_accuracy);
   }
   if (candidate.score_kind === PREDICTED) return `predicted accuracy ${formatScore(candidate.score)}`;
+  if (candidate.score_kind === BPC) return `predicted ${formatScore(candidate.score)}`;
   return formatScore(candidate.score);
 }
 

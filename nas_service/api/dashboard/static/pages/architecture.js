@@ -3,7 +3,8 @@
 
 import {apiPath, fetchFile, get, getApiKey} from "../api.js";
 import {
-  facts, formatCount, formatExact, formatScore, formatSeconds, h, route, saveBlob, shortId,
+  facts, formatCount, formatExact, formatScore, formatScoreValue, formatSeconds, h, route, saveBlob,
+  shortId,
   statusBadge, timeCell,
 } from "../dom.js";
 import {renderGraph} from "../graph.js";
@@ -47,6 +48,7 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
   const edges = nodes.reduce((sum, n) => sum + new Set(Array.isArray(n.inputs) ? n.inputs : []).size, 0);
   const opCount = new Set(nodes.map((n) => n.op)).size;
   const score = arch.score;
+  const bpc = Boolean(score && score.name === "predicted-bpc");
   const name = arch.name || `Architecture ${shortId(arch.id)}`;
   const checkpoint = downloadUrl || (arch.checkpoint && arch.checkpoint.url);
   const card = h("section", {class: "card architecture", dataset: {architectureId: arch.id}},
@@ -54,8 +56,8 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
       h("div", null, heading ? h("p", {class: "eyebrow"}, heading) : null,
         h(heading ? "h2" : "h1", {class: "arch-name"}, name)),
       h("div", {class: "score-big", id: "arch-score", title: PREDICTED_COLUMN.title},
-        h("span", {class: "score-value"}, formatScore(score && score.value)),
-        h("span", {class: "muted"}, "predicted accuracy"))),
+        h("span", {class: "score-value"}, formatScoreValue(score)),
+        h("span", {class: "muted"}, bpc ? "predicted bits per character" : "predicted accuracy"))),
     h("div", {class: "stats"},
       stat("Parameters", formatCount(arch.num_parameters), formatExact(arch.num_parameters), "arch-params"),
       stat("FLOPs", formatCount(arch.flops), `${formatExact(arch.flops)} multiply-accumulates per sample`, "arch-flops"),
@@ -63,7 +65,9 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
       stat("Edges", String(edges), null, "arch-edges"),
       stat("Op kinds", String(opCount), null, "arch-ops")),
     facts([
-      ["Predicted accuracy", score ? `${formatScore(score.value)} (${score.name}) on ${score.images ?? "?"} `
+      bpc ? ["Predicted bits per character", `${formatScoreValue(score)} (${score.name}, lower is `
+                        + `better) on ${score.images ?? "?"} ${score.split} windows`]
+        : ["Predicted accuracy", score ? `${formatScore(score.value)} (${score.name}) on ${score.images ?? "?"} `
                         + `${score.split} images; batch norm recalibrated on `
                         + `${score.recalibration_images ?? "?"} training images` : "not scored"],
       score && score.ranking ? ["Estimated trained accuracy", h("span", {id: "arch-ranking"},
