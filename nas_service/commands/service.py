@@ -277,8 +277,11 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings, run_worker=False if args.no_worker else None)
     except _startup_errors() as e:
         raise _startup_failure(settings, e) from None
+    # SIGTERM: stop accepting, give requests in flight the grace period, then cancel them and
+    # run the lifespan's bounded end (worker's job released, scoring processes stopped).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                http=http_protocol(settings.request_read_seconds))
+                http=http_protocol(settings.request_read_seconds),
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds)
     return 0
 
 
