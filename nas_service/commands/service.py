@@ -288,6 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import logging
     import signal
+    import threading
 
     from nas_service.api import load_scorer
     from nas_service.db import make_engine, migrate
@@ -305,13 +306,30 @@ def _worker(args: argparse.Namespace) -> int:
         raise _startup_failure(settings, e) from None
     worker = Worker.from_settings(settings, engine, scorer,
                                   CheckpointStore(settings.checkpoint_dir), worker_id=args.id)
-    # SIGTERM (docker stop, systemd) and SIGINT: finish the batch, release the job, exit 0.
-    previous = {sig: signal.signal(sig, lambda *_: worker.stop())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGTERM (docker stop, systemd) and SIGINT: finish the batch, release the job, exit 0;
+    # a batch still running after NAS_SHUTDOWN_GRACE_SECONDS has its job released at once
+    # (another worker claims it) and the process exits without waiting for it. The worker runs
+    # in a thread so that the main thread, which receives the signals, is free to keep time.
+    stop_asked = threading.Event()
+
+    def stop(*_: object) -> None:
+        worker.stop()
+        stop_asked.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     print(f"worker {worker.worker_id} polling {settings.database_url.split('@')[-1]}",
           file=sys.stderr)
+    runner = threading.Thread(target=worker.run, kwargs={"once": args.once},
+                              name="nas-worker", daemon=True)
     try:
-        worker.run(once=args.once)
+        runner.start()
+        while runner.is_alive() and not stop_asked.is_set():
+            runner.join(0.5)
+        runner.join(settings.shutdown_grace_seconds)
+        if runner.is_alive():
+            print(f"worker {worker.worker_id}: the batch did not end in "
+                  f"{settings.shutdown_grace_seconds:g} s; releasing its job", file=sys.stderr)
+            worker.release_current_job()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
