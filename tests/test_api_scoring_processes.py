@@ -94,6 +94,33 @@ def test_identical_concurrent_misses_are_scored_once_and_batched(make_client) ->
     assert _batches(client) <= 1 + 3  # the first miss, then at most one batch per graph
 
 
+def test_a_scoring_process_that_cannot_start_answers_503_not_ready(
+        make_settings, tiny_ghn_path, tmp_path) -> None:
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from nas_service.api import create_app
+    from nas_service.scoring import ArchitectureScorer
+
+    ghn = tmp_path / "ghn.safetensors"
+    shutil.copyfile(tiny_ghn_path, ghn)
+    scorer = ArchitectureScorer.load(ghn, device="cpu", eval_images=64,
+                                     recalibration_batches=1, recalibration_batch_size=32)
+    app = create_app(make_settings(ghn_path=ghn, scoring_processes=1), scorer=scorer)
+    ghn.write_bytes(b"not a checkpoint any more")  # what the child will find
+    with TestClient(app) as client:
+        miss = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
+        body = assert_problem(miss, 503, "scoring-unavailable")
+        assert "could not start" in body["detail"] and miss.headers["Retry-After"]
+        ready = client.get("/readyz")
+        assert_problem(ready, 503, "not-ready")
+        assert ready.json()["checks"]["scoring"] == "starting"
+        # Within the back-off, the next miss is refused at once with the same reason.
+        again = client.post("/v1/architectures", json={"graph": tiny_graph_doc(5)})
+        assert assert_problem(again, 503, "scoring-unavailable")["detail"] == body["detail"]
+
+
 @pytest.mark.parametrize("error", [
     ScoringTooCostly("memory", 10, 5, "needs 10 bytes"),
     RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes"),

@@ -56,6 +56,9 @@ EXIT_SECONDS = 3.0
 """How long a child asked to exit gets before it is killed."""
 POLL_SECONDS = 0.2
 """How often a waiting dispatcher checks that its child is still alive."""
+RESTART_BACKOFF_SECONDS = 10.0
+"""After a child failed to start, misses are refused at once for this long instead of each
+paying for another start that fails the same way (a GHN file that went missing)."""
 
 
 class ScoringBusy(Exception):
@@ -116,6 +119,7 @@ class _Miss:
 class _Child:
     process: Any = None  # multiprocessing.Process (spawn context)
     connection: Connection | None = None
+    start_failed: tuple[float, str] | None = None  # (monotonic time, why) of the last failure
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -255,6 +259,21 @@ class ScoringPool:
     def _start(self, slot: int) -> None:
         child = self._children[slot]
         _stop(child)
+        if child.start_failed is not None:
+            failed_at, why = child.start_failed
+            if time.monotonic() - failed_at < RESTART_BACKOFF_SECONDS:
+                raise ScoringUnavailable(why)
+        try:
+            self._spawn(slot)
+        except ScoringUnavailable as e:
+            _stop(child)  # a child that failed may still be on its way out
+            if not self._closed:
+                child.start_failed = (time.monotonic(), str(e))
+            raise
+        child.start_failed = None
+
+    def _spawn(self, slot: int) -> None:
+        child = self._children[slot]
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(target=serve_scoring, args=(self.config, child_end),
                                         name=f"nas-scoring-{slot}", daemon=True)

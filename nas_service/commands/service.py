@@ -262,6 +262,7 @@ def _startup_failure(settings, error: Exception) -> CommandError:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import contextlib
     import logging
 
     import uvicorn
@@ -279,9 +280,24 @@ def _serve(args: argparse.Namespace) -> int:
         raise _startup_failure(settings, e) from None
     # SIGTERM: stop accepting, give requests in flight the grace period, then cancel them and
     # run the lifespan's bounded end (worker's job released, scoring processes stopped).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                http=http_protocol(settings.request_read_seconds),
-                timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level,
+        http=http_protocol(settings.request_read_seconds),
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds))
+    handle_exit = server.handle_exit
+
+    def stop_worker_then_exit(sig: int, frame: object) -> None:
+        # The worker starts finishing its batch while the requests finish theirs, not after.
+        worker = app.state.service.worker
+        if worker is not None:
+            worker.stop()
+        handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    server.handle_exit = stop_worker_then_exit  # type: ignore[method-assign]
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise CommandError(f"the server did not start on {args.host}:{args.port}")
     return 0
 
 
