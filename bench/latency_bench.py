@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server": "nas-service serve (uvicorn, SQLite, bundled GHN, in-process worker)",
             "clients": args.clients, "miss_clients": args.miss_clients,
             "scoring_processes": args.scoring_processes,
+            "scoring_threads": "NAS_SCORING_THREADS default: one fewer than the cores",
             "seconds_per_phase": args.seconds, "mix": args.mix,
             "statistic": "latency percentiles of successful requests (nearest rank)",
             **results}

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
                                            "the API answers 503")
     scoring_batch_size: int = Field(default=8, ge=1, le=256,
                                     description="waiting architectures per GHN forward pass")
+    scoring_threads: int | None = Field(
+        default=None, ge=1, le=256,
+        description="torch threads of each scoring process; None: one core fewer than the "
+                    "machine has (at least 1), so the API's requests keep a core")
     # SIGTERM: requests in flight get this long to finish; then they are cancelled, the
     # in-process worker's job is released to the queue and the scoring processes are stopped.
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
@@ -122,7 +126,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("ghn_path", "eval_images", mode="before")
+    @field_validator("ghn_path", "eval_images", "scoring_threads", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -120,7 +120,8 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     if settings.scoring_processes > 0:
         state.scoring_pool = ScoringPool(
             ScoringProcessConfig.of(state.scorer, database_url=settings.database_url,
-                                    checkpoint_dir=str(settings.checkpoint_dir)),
+                                    checkpoint_dir=str(settings.checkpoint_dir),
+                                    threads=settings.scoring_threads),
             processes=settings.scoring_processes, max_waiting=settings.scoring_queue,
             batch_size=settings.scoring_batch_size, on_batch=metrics.scoring_batches.observe)
 

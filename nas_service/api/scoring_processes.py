@@ -94,12 +94,13 @@ class ScoringProcessConfig:
     budget: ScoringBudget
     readout: bool
     ghn_version: str
+    threads: int | None = None  # torch threads of the child; None: one core fewer than there are
 
     @classmethod
-    def of(cls, scorer: ArchitectureScorer, *, database_url: str,
-           checkpoint_dir: str) -> ScoringProcessConfig:
+    def of(cls, scorer: ArchitectureScorer, *, database_url: str, checkpoint_dir: str,
+           threads: int | None = None) -> ScoringProcessConfig:
         """The configuration that rebuilds ``scorer`` (its checkpoint, protocol and budget)."""
-        return cls(database_url=database_url, checkpoint_dir=checkpoint_dir,
+        return cls(database_url=database_url, checkpoint_dir=checkpoint_dir, threads=threads,
                    ghn_path=scorer.ghn_path, device=str(scorer.device),
                    eval_images=scorer.eval_images,
                    recalibration_batches=scorer.recalibration_batches,
@@ -381,7 +382,13 @@ def serve_scoring(config: ScoringProcessConfig, connection: Connection) -> None:
     stop (``None``) or the API's end of the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group: the API decides when children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
     from nas_service.db import make_engine
+
+    # The API process answers reads and hits on the cores scoring leaves it: with torch on
+    # every core, each miss would take the API's core too.
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) - 1))
     from nas_service.search import CheckpointStore, evaluate_architectures
 
     try:
