@@ -13,11 +13,12 @@ Each client loops (closed loop: its next request once the last one answered), pi
   of the cells space with at most 20 M MACs, the bundled GHN's training range): the GHN, the
   recalibration and the evaluation on 1,000 validation images run for it.
 
-Misses have clients of their own because the API scores one architecture at a time: in a
+Misses have clients of their own because a scoring process scores one batch at a time: in a
 closed loop where any client may send a miss, every client ends up waiting in the miss queue
 (a miss costs seconds, a read milliseconds), so the miss latency measured would be the queue's
 length times the scoring time, whatever the search does. With ``--miss-clients 1`` it is the
-time one new small network takes while reads, hits and the search run.
+time one new small network takes while reads, hits and the search run. ``--scoring-processes``
+sets ``NAS_SCORING_PROCESSES`` (``0``: misses scored in a thread of the API process, to compare).
 
 The search job (cells space, random strategy, ``--search-candidates`` candidates, no
 constraints) is queued between the two phases; the second phase starts once the worker has
@@ -162,11 +163,15 @@ async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     corpus = Corpus(seed_start=2_000_000)
     async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout,
                                  limits=limits) as client:
+        alone = []  # misses with no other client: what the machine gives one miss now
         for _ in range(args.warm_architectures):
+            started = time.perf_counter()
             r = await client.post("/v1/architectures", json=corpus.miss_body())
             r.raise_for_status()
+            alone.append(time.perf_counter() - started)
             corpus.stored(r.json())
-        print(f"{len(corpus.graphs)} architectures stored", flush=True)
+        print(f"{len(corpus.graphs)} architectures stored, "
+              f"{latency_summary(alone)['p50_ms'] if alone else '-'} ms each (p50)", flush=True)
         idle = await _phase(client, corpus, args, "worker idle", seed=1)
         job = await client.post("/v1/search-jobs", json={
             "space": "cells", "task": TASK, "strategy": "random", "seed": 7,
@@ -182,14 +187,15 @@ async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
         busy = await _phase(client, corpus, args, "search running", seed=2)
         final = (await client.get(f"/v1/search-jobs/{corpus.job_id}")).json()
         await client.post(f"/v1/search-jobs/{corpus.job_id}/cancel")
-    return {"worker_idle": idle, "search_running": busy,
+    return {"miss_alone": latency_summary(alone), "worker_idle": idle, "search_running": busy,
             "search_candidates_recorded": final["progress"]["done"],
             "targets_ms": TARGETS_MS}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="nas-latency-bench-"))
-    env = service_env(data_dir, threads=args.threads, NAS_WORKER_POLL_SECONDS="0.5")
+    env = service_env(data_dir, threads=args.threads, NAS_WORKER_POLL_SECONDS="0.5",
+                      NAS_SCORING_PROCESSES=str(args.scoring_processes))
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     before = machine_info()
@@ -209,6 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "server": "nas-service serve (uvicorn, SQLite, bundled GHN, in-process worker)",
             "clients": args.clients, "miss_clients": args.miss_clients,
+            "scoring_processes": args.scoring_processes,
+            "scoring_threads": "NAS_SCORING_THREADS default: one fewer than the cores",
             "seconds_per_phase": args.seconds, "mix": args.mix,
             "statistic": "latency percentiles of successful requests (nearest rank)",
             **results}
@@ -242,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights of read and hit (default: %(default)s)")
     parser.add_argument("--miss-clients", type=int, default=1,
                         help="clients that only score new small networks (default: 1)")
+    parser.add_argument("--scoring-processes", type=int, default=1,
+                        help="NAS_SCORING_PROCESSES of the server: processes scoring misses, 0 "
+                             "for a thread of the API process (default: %(default)s)")
     parser.add_argument("--warm-architectures", type=int, default=6,
                         help="architectures stored before the phases, to read and repeat")
     parser.add_argument("--search-candidates", type=int, default=5000)

@@ -93,6 +93,23 @@ class Settings(BaseSettings):
     # Slow clients: a request whose headers or body have not all arrived after this long is
     # answered 408 and its connection closed.
     request_read_seconds: float = Field(default=15.0, gt=0)
+    # The API's cache misses are scored in processes of their own (nas_service.api.
+    # scoring_processes), so that their Python does not compete with the API's requests for
+    # one interpreter lock; 0 scores them in a thread of the API process.
+    scoring_processes: int = Field(default=1, ge=0, le=64,
+                                   description="processes scoring the API's cache misses")
+    scoring_queue: int = Field(default=32, ge=1,
+                               description="distinct architectures waiting to be scored before "
+                                           "the API answers 503")
+    scoring_batch_size: int = Field(default=8, ge=1, le=256,
+                                    description="waiting architectures per GHN forward pass")
+    scoring_threads: int | None = Field(
+        default=None, ge=1, le=256,
+        description="torch threads of each scoring process; None: one core fewer than the "
+                    "machine has (at least 1), so the API's requests keep a core")
+    # SIGTERM: requests in flight get this long to finish; then they are cancelled, the
+    # in-process worker's job is released to the queue and the scoring processes are stopped.
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -109,7 +126,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("ghn_path", "eval_images", mode="before")
+    @field_validator("ghn_path", "eval_images", "scoring_threads", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -159,7 +159,7 @@ def service_settings(database_url: str, data_dir: Path, ghn_path: Path | None = 
         database_url=database_url, data_dir=data_dir, ghn_path=ghn_path,
         eval_images=EVAL_IMAGES, recalibration_batches=1, recalibration_batch_size=32,
         lease_seconds=5.0, heartbeat_seconds=0.5, worker_poll_seconds=0.1,
-        worker_in_process=False)
+        worker_in_process=False, scoring_processes=0)
     values.update(overrides)
     return Settings(**values)
 

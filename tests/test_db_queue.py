@@ -207,7 +207,55 @@ def test_release_returns_the_job_to_the_queue_without_spending_an_attempt(
         queue.release_job(engine, job_id, claimed.lease_token)
 
 
+def test_a_crashed_job_is_abandoned_to_the_queue_with_its_attempt_counted(
+        engine: Engine) -> None:
+    job_id = _create(engine)
+    claimed = queue.claim_next_job(engine, "a", LEASE)
+    assert claimed is not None
+    queue.abandon_job(engine, job_id, claimed.lease_token, "OSError: the disk went away")
+
+    job = _job(engine, job_id)
+    assert (job.status, job.lease_token, job.attempts) == (JobStatus.QUEUED, None, 1)
+    assert _events(engine, job_id)[-1] == "abandoned"
+    with pytest.raises(LeaseLost):
+        queue.abandon_job(engine, job_id, claimed.lease_token, "again")
+    again = queue.claim_next_job(engine, "b", LEASE)
+    assert again is not None and again.job_id == job_id and again.attempt == 2
+
+
 # ---- heartbeat ---------------------------------------------------------------------------------
+
+
+def test_a_busy_workers_heartbeat_requeues_a_dead_workers_expired_job(engine: Engine) -> None:
+    dead_job, busy_job = _create(engine), _create(engine)
+    dead = queue.claim_next_job(engine, "dead", LEASE)
+    busy = queue.claim_next_job(engine, "busy", LEASE)
+    assert dead is not None and busy is not None and dead.job_id == dead_job
+    _expire_lease(engine, dead_job)
+
+    assert queue.heartbeat(engine, busy_job, busy.lease_token, LEASE)
+
+    # Nobody works on it: it says so at once, and the dead worker's token is void.
+    job = _job(engine, dead_job)
+    assert (job.status, job.lease_token, job.attempts) == (JobStatus.QUEUED, None, 1)
+    assert _events(engine, dead_job)[-1] == "lease_expired"
+    assert not queue.heartbeat(engine, dead_job, dead.lease_token, LEASE)
+    rescued = queue.claim_next_job(engine, "rescuer", LEASE)
+    assert rescued is not None and rescued.job_id == dead_job and rescued.attempt == 2
+    assert _job(engine, busy_job).status is JobStatus.RUNNING
+
+
+def test_a_heartbeat_fails_an_expired_job_out_of_attempts(engine: Engine) -> None:
+    dead_job, busy_job = _create(engine), _create(engine)
+    assert queue.claim_next_job(engine, "dead", LEASE, max_attempts=1) is not None
+    busy = queue.claim_next_job(engine, "busy", LEASE, max_attempts=1)
+    assert busy is not None
+    _expire_lease(engine, dead_job)
+
+    assert queue.heartbeat(engine, busy_job, busy.lease_token, LEASE, max_attempts=1)
+
+    job = _job(engine, dead_job)
+    assert job.status is JobStatus.FAILED and "1 attempt(s)" in (job.error or "")
 
 
 def test_heartbeat_extends_the_lease_and_reports_a_cancel_request(engine: Engine) -> None:

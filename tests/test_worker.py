@@ -96,16 +96,45 @@ def test_a_job_redone_after_a_crash_gives_the_same_candidates(engine, scorer,
     assert claimed.job_id == crashed
     assert dying.run_job(claimed) == "abandoned"
     job, candidates = job_state(engine, crashed)
-    assert job.status.value == "running" and [c.index for c in candidates] == [0, 1]
+    # Back in the queue at once, the attempt counted: no waiting for the lease to run out.
+    assert job.status.value == "queued" and job.lease_token is None and job.attempts == 1
+    assert [c.index for c in candidates] == [0, 1]
 
-    with write_session(engine) as session:  # the dead worker's lease runs out
-        session.execute(update(SearchJob).where(SearchJob.id == crashed)
-                        .values(lease_expires_at=db_now(-1)))
     make_worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
     job, candidates = job_state(engine, crashed)
     assert job.status.value == "succeeded" and job.attempts == 2
     assert [c.index for c in candidates] == [0, 1, 2, 3, 4]
     assert _hashes(engine, candidates) == _hashes(engine, job_state(engine, reference)[1])
+
+
+def test_a_job_released_from_another_thread_mid_batch_is_claimable_at_once(
+        engine, scorer, tmp_path) -> None:
+    import threading
+
+    job_id = _job(engine, 6)
+    in_batch, go_on = threading.Event(), threading.Event()
+
+    def hold_the_first_batch(job: str, indices: list[int]) -> None:
+        in_batch.set()
+        go_on.wait(30)
+
+    worker = make_worker(engine, scorer, tmp_path, batch_size=2,
+                         hooks=WorkerHooks(batch_done=hold_the_first_batch))
+    thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    assert in_batch.wait(60)
+    # A server whose grace period ran out: the job goes back to the queue without waiting for
+    # the batch, its attempt not counted.
+    assert worker.release_current_job()
+    job, _ = job_state(engine, job_id)
+    assert job.status.value == "queued" and job.attempts == 0 and job.lease_token is None
+    go_on.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert not worker.release_current_job()  # nothing held any more
+    job, candidates = job_state(engine, job_id)
+    assert job.status.value == "queued"  # the released worker wrote nothing after the release
+    assert [c.index for c in candidates] == [0, 1]
 
 
 def test_cancelling_mid_job_stops_it_at_the_next_batch(engine, scorer, tmp_path) -> None:

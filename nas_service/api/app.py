@@ -3,8 +3,9 @@
 Built eagerly: ``create_app`` opens the database engine, refuses a database whose schema is not
 this version's (:class:`nas_service.db.SchemaError`), and loads the GHN (raises
 :class:`nas_service.ghn.checkpoint.CheckpointError` when the checkpoint is missing), so a
-misconfigured service fails at start-up, not on its first request. The lifespan only starts and
-stops the in-process worker thread and warms the task data.
+misconfigured service fails at start-up, not on its first request. The lifespan starts and
+stops the scoring processes and the in-process worker thread, and warms the task data; its end
+is bounded (``NAS_SHUTDOWN_GRACE_SECONDS``, see :func:`_shut_down`).
 
 Layers, outermost first: Starlette's error middleware (the catch-all 500 problem), request
 metrics, the body-size limit and read deadline, strict JSON bodies, then FastAPI's routing with
@@ -22,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI
 
 from nas_service.data import list_tasks
@@ -40,10 +42,9 @@ from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, RequestMetrics, StrictJSONBody
 from .openapi import finish_openapi
 from .routers import architectures, candidates, catalog, health, search_jobs
+from .scoring_processes import ScoringPool, ScoringProcessConfig
 
 log = logging.getLogger("nas_service.api")
-
-WORKER_JOIN_SECONDS = 60.0
 
 DESCRIPTION = """\
 Score neural architectures with a graph hypernetwork (GHN) and search spaces of them.
@@ -91,10 +92,13 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     ``scorer`` replaces the GHN the settings name (tests share one); ``run_worker`` overrides
     ``settings.worker_in_process`` (the worker thread runs while the app's lifespan does).
 
-    The API and the in-process worker score with separate scorers (:meth:`ArchitectureScorer.
-    sibling`: a GHN and a lock each, the task data shared), both under the settings' scoring
-    budget, and the worker thread runs at a lower CPU priority: a search running in this
-    process never holds a lock an API request waits for.
+    The API's cache misses are scored in ``settings.scoring_processes`` child processes
+    (:class:`~nas_service.api.scoring_processes.ScoringPool`, started with the lifespan), or,
+    with none, in a thread of this process with a scorer of its own (:meth:`ArchitectureScorer.
+    sibling`: a GHN and a lock each, the task data shared). The in-process worker has its own
+    scorer too, under the same budget, and its thread runs at a lower CPU priority: a search
+    running in this process never holds a lock an API request waits for, and the cores go to
+    the API first.
     """
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
@@ -113,10 +117,19 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     if settings.worker_in_process if run_worker is None else run_worker:
         state.worker = Worker.from_settings(settings, engine, scorer.sibling(budget),
                                             state.store, hooks=_metrics_hooks(metrics))
+    if settings.scoring_processes > 0:
+        state.scoring_pool = ScoringPool(
+            ScoringProcessConfig.of(state.scorer, database_url=settings.database_url,
+                                    checkpoint_dir=str(settings.checkpoint_dir),
+                                    threads=settings.scoring_threads),
+            processes=settings.scoring_processes, max_waiting=settings.scoring_queue,
+            batch_size=settings.scoring_batch_size, on_batch=metrics.scoring_batches.observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _warm_up(state)
+        _warm_up(state)  # admission control estimates from the task's images here too
+        if state.scoring_pool is not None:
+            state.scoring_pool.start()
         if state.worker is not None:
             state.worker_thread = threading.Thread(target=_run_in_background,
                                                    args=(state.worker,), name="nas-worker",
@@ -125,10 +138,9 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
         try:
             yield
         finally:
-            if state.worker is not None and state.worker_thread is not None:
-                state.worker.stop()  # releases its job, if any, between two batches
-                state.worker_thread.join(WORKER_JOIN_SECONDS)
-            engine.dispose()
+            # In a thread: the event loop still sends the answers of requests that the end of
+            # the grace period cancelled (503) while the worker and the scoring processes stop.
+            await anyio.to_thread.run_sync(_shut_down, state)
 
     app = FastAPI(title="nas-service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan,
@@ -150,6 +162,28 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     app.include_router(dashboard.router)  # the web dashboard, at /
     _finish_openapi_on_first_use(app, state)
     return app
+
+
+def _shut_down(state: ServiceState) -> None:
+    """The end of the lifespan (after the server stopped accepting and its in-flight requests
+    finished or were cancelled): bounded by ``shutdown_grace_seconds`` for the worker. The
+    worker stops between two batches and releases its job; a batch still running at the end of
+    the grace period has its job released from here, so another worker claims it at once
+    instead of waiting for the lease to expire, and its thread (a daemon) ends with the
+    process. The scoring processes are stopped, killed if they do not exit."""
+    worker, thread = state.worker, state.worker_thread
+    try:
+        if worker is not None and thread is not None:
+            worker.stop()
+            thread.join(state.settings.shutdown_grace_seconds)
+            if thread.is_alive():
+                log.warning("the worker did not stop in %g s: releasing its job",
+                            state.settings.shutdown_grace_seconds)
+                worker.release_current_job()
+    finally:
+        if state.scoring_pool is not None:
+            state.scoring_pool.close()
+        state.engine.dispose()
 
 
 def _finish_openapi_on_first_use(app: FastAPI, state: ServiceState) -> None:

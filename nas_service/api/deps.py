@@ -30,6 +30,7 @@ from nas_service.settings import Settings
 from .auth import APIKeys
 from .errors import Problem
 from .metrics import ServiceMetrics
+from .scoring_processes import ScoringPool
 
 
 @dataclass
@@ -45,8 +46,10 @@ class ServiceState:
     graph_limits: GraphLimits
     worker: Worker | None = None
     worker_thread: threading.Thread | None = None
-    # One GHN evaluation at a time from the API; waiting requests wait here, in the event loop,
-    # not in a thread pool slot (which the database endpoints need).
+    # Where cache misses are scored: processes of their own (NAS_SCORING_PROCESSES > 0), else
+    # one at a time in a thread of this process through ``scoring_limiter``; waiting requests
+    # wait in the event loop, not in a thread pool slot (which the database endpoints need).
+    scoring_pool: ScoringPool | None = None
     scoring_limiter: anyio.CapacityLimiter = field(
         default_factory=lambda: anyio.CapacityLimiter(1))
     waiting_scores: int = 0

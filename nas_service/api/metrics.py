@@ -165,6 +165,14 @@ class ServiceMetrics:
         self.ghn_seconds = Histogram(
             "nas_scoring_seconds", "Time to predict parameters and score one architecture.",
             ())
+        self.scoring_batches = Histogram(
+            "nas_scoring_batch_architectures",
+            "Architectures the API's scoring processes predicted in one GHN forward pass.",
+            (), buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.scoring_busy = Counter(
+            "nas_scoring_refused_total",
+            "Cache misses the API refused (503), by why: the queue was full (busy) or no "
+            "scoring process could score them (unavailable).", ("reason",))
         self.heartbeats = Counter(
             "nas_worker_heartbeats_total",
             "Lease renewals by this process's worker, by whether the lease was still held.",
@@ -183,7 +191,8 @@ class ServiceMetrics:
 
     def all(self) -> list[_Metric]:
         return [self.request_seconds, self.unhandled_errors, self.architectures, self.candidates,
-                self.promotions, self.ghn_seconds, self.heartbeats, self.last_heartbeat,
+                self.promotions, self.ghn_seconds, self.scoring_batches, self.scoring_busy,
+                self.heartbeats, self.last_heartbeat,
                 self.jobs_finished, self.queue_depth, self.jobs, self.database_up]
 
     def render(self) -> str:

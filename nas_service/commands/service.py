@@ -262,6 +262,7 @@ def _startup_failure(settings, error: Exception) -> CommandError:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import contextlib
     import logging
 
     import uvicorn
@@ -277,14 +278,33 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings, run_worker=False if args.no_worker else None)
     except _startup_errors() as e:
         raise _startup_failure(settings, e) from None
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                http=http_protocol(settings.request_read_seconds))
+    # SIGTERM: stop accepting, give requests in flight the grace period, then cancel them and
+    # run the lifespan's bounded end (worker's job released, scoring processes stopped).
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level,
+        http=http_protocol(settings.request_read_seconds),
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds))
+    handle_exit = server.handle_exit
+
+    def stop_worker_then_exit(sig: int, frame: object) -> None:
+        # The worker starts finishing its batch while the requests finish theirs, not after.
+        worker = app.state.service.worker
+        if worker is not None:
+            worker.stop()
+        handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    server.handle_exit = stop_worker_then_exit  # type: ignore[method-assign]
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # as uvicorn.run: the port was taken, or the lifespan failed
+        raise CommandError(f"the server did not start on {args.host}:{args.port}")
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
     import logging
     import signal
+    import threading
 
     from nas_service.api import load_scorer
     from nas_service.db import make_engine, migrate
@@ -302,13 +322,30 @@ def _worker(args: argparse.Namespace) -> int:
         raise _startup_failure(settings, e) from None
     worker = Worker.from_settings(settings, engine, scorer,
                                   CheckpointStore(settings.checkpoint_dir), worker_id=args.id)
-    # SIGTERM (docker stop, systemd) and SIGINT: finish the batch, release the job, exit 0.
-    previous = {sig: signal.signal(sig, lambda *_: worker.stop())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGTERM (docker stop, systemd) and SIGINT: finish the batch, release the job, exit 0;
+    # a batch still running after NAS_SHUTDOWN_GRACE_SECONDS has its job released at once
+    # (another worker claims it) and the process exits without waiting for it. The worker runs
+    # in a thread so that the main thread, which receives the signals, is free to keep time.
+    stop_asked = threading.Event()
+
+    def stop(*_: object) -> None:
+        worker.stop()
+        stop_asked.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     print(f"worker {worker.worker_id} polling {settings.database_url.split('@')[-1]}",
           file=sys.stderr)
+    runner = threading.Thread(target=worker.run, kwargs={"once": args.once},
+                              name="nas-worker", daemon=True)
     try:
-        worker.run(once=args.once)
+        runner.start()
+        while runner.is_alive() and not stop_asked.is_set():
+            runner.join(0.5)
+        runner.join(settings.shutdown_grace_seconds)
+        if runner.is_alive():
+            print(f"worker {worker.worker_id}: the batch did not end in "
+                  f"{settings.shutdown_grace_seconds:g} s; releasing its job", file=sys.stderr)
+            worker.release_current_job()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -10,7 +10,8 @@ token and an expiry time on the database clock. While it works it renews the lea
 :func:`release_job` when it shuts down). Each of those writes names the token and is refused when
 the token no longer matches: the lease is lost, the worker stops.
 
-A worker that dies stops heartbeating; once its lease expires the job is claimable again, by any
+A worker that dies stops heartbeating; once its lease expires the job is claimable again (the
+next claim or heartbeat of any worker puts it back to ``queued``, its attempt counted), by any
 worker, which gets a new token (the old one is then refused everywhere) and redoes only the
 candidates not yet recorded (:attr:`ClaimedJob.done_indices`). A job whose lease expired
 ``max_attempts`` times becomes ``failed``; a job whose worker died after a cancel request becomes
@@ -352,6 +353,36 @@ def claim_next_job(
 
 
 def _settle_abandoned_jobs(conn: Connection, max_attempts: int) -> None:
+    """Expired leases settled: out of attempts → ``failed``, cancel requested → ``cancelled``,
+    any other → ``queued`` again (:func:`_requeue_expired_jobs`)."""
+    _fail_or_cancel_expired_jobs(conn, max_attempts)
+    _requeue_expired_jobs(conn)
+
+
+def _requeue_expired_jobs(conn: Connection) -> None:
+    """Running jobs whose lease expired (their worker died or stalled) go back to ``queued``,
+    their attempt counted: a job never reads ``running`` with nobody working on it while every
+    worker is busy with another job, and the next free worker claims it in queue order. The
+    old token is cleared, so the stalled worker's writes are refused as after a reclaim."""
+    rows = conn.execute(
+        select(SearchJob.id, SearchJob.lease_owner, SearchJob.attempts)
+        .where(_lease_expired(), SearchJob.cancel_requested == false())
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        requeued = conn.execute(
+            update(SearchJob)
+            .where(SearchJob.id == row.id, _lease_expired(),
+                   SearchJob.cancel_requested == false())
+            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None)
+            .returning(SearchJob.id)
+        ).first()
+        if requeued is not None:
+            _insert_event(conn, row.id, "lease_expired",
+                          {"worker": row.lease_owner, "attempts": row.attempts})
+
+
+def _fail_or_cancel_expired_jobs(conn: Connection, max_attempts: int) -> None:
     """Expired leases that must not be claimed again: out of attempts, or cancelled."""
     abandoned = and_(_lease_expired(), or_(SearchJob.attempts >= max_attempts,
                                            SearchJob.cancel_requested == true()))
@@ -377,12 +408,16 @@ def _settle_abandoned_jobs(conn: Connection, max_attempts: int) -> None:
                       {"reason": "lease expired", "attempts": row.attempts, "error": error})
 
 
-def heartbeat(engine: Engine, job_id: str, token: str, lease_seconds: float) -> LeaseStatus:
+def heartbeat(engine: Engine, job_id: str, token: str, lease_seconds: float, *,
+              max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> LeaseStatus:
     """Renew the lease: ``lease_expires_at = now + lease_seconds`` if ``token`` still holds it.
 
     Returns a :class:`LeaseStatus`, false when the lease is lost (the worker must stop writing),
     with ``cancel_requested`` set when a client asked to cancel (the worker should finish the job
-    as ``cancelled``). A lease that expired but was not yet claimed by anyone is still held.
+    as ``cancelled``). A lease that expired is still held until a claim or another worker's
+    heartbeat settles it. In the same transaction, after renewing its own lease, the beat
+    settles other jobs' expired leases (:func:`_settle_abandoned_jobs`): busy workers notice a
+    dead worker's job within a heartbeat, not only when one of them is free to claim.
 
     Raises:
         ValueError: ``lease_seconds`` is not positive.
@@ -396,6 +431,7 @@ def heartbeat(engine: Engine, job_id: str, token: str, lease_seconds: float) -> 
             .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now())
             .returning(SearchJob.cancel_requested, SearchJob.lease_expires_at)
         ).first()
+        _settle_abandoned_jobs(conn, max_attempts)
         if renewed is not None:
             return LeaseStatus(True, bool(renewed.cancel_requested), renewed.lease_expires_at)
         cancel = conn.scalar(select(SearchJob.cancel_requested).where(SearchJob.id == job_id))
@@ -614,3 +650,27 @@ def release_job(engine: Engine, job_id: str, token: str) -> None:
         if released is None:
             raise LeaseLost(job_id)
         _insert_event(conn, job_id, "released", {"worker": released.lease_owner})
+
+
+def abandon_job(engine: Engine, job_id: str, token: str, error: str) -> None:
+    """Give up a job after an error its worker could not handle (the database went away, out
+    of memory): back to ``queued`` at once, the attempt counted, ``error`` in a ``abandoned``
+    event, so any worker retries it without waiting for the lease to expire. After
+    ``max_attempts`` claims the job is failed instead (:meth:`finish_job`, by the worker).
+
+    Raises:
+        LeaseLost: ``token`` does not hold the job's lease; nothing changes.
+    """
+    error = storable_text(error)
+    with writer(engine).begin() as conn:
+        abandoned = conn.execute(
+            update(SearchJob)
+            .where(_holds_lease(job_id, token))
+            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None)
+            .returning(SearchJob.lease_owner, SearchJob.attempts)
+        ).first()
+        if abandoned is None:
+            raise LeaseLost(job_id)
+        _insert_event(conn, job_id, "abandoned", {"worker": abandoned.lease_owner,
+                                                  "attempts": abandoned.attempts,
+                                                  "error": error})

@@ -31,6 +31,9 @@ from nas_service.scoring import ArchitectureScorer, ScoredGraph
 
 from .checkpoints import CheckpointStore, checkpoint_metadata
 
+Timings = Mapping[str, float] | Sequence[Mapping[str, float]] | None
+"""Extra timings stored with newly scored architectures: one mapping for all, or one per graph."""
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -54,12 +57,12 @@ def find_stored_architecture(session: Session, graph: ArchitectureGraph, task: s
 
 def evaluate_architectures(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
                            graphs: Sequence[ArchitectureGraph], spec: TaskSpec, *,
-                           extra_timings: Mapping[str, float] | None = None
-                           ) -> list[Evaluation]:
+                           extra_timings: Timings = None) -> list[Evaluation]:
     """One :class:`Evaluation` per graph, in order: the stored architecture of each graph the
     cache holds, the others scored and stored. ``spec`` is the task as
     :meth:`ArchitectureScorer.check_task` returned it. ``extra_timings`` (e.g. the time the API
-    spent validating the graph) are stored with newly scored architectures."""
+    spent validating the graph) are stored with newly scored architectures: one mapping for
+    all, or one per graph."""
     found: dict[str, Architecture | None] = {}
     with read_session(engine) as session:
         for graph in graphs:
@@ -67,36 +70,47 @@ def evaluate_architectures(engine: Engine, scorer: ArchitectureScorer, store: Ch
             if key not in found:
                 found[key] = find_stored_architecture(session, graph, spec.name,
                                                       scorer.ghn_version)
-    missing: dict[str, ArchitectureGraph] = {}
-    for graph in graphs:
+    per_graph = _per_graph(extra_timings, len(graphs))
+    missing: dict[str, tuple[ArchitectureGraph, Mapping[str, float]]] = {}
+    for graph, timings in zip(graphs, per_graph, strict=True):
         if found[graph.content_hash()] is None:
-            missing.setdefault(graph.content_hash(), graph)
+            missing.setdefault(graph.content_hash(), (graph, timings))
+    to_score = [graph for graph, _ in missing.values()]
     outcomes = {graph.content_hash(): evaluation for graph, evaluation in zip(
-        missing.values(), score_and_store(engine, scorer, store, list(missing.values()), spec,
-                                          extra_timings=extra_timings), strict=True)}
+        to_score, score_and_store(engine, scorer, store, to_score, spec,
+                                  extra_timings=[t for _, t in missing.values()]),
+        strict=True)}
     return [outcomes.get(graph.content_hash())
             or Evaluation(graph, found[graph.content_hash()], False) for graph in graphs]
 
 
 def score_and_store(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,
                     graphs: Sequence[ArchitectureGraph], spec: TaskSpec, *,
-                    extra_timings: Mapping[str, float] | None = None) -> list[Evaluation]:
+                    extra_timings: Timings = None) -> list[Evaluation]:
     """Scores ``graphs`` (distinct, known to be missing from the cache) and stores each: one
     :class:`Evaluation` per graph, in order, carrying its checkpoint row. A graph stored
     meanwhile by another process comes back as that stored row (``created`` is False)."""
     if not graphs:
         return []
     evaluations = []
-    for graph, result in zip(graphs, scorer.score(graphs, spec), strict=True):
+    for graph, result, timings in zip(graphs, scorer.score(graphs, spec),
+                                      _per_graph(extra_timings, len(graphs)), strict=True):
         if isinstance(result, Exception):
             evaluations.append(Evaluation(graph, None, False, result))
             continue
         try:
-            evaluations.append(_store(engine, scorer, store, result, spec.name,
-                                      extra_timings or {}))
+            evaluations.append(_store(engine, scorer, store, result, spec.name, timings))
         except Exception as e:  # noqa: BLE001 - this graph's failure, reported by the caller
             evaluations.append(Evaluation(graph, None, False, e))
     return evaluations
+
+
+def _per_graph(timings: Timings, count: int) -> list[Mapping[str, float]]:
+    if timings is None or isinstance(timings, Mapping):
+        return [timings or {}] * count
+    if len(timings) != count:
+        raise ValueError(f"{len(timings)} timings for {count} graphs")
+    return list(timings)
 
 
 def _store(engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore,

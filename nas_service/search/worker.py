@@ -28,8 +28,10 @@ lease was taken over writes nothing more (``LeaseLost`` stops it at once).
 
 Failures of a whole job: a job that cannot start (unknown space or task, no GHN for the task) is
 finished as ``failed`` at once. Any other exception (the database went away, out of memory)
-abandons the job without finishing it: its lease expires and the queue hands it out again, up to
-``max_attempts`` claims; on its last attempt the worker finishes it as ``failed`` with the error.
+abandons the job without finishing it: it goes back to the queue at once, the attempt counted and
+the error in an ``abandoned`` event (or, when the database cannot be reached, its lease expires),
+and the queue hands it out again, up to ``max_attempts`` claims; on its last attempt the worker
+finishes it as ``failed`` with the error.
 
 ``budget_seconds`` counts from the moment this worker claimed the job (each attempt gets the
 whole budget); the candidates recorded when it runs out are the job's result.
@@ -121,6 +123,7 @@ class Worker:
         self.hooks = hooks or WorkerHooks()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._current: ClaimedJob | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: Engine, scorer: ArchitectureScorer,
@@ -139,6 +142,22 @@ class Worker:
         attempt not counted) and :meth:`run` returns. Safe from a signal handler."""
         self._stop.set()
         self._wake.set()
+
+    def release_current_job(self) -> bool:
+        """Gives the job this worker holds back to the queue now, from another thread, without
+        waiting for the batch it is scoring (a process shutting down whose grace period ran
+        out): another worker can claim it at once. This worker's next write with the old
+        lease is refused (``LeaseLost``), so nothing it computes later is stored. ``True`` when
+        a job was released."""
+        claimed = self._current
+        if claimed is None:
+            return False
+        try:
+            queue.release_job(self.engine, claimed.job_id, claimed.lease_token)
+        except LeaseLost:
+            return False  # finished, released or taken over meanwhile
+        log.info("worker %s: job %s released", self.worker_id, claimed.job_id)
+        return True
 
     @property
     def stopping(self) -> bool:
@@ -181,6 +200,7 @@ class Worker:
         keeper = threading.Thread(target=self._keep_lease, args=(claimed, lease, done),
                                   name=f"lease-{claimed.job_id[:8]}", daemon=True)
         keeper.start()
+        self._current = claimed
         try:
             outcome = self._run(claimed, lease)
         except LeaseLost:
@@ -189,6 +209,7 @@ class Worker:
             log.exception("worker %s: job %s crashed", self.worker_id, claimed.job_id)
             outcome = self._crashed(claimed, e)
         finally:
+            self._current = None
             done.set()
             keeper.join()
         log.info("worker %s: job %s %s", self.worker_id, claimed.job_id, outcome)
@@ -373,7 +394,7 @@ class Worker:
 
     def _beat(self, claimed: ClaimedJob, lease: _LeaseState) -> LeaseStatus:
         status = queue.heartbeat(self.engine, claimed.job_id, claimed.lease_token,
-                                 self.lease_seconds)
+                                 self.lease_seconds, max_attempts=self.max_attempts)
         with lease.lock:
             lease.lost = lease.lost or not status.held
             lease.cancel_requested = lease.cancel_requested or status.cancel_requested
@@ -391,11 +412,17 @@ class Worker:
                             claimed.job_id, exc_info=True)
 
     def _crashed(self, claimed: ClaimedJob, error: Exception) -> str:
+        reason = f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH]
         if claimed.attempt < self.max_attempts:
-            return "abandoned"  # the lease expires and the queue retries the job
+            try:  # queued again at once, the attempt counted: any worker retries it now
+                queue.abandon_job(self.engine, claimed.job_id, claimed.lease_token, reason)
+            except Exception:  # the database is away: the lease expires and the queue retries
+                log.warning("worker %s: cannot give job %s back", self.worker_id,
+                            claimed.job_id, exc_info=True)
+            return "abandoned"
         try:
             queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "failed",
-                             error=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH])
+                             error=reason)
         except Exception:
             log.exception("worker %s: cannot mark job %s failed", self.worker_id,
                           claimed.job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -31,13 +32,16 @@ from ..errors import (
 )
 from ..openapi import links
 from ..schemas import ArchitectureRequest, ArchitectureResponse
+from ..scoring_processes import ScoringBusy, ScoringPool, ScoringUnavailable, scored
 from ..views import architecture_url, architecture_view
 from .downloads import ETAG, checkpoint_response
 
 router = APIRouter(prefix="/architectures", tags=["architectures"])
 
-MAX_WAITING_SCORES = 32
-"""Architectures waiting for the GHN before new ones are turned away with 503."""
+BUSY_RETRY_SECONDS = 5
+"""``Retry-After`` of a miss refused because ``NAS_SCORING_QUEUE`` architectures wait."""
+UNAVAILABLE_RETRY_SECONDS = 10
+"""``Retry-After`` of a miss no scoring process could score (one died or is starting again)."""
 MAX_REPORTED_PROBLEMS = 100
 
 
@@ -99,26 +103,84 @@ def _view(session: Session, architecture: Architecture) -> ArchitectureResponse:
 
 def _score(service: ServiceState, graph: ArchitectureGraph, spec: TaskSpec,
            graph_seconds: float) -> tuple[ArchitectureResponse, bool]:
-    """Scores a graph the cache did not hold and stores it (one write transaction)."""
+    """Scores a graph the cache did not hold in this process and stores it (one write
+    transaction): the path without scoring processes (``NAS_SCORING_PROCESSES=0``)."""
     (evaluation,) = score_and_store(service.engine, service.require_scorer(), service.store,
                                     [graph], spec, extra_timings={"graph": graph_seconds})
-    error = evaluation.error
-    if isinstance(error, UnsupportedArchitectureError):
-        raise Problem(422, str(error), slug="unsupported-architecture",
-                      title="The hypernetwork cannot predict this architecture")
-    if isinstance(error, ScoringTooCostly):
-        raise too_costly(error)
-    if error is not None and is_memory_failure(error):
-        raise Problem(422, "scoring this architecture ran out of memory: it needs more than "
-                      "this server can give", slug="scoring-too-costly",
-                      title="Scoring this architecture costs too much",
-                      extra={"resource": "memory"})
-    if error is not None:
-        raise error
+    if evaluation.error is not None:
+        raise _scoring_problem(evaluation.error)
     assert evaluation.architecture is not None
     if evaluation.seconds:
         service.metrics.ghn_seconds.observe(evaluation.seconds)
     return architecture_view(evaluation.architecture, evaluation.checkpoint), evaluation.created
+
+
+async def _score_in_pool(service: ServiceState, pool: ScoringPool, graph: ArchitectureGraph,
+                         spec: TaskSpec, graph_seconds: float) -> tuple[ArchitectureResponse, bool]:
+    """Queues the graph for a scoring process (joining an identical one already queued) and
+    reads the stored result back."""
+    try:
+        future, queued = pool.submit(graph, spec.name, {"graph": graph_seconds})
+    except ScoringBusy as e:
+        service.metrics.scoring_busy.inc(reason="busy")
+        raise Problem(503, f"{e}; retry later", slug="busy",
+                      headers={"Retry-After": str(BUSY_RETRY_SECONDS)}) from None
+    except ScoringUnavailable as e:
+        raise _unavailable(service, e) from None
+    try:
+        outcome = await scored(future)
+    except asyncio.CancelledError:
+        # Only the server cancels a request: its grace period for stopping ran out. The
+        # client gets an answer it can retry, not a closed connection.
+        task = asyncio.current_task()
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if task is None or (uncancel is not None and uncancel() > 0):
+            raise
+        raise _unavailable(service, ScoringUnavailable("the service is shutting down")
+                           ) from None
+    except ScoringUnavailable as e:
+        raise _unavailable(service, e) from None
+    except Exception as e:  # noqa: BLE001 - this graph's failure, answered as a problem
+        raise _scoring_problem(e) from None
+    if outcome.seconds:
+        service.metrics.ghn_seconds.observe(outcome.seconds)
+    view = await run_in_threadpool(_read_view, service, outcome.architecture_id)
+    return view, outcome.created and queued
+
+
+def _read_view(service: ServiceState, architecture_id: str) -> ArchitectureResponse:
+    with read_session(service.engine) as session:
+        architecture = catalog.get_architecture(session, architecture_id)
+        if architecture is None:  # deleted between the scoring and this read
+            raise Problem(503, "the scored architecture is no longer stored; retry",
+                          slug="scoring-unavailable", headers={"Retry-After": "1"})
+        return _view(session, architecture)
+
+
+def _unavailable(service: ServiceState, error: ScoringUnavailable) -> Problem:
+    service.metrics.scoring_busy.inc(reason="unavailable")
+    return Problem(503, f"the architecture could not be scored now: {error}; retry later",
+                   slug="scoring-unavailable", title="Scoring unavailable",
+                   headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)})
+
+
+def _scoring_problem(error: Exception) -> Exception:
+    """What the API answers for a graph whose scoring failed: a problem, or ``error`` itself
+    when it is not the graph's fault."""
+    if isinstance(error, UnsupportedArchitectureError):
+        return Problem(422, str(error), slug="unsupported-architecture",
+                       title="The hypernetwork cannot predict this architecture")
+    if isinstance(error, ScoringTooCostly):
+        return too_costly(error)
+    if is_memory_failure(error):
+        return Problem(422, "scoring this architecture ran out of memory: it needs more than "
+                       "this server can give", slug="scoring-too-costly",
+                       title="Scoring this architecture costs too much",
+                       extra={"resource": "memory"})
+    if isinstance(error, DatasetError):
+        return Problem(503, f"the task's data is not available: {error}",
+                       slug="task-data-unavailable")
+    return error
 
 
 def too_costly(error: ScoringTooCostly) -> Problem:
@@ -142,6 +204,22 @@ def _check_affordable(service: ServiceState, graph: ArchitectureGraph, spec: Tas
 def _task_data_unavailable(spec: TaskSpec, error: DatasetError) -> Problem:
     return Problem(503, f"the data of task {spec.name!r} is not available: {error}",
                    slug="task-data-unavailable")
+
+
+async def _score_in_thread(service: ServiceState, graph: ArchitectureGraph, spec: TaskSpec,
+                           graph_seconds: float) -> tuple[ArchitectureResponse, bool]:
+    if service.waiting_scores >= service.settings.scoring_queue:
+        service.metrics.scoring_busy.inc(reason="busy")
+        raise Problem(503, "too many architectures are waiting for the hypernetwork; retry later",
+                      slug="busy", headers={"Retry-After": str(BUSY_RETRY_SECONDS)})
+    service.waiting_scores += 1
+    try:
+        return await anyio.to_thread.run_sync(_score, service, graph, spec, graph_seconds,
+                                              limiter=service.scoring_limiter)
+    except DatasetError as e:
+        raise _task_data_unavailable(spec, e) from None
+    finally:
+        service.waiting_scores -= 1
 
 
 LOCATION = {"Location": {"description": "the architecture's URL", "schema": {"type": "string"}}}
@@ -181,17 +259,11 @@ async def create_architecture(body: ArchitectureRequest, response: Response,
         return cached
 
     await run_in_threadpool(_check_affordable, service, graph, spec)
-    if service.waiting_scores >= MAX_WAITING_SCORES:
-        raise Problem(503, "too many architectures are waiting for the hypernetwork; retry later",
-                      slug="busy", headers={"Retry-After": "5"})
-    service.waiting_scores += 1
-    try:
-        view, created = await anyio.to_thread.run_sync(
-            _score, service, graph, spec, graph_seconds, limiter=service.scoring_limiter)
-    except DatasetError as e:
-        raise _task_data_unavailable(spec, e) from None
-    finally:
-        service.waiting_scores -= 1
+    if service.scoring_pool is not None:
+        view, created = await _score_in_pool(service, service.scoring_pool, graph, spec,
+                                             graph_seconds)
+    else:
+        view, created = await _score_in_thread(service, graph, spec, graph_seconds)
     service.metrics.architectures.inc(cached="false")
     response.status_code = 201 if created else 200
     response.headers["Location"] = architecture_url(view.id)

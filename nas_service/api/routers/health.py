@@ -26,7 +26,8 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "not ready (problem+json, with checks)",
                                         "content": {PROBLEM_MEDIA_TYPE: {}}}})
 def readyz(service: ServiceDep) -> Any:
-    """200 when the database answers, its schema is this version's, and a GHN is loaded."""
+    """200 when the database answers, its schema is this version's, a GHN is loaded and, with
+    scoring processes, one of them is ready."""
     checks: dict[str, str] = {}
     try:
         migrate.check_schema(service.engine)
@@ -39,6 +40,8 @@ def readyz(service: ServiceDep) -> Any:
         checks["database"] = f"unreachable: {type(e).__name__}"
         checks["schema"] = "unknown"
     checks["ghn"] = "ok" if service.scorer is not None else "not loaded"
+    if service.scoring_pool is not None:
+        checks["scoring"] = "ok" if service.scoring_pool.ready else "starting"
     if service.worker_thread is not None:
         checks["worker"] = "ok" if service.worker_thread.is_alive() else "stopped"
     if all(v == "ok" for v in checks.values()):
