@@ -12,8 +12,10 @@ __all__ = [
     "DATASETS_DIR_ENV",
     "TASKS",
     "TaskSpec",
+    "forget_task",
     "get_task",
     "list_tasks",
+    "register_task",
     "resolve_root",
 ]
 
@@ -39,7 +41,9 @@ class TaskSpec:
         val_size: number of images carved out of the original training set as the fixed
             validation split (used to score architectures; the test split is only for
             final evaluation).
-        family: on-disk format family: ``"idx"`` (MNIST-style) or ``"cifar"``.
+        family: on-disk format family: ``"idx"`` (MNIST-style), ``"cifar"``, or ``"npz"``
+            (``train.npz`` + ``test.npz`` in the folder itself: a task registered by upload,
+            :mod:`nas_service.data.uploads`).
         augment_pad: zero padding used by the random-crop training augmentation.
         augment_flip: whether random horizontal flips are label-preserving for this task.
     """
@@ -63,7 +67,7 @@ class TaskSpec:
             raise ValueError(f"{self.name}: mean/std must have one value per channel")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{self.name}: class_names must have num_classes entries")
-        if self.family not in ("idx", "cifar"):
+        if self.family not in ("idx", "cifar", "npz"):
             raise ValueError(f"{self.name}: unknown family {self.family!r}")
 
 
@@ -143,9 +147,34 @@ _ALIASES = {
 }
 
 
+# Tasks registered at run time (uploaded datasets), by canonical name. Kept apart from TASKS so
+# that the built-in registry stays what the code says it is.
+_REGISTERED: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Make :func:`get_task` (and so :func:`~nas_service.data.load_task`) know ``spec``.
+
+    Registering the same spec again is a no-op; a name a built-in task or alias holds, or a
+    registered name with another spec, raises :class:`DatasetError`.
+    """
+    if spec.name in TASKS or spec.name in _ALIASES:
+        raise DatasetError(f"task name {spec.name!r} is a built-in task's", task=spec.name)
+    known = _REGISTERED.get(spec.name)
+    if known is not None and known != spec:
+        raise DatasetError(f"another task is registered as {spec.name!r}", task=spec.name)
+    _REGISTERED[spec.name] = spec
+    return spec
+
+
+def forget_task(name: str) -> None:
+    """Drop a registered task from this process's registry (tests; a failed registration)."""
+    _REGISTERED.pop(name, None)
+
+
 def list_tasks() -> list[str]:
-    """Return the canonical names of all known tasks, sorted."""
-    return sorted(TASKS)
+    """Return the canonical names of all known tasks (built-in and registered), sorted."""
+    return sorted([*TASKS, *_REGISTERED])
 
 
 def get_task(name: str) -> TaskSpec:
@@ -158,7 +187,7 @@ def get_task(name: str) -> TaskSpec:
     key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     try:
-        return TASKS[key]
+        return TASKS[key] if key in TASKS else _REGISTERED[key]
     except KeyError:
         raise DatasetError(
             f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}"
