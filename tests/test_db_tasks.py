@@ -94,3 +94,14 @@ def test_release_keeps_the_attempt_count(engine: Engine) -> None:
     assert (row.status, row.attempts) == (JobStatus.QUEUED, 0)
     again = tasks.claim_next_adaptation(engine, "w2", LEASE)
     assert again is not None and again.attempt == 1
+
+
+def test_one_adaptation_runs_at_a_time(engine: Engine) -> None:
+    _create(engine, "first")
+    _create(engine, "second")
+    claimed = tasks.claim_next_adaptation(engine, "w1", LEASE)
+    assert claimed is not None and claimed.name == "first"
+    assert tasks.claim_next_adaptation(engine, "w2", LEASE) is None
+    tasks.finish_adaptation(engine, "first", claimed.lease_token, "succeeded")
+    second = tasks.claim_next_adaptation(engine, "w2", LEASE)
+    assert second is not None and second.name == "second"

@@ -548,11 +548,12 @@ def _test_size(n: int) -> int:
     return max(1, n // 6)
 
 
-def store_task(spec: TaskSpec, upload: DecodedUpload) -> Path:
+def store_task(spec: TaskSpec, upload: DecodedUpload) -> tuple[int, int]:
     """Write ``upload`` as ``train.npz`` + ``test.npz`` + ``task.json`` in ``spec.default_root``
     (created; each file written to a temporary name and renamed, ``task.json`` last, so a folder
     with a ``task.json`` is complete). Without a test split in the upload, a fixed sixth of the
-    images (seeded permutation) becomes it. Returns the folder."""
+    images (seeded permutation) becomes it. Returns the images of the stored ``(train, test)``
+    files."""
     assert spec.default_root is not None
     folder = Path(spec.default_root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -569,7 +570,7 @@ def store_task(spec: TaskSpec, upload: DecodedUpload) -> Path:
     record = {**asdict(spec), "format": upload.format}
     record.pop("default_root")
     _atomic(folder / TASK_FILE, lambda f: f.write(json.dumps(record, indent=2).encode()))
-    return folder
+    return len(splits["train"][1]), len(splits["test"][1])
 
 
 def _atomic(path: Path, write: Any) -> None:

@@ -10,6 +10,9 @@ jobs; an adaptation whose lease expired ``max_attempts`` times becomes ``failed`
 keeps its own training state on disk, so a reclaimed job resumes from it rather than starting
 over.
 
+Adaptations run one at a time, service-wide: a job is claimable only while no other holds a
+live lease, since each starts from the GHN the previous one served.
+
 Atomic: each function is one transaction; :func:`claim_next_adaptation` never hands one job to
 two workers (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` and a compare-and-set ``UPDATE``; SQLite:
 ``BEGIN IMMEDIATE``).
@@ -26,7 +29,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from nas_service.db.clock import db_now
 from nas_service.db.engine import writer
@@ -117,8 +120,13 @@ def claim_next_adaptation(engine: Engine, worker_id: str, lease_seconds: float, 
     expired with no attempts left become ``failed`` first."""
     if lease_seconds <= 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+    # One adaptation at a time, service-wide: each starts from the GHN the last one served.
+    other = aliased(RegisteredTask)
+    busy = (select(other.name)
+            .where(other.status == JobStatus.RUNNING, other.lease_expires_at >= db_now())
+            .exists())
     claimable = and_(RegisteredTask.attempts < max_attempts,
-                     or_(RegisteredTask.status == JobStatus.QUEUED, _lease_expired()))
+                     or_(RegisteredTask.status == JobStatus.QUEUED, _lease_expired()), ~busy)
     with writer(engine).begin() as conn:
         _settle_abandoned(conn, max_attempts)
         chosen = conn.execute(
