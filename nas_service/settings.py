@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     adaptation_batch_images: int = Field(default=64, ge=1, le=1024)
     adaptation_checkpoint_every: int = Field(default=25, ge=1,
                                              description="steps between saved training states")
+    adaptation_max_flops: int = Field(default=20_000_000, ge=1,
+                                      description="of the architectures adaptation trains on")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ registered task afterwards; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ pytest.register_assert_rewrite("service_support")
 from data_files import idx_bytes  # noqa: E402
 from service_support import (  # noqa: E402
     EVAL_IMAGES,
+    SMALL_FLOPS,
     assert_problem,
     requires_fashion_mnist,
 )
@@ -30,7 +32,8 @@ pytestmark = [requires_fashion_mnist,
 
 TINY_ADAPTATION = dict(adaptation_steps=3, adaptation_probe_architectures=2,
                        adaptation_batch_graphs=1, adaptation_batch_images=16,
-                       adaptation_checkpoint_every=1, min_task_images_per_class=5)
+                       adaptation_checkpoint_every=1, adaptation_max_flops=SMALL_FLOPS // 4,
+                       min_task_images_per_class=5)
 
 
 def npz_upload(n: int = 90, classes: int = 3, side: int = 12, seed: int = 0,
@@ -172,3 +175,51 @@ def test_a_registered_task_is_adapted_then_scored_and_searched(
         assert time.monotonic() < deadline + 60
         time.sleep(0.2)
     assert client.get(url).json()["status"] == "succeeded"
+
+
+def test_the_client_and_the_command_line(make_client, task_name, tmp_path: Path, capsys,
+                                         monkeypatch) -> None:
+    from nas_service.client import Client, Conflict, ValidationError, WaitTimeout
+    from nas_service.commands import main, remote
+
+    test_client = make_client(**TINY_ADAPTATION)
+
+    import httpx
+
+    def forward(request: httpx.Request) -> httpx.Response:  # to the in-process app
+        answer = test_client.request(request.method, request.url.raw_path.decode(),
+                                     headers=dict(request.headers), content=request.read())
+        return httpx.Response(answer.status_code, headers=answer.headers,
+                              content=answer.content)
+
+    def client(args: Any) -> Client:  # the command line's client, talking to the test app
+        return Client("http://testserver", transport=httpx.MockTransport(forward))
+
+    monkeypatch.setattr(remote, "_client", client)
+    data = tmp_path / "mine.npz"
+    data.write_bytes(npz_upload())
+    assert main(["tasks", "add", task_name, str(data), "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert f"task          {task_name}" in out and "adaptation    queued, step 0 of 3" in out
+    assert "npz: 75 training and 15 test images" in out
+    assert main(["tasks", "list"]) == 0
+    out = capsys.readouterr().out
+    assert task_name in out and "queued 0/3" in out and "built in" in out
+    assert main(["tasks", "show", task_name, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["registered"] and shown["adaptation"]["status"] == "queued"
+    assert main(["tasks", "add", task_name, str(data), "--no-wait"]) == 1
+    assert "409" in capsys.readouterr().err
+    assert main(["tasks", "show", "nothing-here"]) == 1
+
+    with client(None) as nas:
+        task = nas.registered_task(task_name)
+        assert task.adaptation is not None and task.adaptation.progress.total == 3
+        with pytest.raises(Conflict):
+            nas.add_task(task_name, [data])
+        with pytest.raises(ValidationError) as info:
+            nas.add_task(task_name + "-b", [("bad.npz", b"not a zip")])
+        assert info.value.errors[0].location == "/body/files/bad.npz"
+        nas._sleep = lambda seconds: None
+        with pytest.raises(WaitTimeout):
+            nas.wait_for_task(task_name, progress=False, timeout=0.01)

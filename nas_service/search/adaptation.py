@@ -51,8 +51,6 @@ STATE_FILE = "adaptation-state.safetensors"
 PROBE_SEED = 1_000_000_007
 """Seeds of the probe architectures: far from the seeds of the training steps."""
 STEP_SEED = 20_261_207
-MAX_PARAMETERS = 500_000
-MAX_FLOPS = 20_000_000
 DEFAULT_SPACES = ("cells",)
 
 
@@ -66,6 +64,9 @@ class AdaptationSettings:
     checkpoint_every: int = 25
     lr: float = 1e-4
     embedding_lr: float = 1e-2
+    max_parameters: int = 1_000_000
+    """Of the sampled architectures (the bundled GHN was trained on these bounds)."""
+    max_flops: int = 20_000_000
 
     def record(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -147,7 +148,9 @@ class AdaptationRunner:
         earlier: list[str | None] = [None, *(t for t in ghn.task_embeddings if t != spec.name)]
         probes = {t: probe_architectures(spaces, get_task(t or ghn.task or "").input_shape,
                                          get_task(t or ghn.task or "").num_classes,
-                                         settings.probe_architectures)
+                                         settings.probe_architectures,
+                                         max_parameters=settings.max_parameters,
+                                         max_flops=settings.max_flops)
                   for t in earlier}
         adapter = TaskAdapter(ghn, spec.name, probes, AdaptationConfig(
             steps=settings.steps, beta=settings.beta, lr=settings.lr,
@@ -165,12 +168,13 @@ class AdaptationRunner:
             step = adapter.step
             graphs = [get_space(spaces[s % len(spaces)]).sample(
                 s, input_shape=spec.input_shape, num_classes=spec.num_classes,
-                max_parameters=MAX_PARAMETERS, max_flops=MAX_FLOPS)
+                max_parameters=settings.max_parameters, max_flops=settings.max_flops)
                 for s in step_seeds(step, settings.batch_graphs)]
             gen = torch.Generator().manual_seed(STEP_SEED + step)
             index = torch.randint(0, len(train), (settings.batch_images,), generator=gen)
             images = data.normalize(train.images.index_select(0, index)).to(self.device)
             labels = train.labels.index_select(0, index).to(self.device)
+            torch.manual_seed(STEP_SEED + step)  # dropout: a resumed run repeats the same steps
             metrics = adapter.train_step(graphs, images, labels)
             history.append(metrics)
             if self.on_step is not None:
@@ -238,8 +242,9 @@ def step_seeds(step: int, count: int) -> list[int]:
 
 
 def probe_architectures(spaces: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
-                        count: int) -> list[ArchitectureGraph]:
+                        count: int, *, max_parameters: int = 1_000_000,
+                        max_flops: int = 20_000_000) -> list[ArchitectureGraph]:
     """The fixed probe set of a task of this shape: the same graphs for every adaptation."""
     return [get_space(spaces[i % len(spaces)]).sample(
         PROBE_SEED + i, input_shape=input_shape, num_classes=num_classes,
-        max_parameters=MAX_PARAMETERS, max_flops=MAX_FLOPS) for i in range(count)]
+        max_parameters=max_parameters, max_flops=max_flops) for i in range(count)]

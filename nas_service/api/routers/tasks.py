@@ -74,7 +74,8 @@ def adaptation_settings(settings: Settings) -> AdaptationSettings:
                               probe_architectures=settings.adaptation_probe_architectures,
                               batch_graphs=settings.adaptation_batch_graphs,
                               batch_images=settings.adaptation_batch_images,
-                              checkpoint_every=settings.adaptation_checkpoint_every)
+                              checkpoint_every=settings.adaptation_checkpoint_every,
+                              max_flops=settings.adaptation_max_flops)
 
 
 def _task_view(service: ServiceState, spec: TaskSpec,
