@@ -30,6 +30,8 @@ from nas_service.scoring.protocol import (
 
 SQLITE_FILE_NAME = "nas.db"
 CHECKPOINTS_DIR_NAME = "checkpoints"
+TASKS_DIR_NAME = "tasks"
+ADAPTED_GHN_DIR_NAME = "ghn"
 
 
 class Settings(BaseSettings):
@@ -111,6 +113,30 @@ class Settings(BaseSettings):
     # in-process worker's job is released to the queue and the scoring processes are stopped.
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
 
+    # Registered tasks (POST /v1/tasks): what an upload may hold, where it is kept, and the
+    # background job that adapts the GHN to it (nas_service.search.adaptation).
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0,
+                                  description="request body of POST /v1/tasks, in bytes")
+    max_upload_images: int = Field(default=100_000, ge=1)
+    max_task_image_side: int = Field(default=64, ge=8, le=512)
+    max_task_classes: int = Field(default=100, ge=2)
+    min_task_images_per_class: int = Field(default=10, ge=1)
+    tasks_dir: Path | None = Field(default=None, description="None: <data_dir>/tasks")
+    adapted_ghn_dir: Path | None = Field(
+        default=None, description="the adapted GHN and its task embeddings; None: <data_dir>/ghn")
+    adaptation_steps: int = Field(default=300, ge=1, description="GHN updates per added task")
+    adaptation_beta: float = Field(default=0.01, ge=0,
+                                   description="weight of the output regulariser")
+    adaptation_probe_architectures: int = Field(
+        default=16, ge=1, description="fixed architectures whose predicted weights the "
+                                      "regulariser keeps for every earlier task")
+    adaptation_batch_graphs: int = Field(default=4, ge=1, le=64)
+    adaptation_batch_images: int = Field(default=64, ge=1, le=1024)
+    adaptation_checkpoint_every: int = Field(default=25, ge=1,
+                                             description="steps between saved training states")
+    adaptation_max_flops: int = Field(default=20_000_000, ge=1,
+                                      description="of the architectures adaptation trains on")
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_api_keys(cls, value: object) -> object:
@@ -149,6 +175,11 @@ class Settings(BaseSettings):
             self.checkpoint_dir = self.data_dir / CHECKPOINTS_DIR_NAME
         else:
             self.checkpoint_dir = self.checkpoint_dir.expanduser().resolve()
+        for name, default in (("tasks_dir", TASKS_DIR_NAME),
+                              ("adapted_ghn_dir", ADAPTED_GHN_DIR_NAME)):
+            value = getattr(self, name)
+            setattr(self, name, self.data_dir / default if value is None
+                    else value.expanduser().resolve())
         if not self.database_url.strip():
             self.database_url = f"sqlite:///{self.data_dir / SQLITE_FILE_NAME}"
         return self

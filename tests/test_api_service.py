@@ -115,7 +115,8 @@ def test_the_openapi_document_lists_every_route(client) -> None:
                  "/v1/architectures/{architecture_id}/checkpoint", "/v1/search-jobs",
                  "/v1/search-jobs/{job_id}", "/v1/search-jobs/{job_id}/candidates",
                  "/v1/search-jobs/{job_id}/cancel", "/v1/candidates/{candidate_id}",
-                 "/v1/candidates/{candidate_id}/checkpoint", "/v1/tasks", "/v1/hypernetworks",
+                 "/v1/candidates/{candidate_id}/checkpoint", "/v1/tasks", "/v1/tasks/{name}",
+                 "/v1/hypernetworks",
                  "/healthz", "/readyz", "/metrics"):
         assert path in paths, path
 

@@ -41,7 +41,7 @@ from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimit, RequestMetrics, StrictJSONBody
 from .openapi import finish_openapi
-from .routers import architectures, candidates, catalog, health, search_jobs
+from .routers import architectures, candidates, catalog, health, search_jobs, tasks
 from .scoring_processes import ScoringPool, ScoringProcessConfig
 
 log = logging.getLogger("nas_service.api")
@@ -82,7 +82,8 @@ def load_scorer(settings: Settings) -> ArchitectureScorer:
         settings.ghn_path, device=settings.device, eval_images=settings.eval_images,
         recalibration_batches=settings.recalibration_batches,
         recalibration_batch_size=settings.recalibration_batch_size,
-        budget=scoring_budget(settings))
+        budget=scoring_budget(settings), adapted_dir=settings.adapted_ghn_dir,
+        tasks_dir=settings.tasks_dir)
 
 
 def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer | None = None,
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     try:
         migrate.check_schema(engine)
         scorer = scorer or load_scorer(settings)
+        tasks.register_stored_tasks(engine)
     except Exception:
         engine.dispose()
         raise
@@ -151,11 +153,12 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     install_error_handlers(app)
     app.add_middleware(StrictJSONBody)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
-                       read_seconds=settings.request_read_seconds)
+                       read_seconds=settings.request_read_seconds,
+                       upload_limits={tasks.UPLOAD_PATH: settings.max_upload_bytes})
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (architectures, search_jobs, candidates, catalog):
+    for module in (architectures, search_jobs, candidates, tasks, catalog):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -31,24 +31,30 @@ class BodySizeLimit:
     A body must also arrive within ``read_seconds`` (``NAS_REQUEST_READ_SECONDS``): a client that
     stops sending half-way gets a 408 problem and its connection is closed, instead of holding
     the connection and its buffer open.
+
+    ``upload_limits`` gives some paths (dataset uploads, ``POST /v1/tasks``) their own larger
+    limit, in bytes.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_seconds: float = 15.0) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_seconds: float = 15.0,
+                 upload_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_seconds = read_seconds
+        self.upload_limits = dict(upload_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.upload_limits.get(scope.get("path", ""), self.max_bytes)
         length = _header(scope, b"content-length")
         if length is not None:
             if not length.isdigit():
                 await self._refuse(scope, receive, send, 400, "Content-Length is not a number")
                 return
-            if int(length) > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if int(length) > max_bytes:
+                await self._too_large(scope, receive, send, max_bytes)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -59,8 +65,8 @@ class BodySizeLimit:
                     return
                 body = message.get("body", b"")
                 size += len(body)
-                if size > self.max_bytes:
-                    await self._too_large(scope, receive, send)
+                if size > max_bytes:
+                    await self._too_large(scope, receive, send, max_bytes)
                     return
                 chunks.append(body)
                 if not message.get("more_body", False):
@@ -81,9 +87,10 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send,
+                         max_bytes: int) -> None:
         await self._refuse(scope, receive, send, 413,
-                           f"the request body is larger than {self.max_bytes} bytes",
+                           f"the request body is larger than {max_bytes} bytes",
                            slug="body-too-large")
 
     @staticmethod

@@ -325,6 +325,20 @@ class CandidatePage(Page):
 # ---- tasks, hypernetworks, health --------------------------------------------------------------
 
 
+class Adaptation(BaseModel):
+    """The background job that adapts the GHN to a registered task."""
+
+    status: JobStatusName
+    progress: Progress
+    attempts: int
+    error: str | None
+    result: dict[str, Any] | None = Field(
+        description="after success: the last steps' mean loss and accuracy on the task, the "
+                    "regulariser, and how far each earlier task's predictions moved (drift)")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class TaskResponse(BaseModel):
     name: str
     input_shape: list[int]
@@ -333,10 +347,18 @@ class TaskResponse(BaseModel):
     validation_images: int
     scored: bool = Field(description="a loaded hypernetwork scores this task")
     data_available: bool
+    registered: bool = Field(default=False, description="uploaded through POST /v1/tasks")
+    format: str | None = Field(default=None, description="the upload's format")
+    train_images: int | None = None
+    test_images: int | None = None
+    created_at: datetime | None = None
+    adaptation: Adaptation | None = None
 
 
 class HypernetworkResponse(BaseModel):
     task: str | None
+    tasks: list[str] = Field(description="every task it scores: its own, then those it was "
+                                         "adapted to")
     version: str
     path: str | None
     device: str

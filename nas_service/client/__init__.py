@@ -45,6 +45,7 @@ from nas_service.client.errors import (
     error_from_response,
 )
 from nas_service.client.results import (
+    Adaptation,
     Architecture,
     Budget,
     Candidate,
@@ -60,6 +61,7 @@ from nas_service.client.results import (
 
 __all__ = [
     "API_KEY_ENV",
+    "Adaptation",
     "DEFAULT_URL",
     "URL_ENV",
     "ApiError",

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -135,15 +136,17 @@ class Client:
         delay = retry_after if retry_after is not None else self.backoff * 2 ** attempt
         return min(delay, self.max_backoff)
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request, re-sent after connection errors, 503 and 429 (bounded); an error
-        response raises its :class:`ApiError`."""
+    def _send(self, method: str, path: str, *, retry: bool = True,
+              **kwargs: Any) -> httpx.Response:
+        """One request, re-sent after connection errors, 503 and 429 (bounded; never with
+        ``retry=False``); an error response raises its :class:`ApiError`."""
+        retries = self.retries if retry else 0
         attempt = 0
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
             except _RETRY_TRANSPORT as e:
-                if attempt >= self.retries:
+                if attempt >= retries:
                     raise ServiceUnreachable(
                         f"cannot reach {self.base_url} ({method} {path}): {e or type(e).__name__}"
                         + (f" (after {attempt + 1} attempts)" if attempt else "")) from e
@@ -156,7 +159,7 @@ class Client:
             except httpx.TransportError as e:
                 raise ServiceUnreachable(f"{method} {path}: {e or type(e).__name__}") from e
             else:
-                if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                if response.status_code in RETRY_STATUSES and attempt < retries:
                     delay = self._delay(attempt, response)
                     response.close()
                 elif response.is_error:
@@ -221,6 +224,74 @@ class Client:
             return self._tasks[canonical]
         raise ValueError(f"the service knows no task {name!r}; it knows: "
                          f"{', '.join(sorted(self._tasks))}")
+
+    def registered_task(self, name: str) -> Task:
+        """Task ``name`` as the service has it now (``GET /v1/tasks/{name}``): for a registered
+        task, its adaptation's status and progress."""
+        body, _ = self._json("GET", f"{API_PREFIX}/tasks/{quote(name, safe='')}")
+        task = Task.from_json(body)
+        if self._tasks is not None:
+            self._tasks[task.name] = task
+        return task
+
+    def add_task(self, name: str, files: Sequence[str | os.PathLike[str] | tuple[str, bytes]],
+                 *, num_classes: int | None = None) -> Task:
+        """Register a task by uploading its dataset (``POST /v1/tasks``): one ``.npz`` with
+        ``x``/``y``, MNIST idx files, or CIFAR-10 python batches (or their ``.tar.gz``); each
+        file a path or ``(filename, bytes)``. The service then adapts its GHN to the task:
+        :meth:`wait_for_task` follows it. Not re-sent on its own after a connection error (a
+        second registration of the name would be refused): call it again, or look the task up
+        with :meth:`registered_task`."""
+        parts = []
+        for f in files:
+            if isinstance(f, tuple):
+                parts.append(("files", (f[0], f[1])))
+            else:
+                path = Path(f)
+                parts.append(("files", (path.name, path.read_bytes())))
+        data = {"name": name}
+        if num_classes is not None:
+            data["num_classes"] = str(num_classes)
+        body, _ = self._json("POST", f"{API_PREFIX}/tasks", retry=False, data=data, files=parts)
+        task = Task.from_json(body)
+        self._tasks = None  # the list changed
+        return task
+
+    def wait_for_task(self, name: str, progress: bool = True, poll: float = 1.0,
+                      timeout: float | None = None) -> Task:
+        """Polls a registered task until its adaptation finished and returns it (``scored``
+        once it succeeded; a failed adaptation is returned, its ``adaptation.error`` says why).
+        With ``progress``, a tqdm bar counts adaptation steps. Raises :class:`WaitTimeout`
+        after ``timeout`` seconds."""
+        task = self.registered_task(name)
+        if task.adaptation is None:
+            return task
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=task.adaptation.progress.total, unit="step",
+                       desc=f"adapting to {name}", dynamic_ncols=True)
+        try:
+            while True:
+                adaptation = task.adaptation
+                assert adaptation is not None
+                if bar is not None:
+                    bar.update(adaptation.progress.done - bar.n)
+                    bar.set_postfix_str(adaptation.status)
+                if adaptation.finished:
+                    return task
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"the adaptation to task {name} is still "
+                                      f"{adaptation.status} after {timeout:g} s", task)
+                pause = poll if deadline is None else max(0.0, min(poll,
+                                                                   deadline - time.monotonic()))
+                self._sleep(pause)
+                task = self.registered_task(name)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def hypernetworks(self) -> list[Hypernetwork]:
         """The GHN the service has loaded (an empty list when none)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from nas_service.client.results import Job
+    from nas_service.client.results import Job, Task
 
 PROBLEM_PREFIX = "urn:nas-service:problem:"
 
@@ -35,9 +35,10 @@ class ServiceUnreachable(ClientError):
 
 
 class WaitTimeout(ClientError, TimeoutError):
-    """:meth:`Client.wait` gave up before the job finished; ``job`` is its last known state."""
+    """:meth:`Client.wait` (or :meth:`Client.wait_for_task`) gave up before the job finished;
+    ``job`` is its last known state (the task's, for ``wait_for_task``)."""
 
-    def __init__(self, message: str, job: Job) -> None:
+    def __init__(self, message: str, job: Job | Task) -> None:
         super().__init__(message)
         self.job = job
 

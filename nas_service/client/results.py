@@ -284,6 +284,33 @@ class Job(_Result):
 
 
 @dataclass(frozen=True)
+class Adaptation(_Result):
+    """The job that adapts the service's GHN to a registered task."""
+
+    status: str  # queued, running, succeeded, failed
+    progress: Progress  # adaptation steps done / total
+    attempts: int = 0
+    error: str | None = None
+    result: dict[str, Any] | None = None  # loss, accuracy, drift of each earlier task, ...
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Adaptation:
+        p = data.get("progress") or {}
+        return cls(status=data["status"],
+                   progress=Progress(int(p.get("done", 0)), int(p.get("total", 0)),
+                                     float(p.get("fraction", 0.0))),
+                   attempts=int(data.get("attempts", 0)), error=data.get("error"),
+                   result=data.get("result"), started_at=_datetime(data.get("started_at")),
+                   finished_at=_datetime(data.get("finished_at")))
+
+
+@dataclass(frozen=True)
 class Task(_Result):
     name: str
     input_shape: tuple[int, ...]
@@ -292,15 +319,24 @@ class Task(_Result):
     validation_images: int
     scored: bool  # a loaded hypernetwork scores this task
     data_available: bool
+    registered: bool = False  # uploaded with POST /v1/tasks
+    format: str | None = None
+    train_images: int | None = None
+    test_images: int | None = None
+    adaptation: Adaptation | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Task:
+        adaptation = data.get("adaptation")
         return cls(name=data["name"], input_shape=tuple(int(s) for s in data["input_shape"]),
                    num_classes=int(data["num_classes"]),
                    class_names=tuple(data.get("class_names") or ()),
                    validation_images=int(data.get("validation_images", 0)),
                    scored=bool(data.get("scored")),
-                   data_available=bool(data.get("data_available")))
+                   data_available=bool(data.get("data_available")),
+                   registered=bool(data.get("registered")), format=data.get("format"),
+                   train_images=data.get("train_images"), test_images=data.get("test_images"),
+                   adaptation=Adaptation.from_json(adaptation) if adaptation else None)
 
 
 @dataclass(frozen=True)

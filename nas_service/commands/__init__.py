@@ -45,6 +45,7 @@ COMMANDS: tuple[Callable[[AddParser], None], ...] = (
     remote.add_search,
     remote.add_jobs,
     remote.add_cancel,
+    remote.add_tasks,  # tasks add | list | show
     remote.add_download,
     remote.add_finetune,
 )

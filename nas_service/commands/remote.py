@@ -1,5 +1,5 @@
-"""``nas-service predict | search | jobs | cancel | download``: the commands that talk to a
-running service over HTTP, through :class:`nas_service.client.Client`.
+"""``nas-service predict | search | jobs | cancel | tasks | download``: the commands that talk
+to a running service over HTTP, through :class:`nas_service.client.Client`.
 
 They work the same against ``nas-service serve`` on this machine and a remote deployment:
 ``--url`` (default ``$NAS_URL``, else ``http://127.0.0.1:8000``) and ``--api-key`` (default
@@ -32,7 +32,7 @@ from nas_service.commands.output import PROG, print_json, print_stderr, table
 if TYPE_CHECKING:
     import torch
 
-    from nas_service.client import Architecture, Candidate, Client, Job
+    from nas_service.client import Architecture, Candidate, Client, Job, Task
 
 MODEL_NAMES = ("model", "build")
 """What ``predict`` looks for in a Python file, in this order."""
@@ -473,6 +473,116 @@ def _cancel(args: argparse.Namespace) -> int:
     else:
         state = job.status
     print(f"job {job.id}: {state}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# tasks add | list | show
+# ------------------------------------------------------------------------------------------------
+
+
+def add_tasks(add_parser: AddParser) -> None:
+    p = add_parser("tasks", help="register a dataset as a task, list tasks, show one",
+                   description="Tasks of a running service: the built-in ones and those "
+                               "registered by uploading a dataset, which the service's GHN is "
+                               "then adapted to (a background job).")
+    sub = p.add_subparsers(title="tasks commands", metavar="COMMAND", required=True)
+    a = sub.add_parser(
+        "add", help="upload a dataset as a new task and follow its adaptation",
+        description="Upload FILES as task NAME (POST /v1/tasks): one .npz holding x (uint8 "
+                    "images N×H×W, N×H×W×C or N×C×H×W) and y (labels), optionally x_test and "
+                    "y_test; or MNIST idx files (images and labels, train- and t10k-); or "
+                    "CIFAR-10 python batches (data_batch_*, test_batch, batches.meta) or their "
+                    ".tar.gz. Then wait for the service to adapt its GHN to the task, with a "
+                    "progress bar (--no-wait: return at once).")
+    a.add_argument("name", metavar="NAME", help="lowercase letters, digits and '-'")
+    a.add_argument("files", nargs="+", metavar="FILE", help="the dataset's files")
+    a.add_argument("--num-classes", type=positive_int, default=None,
+                   help="the class count (default: the largest label + 1)")
+    a.add_argument("--no-wait", action="store_true", help="do not wait for the adaptation")
+    a.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    _add_connection(a)
+    a.set_defaults(handler=_tasks_add)
+    ls = sub.add_parser("list", help="a table of every task")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection(ls)
+    ls.set_defaults(handler=_tasks_list)
+    show = sub.add_parser("show", help="one task, with its adaptation's status and result")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection(show)
+    show.set_defaults(handler=_tasks_show)
+
+
+def _adaptation_state(task: Task) -> str:
+    a = task.adaptation
+    if a is None:
+        return "built in"
+    return f"{a.status} {a.progress.done}/{a.progress.total}"
+
+
+def _task_lines(task: Task) -> list[str]:
+    lines = [f"task          {task.name}",
+             f"input shape   {'x'.join(map(str, task.input_shape))}, "
+             f"{task.num_classes} classes",
+             f"scored        {'yes' if task.scored else 'no'}"]
+    if task.registered:
+        lines.append(f"uploaded      {task.format}: {_count(task.train_images)} training and "
+                     f"{_count(task.test_images)} test images")
+    a = task.adaptation
+    if a is not None:
+        lines.append(f"adaptation    {a.status}, step {a.progress.done} of {a.progress.total}"
+                     + (f", attempt {a.attempts}" if a.attempts > 1 else ""))
+        if a.error:
+            lines.append(f"error         {a.error}")
+        if a.result:
+            r = a.result
+            lines.append(f"result        loss {r.get('loss', float('nan')):.4f}, accuracy "
+                         f"{r.get('accuracy', float('nan')):.4f} (last steps), "
+                         f"{r.get('seconds', 0):.0f} s")
+            for name, drift in sorted((r.get("drift") or {}).items()):
+                lines.append(f"  drift of {name}: {drift:.2e} (relative change of its "
+                             "predicted parameters)")
+    return lines
+
+
+@reports_client_errors
+def _tasks_add(args: argparse.Namespace) -> int:
+    for path in args.files:
+        if not Path(path).is_file():
+            raise CommandError(f"{path}: no such file")
+    with _client(args) as client:
+        task = client.add_task(args.name, args.files, num_classes=args.num_classes)
+        if not args.no_wait:
+            task = client.wait_for_task(task.name, progress=not args.json)
+    if args.json:
+        print_json(task.to_dict())
+    else:
+        print("\n".join(_task_lines(task)))
+    return 1 if task.adaptation is not None and task.adaptation.status == "failed" else 0
+
+
+@reports_client_errors
+def _tasks_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        tasks = client.tasks()
+    if args.json:
+        print_json([t.to_dict() for t in tasks])
+        return 0
+    rows = [(t.name, "x".join(map(str, t.input_shape)), t.num_classes,
+             "yes" if t.scored else "no", _adaptation_state(t)) for t in tasks]
+    print(table(["task", "input", "classes", "scored", "adaptation"], rows, right=(2,)))
+    return 0
+
+
+@reports_client_errors
+def _tasks_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.registered_task(args.name)
+    if args.json:
+        print_json(task.to_dict())
+    else:
+        print("\n".join(_task_lines(task)))
     return 0
 
 

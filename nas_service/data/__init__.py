@@ -31,7 +31,17 @@ from .loader import (
     random_crop_flip,
     split_indices,
 )
-from .tasks import DATASETS_DIR_ENV, TASKS, TaskSpec, get_task, list_tasks, resolve_root
+from .tasks import (
+    DATASETS_DIR_ENV,
+    TASKS,
+    TaskSpec,
+    forget_task,
+    get_task,
+    list_tasks,
+    register_task,
+    resolve_root,
+)
+from .uploads import DecodedUpload, UploadLimits, decode_upload, read_stored_task, store_task
 
 __all__ = [
     "DATASETS_DIR_ENV",
@@ -39,16 +49,23 @@ __all__ = [
     "SPLIT_SEED",
     "TASKS",
     "DatasetError",
+    "DecodedUpload",
     "Split",
     "TaskData",
     "TaskSpec",
+    "UploadLimits",
     "clear_cache",
+    "decode_upload",
+    "forget_task",
     "get_task",
     "list_tasks",
     "load_task",
     "normalize",
     "random_crop_flip",
+    "read_stored_task",
+    "register_task",
     "resolve_root",
     "restricted_unpickle",
     "split_indices",
+    "store_task",
 ]

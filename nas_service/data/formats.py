@@ -160,6 +160,11 @@ def locate(spec: TaskSpec, root: Path, origin: str = "root argument") -> FilePla
         raise ctx.error(f"not a folder (chosen by {origin})")
     if spec.family == "idx":
         return _locate_idx(ctx)
+    if spec.family == "npz":
+        plan, problem = _probe_npz(ctx, root)
+        if plan is None:
+            raise ctx.error(problem or "missing train.npz and test.npz")
+        return plan
     return _locate_cifar(ctx)
 
 

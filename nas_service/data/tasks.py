@@ -14,8 +14,10 @@ __all__ = [
     "DATASETS_DIR_ENV",
     "TASKS",
     "TaskSpec",
+    "forget_task",
     "get_task",
     "list_tasks",
+    "register_task",
     "resolve_root",
 ]
 
@@ -49,8 +51,9 @@ class TaskSpec:
         val_size: number of images carved out of the original training set as the fixed
             validation split (used to score architectures; the test split is only for
             final evaluation).
-        family: on-disk format family: ``"idx"`` (MNIST-style), ``"cifar"``, or
-            ``"characters"``: a language-modelling task on a character corpus
+        family: on-disk format family: ``"idx"`` (MNIST-style), ``"cifar"``, ``"npz"``
+            (``train.npz`` + ``test.npz`` in the folder itself: a task registered by upload,
+            :mod:`nas_service.data.uploads`), or ``"characters"``: a language-modelling task on a character corpus
             (:mod:`nas_service.data.characters`), whose ``input_shape`` is ``(T,)`` (token ids),
             ``num_classes`` the vocabulary size and ``class_names`` the vocabulary's characters;
             its ``val_size`` is the number of validation windows of ``T + 1`` characters a score
@@ -76,7 +79,7 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         # Catch registry typos at import time rather than as odd broadcasting later.
-        if self.family not in ("idx", "cifar", "characters"):
+        if self.family not in ("idx", "cifar", "npz", "characters"):
             raise ValueError(f"{self.name}: unknown family {self.family!r}")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{self.name}: class_names must have num_classes entries")
@@ -193,9 +196,34 @@ _ALIASES = {
 }
 
 
+# Tasks registered at run time (uploaded datasets), by canonical name. Kept apart from TASKS so
+# that the built-in registry stays what the code says it is.
+_REGISTERED: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Make :func:`get_task` (and so :func:`~nas_service.data.load_task`) know ``spec``.
+
+    Registering the same spec again is a no-op; a name a built-in task or alias holds, or a
+    registered name with another spec, raises :class:`DatasetError`.
+    """
+    if spec.name in TASKS or spec.name in _ALIASES:
+        raise DatasetError(f"task name {spec.name!r} is a built-in task's", task=spec.name)
+    known = _REGISTERED.get(spec.name)
+    if known is not None and known != spec:
+        raise DatasetError(f"another task is registered as {spec.name!r}", task=spec.name)
+    _REGISTERED[spec.name] = spec
+    return spec
+
+
+def forget_task(name: str) -> None:
+    """Drop a registered task from this process's registry (tests; a failed registration)."""
+    _REGISTERED.pop(name, None)
+
+
 def list_tasks() -> list[str]:
-    """Return the canonical names of all known tasks, sorted."""
-    return sorted(TASKS)
+    """Return the canonical names of all known tasks (built-in and registered), sorted."""
+    return sorted([*TASKS, *_REGISTERED])
 
 
 def get_task(name: str) -> TaskSpec:
@@ -208,7 +236,7 @@ def get_task(name: str) -> TaskSpec:
     key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     try:
-        return TASKS[key]
+        return TASKS[key] if key in TASKS else _REGISTERED[key]
     except KeyError:
         raise DatasetError(
             f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}"

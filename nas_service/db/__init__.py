@@ -7,6 +7,8 @@ engines and sessions, migrations, and the queries the API and the workers make.
   cursors;
 - :mod:`~nas_service.db.catalog`: the architectures scored per GHN version, and their
   checkpoint files;
+- :mod:`~nas_service.db.tasks`: registered (uploaded) tasks and the lease protocol of the jobs
+  that adapt the GHN to them;
 - :mod:`~nas_service.db.storable`: what may be written at all, checked on every statement
   before it is sent (:class:`UnstorableValue`).
 
@@ -27,7 +29,7 @@ Each of those modules states what is atomic and what may race; ``docs/storage.md
 tables and the protocol. The ML core never imports this package.
 """
 
-from nas_service.db import catalog, listings, migrate, queue
+from nas_service.db import catalog, listings, migrate, queue, tasks
 from nas_service.db.clock import UTCDateTime, db_now
 from nas_service.db.engine import make_engine, read_session, session_factory, write_session
 from nas_service.db.errors import (
@@ -45,6 +47,7 @@ from nas_service.db.models import (
     Checkpoint,
     JobEvent,
     JobStatus,
+    RegisteredTask,
     SearchJob,
     SearchStrategy,
 )
@@ -61,6 +64,7 @@ __all__ = [
     "JobEvent",
     "JobStatus",
     "LeaseLost",
+    "RegisteredTask",
     "SchemaError",
     "SearchJob",
     "SearchStrategy",
@@ -75,5 +79,6 @@ __all__ = [
     "queue",
     "read_session",
     "session_factory",
+    "tasks",
     "write_session",
 ]

@@ -12,6 +12,8 @@ table              one row is
                    writes nothing new
 ``job_events``     an append-only log of what happened to a job (claimed, reclaimed, finished)
 ``checkpoints``    a safetensors file on disk, named by the SHA-256 of its content
+``registered_tasks`` one dataset a user uploaded (its files lie in its own folder), and the
+                   background job that adapts the GHN to it, leased like a search job
 =================  =========================================================================
 
 Identifiers are 32-character lowercase hex UUIDs (:func:`new_id`), except checkpoints (their
@@ -230,3 +232,41 @@ class JobEvent(Base):
     at: Mapped[datetime] = mapped_column(default=db_now())
     kind: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any] | None]
+
+
+class RegisteredTask(Base):
+    """A task registered by upload, and the state of the GHN's adaptation to it (a job of its
+    own, leased by workers like a search job: :mod:`nas_service.db.tasks`)."""
+
+    __tablename__ = "registered_tasks"
+    __table_args__ = (
+        Index(None, "status", "created_at"),
+    )
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    format: Mapped[str] = mapped_column(String(32))  # npz, idx, cifar-python
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    train_images: Mapped[int] = mapped_column(Integer)
+    test_images: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)  # the folder of train.npz, test.npz, task.json
+
+    # The adaptation job: {"steps", "beta", "probe_architectures", ...} and its outcome.
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "adaptation_status"),
+                                              default=JobStatus.QUEUED)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    lease_token: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    created_at: Mapped[datetime] = mapped_column(default=db_now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,7 +1,13 @@
 """The graph hypernetwork: featurisation, PyG message passing, decoder, checkpoint I/O."""
 
 from .features import FeatureCache, ParameterRequest, featurize, parameter_requests
-from .model import GHNConfig, GHNLayer, GraphHyperNetwork, UnsupportedArchitectureError
+from .model import (
+    GHNConfig,
+    GHNLayer,
+    GraphHyperNetwork,
+    UnsupportedArchitectureError,
+    UnsupportedTaskError,
+)
 
 __all__ = [
     "FeatureCache",
@@ -10,6 +16,7 @@ __all__ = [
     "GraphHyperNetwork",
     "ParameterRequest",
     "UnsupportedArchitectureError",
+    "UnsupportedTaskError",
     "featurize",
     "parameter_requests",
 ]

@@ -17,6 +17,14 @@ Three parts, readable top to bottom:
    Outputs are normalised as in GHN-2: weights ``w * sqrt(gain / fan_in)`` (gain 2 before a ReLU)
    after RMS-normalising the raw block, times a learned per-tensor scale ``exp(s)``; norm weights
    ``2 * sigmoid``, biases ``tanh``.
+
+**Tasks** — a GHN predicts parameters for the task it was trained on (``task=None``). Each task
+added later (:meth:`GraphHyperNetwork.add_task`) has a learned embedding ``e_t`` (``hidden``
+values) added to every node's encoding before its LayerNorm, as von Oswald et al. condition a
+hypernetwork on a task embedding. The trained task's embedding is zero and not stored, so its
+predictions are exactly those of the unconditioned GHN; a new task's embedding starts at zero
+too, i.e. from the trained task's predictions. Embeddings are kept out of ``state_dict()``: each
+is its own small file (:mod:`nas_service.ghn.tasks`), and a GHN checkpoint stays what it was.
 """
 
 from __future__ import annotations
@@ -96,6 +104,10 @@ class UnsupportedArchitectureError(ValueError):
     """The GHN cannot predict parameters for this graph (e.g. an op it was not trained with)."""
 
 
+class UnsupportedTaskError(ValueError):
+    """The GHN has no embedding of this task."""
+
+
 class GHNLayer(MessagePassing):
     r"""One synchronous round of typed message passing with a residual update.
 
@@ -167,6 +179,9 @@ class GraphHyperNetwork(nn.Module):
         self.vector_head = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.Linear(2 * h, c.vector))
         self._op_index = {op: i for i, op in enumerate(c.ops)}
         self._features = FeatureCache(cutoff=c.virtual_cutoff)
+        # Added tasks' embeddings: plain attributes, not registered parameters, so that they are
+        # neither in state_dict() nor in parameters(); training passes them to its optimizer.
+        self.task_embeddings: dict[str, nn.Parameter] = {}
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -188,10 +203,44 @@ class GraphHyperNetwork(nn.Module):
         batch, requests = collate(graphs, features, self.config)
         return batch.to(self.device, non_blocking=True), requests
 
-    def predict(self, graphs: Sequence[ArchitectureGraph]) -> list[dict[str, torch.Tensor]]:
-        """``[{"<node>.<param>": tensor}]``, one dict per graph, in ``state_dict`` order."""
+    def predict(self, graphs: Sequence[ArchitectureGraph], task: str | None = None
+                ) -> list[dict[str, torch.Tensor]]:
+        """``[{"<node>.<param>": tensor}]``, one dict per graph, in ``state_dict`` order, for
+        ``task`` (an added task's name; ``None``: the task the GHN was trained on)."""
         batch, requests = self.prepare(graphs)
-        return self(batch, requests)
+        return self(batch, requests, task=task)
+
+    def add_task(self, name: str, embedding: torch.Tensor | None = None) -> nn.Parameter:
+        """A learnable embedding for task ``name``: ``embedding`` (``(hidden,)``), or zeros,
+        which predict what the trained task's predictions are. Replaces one of the same name."""
+        h = self.config.hidden
+        value = torch.zeros(h) if embedding is None else embedding.detach().float().reshape(-1)
+        if value.shape != (h,):
+            raise ValueError(f"a task embedding of this GHN has {h} values, got "
+                             f"{tuple(value.shape)}")
+        param = nn.Parameter(value.to(self.device).clone())
+        self.task_embeddings[name] = param
+        return param
+
+    def task_embedding(self, task: str | None) -> torch.Tensor | None:
+        """The embedding of ``task``: ``None`` for the trained task (``None``, or its name)."""
+        if task is None or task == getattr(self, "task", None):
+            return None
+        try:
+            return self.task_embeddings[task]
+        except KeyError:
+            raise UnsupportedTaskError(f"this GHN has no embedding of task {task!r}; known: "
+                                       f"{sorted(self.task_embeddings)}") from None
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # .to(device) and friends move the task embeddings along with the registered tensors.
+        out = super()._apply(fn, *args, **kwargs)
+        with torch.no_grad():
+            for name, param in list(self.task_embeddings.items()):
+                moved = fn(param.data)
+                if moved is not param.data:
+                    self.task_embeddings[name] = nn.Parameter(moved, param.requires_grad)
+        return out
 
     def extend_ops(self, ops: Sequence[str] = OP_NAMES) -> tuple[str, ...]:
         """Appends an embedding row for each op of ``ops`` this GHN was trained without; returns
@@ -227,9 +276,13 @@ class GraphHyperNetwork(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------------
 
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """Node embeddings after propagation: ``(|V|, hidden)`` for every node of the batch."""
-        x = self.input_norm(self.op_embed(batch.op) + self.feat_mlp(batch.feat))
+    def embed(self, batch: Batch, task_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Node embeddings after propagation: ``(|V|, hidden)`` for every node of the batch,
+        conditioned on ``task_embedding`` (``(hidden,)``; ``None``: the trained task)."""
+        x = self.op_embed(batch.op) + self.feat_mlp(batch.feat)
+        if task_embedding is not None:
+            x = x + task_embedding
+        x = self.input_norm(x)
         if self.config.propagation == "sequential":
             structure = sequential_schedule(batch.edge_index, batch.edge_type,
                                             batch.edge_weight, x.size(0))
@@ -243,9 +296,9 @@ class GraphHyperNetwork(nn.Module):
             x = layer(x, structure)
         return x
 
-    def forward(self, batch: Batch, requests: list[list[ParameterRequest]]
-                ) -> list[dict[str, torch.Tensor]]:
-        x = self.embed(batch)
+    def forward(self, batch: Batch, requests: list[list[ParameterRequest]],
+                task: str | None = None) -> list[dict[str, torch.Tensor]]:
+        x = self.embed(batch, self.task_embedding(task))
         ptr = batch.ptr  # on the device: node offsets are gathered there, not read back
         flat = [(g, r) for g, reqs in enumerate(requests) for r in reqs]
         out: list[dict[str, torch.Tensor]] = [{} for _ in requests]

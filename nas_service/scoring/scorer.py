@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,10 +52,18 @@ from typing import Any
 
 import torch
 
-from nas_service.data import DatasetError, TaskSpec, get_task, load_task
+from nas_service.data import (
+    DatasetError,
+    TaskSpec,
+    get_task,
+    load_task,
+    read_stored_task,
+    register_task,
+)
 from nas_service.data.characters import load_char_task
 from nas_service.ghn import GraphHyperNetwork
-from nas_service.ghn.checkpoint import bundled_checkpoint_path, load_ghn
+from nas_service.ghn.checkpoint import CheckpointError, bundled_checkpoint_path, load_ghn
+from nas_service.ghn.tasks import MANIFEST, load_served
 from nas_service.graph import ArchitectureGraph, to_module
 
 from .cost import ScoringBudget, ScoringCost, ScoringTooCostly, check_affordable, scoring_cost
@@ -80,6 +89,8 @@ from .protocol import (
 from .ranking_head import RankingHead, head_for_checkpoint
 from .task_fit import check_graph_fits_task
 
+log = logging.getLogger("nas_service.scoring")
+
 CPU_EVAL_BATCH_SIZE = 100
 """Images per forward pass when scoring on a CPU: batches of 1,000 cost about 3x more CPU time
 (activations of a cell network at 28x28 no longer fit in cache), smaller ones gain nothing."""
@@ -88,7 +99,19 @@ DEVICE_EVAL_BATCH_SIZE = 1000
 
 
 class TaskNotSupported(ValueError):
-    """The loaded GHN was not trained for this task."""
+    """The loaded GHN was not trained for this task, nor adapted to it."""
+
+
+@dataclass(frozen=True)
+class AdaptedSource:
+    """Where a scorer finds the GHN adapted to registered tasks (:mod:`nas_service.ghn.tasks`)
+    and those tasks' data: it serves the adapted set once one exists, and picks up a newer one
+    before it scores (:meth:`ArchitectureScorer.refresh`)."""
+
+    ghn_dir: Path
+    tasks_dir: Path
+    base_sha256: str
+    """The checkpoint the scorer was loaded from: an adapted set of another GHN is ignored."""
 
 
 @dataclass(frozen=True)
@@ -187,8 +210,12 @@ class ArchitectureScorer:
                  recalibration_batches: int = RECALIBRATION_BATCHES,
                  recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
                  data_root: str | None = None, ranking_head: RankingHead | None = None,
-                 budget: ScoringBudget | None = None, readout: bool = READOUT) -> None:
+                 budget: ScoringBudget | None = None, readout: bool = READOUT,
+                 adapted: AdaptedSource | None = None) -> None:
         self.ghn = ghn.eval()
+        self.adapted = adapted
+        self._served: tuple[int, int] | None = None  # (mtime_ns, size) of the manifest read
+        self._base_version = ghn_version
         self.budget = budget or ScoringBudget()
         self.readout = readout
         self.ranking_head = ranking_head
@@ -213,10 +240,14 @@ class ArchitectureScorer:
              recalibration_batches: int = RECALIBRATION_BATCHES,
              recalibration_batch_size: int = RECALIBRATION_BATCH_SIZE,
              budget: ScoringBudget | None = None,
-             readout: bool = READOUT) -> ArchitectureScorer:
+             readout: bool = READOUT,
+             adapted_dir: str | Path | None = None,
+             tasks_dir: str | Path | None = None) -> ArchitectureScorer:
         """A scorer around the GHN checkpoint at ``path`` (``None``: the bundled one), with the
         ranking head that lies beside it when that head was fit on this very checkpoint
-        (:func:`~nas_service.scoring.ranking_head.head_for_checkpoint`).
+        (:func:`~nas_service.scoring.ranking_head.head_for_checkpoint`). With ``adapted_dir``
+        (and ``tasks_dir``, where registered tasks' data lies), it serves the GHN adapted to
+        registered tasks there, once there is one adapted from this checkpoint.
 
         Raises :class:`nas_service.ghn.checkpoint.CheckpointError` when the checkpoint is
         missing or broken, :class:`~nas_service.scoring.ranking_head.RankingHeadError` when
@@ -228,10 +259,15 @@ class ArchitectureScorer:
         head = head_for_checkpoint(resolved, sha256, score_name(readout))
         version = score_version(sha256, eval_images, recalibration_batches,
                                 recalibration_batch_size, head, readout)
-        return cls(ghn, ghn_version=version, ghn_path=str(resolved), eval_images=eval_images,
-                   recalibration_batches=recalibration_batches,
-                   recalibration_batch_size=recalibration_batch_size, ranking_head=head,
-                   budget=budget, readout=readout)
+        adapted = None
+        if adapted_dir is not None:
+            adapted = AdaptedSource(Path(adapted_dir), Path(tasks_dir or adapted_dir), sha256)
+        scorer = cls(ghn, ghn_version=version, ghn_path=str(resolved), eval_images=eval_images,
+                     recalibration_batches=recalibration_batches,
+                     recalibration_batch_size=recalibration_batch_size, ranking_head=head,
+                     budget=budget, readout=readout, adapted=adapted)
+        scorer.refresh()
+        return scorer
 
     def sibling(self, budget: ScoringBudget | None = None) -> ArchitectureScorer:
         """A scorer of the same GHN, protocol and task data with its own copy of the GHN and its
@@ -242,9 +278,66 @@ class ArchitectureScorer:
                                   recalibration_batches=self.recalibration_batches,
                                   recalibration_batch_size=self.recalibration_batch_size,
                                   data_root=self.data_root, ranking_head=self.ranking_head,
-                                  budget=budget or self.budget, readout=self.readout)
+                                  budget=budget or self.budget, readout=self.readout,
+                                  adapted=self.adapted)
         twin._tasks, twin._tasks_lock = self._tasks, self._tasks_lock  # read-only tensors
+        twin._served, twin._base_version = self._served, self._base_version
         return twin
+
+    # ---- the adapted GHN ---------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Serve the newest GHN adapted to registered tasks, when it changed since this scorer
+        last looked (one ``stat`` when it did not); returns whether the GHN changed. Scores of
+        the adapted GHN have their own ``ghn_version`` (the base checkpoint's, the adapted
+        generation and its tasks), so the architecture cache never mixes them with another
+        GHN's. An adapted set of another base checkpoint, or a broken one, is not served."""
+        full = self._full or self
+        source = full.adapted
+        if source is None:
+            return False
+        try:
+            stat = (source.ghn_dir / MANIFEST).stat()
+        except FileNotFoundError:
+            return False
+        seen = (stat.st_mtime_ns, stat.st_size)
+        if seen == full._served:
+            return False
+        with full.lock:
+            if seen == full._served:
+                return False
+            full._served = seen
+            try:
+                loaded = load_served(source.ghn_dir, full.device)
+            except (CheckpointError, OSError, ValueError) as e:
+                log.warning("not serving the adapted GHN in %s: %s", source.ghn_dir, e)
+                return False
+            if loaded is None:
+                return False
+            ghn, manifest = loaded
+            if manifest.get("base") != source.base_sha256:
+                log.warning("not serving the adapted GHN in %s: it was adapted from another "
+                            "checkpoint", source.ghn_dir)
+                return False
+            for name in manifest.get("tasks", {}):
+                try:
+                    register_task(read_stored_task(source.tasks_dir / name))
+                except DatasetError as e:
+                    log.warning("adapted task %r has no usable data: %s", name, e)
+            ghn.task = self.task
+            ghn.training_record = getattr(ghn, "training_record", {})
+            full.ghn = ghn.eval()
+            protocol = (f"{full._base_version}|adapted={manifest['generation']}"
+                        f"|tasks={','.join(sorted(manifest.get('tasks', {})))}"
+                        f"|ghn={manifest['ghn']}")
+            full.ghn_version = hashlib.sha256(protocol.encode()).hexdigest()[:16]
+            full._fidelities.clear()
+        return True
+
+    def tasks(self) -> list[str]:
+        """Every task this scorer scores: the GHN's own, then those it was adapted to."""
+        own = [self.task] if self.task else []
+        return own + sorted(self.ghn.task_embeddings)
 
     def full_images(self, task: str | TaskSpec) -> int:
         """Validation images of a full-fidelity score of ``task`` (``eval_images``, or the
@@ -297,7 +390,7 @@ class ArchitectureScorer:
 
     @property
     def task(self) -> str | None:
-        """The task the GHN was trained on (the only one it scores)."""
+        """The task the GHN was trained on (others it scores were added by adaptation)."""
         return getattr(self.ghn, "task", None)
 
     @property
@@ -310,22 +403,34 @@ class ArchitectureScorer:
 
     def supports(self, task: str) -> bool:
         try:
-            return get_task(task).name == get_task(self.task or "").name
+            name = get_task(task).name
+        except DatasetError:
+            return False
+        if name in self.ghn.task_embeddings:
+            return True
+        try:
+            return name == get_task(self.task or "").name
         except DatasetError:
             return False
 
     def check_task(self, task: str) -> TaskSpec:
-        """The spec of ``task``; :class:`TaskNotSupported` unless this GHN scores it."""
+        """The spec of ``task``; :class:`TaskNotSupported` unless this GHN scores it (the
+        newest adapted GHN is looked for first: :meth:`refresh`)."""
+        self.refresh()
         spec = get_task(task)  # DatasetError for unknown names
         if not self.supports(spec.name):
             raise TaskNotSupported(f"no hypernetwork is loaded for task {spec.name!r} "
-                                   f"(loaded: {self.task!r})")
+                                   f"(scored: {', '.join(self.tasks()) or 'none'})")
         return spec
+
+    def _embedding_task(self, spec: TaskSpec) -> str | None:
+        """The name the GHN's task embedding has for ``spec`` (``None``: its own task)."""
+        return spec.name if spec.name in self.ghn.task_embeddings else None
 
     def info(self) -> dict[str, Any]:
         """What is loaded, for ``GET /v1/hypernetworks``."""
         return {"task": self.task, "version": self.ghn_version, "path": self.ghn_path,
-                "device": str(self.device),
+                "device": str(self.device), "tasks": self.tasks(),
                 "parameters": sum(p.numel() for p in self.ghn.parameters()),
                 "config": _jsonable(vars(self.ghn.config)),
                 "training": getattr(self.ghn, "training_record", {}) or {},
@@ -415,6 +520,7 @@ class ArchitectureScorer:
         scored."""
         if not graphs:
             return []
+        self.refresh()
         data = self.task_tensors(task)
         results: list[ScoredGraph | Exception | None] = [
             _misfit(graph, data.spec) or self._unaffordable(graph, data) for graph in graphs]
@@ -424,12 +530,13 @@ class ArchitectureScorer:
         with self.lock, torch.no_grad():
             started = time.perf_counter()
             batch = [graphs[i] for i in todo]
+            conditioned = self._embedding_task(data.spec)
             try:
                 predicted: list[dict[str, torch.Tensor] | Exception] = list(
-                    self.ghn.predict(batch))
+                    self.ghn.predict(batch, task=conditioned))
             except Exception:
                 # One graph spoiled the batch: predict them one by one to find out which.
-                predicted = [self._predict_one(g) for g in batch]
+                predicted = [self._predict_one(g, conditioned) for g in batch]
             predict_seconds = (time.perf_counter() - started) / len(batch)
             for i, params in zip(todo, predicted, strict=True):
                 if isinstance(params, Exception):
@@ -465,9 +572,10 @@ class ArchitectureScorer:
             return e
         return None
 
-    def _predict_one(self, graph: ArchitectureGraph) -> dict[str, torch.Tensor] | Exception:
+    def _predict_one(self, graph: ArchitectureGraph, task: str | None
+                     ) -> dict[str, torch.Tensor] | Exception:
         try:
-            return self.ghn.predict([graph])[0]
+            return self.ghn.predict([graph], task=task)[0]
         except Exception as e:  # noqa: BLE001 - reported as this graph's failure
             return e
 
@@ -492,7 +600,8 @@ class ArchitectureScorer:
                          batch_size=self.cost(graph, data).eval_batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
         ranking = None
-        if self.ranking_head is not None:
+        # The head maps the GHN's own task's scores to trained accuracy; not another task's.
+        if self.ranking_head is not None and self._embedding_task(data.spec) is None:
             ranking = {"value": self.ranking_head.predict(value, graph.num_parameters),
                        **self._ranking_fields()}
         return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels), state=state,

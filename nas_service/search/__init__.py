@@ -1,5 +1,6 @@
 """Search: strategies, the evaluation of candidates through the GHN with the architecture cache,
-checkpoint files, and the worker that runs search jobs from the database queue.
+checkpoint files, the worker that runs search jobs from the database queue, and the adaptation
+of the GHN to registered tasks that the same worker runs first (:mod:`.adaptation`).
 
 ::
 
@@ -13,6 +14,7 @@ checkpoint files, and the worker that runs search jobs from the database queue.
 ``docs/api.md`` describes the jobs as the API shows them; ``docs/storage.md`` the queue.
 """
 
+from .adaptation import AdaptationRunner, AdaptationSettings
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointStore, StoredCheckpoint, checkpoint_metadata
 from .evaluation import Evaluation, evaluate_architectures, score_and_store
 from .strategies import (
@@ -30,6 +32,8 @@ from .worker import Worker, WorkerHooks, default_worker_id
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "AdaptationRunner",
+    "AdaptationSettings",
     "STRATEGIES",
     "CheckpointStore",
     "Evaluation",

@@ -64,6 +64,7 @@ from nas_service.scoring import (
 from nas_service.scoring.fidelity import Fidelity, FidelitySchedule
 from nas_service.spaces import SearchSpaceError
 
+from .adaptation import AdaptationRunner
 from .checkpoints import CheckpointStore
 from .evaluation import evaluate_architectures
 from .strategies import Outcome, Proposal, SearchStrategy, check_constraints, make_strategy
@@ -108,7 +109,8 @@ class Worker:
     def __init__(self, engine: Engine, scorer: ArchitectureScorer, store: CheckpointStore, *,
                  worker_id: str | None = None, lease_seconds: float = 30.0,
                  heartbeat_seconds: float = 10.0, max_attempts: int = 3, batch_size: int = 8,
-                 poll_seconds: float = 2.0, hooks: WorkerHooks | None = None) -> None:
+                 poll_seconds: float = 2.0, hooks: WorkerHooks | None = None,
+                 adaptation: AdaptationRunner | None = None) -> None:
         if heartbeat_seconds >= lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         self.engine = engine
@@ -121,6 +123,9 @@ class Worker:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.hooks = hooks or WorkerHooks()
+        # Adaptations of the GHN to registered tasks come before search jobs: a task is not
+        # scored at all until its adaptation is done.
+        self.adaptation = adaptation
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._current: ClaimedJob | None = None
@@ -129,11 +134,19 @@ class Worker:
     def from_settings(cls, settings: Settings, engine: Engine, scorer: ArchitectureScorer,
                       store: CheckpointStore, *, worker_id: str | None = None,
                       hooks: WorkerHooks | None = None) -> Worker:
+        worker_id = worker_id or default_worker_id()
+        adaptation = None
+        if scorer.adapted is not None and scorer.ghn_path is not None:
+            adaptation = AdaptationRunner(
+                engine, scorer.adapted, scorer.ghn_path, device=scorer.device,
+                worker_id=worker_id, lease_seconds=settings.lease_seconds,
+                heartbeat_seconds=settings.heartbeat_seconds, max_attempts=settings.max_attempts)
         return cls(engine, scorer, store, worker_id=worker_id,
                    lease_seconds=settings.lease_seconds,
                    heartbeat_seconds=settings.heartbeat_seconds,
                    max_attempts=settings.max_attempts, batch_size=settings.ghn_batch_size,
-                   poll_seconds=settings.worker_poll_seconds, hooks=hooks)
+                   poll_seconds=settings.worker_poll_seconds, hooks=hooks,
+                   adaptation=adaptation)
 
     # ---- control -------------------------------------------------------------------------------
 
@@ -171,6 +184,10 @@ class Worker:
         """Claims and runs jobs until stopped; with ``once``, runs at most one job and returns
         (at once when the queue is empty)."""
         while not self._stop.is_set():
+            if self._adapt():
+                if once:
+                    return
+                continue
             try:
                 claimed = queue.claim_next_job(self.engine, self.worker_id, self.lease_seconds,
                                                max_attempts=self.max_attempts)
@@ -188,6 +205,19 @@ class Worker:
             self.run_job(claimed)
             if once:
                 return
+
+    def _adapt(self) -> bool:
+        """Runs one adaptation of the GHN to a registered task, if one is waiting."""
+        if self.adaptation is None:
+            return False
+        try:
+            outcome = self.adaptation.run_once(self._stop)
+        except Exception:
+            log.exception("worker %s: cannot claim an adaptation", self.worker_id)
+            return False
+        if outcome is not None:
+            log.info("worker %s: adaptation %s", self.worker_id, outcome)
+        return outcome is not None
 
     # ---- one job -------------------------------------------------------------------------------
 

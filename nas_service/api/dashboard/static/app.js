@@ -3,7 +3,7 @@
 // Each page is a module exporting render(view, params, ctx). A page gets ctx.signal, aborted
 // when the user navigates away (its fetches and polls stop), and ctx.poll to refresh while a
 // job runs. Routes: #/jobs, #/jobs/<id>, #/candidates/<id>, #/architectures/<id>,
-// #/new/search, #/new/architecture, #/settings.
+// #/new/search, #/new/architecture, #/tasks, #/settings.
 
 import {getApiKey, setApiKey} from "./api.js";
 import {h, route} from "./dom.js";
@@ -11,6 +11,7 @@ import * as architecturePages from "./pages/architecture.js";
 import * as jobPage from "./pages/job.js";
 import * as jobsPage from "./pages/jobs.js";
 import * as submitPages from "./pages/submit.js";
+import * as tasksPage from "./pages/tasks.js";
 
 const DEFAULT_CONFIG = {version: "", spaces: ["cells", "macro"], strategies: ["random", "evolution"],
                         max_search_candidates: 10000, auth_required: false};
@@ -38,6 +39,7 @@ const ROUTES = [
   {pattern: /^new\/search$/, nav: "new-search", render: submitPages.renderSearchForm},
   {pattern: /^new\/architecture$/, nav: "new-architecture",
    render: submitPages.renderArchitectureForm},
+  {pattern: /^tasks$/, nav: "tasks", render: tasksPage.render},
   {pattern: /^settings$/, nav: "settings", render: renderSettings},
 ];
 

@@ -1,0 +1,159 @@
+"""Adapting a GHN to a new task without forgetting the tasks it already scores.
+
+Continual learning with hypernetworks (von Oswald et al., ICLR 2020), with the GHN as the
+hypernetwork: task ``t`` gets an embedding ``e_t`` (:meth:`GraphHyperNetwork.add_task`), learnt
+together with the GHN's weights ``Θ`` on the loss
+
+    L = L_task(t) + (β / T') · Σ_{t' earlier} ‖ h(e_t', Θ) − h(e_t', Θ*) ‖²
+
+where ``L_task`` is GHN-2's meta-loss on ``t`` (the cross-entropy of networks run with the
+parameters the GHN predicts for them), ``h(e_t', Θ)`` every parameter the GHN predicts for a
+fixed *probe set* of architectures of the earlier task ``t'`` (its input shape and class count),
+and ``Θ*`` the weights before ``t`` was added: the GHN rehearses its own earlier outputs, no
+earlier data is needed. Earlier embeddings stay fixed. ``β = 0`` is plain sequential
+fine-tuning, the baseline the regulariser is measured against (``bench/``).
+
+:class:`TaskAdapter` holds one adaptation: the targets ``h(e_t', Θ*)``, an Adam optimizer over
+``Θ`` and ``e_t``, and the step count; :meth:`TaskAdapter.state` and
+:meth:`TaskAdapter.load_state` save and restore it as plain tensors (safetensors), so a crashed
+adaptation resumes where its last saved state left it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from nas_service.graph import ArchitectureGraph, to_module
+
+from .model import GraphHyperNetwork
+
+
+@dataclass(frozen=True)
+class AdaptationConfig:
+    steps: int
+    beta: float = 0.01
+    """Weight of the output regulariser (the paper's defaults: 0.01 to 0.1)."""
+    lr: float = 1e-4
+    """Of the GHN's weights: small, as they already serve other tasks."""
+    embedding_lr: float = 1e-2
+    grad_clip: float = 5.0
+
+
+Probes = Mapping[str | None, Sequence[ArchitectureGraph]]
+"""The probe architectures of each earlier task (``None``: the GHN's own task)."""
+
+
+def _flat(predicted: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for params in predicted for t in params.values()])
+
+
+class TaskAdapter:
+    """One adaptation of ``ghn`` to ``task`` (added to the GHN with a zero embedding when it has
+    none), keeping its predictions for the earlier tasks of ``probes``."""
+
+    def __init__(self, ghn: GraphHyperNetwork, task: str, probes: Probes,
+                 config: AdaptationConfig) -> None:
+        self.ghn = ghn
+        self.task = task
+        self.config = config
+        if task not in ghn.task_embeddings:
+            ghn.add_task(task)
+        self.embedding = ghn.task_embeddings[task]
+        self.earlier = [t for t in probes if t != task]
+        # The earlier tasks' probe graphs, featurised once, and their outputs under Θ*.
+        self._probes = {t: ghn.prepare(list(probes[t])) for t in self.earlier}
+        with torch.no_grad():
+            self.targets = {t: _flat(ghn(*self._probes[t], task=t)).detach()
+                            for t in self.earlier}
+        for t in self.earlier:  # earlier embeddings are fixed
+            if t is not None:
+                ghn.task_embeddings[t].requires_grad_(False)
+        self.optimizer = torch.optim.Adam([
+            {"params": list(ghn.parameters()), "lr": config.lr},
+            {"params": [self.embedding], "lr": config.embedding_lr}])
+        self.step = 0
+        self._nets: dict[str, nn.Module] = {}
+
+    def regularizer(self) -> torch.Tensor:
+        """``(β / T') Σ_t' ‖h(e_t', Θ) − h(e_t', Θ*)‖²`` over the earlier tasks (zero without
+        any, or with ``β = 0``)."""
+        if not self.earlier or self.config.beta == 0:
+            return torch.zeros((), device=self.ghn.device)
+        total = sum(((_flat(self.ghn(*self._probes[t], task=t)) - self.targets[t]) ** 2).sum()
+                    for t in self.earlier)
+        return self.config.beta / len(self.earlier) * total  # type: ignore[return-value]
+
+    def _net(self, graph: ArchitectureGraph) -> nn.Module:
+        key = graph.content_hash()
+        net = self._nets.get(key)
+        if net is None:
+            if len(self._nets) >= 64:
+                self._nets.pop(next(iter(self._nets)))
+            net = self._nets[key] = to_module(graph, initialize=False, device=self.ghn.device)
+        return net
+
+    def train_step(self, graphs: Sequence[ArchitectureGraph], images: torch.Tensor,
+                   labels: torch.Tensor) -> dict[str, float]:
+        """One update on a batch of the new task: ``{"loss", "accuracy", "regularizer"}``,
+        means over ``graphs``."""
+        self.ghn.train()
+        predicted = self.ghn.predict(list(graphs), task=self.task)
+        loss = torch.zeros((), device=self.ghn.device)
+        correct = 0.0
+        for graph, params in zip(graphs, predicted, strict=True):
+            logits = functional_call(self._net(graph).train(), params, (images,))
+            loss = loss + F.cross_entropy(logits, labels)
+            correct += float((logits.argmax(1) == labels).float().mean())
+        task_loss = loss / len(graphs)
+        regularizer = self.regularizer()
+        self.optimizer.zero_grad(set_to_none=True)
+        (task_loss + regularizer).backward()
+        torch.nn.utils.clip_grad_norm_([*self.ghn.parameters(), self.embedding],
+                                       self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.ghn.eval()
+        return {"loss": float(task_loss.detach()), "accuracy": correct / len(graphs),
+                "regularizer": float(regularizer.detach())}
+
+    @torch.no_grad()
+    def drift(self) -> dict[str, float]:
+        """How far each earlier task's predictions moved: ``‖h − h*‖ / ‖h*‖`` on its probes."""
+        return {t or "": float((_flat(self.ghn(*self._probes[t], task=t)) - self.targets[t])
+                               .norm() / self.targets[t].norm().clamp_min(1e-12))
+                for t in self.earlier}
+
+    # ---- saving and resuming ---------------------------------------------------------------
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything a resumed adaptation needs besides ``Θ*``: the GHN's weights, the task's
+        embedding, Adam's moments and the step, as CPU tensors."""
+        out = {f"ghn.{k}": v.detach().cpu().contiguous()
+               for k, v in self.ghn.state_dict().items()}
+        out["embedding"] = self.embedding.detach().cpu().contiguous()
+        out["step"] = torch.tensor(self.step)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for i, p in enumerate(params):
+            for key, value in self.optimizer.state.get(p, {}).items():
+                out[f"optimizer.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        return out
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state` saved (the adapter built on the same ``Θ*``)."""
+        self.ghn.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ghn.")})
+        with torch.no_grad():
+            self.embedding.copy_(state["embedding"])
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for i, p in enumerate(params):
+            entries = {k.split(".", 2)[2]: v for k, v in state.items()
+                       if k.startswith(f"optimizer.{i}.")}
+            if entries:
+                self.optimizer.state[p] = {
+                    k: v.to(p.device) if k != "step" else v.clone() for k, v in entries.items()}
+        self.step = int(state["step"])
