@@ -330,3 +330,11 @@ def test_train_and_evaluate_commands_explain_a_missing_checkpoint(
     missing = tmp_path / "none.safetensors"
     assert main(["evaluate-ghn", "--ghn", str(missing), "--out", str(tmp_path)]) == 1
     assert "GHN checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["evaluate-ghn", "rank-ghn"])
+def test_held_out_spaces_that_do_not_exist_are_named(
+        command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--spaces", "cells,nowhere", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "--spaces" in err and "nowhere" in err and "Traceback" not in err

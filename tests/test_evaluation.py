@@ -453,6 +453,9 @@ def test_one_pass_needs_labels_and_a_single_batch(fashion):
 def test_held_out_set_follows_the_ghns_recorded_training_config(tiny_ghn):
     cfg = training_config_of(tiny_ghn)
     assert cfg.spaces == ("macro", "cells") and cfg.max_parameters == 50_000
+    # Other spaces, the recorded limits: GHNs trained on different spaces compared on one set.
+    other = training_config_of(tiny_ghn, ["cells"])
+    assert other.spaces == ("cells",) and other.max_parameters == 50_000
     tiny_ghn.training_record = {}
     assert training_config_of(tiny_ghn).max_parameters == 1_000_000  # TrainingConfig default
 

@@ -161,6 +161,10 @@ def _add_ghn_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR", help="the task's data folder")
     p.add_argument("--held-out", type=positive_int, default=50,
                    help="held-out generated architectures (default: %(default)s)")
+    p.add_argument("--spaces", default=None,
+                   help="comma-separated spaces the held-out architectures come from (default: "
+                        "the spaces the GHN was trained on), e.g. cells,macro to compare GHNs "
+                        "trained on different spaces on one set")
     p.add_argument("--sgd-epochs", type=float, default=1.0,
                    help="epochs of the SGD baseline; 0 skips it (default: %(default)s)")
     p.add_argument("--sgd-max-images", type=positive_int, default=None,
@@ -223,6 +227,21 @@ def _ghn_for(args: argparse.Namespace):
         raise CommandError(str(e)) from None
 
 
+def _held_out_spaces(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--spaces`` checked (unknown spaces are a clear error), or ``None``."""
+    from nas_service.spaces import SearchSpaceError, get_space, split_space_names
+
+    if args.spaces is None:
+        return None
+    try:
+        spaces = tuple(split_space_names(args.spaces))
+        for name in spaces:
+            get_space(name)
+    except SearchSpaceError as e:
+        raise CommandError(f"--spaces: {e}") from None
+    return spaces
+
+
 def _evaluate_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
     from nas_service.training.evaluate import evaluate_ghn
@@ -232,8 +251,9 @@ def _evaluate_ghn(args: argparse.Namespace) -> int:
     try:
         result = evaluate_ghn(ghn, args.task, held_out=args.held_out, zoo=not args.no_zoo,
                               sgd_epochs=args.sgd_epochs or None,
-                              sgd_max_images=args.sgd_max_images, eval_images=args.eval_images, data_root=args.data_root,
-                              progress=True)
+                              sgd_max_images=args.sgd_max_images, eval_images=args.eval_images,
+                              data_root=args.data_root, progress=True,
+                              spaces=_held_out_spaces(args))
     except DatasetError as e:
         raise CommandError(str(e)) from None
     paths = write_report(result, args.out)
@@ -260,7 +280,7 @@ def _rank_ghn(args: argparse.Namespace) -> int:
                 max_images=args.max_images, sgd_epochs_baseline=args.sgd_epochs or None,
                 sgd_max_images=args.sgd_max_images, eval_images=args.eval_images,
                 truth_eval_images=args.truth_eval_images, shard=args.shard,
-                data_root=args.data_root, device=ghn.device)
+                data_root=args.data_root, device=ghn.device, spaces=_held_out_spaces(args))
             print(json.dumps(summary))
             return 0
         result = rank_surrogates(
@@ -269,7 +289,8 @@ def _rank_ghn(args: argparse.Namespace) -> int:
             sgd_epochs_baseline=args.sgd_epochs or None, sgd_max_images=args.sgd_max_images,
             eval_images=args.eval_images, truth_eval_images=args.truth_eval_images,
             data_root=args.data_root, progress=True, cached_only=args.cached_only,
-            ghn_sha256=file_sha256(args.ghn or bundled_checkpoint_path()))
+            ghn_sha256=file_sha256(args.ghn or bundled_checkpoint_path()),
+            spaces=_held_out_spaces(args))
     except (DatasetError, ValueError) as e:
         raise CommandError(str(e)) from None
     paths = write_report(result, args.out)

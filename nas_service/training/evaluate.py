@@ -293,14 +293,19 @@ def evaluate_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph | nn.
 # ------------------------------------------------------------------------------------------------
 
 
-def training_config_of(ghn: GraphHyperNetwork) -> TrainingConfig:
+def training_config_of(ghn: GraphHyperNetwork,
+                       spaces: Sequence[str] | None = None) -> TrainingConfig:
     """The :class:`TrainingConfig` the GHN was trained with, as far as its checkpoint records
-    it (``ghn.training_record["config"]``); defaults for whatever is missing."""
+    it (``ghn.training_record["config"]``); defaults for whatever is missing. ``spaces``
+    replaces the recorded spaces: held-out architectures drawn from other spaces (the same
+    seeds), e.g. to compare GHNs trained on different spaces on one set."""
     recorded = (getattr(ghn, "training_record", None) or {}).get("config") or {}
     known = {f.name for f in fields(TrainingConfig)}
     kwargs = {k: v for k, v in recorded.items() if k in known}
     if "spaces" in kwargs:  # a JSON list in the checkpoint
         kwargs["spaces"] = tuple(kwargs["spaces"])
+    if spaces is not None:
+        kwargs["spaces"] = tuple(spaces)
     return TrainingConfig(**kwargs)
 
 
@@ -337,12 +342,12 @@ def evaluate_ghn(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist",
                  sgd_max_images: int | None = None, eval_images: int | None = None,
                  data_root: str | None = None, progress: bool = True,
                  on_result: Callable[[str, dict[str, Any]], None] | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, spaces: Sequence[str] | None = None) -> dict[str, Any]:
     """Scores a GHN on its held-out architectures and on the reference models (test split).
 
     Held-out architectures are ``held_out_architectures(cfg, held_out, ...)`` with ``cfg`` the
-    GHN's recorded training configuration (:func:`training_config_of`), sampled at the task's
-    input shape. With ``zoo`` the models of :func:`nas_service.zoo.evaluation_models` are added
+    GHN's recorded training configuration (:func:`training_config_of`; its spaces replaced by
+    ``spaces`` when given), sampled at the task's input shape. With ``zoo`` the models of :func:`nas_service.zoo.evaluation_models` are added
     (those that cannot take the input are listed in ``zoo_skipped`` with the reason).
 
     Returns ``{"kind": "evaluation", "task", "split", "ghn": describe_ghn(ghn), "settings",
@@ -358,7 +363,7 @@ def evaluate_ghn(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnist",
 
     data = _load(task, data_root)
     spec = data.spec
-    cfg = training_config_of(ghn)
+    cfg = training_config_of(ghn, spaces)
     graphs = held_out_architectures(cfg, held_out, spec.input_shape, spec.num_classes)
     factories, skipped = evaluation_models(spec.input_shape, spec.num_classes) if zoo else ({}, {})
     kwargs = {"sgd_epochs": sgd_epochs, "sgd_max_images": sgd_max_images, "split": "test",

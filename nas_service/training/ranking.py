@@ -214,7 +214,8 @@ def train_ground_truth(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-m
                        truth_eval_images: int | None = None, seed: int = 0,
                        shard: tuple[int, int] = (0, 1), data_root: str | None = None,
                        device: str | torch.device | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True,
+                       spaces: Sequence[str] | None = None) -> dict[str, Any]:
     """Only the training part of :func:`rank_surrogates`, for one shard of the held-out set:
     architecture ``i`` belongs to shard ``i % count``. Several processes (or machines sharing
     the cache file) each take one shard; :func:`rank_surrogates` with the same arguments and
@@ -224,7 +225,7 @@ def train_ground_truth(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-m
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
     data = task if isinstance(task, TaskData) else load_task(task, data_root)
-    cfg = training_config_of(ghn)
+    cfg = training_config_of(ghn, spaces)
     graphs = held_out_architectures(cfg, held_out, data.spec.input_shape, data.spec.num_classes)
     mine = [g for i, g in enumerate(graphs) if i % count == index]
     cache = GroundTruthCache(cache_path)
@@ -261,8 +262,12 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
                     sgd_max_images: int | None = None, eval_images: int | None = None,
                     truth_eval_images: int | None = None, seed: int = 0,
                     data_root: str | None = None, progress: bool = True,
-                    cached_only: bool = False, ghn_sha256: str | None = None) -> dict[str, Any]:
+                    cached_only: bool = False, ghn_sha256: str | None = None,
+                    spaces: Sequence[str] | None = None) -> dict[str, Any]:
     """Ranks the GHN's held-out architectures by each cheap score and by training; compares.
+
+    The held-out architectures come from the spaces the GHN was trained on, or from ``spaces``
+    (the same seeds), so GHNs trained on different spaces are ranked on one set.
 
     ``cached_only``: compare on the architectures whose ground truth (and SGD baseline) the
     cache already holds, training nothing (e.g. after a time-boxed :func:`train_ground_truth`).
@@ -284,7 +289,7 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     data = task if isinstance(task, TaskData) else load_task(task, data_root)
     spec = data.spec
     dev = ghn.device
-    cfg = training_config_of(ghn)
+    cfg = training_config_of(ghn, spaces)
     graphs = held_out_architectures(cfg, held_out, spec.input_shape, spec.num_classes)
     cache = GroundTruthCache(cache_path) if cache_path is not None else None
     if cached_only:
