@@ -114,3 +114,16 @@ def test_a_rank_takes_every_world_size_th_architecture_of_the_meta_batch():
     assert Ranks(0, 3).share(batch) == [0, 3, 6] and Ranks(2, 3).share(batch) == [2, 5]
     assert sorted(sum((Ranks(r, 3).share(batch) for r in range(3)), [])) == batch
     assert Ranks().share(batch) == batch and Ranks().main and not Ranks(1, 2).main
+
+
+@pytest.mark.skipif(not _fashion_mnist_installed(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_plain_tiling_is_recorded_in_the_trained_checkpoint(tmp_path):
+    """--plain-tiling trains GHN-2's tiling; the checkpoint says so, and loads with it."""
+    from nas_service.commands import main
+    from nas_service.ghn.checkpoint import load_ghn
+
+    for flags, expected in (([], True), (["--plain-tiling"], False)):
+        out = tmp_path / str(expected)
+        assert main(["train-ghn", "--out", str(out), "--steps", "1", *TINY_RUN, *flags]) == 0
+        assert load_ghn(out / "ghn.safetensors", "cpu").config.tile_signs is expected

@@ -57,6 +57,9 @@ def add_train_ghn(add_parser: AddParser) -> None:
                        help="default: %(default)s")
     p.add_argument("--hidden", type=positive_int, default=None, help="GHN width")
     p.add_argument("--layers", type=positive_int, default=None, help="GHN propagation rounds")
+    p.add_argument("--plain-tiling", action="store_true",
+                   help="tile wide tensors with copies of the predicted block, as GHN-2 does, "
+                        "instead of decorrelated tiles (GHNConfig.tile_signs; ghn.md)")
     p.add_argument("--propagation", choices=("synchronous", "sequential"), default=None,
                    help="synchronous rounds (default) or GHN-2's sequential traversal "
                         "(the ablation baseline; slower)")
@@ -88,6 +91,8 @@ def _train_ghn(args: argparse.Namespace) -> int:
 
     ghn = {k: getattr(args, k) for k in ("hidden", "layers", "propagation")
            if getattr(args, k) is not None}
+    if args.plain_tiling:
+        ghn["tile_signs"] = False
     try:
         language_model = get_task(args.task).is_language_model
     except DatasetError as e:
