@@ -22,17 +22,24 @@ def write_toy_gcide(folder: Path, repeats: int = 200) -> Path:
     lines = ["".join(text[i:i + 40]) for i in range(0, len(text), 40)]
     # spaces inside lines (line edges are stripped) and newlines between them
     body = "\n".join(line[:20] + " " + line[20:] for line in lines) + "\n"
-    entries = [("00-database-info", "toy header\n"), ("toy", body)]
+    write_dictd(folder / GCIDE_FILE, [("00-database-info", "toy header\n"), ("toy", body)])
+    return folder
+
+
+def write_dictd(path: Path, entries: list[tuple[str, str]]) -> Path:
+    """A dictd database at ``path`` (gzip'd, as dictzip is) and its ``.index`` beside it (the
+    name without ``.dict.dz``), like dict-gcide installs."""
     data, index = b"", []
-    for headword, text_ in entries:
-        raw = text_.encode()
+    for headword, body in entries:
+        raw = body.encode()
         index.append(f"{headword}\t{_b64(len(data))}\t{_b64(len(raw))}")
         data += raw
-    folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(folder / GCIDE_FILE, "wb") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wb") as f:
         f.write(data)
-    (folder / "gcide.index").write_text("\n".join(sorted(index)) + "\n")
-    return folder
+    path.with_name(path.name.removesuffix(".dict.dz") + ".index").write_text(
+        "\n".join(sorted(index)) + "\n")
+    return path
 
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

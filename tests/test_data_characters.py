@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from char_task import write_dictd
 
 from nas_service.data import DatasetError
 from nas_service.data.characters import (
@@ -16,30 +17,9 @@ from nas_service.data.characters import (
     load_char_corpus,
 )
 
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-def _b64(n: int) -> str:
-    out = ""
-    while True:
-        out = _B64[n % 64] + out
-        n //= 64
-        if n == 0:
-            return out
-
 
 def _write_dictd(folder: Path, entries: list[tuple[str, str]]) -> Path:
-    """A dictd database (gzip'd, as dictzip is) and its index, like dict-gcide installs."""
-    data, index = b"", []
-    for headword, body in entries:
-        raw = body.encode()
-        index.append(f"{headword}\t{_b64(len(data))}\t{_b64(len(raw))}")
-        data += raw
-    path = folder / "toy.dict.dz"
-    with gzip.open(path, "wb") as f:
-        f.write(data)
-    (folder / "toy.index").write_text("\n".join(sorted(index)) + "\n")
-    return path
+    return write_dictd(folder / "toy.dict.dz", entries)
 
 
 def test_text_file_corpus_splits_by_position_with_a_fixed_vocabulary(tmp_path: Path) -> None:
