@@ -64,7 +64,7 @@ OPERATIONS = [
     "POST /v1/search-jobs", "GET /v1/search-jobs", "GET /v1/search-jobs/{job_id}",
     "GET /v1/search-jobs/{job_id}/candidates", "POST /v1/search-jobs/{job_id}/cancel",
     "GET /v1/candidates/{candidate_id}", "GET /v1/candidates/{candidate_id}/checkpoint",
-    "GET /v1/tasks", "GET /v1/hypernetworks", "GET /healthz", "GET /readyz", "GET /metrics",
+    "GET /v1/tasks", "POST /v1/tasks", "GET /v1/tasks/{name}", "GET /v1/hypernetworks", "GET /healthz", "GET /readyz", "GET /metrics",
 ]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, ignored_auth]

@@ -20,12 +20,14 @@ from nas_service.training.distributed import GradientSum, Ranks
 # The GHN stack is imported where it is used: the processes the gradient test spawns import
 # this module, and need only torch.
 
-# A tiny run the command line can express. Seed 2's first steps have networks with dropout and
-# none badly conditioned: summing gradients in another order changes them by ~1e-7, which a
-# network normalising a nearly constant channel can amplify 10^5-fold (seed 0, step 2), and
-# that would say nothing about the distributed code. --grad-clip 1000 keeps clipping off, so
-# the optimizer's moments are the summed gradients themselves: a sum off by a factor shows.
-TINY_RUN = ["--seed", "2", "--grad-clip", "1000", "--meta-batch", "3", "--batch-size", "32",
+# A tiny run the command line can express. Its first steps must have networks that are not badly
+# conditioned: summing gradients in another order changes them by ~1e-7, which a network
+# normalising a nearly constant channel can amplify 10^5-fold, and that would say nothing about
+# the distributed code. Which seeds qualify depends on the GHN's initialisation (its op
+# vocabulary, its tiling); seed 3 does for the current one (seed 2 fails that way by 6e-5 in
+# one weight, with plain tiling as well). --grad-clip 1000 keeps clipping off, so the
+# optimizer's moments are the summed gradients themselves: a sum off by a factor shows.
+TINY_RUN = ["--seed", "3", "--grad-clip", "1000", "--meta-batch", "3", "--batch-size", "32",
             "--lr", "3e-3", "--warmup-steps", "2", "--max-parameters", "30000",
             "--max-flops", "1500000", "--validate-every", "1000",
             "--validation-architectures", "2", "--checkpoint-every", "4", "--log-every", "1",

@@ -42,7 +42,7 @@ export const OP_COLORS = {
   scale: "#fda4af", slice: "#d4d4d8", upsample: "#f5d0fe", conv1d: "#bfdbfe",
   conv_transpose2d: "#60a5fa", std_conv2d: "#3b82f6", prelu: "#ea580c", recurrent: "#a78bfa",
   embedding: "#2dd4bf", pad: "#e4e4e7", sub: "#ec4899", reshape: "#d6d3d1", permute: "#a8a29e",
-  opaque: "#64748b",
+  opaque: "#64748b", rhn: "#8b5cf6", hyper_lstm: "#7c3aed", hyper_rhn: "#6d28d9",
 };
 const OP_ORDER = Object.keys(OP_COLORS);
 
