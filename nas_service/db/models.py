@@ -142,7 +142,23 @@ class Architecture(Base):
     created_at: Mapped[datetime] = mapped_column(default=db_now())
 
 
-class SearchJob(Base):
+class Leased:
+    """The columns of a row worked on under a lease (search jobs, adaptation jobs): who runs it,
+    the token that proves it and until when (database clock), how often it was claimed, and when
+    it was created, first started and finished."""
+
+    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    lease_token: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    created_at: Mapped[datetime] = mapped_column(default=db_now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class SearchJob(Leased, Base):
     __tablename__ = "search_jobs"
     __table_args__ = (
         Index(None, "status", "created_at"),
@@ -176,17 +192,6 @@ class SearchJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False,
                                                    server_default=false())
-
-    # The lease: who runs the job, the token that proves it, and until when (database clock).
-    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
-    lease_token: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
-    lease_expires_at: Mapped[datetime | None]
-    heartbeat_at: Mapped[datetime | None]
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-
-    created_at: Mapped[datetime] = mapped_column(default=db_now())
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
 
 
 class Candidate(Base):
@@ -234,7 +239,7 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None]
 
 
-class RegisteredTask(Base):
+class RegisteredTask(Leased, Base):
     """A task registered by upload, and the state of the GHN's adaptation to it (a job of its
     own, leased by workers like a search job: :mod:`nas_service.db.tasks`)."""
 
@@ -261,12 +266,3 @@ class RegisteredTask(Base):
     progress_total: Mapped[int] = mapped_column(Integer)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
-    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
-    lease_token: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
-    lease_expires_at: Mapped[datetime | None]
-    heartbeat_at: Mapped[datetime | None]
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-
-    created_at: Mapped[datetime] = mapped_column(default=db_now())
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
