@@ -239,7 +239,7 @@ def _held_out_spaces(args: argparse.Namespace) -> tuple[str, ...] | None:
     if args.spaces is None:
         return None
     try:
-        spaces = tuple(split_space_names(args.spaces))
+        spaces = split_space_names(args.spaces)
         for name in spaces:
             get_space(name)
     except SearchSpaceError as e:
