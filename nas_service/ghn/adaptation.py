@@ -53,6 +53,29 @@ def _flat(predicted: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for params in predicted for t in params.values()])
 
 
+def meta_loss(ghn: GraphHyperNetwork, graphs: Sequence[ArchitectureGraph], images: torch.Tensor,
+              labels: torch.Tensor, task: str | None, nets: dict[str, nn.Module]
+              ) -> tuple[torch.Tensor, float]:
+    """GHN-2's meta-loss on one batch of ``task``: the cross-entropy of each of ``graphs`` run
+    on ``images`` with the parameters ``ghn`` predicts for it (in train mode), averaged, and the
+    mean accuracy. ``nets`` caches the networks by graph (at most 64; the parameters come from
+    the GHN, so a network is only its structure)."""
+    predicted = ghn.predict(list(graphs), task=task)
+    loss = torch.zeros((), device=ghn.device)
+    correct = 0.0
+    for graph, params in zip(graphs, predicted, strict=True):
+        key = graph.content_hash()
+        net = nets.get(key)
+        if net is None:
+            if len(nets) >= 64:
+                nets.pop(next(iter(nets)))
+            net = nets[key] = to_module(graph, initialize=False, device=ghn.device)
+        logits = functional_call(net.train(), params, (images,))
+        loss = loss + F.cross_entropy(logits, labels)
+        correct += float((logits.argmax(1) == labels).float().mean())
+    return loss / len(graphs), correct / len(graphs)
+
+
 class TaskAdapter:
     """One adaptation of ``ghn`` to ``task`` (added to the GHN with a zero embedding when it has
     none), keeping its predictions for the earlier tasks of ``probes``."""
@@ -89,28 +112,13 @@ class TaskAdapter:
                     for t in self.earlier)
         return self.config.beta / len(self.earlier) * total  # type: ignore[return-value]
 
-    def _net(self, graph: ArchitectureGraph) -> nn.Module:
-        key = graph.content_hash()
-        net = self._nets.get(key)
-        if net is None:
-            if len(self._nets) >= 64:
-                self._nets.pop(next(iter(self._nets)))
-            net = self._nets[key] = to_module(graph, initialize=False, device=self.ghn.device)
-        return net
-
     def train_step(self, graphs: Sequence[ArchitectureGraph], images: torch.Tensor,
                    labels: torch.Tensor) -> dict[str, float]:
         """One update on a batch of the new task: ``{"loss", "accuracy", "regularizer"}``,
         means over ``graphs``."""
         self.ghn.train()
-        predicted = self.ghn.predict(list(graphs), task=self.task)
-        loss = torch.zeros((), device=self.ghn.device)
-        correct = 0.0
-        for graph, params in zip(graphs, predicted, strict=True):
-            logits = functional_call(self._net(graph).train(), params, (images,))
-            loss = loss + F.cross_entropy(logits, labels)
-            correct += float((logits.argmax(1) == labels).float().mean())
-        task_loss = loss / len(graphs)
+        task_loss, accuracy = meta_loss(self.ghn, graphs, images, labels, self.task,
+                                        self._nets)
         regularizer = self.regularizer()
         self.optimizer.zero_grad(set_to_none=True)
         (task_loss + regularizer).backward()
@@ -119,7 +127,7 @@ class TaskAdapter:
         self.optimizer.step()
         self.step += 1
         self.ghn.eval()
-        return {"loss": float(task_loss.detach()), "accuracy": correct / len(graphs),
+        return {"loss": float(task_loss.detach()), "accuracy": accuracy,
                 "regularizer": float(regularizer.detach())}
 
     @torch.no_grad()

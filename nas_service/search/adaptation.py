@@ -34,7 +34,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from sqlalchemy import Engine
 
-from nas_service.data import DatasetError, get_task, load_task, read_stored_task, register_task
+from nas_service.data import (
+    DatasetError,
+    TaskData,
+    get_task,
+    load_task,
+    read_stored_task,
+    register_task,
+)
 from nas_service.db import LeaseLost, tasks
 from nas_service.db.tasks import ClaimedAdaptation
 from nas_service.ghn import GraphHyperNetwork
@@ -157,7 +164,6 @@ class AdaptationRunner:
             embedding_lr=settings.embedding_lr))
         state_path = folder / STATE_FILE
         self._resume(adapter, state_path, generation)
-        train = data.train
         last_beat = time.monotonic()
         history: list[dict[str, float]] = []
         while adapter.step < settings.steps:
@@ -165,16 +171,8 @@ class AdaptationRunner:
                 self._save(adapter, state_path, generation)
                 tasks.release_adaptation(self.engine, claimed.name, claimed.lease_token)
                 return "released"
-            step = adapter.step
-            graphs = [get_space(spaces[s % len(spaces)]).sample(
-                s, input_shape=spec.input_shape, num_classes=spec.num_classes,
-                max_parameters=settings.max_parameters, max_flops=settings.max_flops)
-                for s in step_seeds(step, settings.batch_graphs)]
-            gen = torch.Generator().manual_seed(STEP_SEED + step)
-            index = torch.randint(0, len(train), (settings.batch_images,), generator=gen)
-            images = data.normalize(train.images.index_select(0, index)).to(self.device)
-            labels = train.labels.index_select(0, index).to(self.device)
-            torch.manual_seed(STEP_SEED + step)  # dropout: a resumed run repeats the same steps
+            graphs, images, labels = step_batch(adapter.step, data, settings, spaces,
+                                                self.device)
             metrics = adapter.train_step(graphs, images, labels)
             history.append(metrics)
             if self.on_step is not None:
@@ -239,6 +237,26 @@ class AdaptationRunner:
 def step_seeds(step: int, count: int) -> list[int]:
     """The architectures of training step ``step``."""
     return [STEP_SEED + step * count + i for i in range(count)]
+
+
+def step_batch(step: int, data: TaskData, settings: AdaptationSettings,
+               spaces: tuple[str, ...], device: str | torch.device = "cpu"
+               ) -> tuple[list[ArchitectureGraph], torch.Tensor, torch.Tensor]:
+    """Training step ``step``'s architectures (of ``spaces`` in turn, shaped for the task) and
+    batch of normalised training images and labels, on ``device``: a function of the step
+    alone, so a resumed adaptation repeats the steps it lost. Also seeds torch's global
+    generator for the step's dropout."""
+    spec = data.spec
+    graphs = [get_space(spaces[s % len(spaces)]).sample(
+        s, input_shape=spec.input_shape, num_classes=spec.num_classes,
+        max_parameters=settings.max_parameters, max_flops=settings.max_flops)
+        for s in step_seeds(step, settings.batch_graphs)]
+    gen = torch.Generator().manual_seed(STEP_SEED + step)
+    index = torch.randint(0, len(data.train), (settings.batch_images,), generator=gen)
+    images = data.normalize(data.train.images.index_select(0, index)).to(device)
+    labels = data.train.labels.index_select(0, index).to(device)
+    torch.manual_seed(STEP_SEED + step)
+    return graphs, images, labels
 
 
 def probe_architectures(spaces: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
