@@ -60,7 +60,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +83,15 @@ from nas_service.db._dialect import dialect_insert
 from nas_service.db.clock import db_now
 from nas_service.db.engine import writer
 from nas_service.db.errors import IdempotencyConflict, LeaseLost
+from nas_service.db.leases import (
+    LEASE_CLEARED,
+    claim_oldest,
+    holds_lease,
+    lease_expired,
+    lease_release,
+    lease_renewal,
+    running,
+)
 from nas_service.db.models import (
     Candidate,
     CandidateStatus,
@@ -96,9 +104,6 @@ from nas_service.db.models import (
 from nas_service.db.storable import storable_text
 
 DEFAULT_MAX_ATTEMPTS = 3
-# Rows a claim may find changed under it before giving up for this call (PostgreSQL, only if a
-# row escaped SKIP LOCKED; the caller polls again anyway).
-_CLAIM_TRIES = 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,15 +157,8 @@ def _insert_event(conn: Connection, job_id: str, kind: str,
         job_id=job_id, kind=kind, data=dict(data) if data is not None else None))
 
 
-_JOB_IS_RUNNING = SearchJob.status == JobStatus.RUNNING
-
-
-def _lease_expired() -> ColumnElement[bool]:
-    return and_(_JOB_IS_RUNNING, SearchJob.lease_expires_at < db_now())
-
-
 def _holds_lease(job_id: str, token: str) -> ColumnElement[bool]:
-    return and_(SearchJob.id == job_id, SearchJob.lease_token == token, _JOB_IS_RUNNING)
+    return holds_lease(SearchJob.id, job_id, token)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,7 +250,7 @@ def request_cancel(session: Session, job_id: str) -> SearchJob | None:
         .returning(SearchJob.id)).first()
     flagged = None if cancelled_now else session.execute(
         update(SearchJob)
-        .where(SearchJob.id == job_id, _JOB_IS_RUNNING, SearchJob.cancel_requested == false())
+        .where(SearchJob.id == job_id, running(SearchJob), SearchJob.cancel_requested == false())
         .values(cancel_requested=True)
         .returning(SearchJob.id)).first()
     if cancelled_now:
@@ -295,55 +293,29 @@ def claim_next_job(
     Raises:
         ValueError: ``lease_seconds`` is not positive.
     """
-    if lease_seconds <= 0:
-        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
     claimable = and_(
         SearchJob.attempts < max_attempts,
         or_(SearchJob.status == JobStatus.QUEUED,
-            and_(_lease_expired(), SearchJob.cancel_requested == false())),
+            and_(lease_expired(SearchJob), SearchJob.cancel_requested == false())),
     )
     with writer(engine).begin() as conn:
         _settle_abandoned_jobs(conn, max_attempts)
-        for _ in range(_CLAIM_TRIES):
-            # SKIP LOCKED: concurrent claimers each take a different row instead of queueing on
-            # the first one (SQLite renders no FOR UPDATE: BEGIN IMMEDIATE serialises claims).
-            chosen = conn.execute(
-                select(SearchJob.id, SearchJob.lease_owner, SearchJob.attempts)
-                .where(claimable)
-                .order_by(SearchJob.created_at, SearchJob.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if chosen is None:
-                return None
-            token = secrets.token_hex(16)
-            # Compare-and-set: the condition is checked again by the UPDATE itself, so even a
-            # row that changed since the SELECT is never claimed twice; it is then skipped.
-            claimed = conn.execute(
-                update(SearchJob)
-                .where(SearchJob.id == chosen.id, claimable)
-                .values(status=JobStatus.RUNNING, lease_owner=worker_id, lease_token=token,
-                        lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now(),
-                        attempts=SearchJob.attempts + 1,
-                        started_at=func.coalesce(SearchJob.started_at, db_now()))
-                .returning(SearchJob.attempts, SearchJob.lease_expires_at, SearchJob.space,
-                           SearchJob.task, SearchJob.strategy, SearchJob.seed,
-                           SearchJob.budget_candidates, SearchJob.budget_seconds,
-                           SearchJob.constraints, SearchJob.fidelity)
-            ).first()
-            if claimed is not None:
-                break
-        else:
+        claim = claim_oldest(conn, SearchJob.id, claimable, worker_id, lease_seconds, (
+            SearchJob.attempts, SearchJob.lease_expires_at, SearchJob.space, SearchJob.task,
+            SearchJob.strategy, SearchJob.seed, SearchJob.budget_candidates,
+            SearchJob.budget_seconds, SearchJob.constraints, SearchJob.fidelity))
+        if claim is None:
             return None
+        chosen, token, claimed = claim.chosen, claim.token, claim.claimed
         if chosen.attempts:
-            _insert_event(conn, chosen.id, "reclaimed", {"worker": worker_id,
-                                                          "attempt": claimed.attempts,
-                                                          "previous_worker": chosen.lease_owner})
+            _insert_event(conn, chosen.key, "reclaimed", {"worker": worker_id,
+                                                           "attempt": claimed.attempts,
+                                                           "previous_worker": chosen.lease_owner})
         else:
-            _insert_event(conn, chosen.id, "claimed", {"worker": worker_id, "attempt": 1})
-        done = conn.scalars(select(Candidate.index).where(Candidate.job_id == chosen.id)).all()
+            _insert_event(conn, chosen.key, "claimed", {"worker": worker_id, "attempt": 1})
+        done = conn.scalars(select(Candidate.index).where(Candidate.job_id == chosen.key)).all()
     return ClaimedJob(
-        job_id=chosen.id, lease_token=token, worker_id=worker_id, attempt=claimed.attempts,
+        job_id=chosen.key, lease_token=token, worker_id=worker_id, attempt=claimed.attempts,
         lease_expires_at=claimed.lease_expires_at, space=claimed.space, task=claimed.task,
         strategy=claimed.strategy, seed=claimed.seed,
         budget_candidates=claimed.budget_candidates, budget_seconds=claimed.budget_seconds,
@@ -366,15 +338,15 @@ def _requeue_expired_jobs(conn: Connection) -> None:
     old token is cleared, so the stalled worker's writes are refused as after a reclaim."""
     rows = conn.execute(
         select(SearchJob.id, SearchJob.lease_owner, SearchJob.attempts)
-        .where(_lease_expired(), SearchJob.cancel_requested == false())
+        .where(lease_expired(SearchJob), SearchJob.cancel_requested == false())
         .with_for_update(skip_locked=True)
     ).all()
     for row in rows:
         requeued = conn.execute(
             update(SearchJob)
-            .where(SearchJob.id == row.id, _lease_expired(),
+            .where(SearchJob.id == row.id, lease_expired(SearchJob),
                    SearchJob.cancel_requested == false())
-            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None)
+            .values(status=JobStatus.QUEUED, **LEASE_CLEARED)
             .returning(SearchJob.id)
         ).first()
         if requeued is not None:
@@ -384,7 +356,7 @@ def _requeue_expired_jobs(conn: Connection) -> None:
 
 def _fail_or_cancel_expired_jobs(conn: Connection, max_attempts: int) -> None:
     """Expired leases that must not be claimed again: out of attempts, or cancelled."""
-    abandoned = and_(_lease_expired(), or_(SearchJob.attempts >= max_attempts,
+    abandoned = and_(lease_expired(SearchJob), or_(SearchJob.attempts >= max_attempts,
                                            SearchJob.cancel_requested == true()))
     rows = conn.execute(
         select(SearchJob.id, SearchJob.attempts, SearchJob.cancel_requested,
@@ -402,8 +374,8 @@ def _fail_or_cancel_expired_jobs(conn: Connection, max_attempts: int) -> None:
         conn.execute(
             update(SearchJob)
             .where(SearchJob.id == row.id, abandoned)
-            .values(status=status, error=error, finished_at=db_now(), lease_token=None,
-                    lease_expires_at=None))
+            .values(status=status, error=error, finished_at=db_now(),
+                    **LEASE_CLEARED))
         _insert_event(conn, row.id, status.value,
                       {"reason": "lease expired", "attempts": row.attempts, "error": error})
 
@@ -428,7 +400,7 @@ def heartbeat(engine: Engine, job_id: str, token: str, lease_seconds: float, *,
         renewed = conn.execute(
             update(SearchJob)
             .where(_holds_lease(job_id, token))
-            .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now())
+            .values(**lease_renewal(lease_seconds))
             .returning(SearchJob.cancel_requested, SearchJob.lease_expires_at)
         ).first()
         _settle_abandoned_jobs(conn, max_attempts)
@@ -622,8 +594,8 @@ def finish_job(
         finished = conn.execute(
             update(SearchJob)
             .where(_holds_lease(job_id, token))
-            .values(status=status, error=error, finished_at=db_now(), lease_token=None,
-                    lease_expires_at=None)
+            .values(status=status, error=error, finished_at=db_now(),
+                    **LEASE_CLEARED)
             .returning(SearchJob.id)
         ).first()
         if finished is None:
@@ -643,8 +615,7 @@ def release_job(engine: Engine, job_id: str, token: str) -> None:
         released = conn.execute(
             update(SearchJob)
             .where(_holds_lease(job_id, token))
-            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None,
-                    attempts=SearchJob.attempts - 1)
+            .values(**lease_release(SearchJob))
             .returning(SearchJob.lease_owner)
         ).first()
         if released is None:
@@ -666,7 +637,7 @@ def abandon_job(engine: Engine, job_id: str, token: str, error: str) -> None:
         abandoned = conn.execute(
             update(SearchJob)
             .where(_holds_lease(job_id, token))
-            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None)
+            .values(status=JobStatus.QUEUED, **LEASE_CLEARED)
             .returning(SearchJob.lease_owner, SearchJob.attempts)
         ).first()
         if abandoned is None:

@@ -5,8 +5,8 @@ worker claims the oldest claimable one (:func:`claim_next_adaptation`: ``queued`
 with an expired lease and attempts left), renews its lease and reports progress with
 :func:`heartbeat_adaptation`, and ends with :func:`finish_adaptation` (or
 :func:`release_adaptation` when it shuts down). Every write names the lease token and is refused
-once the token no longer holds the job, exactly as :mod:`nas_service.db.queue` does for search
-jobs; an adaptation whose lease expired ``max_attempts`` times becomes ``failed``. The worker
+once the token no longer holds the job (the protocol of :mod:`nas_service.db.leases`, which
+search jobs follow too); an adaptation whose lease expired ``max_attempts`` times becomes ``failed``. The worker
 keeps its own training state on disk, so a reclaimed job resumes from it rather than starting
 over.
 
@@ -20,13 +20,12 @@ two workers (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` and a compare-and-set ``UPDA
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -34,6 +33,14 @@ from sqlalchemy.orm import Session, aliased
 from nas_service.db.clock import db_now
 from nas_service.db.engine import writer
 from nas_service.db.errors import LeaseLost, StorageError
+from nas_service.db.leases import (
+    LEASE_CLEARED,
+    claim_oldest,
+    holds_lease,
+    lease_expired,
+    lease_release,
+    lease_renewal,
+)
 from nas_service.db.models import JobStatus, RegisteredTask
 from nas_service.db.storable import storable_text
 
@@ -103,60 +110,38 @@ def adapted_tasks(session: Session) -> list[RegisteredTask]:
                                 .order_by(RegisteredTask.finished_at, RegisteredTask.name)))
 
 
-_RUNNING = RegisteredTask.status == JobStatus.RUNNING
-
-
-def _lease_expired() -> ColumnElement[bool]:
-    return and_(_RUNNING, RegisteredTask.lease_expires_at < db_now())
-
-
 def _holds_lease(name: str, token: str) -> ColumnElement[bool]:
-    return and_(RegisteredTask.name == name, RegisteredTask.lease_token == token, _RUNNING)
+    return holds_lease(RegisteredTask.name, name, token)
 
 
 def claim_next_adaptation(engine: Engine, worker_id: str, lease_seconds: float, *,
                           max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> ClaimedAdaptation | None:
     """Claim the oldest claimable adaptation job; ``None`` when there is none. Jobs whose lease
     expired with no attempts left become ``failed`` first."""
-    if lease_seconds <= 0:
-        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
     # One adaptation at a time, service-wide: each starts from the GHN the last one served.
     other = aliased(RegisteredTask)
     busy = (select(other.name)
             .where(other.status == JobStatus.RUNNING, other.lease_expires_at >= db_now())
             .exists())
     claimable = and_(RegisteredTask.attempts < max_attempts,
-                     or_(RegisteredTask.status == JobStatus.QUEUED, _lease_expired()), ~busy)
+                     or_(RegisteredTask.status == JobStatus.QUEUED,
+                         lease_expired(RegisteredTask)), ~busy)
     with writer(engine).begin() as conn:
         _settle_abandoned(conn, max_attempts)
-        chosen = conn.execute(
-            select(RegisteredTask.name).where(claimable)
-            .order_by(RegisteredTask.created_at, RegisteredTask.name).limit(1)
-            .with_for_update(skip_locked=True)).first()
-        if chosen is None:
-            return None
-        token = secrets.token_hex(16)
-        claimed = conn.execute(
-            update(RegisteredTask)
-            .where(RegisteredTask.name == chosen.name, claimable)
-            .values(status=JobStatus.RUNNING, lease_owner=worker_id, lease_token=token,
-                    lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now(),
-                    attempts=RegisteredTask.attempts + 1,
-                    started_at=func.coalesce(RegisteredTask.started_at, db_now()))
-            .returning(RegisteredTask.attempts, RegisteredTask.settings,
-                       RegisteredTask.progress_done)).first()
-        if claimed is None:
-            return None
-    return ClaimedAdaptation(chosen.name, token, worker_id, claimed.attempts,
-                             dict(claimed.settings or {}), claimed.progress_done)
+        claim = claim_oldest(conn, RegisteredTask.name, claimable, worker_id, lease_seconds,
+                             (RegisteredTask.attempts, RegisteredTask.settings,
+                              RegisteredTask.progress_done))
+    if claim is None:
+        return None
+    return ClaimedAdaptation(claim.chosen.key, claim.token, worker_id, claim.claimed.attempts,
+                             dict(claim.claimed.settings or {}), claim.claimed.progress_done)
 
 
 def _settle_abandoned(conn: Connection, max_attempts: int) -> None:
-    abandoned = and_(_lease_expired(), RegisteredTask.attempts >= max_attempts)
+    abandoned = and_(lease_expired(RegisteredTask), RegisteredTask.attempts >= max_attempts)
     conn.execute(
         update(RegisteredTask).where(abandoned)
-        .values(status=JobStatus.FAILED, finished_at=db_now(), lease_token=None,
-                lease_expires_at=None,
+        .values(status=JobStatus.FAILED, finished_at=db_now(), **LEASE_CLEARED,
                 error=f"gave up after {max_attempts} attempt(s): the worker's lease expired "
                       "before the adaptation finished"))
 
@@ -164,8 +149,7 @@ def _settle_abandoned(conn: Connection, max_attempts: int) -> None:
 def heartbeat_adaptation(engine: Engine, name: str, token: str, lease_seconds: float,
                          progress_done: int | None = None) -> bool:
     """Renew the lease and record progress; false when the lease is lost."""
-    values: dict[str, Any] = {"lease_expires_at": db_now(lease_seconds),
-                              "heartbeat_at": db_now()}
+    values = lease_renewal(lease_seconds)
     if progress_done is not None:
         values["progress_done"] = progress_done
     with writer(engine).begin() as conn:
@@ -185,8 +169,8 @@ def finish_adaptation(engine: Engine, name: str, token: str, status: JobStatus |
     status = JobStatus(status)
     if not status.is_final:
         raise ValueError(f"finish_adaptation takes a final status, not {status.value}")
-    values: dict[str, Any] = {"status": status, "finished_at": db_now(), "lease_token": None,
-                              "lease_expires_at": None, "result": result,
+    values: dict[str, Any] = {"status": status, "finished_at": db_now(), **LEASE_CLEARED,
+                              "result": result,
                               "error": storable_text(error) if error is not None else None}
     if progress_done is not None:
         values["progress_done"] = progress_done
@@ -204,8 +188,7 @@ def release_adaptation(engine: Engine, name: str, token: str) -> None:
     with writer(engine).begin() as conn:
         released = conn.execute(
             update(RegisteredTask).where(_holds_lease(name, token))
-            .values(status=JobStatus.QUEUED, lease_token=None, lease_expires_at=None,
-                    attempts=RegisteredTask.attempts - 1)
+            .values(**lease_release(RegisteredTask))
             .returning(RegisteredTask.name)).first()
     if released is None:
         raise LeaseLost(name)
