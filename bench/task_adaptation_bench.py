@@ -20,7 +20,10 @@ variants, all from the bundled GHN with the same number of steps per added task:
 
 * ``regularized``: each task learnt with the output regulariser (``--beta``, the service's
   default 0.01) on the earlier tasks' probe sets: what the service does;
-* ``sequential``: the same with ``β = 0``, plain sequential fine-tuning (the lower bound);
+* ``embedding``: only each task's embedding is learnt (``lr = 0``: the GHN's weights stay as they
+  are, so earlier tasks cannot change at all);
+* ``sequential``: the same as ``regularized`` with ``β = 0``, plain sequential fine-tuning (the
+  lower bound);
 * ``joint``: one GHN trained on all four tasks at once, a step of each in turn, for as many steps
   as the sequential variants take together (the upper bound: it sees every task's data all along);
 * ``alone``: each added task learnt from the bundled GHN by itself: the reference for a new
@@ -215,7 +218,7 @@ def _data(specs: list[TaskSpec]) -> dict[str, TaskData]:
     return {s.name: load_task(s.name) for s in specs}
 
 
-def run_sequence(beta: float, specs: list[TaskSpec], data: dict[str, TaskData],
+def run_sequence(beta: float, lr: float, specs: list[TaskSpec], data: dict[str, TaskData],
                  settings: AdaptationSettings, spaces: tuple[str, ...],
                  evaluation: Evaluation, *, only: TaskSpec | None = None) -> dict[str, Any]:
     """The bundled GHN learning the added tasks one after the other (``only``: that one task
@@ -237,7 +240,7 @@ def run_sequence(beta: float, specs: list[TaskSpec], data: dict[str, TaskData],
             max_parameters=settings.max_parameters, max_flops=settings.max_flops)
             for s in earlier}
         adapter = TaskAdapter(ghn, spec.name, probes, AdaptationConfig(
-            steps=settings.steps, beta=beta, lr=settings.lr, embedding_lr=settings.embedding_lr))
+            steps=settings.steps, beta=beta, lr=lr, embedding_lr=settings.embedding_lr))
         t0 = time.perf_counter()
         history = [adapter.train_step(*step_batch(step, data[spec.name], settings, spaces))
                    for step in range(settings.steps)]
@@ -300,7 +303,7 @@ def summarise(variants: dict[str, Any], specs: list[TaskSpec],
         alone[names[1]] = variants["sequential"]["stages"][1]["tasks"][names[1]][
             "mean_predicted_accuracy"]
     out: dict[str, Any] = {"alone_mean_predicted_accuracy": alone}
-    for variant in ("regularized", "sequential", "joint"):
+    for variant in ("regularized", "embedding", "sequential", "joint"):
         if variant not in variants:
             continue
         final = variants[variant]["stages"][-1]["tasks"]
@@ -338,7 +341,7 @@ def main() -> int:
                         help="adaptation steps per added task (the service's default: "
                              f"{AdaptationSettings().steps})")
     parser.add_argument("--beta", type=float, default=AdaptationSettings().beta)
-    parser.add_argument("--variants", default="regularized,sequential,alone,joint")
+    parser.add_argument("--variants", default="regularized,embedding,sequential,alone,joint")
     parser.add_argument("--held-out", type=int, default=12,
                         help="held-out architectures of each added task")
     parser.add_argument("--truth-architectures", type=int, default=39,
@@ -372,11 +375,13 @@ def main() -> int:
     evaluation = Evaluation(specs, settings, spaces, args)
     data = _data(specs)
     runs: dict[str, Callable[[], dict[str, Any]]] = {
-        "regularized": lambda: run_sequence(args.beta, specs, data, settings, spaces,
-                                            evaluation),
-        "sequential": lambda: run_sequence(0.0, specs, data, settings, spaces, evaluation),
+        "regularized": lambda: run_sequence(args.beta, settings.lr, specs, data, settings,
+                                            spaces, evaluation),
+        "embedding": lambda: run_sequence(0.0, 0.0, specs, data, settings, spaces, evaluation),
+        "sequential": lambda: run_sequence(0.0, settings.lr, specs, data, settings, spaces,
+                                           evaluation),
         "alone": lambda: {"stages": [st for spec in specs[2:] for st in run_sequence(
-            0.0, specs, data, settings, spaces, evaluation, only=spec)["stages"]]},
+            0.0, settings.lr, specs, data, settings, spaces, evaluation, only=spec)["stages"]]},
         "joint": lambda: run_joint(specs, data, settings, spaces, evaluation),
     }
     try:

@@ -173,3 +173,30 @@ def test_the_output_regularizer_keeps_earlier_predictions() -> None:
     free, regularized = drift(0.0), drift(1.0)
     assert free > 0.01
     assert regularized < 0.5 * free
+
+
+def test_an_embedding_only_adaptation_leaves_earlier_tasks_exactly_as_they_were() -> None:
+    torch.manual_seed(0)
+    ghn = GraphHyperNetwork(TINY_GHN).eval()
+    ghn.task = "fashion-mnist"
+    earlier = probe_architectures(("cells",), (1, 12, 12), 10, 2, max_flops=SMALL_FLOPS // 4)
+    ghn.add_task("older")
+    with torch.no_grad():  # as the scorer predicts
+        before = {t: ghn.predict(earlier, task=t) for t in (None, "older")}
+    weights = {k: v.clone() for k, v in ghn.state_dict().items()}
+    adapter = TaskAdapter(ghn, "new", {None: earlier, "older": earlier},
+                          AdaptationConfig(steps=5, lr=0.0))
+    graphs = probe_architectures(("cells",), (1, 12, 12), 3, 2, max_flops=SMALL_FLOPS // 4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.randn(16, 1, 12, 12, generator=gen)
+        y = torch.randint(0, 3, (16,), generator=gen)
+        metrics = adapter.train_step(graphs, x, y)
+    assert metrics["regularizer"] == 0.0
+    assert adapter.embedding.abs().sum() > 0  # the new task's embedding was learnt
+    assert all(torch.equal(v, weights[k]) for k, v in ghn.state_dict().items())
+    for task, predicted in before.items():
+        with torch.no_grad():
+            after = ghn.predict(earlier, task=task)
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(after, predicted, strict=True)
+                   for k in a)

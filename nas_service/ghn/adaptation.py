@@ -40,7 +40,9 @@ class AdaptationConfig:
     beta: float = 0.01
     """Weight of the output regulariser (the paper's defaults: 0.01 to 0.1)."""
     lr: float = 1e-4
-    """Of the GHN's weights: small, as they already serve other tasks."""
+    """Of the GHN's weights: small, as they already serve other tasks. ``0``: the weights stay
+    as they are and only the task's embedding is learnt, so every earlier task's predictions
+    stay exactly what they were (the regulariser then has nothing to do and is skipped)."""
     embedding_lr: float = 1e-2
     grad_clip: float = 5.0
 
@@ -88,18 +90,22 @@ class TaskAdapter:
         if task not in ghn.task_embeddings:
             ghn.add_task(task)
         self.embedding = ghn.task_embeddings[task]
-        self.earlier = [t for t in probes if t != task]
-        # The earlier tasks' probe graphs, featurised once, and their outputs under Θ*.
+        self.adapts_weights = config.lr > 0
+        # Earlier tasks: their probe graphs, featurised once, and their outputs under Θ*
+        # (nothing to keep when Θ does not move).
+        self.earlier = [t for t in probes if t != task] if self.adapts_weights else []
         self._probes = {t: ghn.prepare(list(probes[t])) for t in self.earlier}
         with torch.no_grad():
             self.targets = {t: _flat(ghn(*self._probes[t], task=t)).detach()
                             for t in self.earlier}
-        for t in self.earlier:  # earlier embeddings are fixed
-            if t is not None:
-                ghn.task_embeddings[t].requires_grad_(False)
-        self.optimizer = torch.optim.Adam([
-            {"params": list(ghn.parameters()), "lr": config.lr},
-            {"params": [self.embedding], "lr": config.embedding_lr}])
+        for t, embedding in ghn.task_embeddings.items():  # earlier embeddings are fixed
+            embedding.requires_grad_(t == task)
+        for p in ghn.parameters():
+            p.requires_grad_(self.adapts_weights)
+        groups = [{"params": [self.embedding], "lr": config.embedding_lr}]
+        if self.adapts_weights:
+            groups.insert(0, {"params": list(ghn.parameters()), "lr": config.lr})
+        self.optimizer = torch.optim.Adam(groups)
         self.step = 0
         self._nets: dict[str, nn.Module] = {}
 
@@ -122,8 +128,9 @@ class TaskAdapter:
         regularizer = self.regularizer()
         self.optimizer.zero_grad(set_to_none=True)
         (task_loss + regularizer).backward()
-        torch.nn.utils.clip_grad_norm_([*self.ghn.parameters(), self.embedding],
-                                       self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in self.optimizer.param_groups for p in group["params"]],
+            self.config.grad_clip)
         self.optimizer.step()
         self.step += 1
         self.ghn.eval()
