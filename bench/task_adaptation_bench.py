@@ -15,13 +15,15 @@ Tasks, in order:
 Each added task is stored and registered as an upload of it would be (``nas_service.data``) and
 learnt as the service's adaptation job learns it (:class:`nas_service.ghn.adaptation.TaskAdapter`
 with :func:`nas_service.search.adaptation.step_batch` and the probe sets of
-``probe_architectures``, the job's default :class:`AdaptationSettings` but ``--steps``). The
+``probe_architectures``, the job's default :class:`AdaptationSettings` but ``--steps`` and the
+learning rate of the GHN's weights). The
 variants, all from the bundled GHN with the same number of steps per added task:
 
-* ``regularized``: each task learnt with the output regulariser (``--beta``, the service's
-  default 0.01) on the earlier tasks' probe sets: what the service does;
-* ``embedding``: only each task's embedding is learnt (``lr = 0``: the GHN's weights stay as they
-  are, so earlier tasks cannot change at all);
+* ``regularized``: the GHN's weights adapted too (``--lr``, 1e-4), with the output regulariser
+  (``--beta``, 0.01) on the earlier tasks' probe sets (the service with ``NAS_ADAPTATION_LR``
+  above 0);
+* ``embedding``: only each task's embedding is learnt (``lr = 0``, the service's default): the
+  GHN's weights stay as they are, so earlier tasks cannot change at all;
 * ``sequential``: the same as ``regularized`` with ``β = 0``, plain sequential fine-tuning (the
   lower bound);
 * ``joint``: one GHN trained on all four tasks at once, a step of each in turn, for as many steps
@@ -256,14 +258,14 @@ def run_sequence(beta: float, lr: float, specs: list[TaskSpec], data: dict[str, 
     return {"stages": stages, "seconds": time.perf_counter() - started}
 
 
-def run_joint(specs: list[TaskSpec], data: dict[str, TaskData], settings: AdaptationSettings,
+def run_joint(lr: float, specs: list[TaskSpec], data: dict[str, TaskData], settings: AdaptationSettings,
               spaces: tuple[str, ...], evaluation: Evaluation) -> dict[str, Any]:
     """One GHN trained on every task at once: step ``i`` is task ``i mod T``'s ``i // T``-th
     batch; as many steps as the sequential variants take together."""
     torch.manual_seed(0)
     ghn = load_ghn(device="cpu")
     embeddings = [ghn.add_task(s.name) for s in specs[1:]]
-    optimizer = torch.optim.Adam([{"params": list(ghn.parameters()), "lr": settings.lr},
+    optimizer = torch.optim.Adam([{"params": list(ghn.parameters()), "lr": lr},
                                   {"params": embeddings, "lr": settings.embedding_lr}])
     total = settings.steps * (len(specs) - 1)
     nets: dict[str, Any] = {}
@@ -341,6 +343,8 @@ def main() -> int:
                         help="adaptation steps per added task (the service's default: "
                              f"{AdaptationSettings().steps})")
     parser.add_argument("--beta", type=float, default=AdaptationSettings().beta)
+    parser.add_argument("--lr", type=float, default=1e-4,
+                        help="of the GHN's weights, in the variants that adapt them")
     parser.add_argument("--variants", default="regularized,embedding,sequential,alone,joint")
     parser.add_argument("--held-out", type=int, default=12,
                         help="held-out architectures of each added task")
@@ -375,14 +379,14 @@ def main() -> int:
     evaluation = Evaluation(specs, settings, spaces, args)
     data = _data(specs)
     runs: dict[str, Callable[[], dict[str, Any]]] = {
-        "regularized": lambda: run_sequence(args.beta, settings.lr, specs, data, settings,
+        "regularized": lambda: run_sequence(args.beta, args.lr, specs, data, settings,
                                             spaces, evaluation),
         "embedding": lambda: run_sequence(0.0, 0.0, specs, data, settings, spaces, evaluation),
-        "sequential": lambda: run_sequence(0.0, settings.lr, specs, data, settings, spaces,
+        "sequential": lambda: run_sequence(0.0, args.lr, specs, data, settings, spaces,
                                            evaluation),
         "alone": lambda: {"stages": [st for spec in specs[2:] for st in run_sequence(
-            0.0, settings.lr, specs, data, settings, spaces, evaluation, only=spec)["stages"]]},
-        "joint": lambda: run_joint(specs, data, settings, spaces, evaluation),
+            0.0, args.lr, specs, data, settings, spaces, evaluation, only=spec)["stages"]]},
+        "joint": lambda: run_joint(args.lr, specs, data, settings, spaces, evaluation),
     }
     try:
         for variant in args.variants.split(","):

@@ -126,7 +126,13 @@ class Settings(BaseSettings):
         default=None, description="the adapted GHN and its task embeddings; None: <data_dir>/ghn")
     adaptation_steps: int = Field(default=300, ge=1, description="GHN updates per added task")
     adaptation_beta: float = Field(default=0.01, ge=0,
-                                   description="weight of the output regulariser")
+                                   description="weight of the output regulariser (when "
+                                               "adaptation_lr > 0)")
+    adaptation_lr: float = Field(
+        default=0.0, ge=0, le=1,
+        description="learning rate of the GHN's weights while adapting (with the output "
+                    "regulariser, weight adaptation_beta); 0: only the new task's embedding is "
+                    "learnt and every earlier task scores exactly as before")
     adaptation_probe_architectures: int = Field(
         default=16, ge=1, description="fixed architectures whose predicted weights the "
                                       "regulariser keeps for every earlier task")

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load
 
 pytest.register_assert_rewrite("service_support")
 
@@ -150,7 +152,9 @@ def test_a_registered_task_is_adapted_then_scored_and_searched(
     adaptation = task["adaptation"]
     assert adaptation["status"] == "succeeded", adaptation
     assert adaptation["progress"] == {"done": 3, "total": 3, "fraction": 1.0}
-    assert adaptation["result"]["steps"] == 3 and "fashion-mnist" in adaptation["result"]["drift"]
+    # The default adapts only the task's embedding: nothing of the earlier task moved.
+    assert adaptation["result"]["steps"] == 3 and adaptation["result"]["drift"] == {
+        "fashion-mnist": 0.0}
     assert task["scored"]
     served = settings.adapted_ghn_dir
     assert (served / "served.json").is_file()
@@ -163,10 +167,14 @@ def test_a_registered_task_is_adapted_then_scored_and_searched(
     assert r.json()["task"] == task_name and 0.0 <= r.json()["score"]["value"] <= 1.0
     assert r.json()["graph"]["nodes"][0]["shape"] == [1, 12, 12]
     # The earlier task still scores, with the adapted GHN's version (not served from the cache
-    # of the GHN before adaptation).
+    # of the GHN before adaptation), exactly as before.
     after = client.post("/v1/architectures", json={"space": "cells", "seed": 3})
     assert after.status_code == 201, after.text
     assert after.json()["ghn_version"] != before.json()["ghn_version"]
+    assert after.json()["score"]["value"] == before.json()["score"]["value"]
+    weights = [load(client.get(r.json()["checkpoint"]["url"]).content) for r in (before, after)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     job = client.post("/v1/search-jobs", json={"space": "cells", "task": task_name, "seed": 0,
                                                "budget": {"candidates": 2}})
     assert job.status_code == 202, job.text

@@ -93,11 +93,11 @@ class TaskAdapter:
         self.adapts_weights = config.lr > 0
         # Earlier tasks: their probe graphs, featurised once, and their outputs under Θ*
         # (nothing to keep when Θ does not move).
-        self.earlier = [t for t in probes if t != task] if self.adapts_weights else []
-        self._probes = {t: ghn.prepare(list(probes[t])) for t in self.earlier}
+        self.earlier = [t for t in probes if t != task]
+        kept = self.earlier if self.adapts_weights else []
+        self._probes = {t: ghn.prepare(list(probes[t])) for t in kept}
         with torch.no_grad():
-            self.targets = {t: _flat(ghn(*self._probes[t], task=t)).detach()
-                            for t in self.earlier}
+            self.targets = {t: _flat(ghn(*self._probes[t], task=t)).detach() for t in kept}
         for t, embedding in ghn.task_embeddings.items():  # earlier embeddings are fixed
             embedding.requires_grad_(t == task)
         for p in ghn.parameters():
@@ -112,10 +112,10 @@ class TaskAdapter:
     def regularizer(self) -> torch.Tensor:
         """``(β / T') Σ_t' ‖h(e_t', Θ) − h(e_t', Θ*)‖²`` over the earlier tasks (zero without
         any, or with ``β = 0``)."""
-        if not self.earlier or self.config.beta == 0:
+        if not self.targets or self.config.beta == 0:
             return torch.zeros((), device=self.ghn.device)
         total = sum(((_flat(self.ghn(*self._probes[t], task=t)) - self.targets[t]) ** 2).sum()
-                    for t in self.earlier)
+                    for t in self.targets)
         return self.config.beta / len(self.earlier) * total  # type: ignore[return-value]
 
     def train_step(self, graphs: Sequence[ArchitectureGraph], images: torch.Tensor,
@@ -139,7 +139,10 @@ class TaskAdapter:
 
     @torch.no_grad()
     def drift(self) -> dict[str, float]:
-        """How far each earlier task's predictions moved: ``‖h − h*‖ / ‖h*‖`` on its probes."""
+        """How far each earlier task's predictions moved: ``‖h − h*‖ / ‖h*‖`` on its probes
+        (``0`` when the weights are not adapted: nothing of an earlier task can move)."""
+        if not self.adapts_weights:
+            return {t or "": 0.0 for t in self.earlier}
         return {t or "": float((_flat(self.ghn(*self._probes[t], task=t)) - self.targets[t])
                                .norm() / self.targets[t].norm().clamp_min(1e-12))
                 for t in self.earlier}

@@ -71,6 +71,7 @@ def upload_limits(settings: Settings) -> UploadLimits:
 
 def adaptation_settings(settings: Settings) -> AdaptationSettings:
     return AdaptationSettings(steps=settings.adaptation_steps, beta=settings.adaptation_beta,
+                              lr=settings.adaptation_lr,
                               probe_architectures=settings.adaptation_probe_architectures,
                               batch_graphs=settings.adaptation_batch_graphs,
                               batch_images=settings.adaptation_batch_images,
