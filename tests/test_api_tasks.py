@@ -138,7 +138,9 @@ def test_a_registered_task_is_adapted_then_scored_and_searched(
                                      recalibration_batches=1, recalibration_batch_size=32,
                                      adapted_dir=settings.adapted_ghn_dir,
                                      tasks_dir=settings.tasks_dir)
-    client = make_client(scorer=scorer, worker_in_process=True, **TINY_ADAPTATION)
+    # Misses are scored in a scoring process, as by default: it must serve the adapted GHN too.
+    client = make_client(scorer=scorer, worker_in_process=True, scoring_processes=1,
+                         **TINY_ADAPTATION)
     before = client.post("/v1/architectures", json={"space": "cells", "seed": 3})
     assert before.status_code == 201, before.text
     r = post_task(client, task_name, [("mine.npz", npz_upload())])

@@ -93,7 +93,12 @@ class ScoringProcessConfig:
     recalibration_batch_size: int
     budget: ScoringBudget
     readout: bool
-    ghn_version: str
+    base_version: str
+    """The API scorer's version before any adapted GHN: the child's must be the same."""
+    adapted_dir: str | None = None
+    """Where the GHN adapted to registered tasks is served, and those tasks' data: the child
+    serves the newest adapted set, as the API does, before each batch."""
+    tasks_dir: str | None = None
     threads: int | None = None  # torch threads of the child; None: one core fewer than there are
 
     @classmethod
@@ -105,7 +110,10 @@ class ScoringProcessConfig:
                    eval_images=scorer.eval_images,
                    recalibration_batches=scorer.recalibration_batches,
                    recalibration_batch_size=scorer.recalibration_batch_size,
-                   budget=scorer.budget, readout=scorer.readout, ghn_version=scorer.ghn_version)
+                   budget=scorer.budget, readout=scorer.readout,
+                   base_version=scorer.base_version,
+                   adapted_dir=str(scorer.adapted.ghn_dir) if scorer.adapted else None,
+                   tasks_dir=str(scorer.adapted.tasks_dir) if scorer.adapted else None)
 
 
 @dataclass
@@ -396,10 +404,10 @@ def serve_scoring(config: ScoringProcessConfig, connection: Connection) -> None:
             config.ghn_path, device=config.device, eval_images=config.eval_images,
             recalibration_batches=config.recalibration_batches,
             recalibration_batch_size=config.recalibration_batch_size, budget=config.budget,
-            readout=config.readout)
-        if scorer.ghn_version != config.ghn_version:
+            readout=config.readout, adapted_dir=config.adapted_dir, tasks_dir=config.tasks_dir)
+        if scorer.base_version != config.base_version:
             raise RuntimeError(f"the GHN at {config.ghn_path} scores as version "
-                               f"{scorer.ghn_version}, the API's as {config.ghn_version}")
+                               f"{scorer.base_version}, the API's as {config.base_version}")
         engine = make_engine(config.database_url)
         store = CheckpointStore(config.checkpoint_dir)
         if scorer.task is not None:

@@ -269,6 +269,12 @@ class ArchitectureScorer:
         scorer.refresh()
         return scorer
 
+    @property
+    def base_version(self) -> str:
+        """The version of this scorer's checkpoint and protocol before any adapted GHN it may
+        serve (:meth:`refresh`): two scorers that agree on it serve the same adapted sets."""
+        return self._base_version
+
     def sibling(self, budget: ScoringBudget | None = None) -> ArchitectureScorer:
         """A scorer of the same GHN, protocol and task data with its own copy of the GHN and its
         own lock, so that two callers (the API and a worker thread) score at the same time

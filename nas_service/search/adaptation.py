@@ -198,7 +198,7 @@ class AdaptationRunner:
                                        "register the task again to adapt the current GHN")
         tail = history[-10:] or [{"loss": float("nan"), "accuracy": float("nan"),
                                   "regularizer": 0.0}]
-        result = {"steps": adapter.step, "beta": settings.beta,
+        result = {"steps": adapter.step, "lr": settings.lr, "beta": settings.beta,
                   "loss": sum(m["loss"] for m in tail) / len(tail),
                   "accuracy": sum(m["accuracy"] for m in tail) / len(tail),
                   "regularizer": sum(m["regularizer"] for m in tail) / len(tail),
