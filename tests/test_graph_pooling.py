@@ -1,6 +1,6 @@
-"""The graph's pooling modules pool channels-last on the CPU for speed; the results, and their
-gradients, must be bit-identical to PyTorch's NCHW pooling so that a score, and a downloaded
-checkpoint evaluated anywhere, do not depend on it."""
+"""The graph's pooling modules pool channels-last on the CPU when scoring, for speed; the results
+must be bit-identical to PyTorch's NCHW pooling so that a score, and a downloaded checkpoint
+evaluated anywhere, do not depend on it. Training (autograd) keeps PyTorch's own kernels."""
 
 from __future__ import annotations
 
@@ -22,10 +22,17 @@ def _input(seed: int, shape: tuple[int, ...] = (3, 5, 13, 11)) -> torch.Tensor:
 
 
 def _same_forward_and_backward(ours: nn.Module, torchs: nn.Module, seed: int) -> None:
-    x = _input(seed).requires_grad_(True)
-    y = x.detach().clone().requires_grad_(True)
+    x = _input(seed)
+    ties = x.relu()  # windows of equal maxima, as after a ReLU
+    with torch.no_grad():  # as scoring runs: the channels-last kernels
+        for given in (x, ties):
+            out = ours(given)
+            assert out.is_contiguous()
+            assert torch.equal(out, torchs(given))
+    # With autograd (training), PyTorch's own kernels: the same gradients, ties included.
+    x = ties.requires_grad_(True)
+    y = ties.detach().clone().requires_grad_(True)
     out, ref = ours(x), torchs(y)
-    assert out.is_contiguous()
     assert torch.equal(out, ref)
     grad = _input(seed + 1, tuple(ref.shape))
     out.backward(grad)
@@ -61,8 +68,9 @@ def test_wide_batches_nans_and_infinities_pool_as_pytorch_does() -> None:
     x[2, 3, 4, 5] = float("-inf")
     for ours, torchs in ((MaxPool2d(3, 1, 1), nn.MaxPool2d(3, 1, 1)),
                          (AvgPool2d(3, 2, 1), nn.AvgPool2d(3, 2, 1))):
-        assert torch.equal(ours(x).isnan(), torchs(x).isnan())
-        assert torch.equal(ours(x).nan_to_num(), torchs(x).nan_to_num())
+        with torch.no_grad():
+            assert torch.equal(ours(x).isnan(), torchs(x).isnan())
+            assert torch.equal(ours(x).nan_to_num(), torchs(x).nan_to_num())
 
 
 def test_inputs_that_are_not_contiguous_nchw_pool_as_given() -> None:

@@ -748,8 +748,12 @@ def _pool_channels_last(x: torch.Tensor, pool: Callable[[torch.Tensor], torch.Te
     every convolution together. The two kernels give bit-identical results (each output is the
     max or mean of the same window in the same order; tests/test_graph_pooling.py), so
     scores and downloaded checkpoints are unchanged; the output is NCHW again for the next op.
+    Only without autograd (scoring): with it, GHN training's results moved in the last bits
+    (tests/test_distributed_training.py compares runs exactly), so training keeps PyTorch's
+    own kernels.
     """
-    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+    if (x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous()
+            or (x.requires_grad and torch.is_grad_enabled())):
         return pool(x)
     return pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
