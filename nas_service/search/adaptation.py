@@ -5,8 +5,9 @@ One adaptation, as :meth:`AdaptationRunner.run_once` runs it::
     claim_next_adaptation (one at a time, service-wide)
       Θ*: the served adapted GHN (nas_service.ghn.tasks), else the checkpoint the service loads
       probe sets: fixed architectures of each earlier task (its input shape and class count)
-      TaskAdapter (nas_service.ghn.adaptation): a zero embedding for the new task, targets
-          h(e_t', Θ*), Adam; resumed from the task's saved training state when there is one
+      TaskAdapter (nas_service.ghn.adaptation): a zero embedding for the new task (by default
+          all it learns; with lr > 0 the GHN's weights too, regularised towards the targets
+          h(e_t', Θ*)), Adam; resumed from the task's saved training state when there is one
       for each step: architectures and a batch of the task's training images, both a function
           of the step alone; one update; heartbeat with progress; every
           ``checkpoint_every`` steps the training state is saved
