@@ -11,7 +11,11 @@ parameters the GHN predicts for them), ``h(e_t', Θ)`` every parameter the GHN p
 fixed *probe set* of architectures of the earlier task ``t'`` (its input shape and class count),
 and ``Θ*`` the weights before ``t`` was added: the GHN rehearses its own earlier outputs, no
 earlier data is needed. Earlier embeddings stay fixed. ``β = 0`` is plain sequential
-fine-tuning, the baseline the regulariser is measured against (``bench/``).
+fine-tuning, the baseline the regulariser is measured against (``bench/``). With ``lr = 0``
+(``AdaptationConfig.lr``) only ``e_t`` is learnt: ``Θ`` stays ``Θ*``, so every earlier task's
+predictions stay exactly what they were and the regulariser is not needed; the service adapts
+this way by default, because measured on this GHN the regulariser did not keep earlier tasks'
+scores (``bench/task_adaptation_bench.py``, ``docs/continual.md``).
 
 :class:`TaskAdapter` holds one adaptation: the targets ``h(e_t', Θ*)``, an Adam optimizer over
 ``Θ`` and ``e_t``, and the step count; :meth:`TaskAdapter.state` and
@@ -80,7 +84,9 @@ def meta_loss(ghn: GraphHyperNetwork, graphs: Sequence[ArchitectureGraph], image
 
 class TaskAdapter:
     """One adaptation of ``ghn`` to ``task`` (added to the GHN with a zero embedding when it has
-    none), keeping its predictions for the earlier tasks of ``probes``."""
+    none), keeping its predictions for the earlier tasks of ``probes``. Marks what it trains:
+    the task's embedding, and the GHN's weights only when ``config.lr > 0`` (their
+    ``requires_grad`` says so afterwards too)."""
 
     def __init__(self, ghn: GraphHyperNetwork, task: str, probes: Probes,
                  config: AdaptationConfig) -> None:
