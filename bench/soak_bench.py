@@ -15,7 +15,8 @@ keys on. ``--clients`` clients loop over, by weight:
   ambiguous credentials, a connection that stalls in its headers.
 
 Every ``--kill-seconds`` a random worker gets SIGKILL and a new one is started; its job's lease
-expires and another worker finishes it. RSS of every process is sampled every few seconds.
+expires and another worker finishes it. The memory of every process with its descendants (the
+API with its scoring processes) is sampled every few seconds, as proportional set sizes.
 
 At the end the load stops, the jobs are given ``--drain-seconds`` to finish, and the report
 checks (``invariants``, each ``true`` or a list of what broke it):
@@ -28,7 +29,8 @@ checks (``invariants``, each ``true`` or a list of what broke it):
 * ``every_index_once``: each job's candidates have distinct indices inside its budget, and a
   finished ``succeeded`` job has every index (read straight from the database);
 * ``no_unexpected_exit``: the API and every worker not killed on purpose are alive;
-* ``bounded_memory``: the peak RSS of every process stays under ``--max-rss-gb``;
+* ``bounded_memory``: the peak memory of every process with its descendants stays under
+  ``--max-rss-gb``;
 * ``no_job_left_running``: after the drain no job is ``running`` with an expired lease.
 
 Run from the repository root (PostgreSQL must be running, as for the tests)::
@@ -331,15 +333,40 @@ async def _load(base_url: str, port: int, args: argparse.Namespace, ledger: Ledg
 # ---- processes -----------------------------------------------------------------------------------
 
 
-def _rss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
+def _memory_bytes(pid: int) -> int | None:
+    """The proportional set size of ``pid`` (its private pages and its share of pages it shares
+    with other processes, such as a forked scoring process's copy-on-write pages), else its
+    RSS; ``None`` once it is gone."""
+    for path, prefix in ((f"/proc/{pid}/smaps_rollup", "Pss:"),
+                         (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            continue
     return None
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (the API's scoring processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(parents.get(p, []))
+    return tree
 
 
 class Fleet:
@@ -374,10 +401,13 @@ class Fleet:
         self.start_worker()
 
     def sample_memory(self) -> None:
+        """Each started process's memory with its descendants' (the API with its scoring
+        processes), summed as proportional set sizes so shared pages count once."""
         for child in [c for c in self.started if c.alive()]:
-            rss = _rss_bytes(child.pid)
-            if rss is not None:
-                self.peak_rss[child.name] = max(self.peak_rss.get(child.name, 0), rss)
+            sizes = [_memory_bytes(pid) for pid in _process_tree(child.pid)]
+            total = sum(size for size in sizes if size is not None)
+            if total:
+                self.peak_rss[child.name] = max(self.peak_rss.get(child.name, 0), total)
 
 
 async def _supervise(fleet: Fleet, args: argparse.Namespace, stop: asyncio.Event) -> None:
