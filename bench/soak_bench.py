@@ -349,8 +349,8 @@ def _memory_bytes(pid: int) -> int | None:
     return None
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and every process descended from it (the API's scoring processes)."""
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every running process's children, read once from ``/proc``."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -361,11 +361,16 @@ def _process_tree(pid: int) -> list[int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         parents.setdefault(ppid, []).append(int(entry.name))
+    return parents
+
+
+def _process_tree(pid: int, children: dict[int, list[int]]) -> list[int]:
+    """``pid`` and every process descended from it (the API's scoring processes)."""
     tree, todo = [], [pid]
     while todo:
         p = todo.pop()
         tree.append(p)
-        todo.extend(parents.get(p, []))
+        todo.extend(children.get(p, []))
     return tree
 
 
@@ -403,8 +408,9 @@ class Fleet:
     def sample_memory(self) -> None:
         """Each started process's memory with its descendants' (the API with its scoring
         processes), summed as proportional set sizes so shared pages count once."""
+        children = _children_by_parent()
         for child in [c for c in self.started if c.alive()]:
-            sizes = [_memory_bytes(pid) for pid in _process_tree(child.pid)]
+            sizes = [_memory_bytes(pid) for pid in _process_tree(child.pid, children)]
             total = sum(size for size in sizes if size is not None)
             if total:
                 self.peak_rss[child.name] = max(self.peak_rss.get(child.name, 0), total)
