@@ -280,7 +280,7 @@ def run_joint(lr: float, specs: list[TaskSpec], data: dict[str, TaskData], setti
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*ghn.parameters(), *embeddings],
-                                       AdaptationConfig(steps=0).grad_clip)
+                                       AdaptationConfig.grad_clip)
         optimizer.step()
         losses[spec.name].append(float(loss.detach()))
     ghn.eval()
