@@ -76,6 +76,9 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--sets", default=None,
+                        help="with --truth-only: the sets to train, comma-separated, in this "
+                             "order (default: every set but reference, smallest network first)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +87,14 @@ def main() -> int:
     sets = architecture_sets(task.spec.input_shape, task.spec.num_classes, args.per_set)
     cache = GroundTruthCache(args.cache)
     if args.truth_only:
-        train_ground_truth_sets(sets, task, cache, device="cpu")
+        order = args.sets.split(",") if args.sets else [None]
+        unknown = [name for name in order if name is not None and name not in sets]
+        if unknown:
+            parser.error(f"--sets: unknown set(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(sets)}")
+        for name in order:  # each named set whole before the next
+            train_ground_truth_sets(sets if name is None else {name: sets[name]}, task, cache,
+                                    device="cpu")
         return 0
     if args.resummarize:
         earlier = json.loads(args.out.read_text())
