@@ -35,6 +35,8 @@ from nas_service.ghn.checkpoint import (  # noqa: E402
     load_ghn,
     read_metadata,
 )
+from nas_service.scoring.protocol import SCORE_NAME  # noqa: E402
+from nas_service.scoring.ranking_head import RankingHead, head_for_checkpoint  # noqa: E402
 from nas_service.runtime import retain_freed_memory  # noqa: E402
 from nas_service.training.generalization import (  # noqa: E402
     architecture_sets,
@@ -59,6 +61,13 @@ def ghn_trained_on(path: str | None) -> list[str] | None:
     in distribution only for a GHN trained on its families."""
     training = read_metadata(path or bundled_checkpoint_path()).get("training")
     return None if not isinstance(training, dict) else training.get("config", {}).get("spaces")
+
+
+def served_head(path: str | None) -> RankingHead | None:
+    """The ranking head served beside the checkpoint (fit on its scores), if any: what searches
+    rank by."""
+    checkpoint = path or bundled_checkpoint_path()
+    return head_for_checkpoint(checkpoint, ghn_sha256(path), SCORE_NAME)
 
 
 def main() -> int:
@@ -99,7 +108,8 @@ def main() -> int:
     if args.resummarize:
         earlier = json.loads(args.out.read_text())
         result = summarize_generalization(rows_by_set(earlier["architectures"]), sets, task,
-                                          cache, eval_images=earlier["protocol"]["eval_images"])
+                                          cache, eval_images=earlier["protocol"]["eval_images"],
+                                          served_head=served_head(args.ghn))
         result.update({k: earlier[k] for k in ("benchmark", "task", "ghn", "ghn_sha256",
                                                "ghn_trained_on", "torch", "threads",
                                                "timestamp", "seconds")
@@ -107,7 +117,8 @@ def main() -> int:
     else:
         ghn = load_ghn(args.ghn, "cpu")
         started = time.time()
-        result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images)
+        result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images,
+                                         served_head=served_head(args.ghn))
         result.update({"benchmark": "generalization", "task": task.spec.name,
                        "ghn": args.ghn or "bundled", "ghn_sha256": ghn_sha256(args.ghn),
                        "ghn_trained_on": ghn_trained_on(args.ghn),

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from nas_service.scoring.ranking_head import RankingHead
 from nas_service.spaces import family_of
 from nas_service.training.generalization import (
     BASELINE,
@@ -43,7 +44,7 @@ def test_the_baseline_costs_a_quarter_of_the_ground_truth():
 
 def _record(i: int, truth: float | None) -> dict:
     return {"predicted_recalibrated": 0.1 * i, "predicted_readout": 0.2 * i,
-            "ranking_head": 0.3 * i, "grad_norm": float(i), "synflow": math.nan,
+            "ranking_head": 0.3 * i, "served_ranking_head": 0.25 * i, "grad_norm": float(i), "synflow": math.nan,
             "naswot": -float(i), "zico": float(i), "parameters": 1000 * i,
             "sgd_baseline": 0.5, "trained_accuracy": truth,
             "seconds": {"predicted_readout": 1.0, "proxies": 0.5}}
@@ -78,11 +79,19 @@ def test_results_are_brought_up_to_date_with_ground_truth_trained_since(tmp_path
         cache.put(GroundTruthCache.key(graph, task, GROUND_TRUTH.epochs, GROUND_TRUTH.images, 0,
                                        eval_images=2000), {"accuracy": 0.5 + 0.1 * i,
                                                            "seconds": 9.0})
+    # The served head (fit elsewhere, on the GHN's own spaces): here it ranks by the score alone.
+    served = RankingHead(weights=(1.0, 0.0), bias=0.5, mean=(0.5, 3.0), std=(1.0, 1.0),
+                         low=(0.0, 0.0), high=(1.0, 9.0), l2=1.0, task="toy", target="toy",
+                         architectures=39, ghn_sha256=None, score="predicted-readout")
     after = summarize_generalization(rows_by_set(before["architectures"]), sets, task,
-                                     GroundTruthCache(tmp_path / "truth.json"), eval_images=100)
+                                     GroundTruthCache(tmp_path / "truth.json"), eval_images=100,
+                                     served_head=served)
     summary = after["sets"]["held_out_families"]
     assert summary["with_ground_truth"] == 3
     assert summary["ranking"]["predicted_readout"]["kendall_tau"] == 1.0
+    assert summary["ranking"]["served_ranking_head"]["kendall_tau"] == 1.0
+    assert after["protocol"]["served_ranking_head"]["architectures"] == 39
+    assert before["protocol"]["served_ranking_head"] is None
     assert summary["mean"]["trained_accuracy"] == pytest.approx(0.6)
     assert after["sets"]["in_distribution"]["with_ground_truth"] == 0
 

@@ -69,6 +69,7 @@ from nas_service.graph import ArchitectureGraph, to_module
 from .cost import ScoringBudget, ScoringCost, ScoringTooCostly, check_affordable, scoring_cost
 from .evaluation import (
     READOUT_BATCH_SIZE,
+    READOUT_ITERATIONS,
     READOUT_L2,
     accuracy,
     load_parameters,
@@ -175,7 +176,8 @@ def score_version(checkpoint_sha256: str, eval_images: int | None,
                 f"|recalibration={recalibration_batches}x{recalibration_batch_size}"
                 f"|bn-free=normalize-activations")
     if readout:
-        protocol += f"|readout=ridge({READOUT_L2})" + _readout_pass(recalibration_batches)
+        protocol += (f"|readout=logistic(l2={READOUT_L2},lbfgs={READOUT_ITERATIONS})"
+                     + _readout_pass(recalibration_batches))
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"

@@ -138,12 +138,14 @@ def _score_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph, task: 
 
 def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
                             sets: dict[str, list[ArchitectureGraph]], cache: GroundTruthCache,
-                            *, eval_images: int = 1000, progress: bool = True
-                            ) -> dict[str, Any]:
+                            *, eval_images: int = 1000, served_head: RankingHead | None = None,
+                            progress: bool = True) -> dict[str, Any]:
     """Every score of every architecture, the ground truth the cache holds for it, and per set:
     the mean predicted accuracy and each score's agreement with the ground truth
     (:func:`~nas_service.scoring.metrics.compare_scores`). Architectures without ground truth
-    in the cache are scored but left out of the rank comparisons."""
+    in the cache are scored but left out of the rank comparisons. ``served_head`` is the
+    ranking head served beside ``ghn`` (what searches rank by; see
+    :func:`summarize_generalization`)."""
     dev = ghn.device
     x, y = task.tensors("train", device=dev)
     gen = torch.Generator().manual_seed(0)
@@ -167,16 +169,24 @@ def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
     finally:
         if bar is not None:
             bar.close()
-    return summarize_generalization(rows, sets, task, cache, eval_images=eval_images)
+    return summarize_generalization(rows, sets, task, cache, eval_images=eval_images,
+                                    served_head=served_head)
 
 
 def summarize_generalization(rows: dict[str, list[dict[str, Any]]],
                              sets: dict[str, list[ArchitectureGraph]], task: TaskData,
-                             cache: GroundTruthCache, *, eval_images: int) -> dict[str, Any]:
+                             cache: GroundTruthCache, *, eval_images: int,
+                             served_head: RankingHead | None = None) -> dict[str, Any]:
     """The results of :func:`evaluate_generalization` from its scored ``rows`` (one list per
     set, in the order of ``sets``): the ground truth the cache holds now attached, the ranking
     head fit, every set summarised. Cheap, so results can be brought up to date when more
-    ground truth has been trained, without scoring anything again."""
+    ground truth has been trained, without scoring anything again.
+
+    Two heads are ranked. ``ranking_head`` is fit here on the ``in_distribution`` set (the
+    head a GHN trained on those families would ship). ``served_ranking_head`` is
+    ``served_head``, the head served beside the scored GHN, which searches rank by: it was fit
+    on trained architectures of the GHN's own training spaces, so on every set here it is
+    measured out of sample (``None`` without one)."""
     for name, records in rows.items():
         graphs = sets[name]
         if [r["hash"] for r in records] != [g.content_hash() for g in graphs]:
@@ -195,6 +205,8 @@ def summarize_generalization(rows: dict[str, list[dict[str, Any]]],
         for r in records:
             r["ranking_head"] = (None if head is None else
                                  head.predict(r[SERVICE_SCORE], r["parameters"]))
+            r["served_ranking_head"] = (None if served_head is None else
+                                        served_head.predict(r[SERVICE_SCORE], r["parameters"]))
     if head is not None:
         # The tau a served head quotes: measured on architectures it was not fit on, of
         # families the GHN was not trained on.
@@ -211,7 +223,9 @@ def summarize_generalization(rows: dict[str, list[dict[str, Any]]],
                          "baseline": BASELINE.describe() + ", validation split, 2,000 images",
                          "eval_images": eval_images, "proxy_batch": PROXY_BATCH,
                          "held_out_families": list(HELD_OUT_FAMILIES),
-                         "ranking_head": None if head is None else head.to_dict()},
+                         "ranking_head": None if head is None else head.to_dict(),
+                         "served_ranking_head": (None if served_head is None
+                                                 else served_head.to_dict())},
             "sets": {name: summarize_set(records) for name, records in rows.items()},
             "architectures": [r for records in rows.values() for r in records]}
 
@@ -224,8 +238,8 @@ def rows_by_set(architectures: Sequence[dict[str, Any]]) -> dict[str, list[dict[
     return rows
 
 
-RANKED = ("predicted_recalibrated", "predicted_readout", "ranking_head", *PROXIES,
-          "parameters", "sgd_baseline")
+RANKED = ("predicted_recalibrated", "predicted_readout", "ranking_head", "served_ranking_head",
+          *PROXIES, "parameters", "sgd_baseline")
 
 
 def summarize_set(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
