@@ -35,9 +35,9 @@ from nas_service.ghn.checkpoint import (  # noqa: E402
     load_ghn,
     read_metadata,
 )
+from nas_service.runtime import retain_freed_memory  # noqa: E402
 from nas_service.scoring.protocol import SCORE_NAME  # noqa: E402
 from nas_service.scoring.ranking_head import RankingHead, head_for_checkpoint  # noqa: E402
-from nas_service.runtime import retain_freed_memory  # noqa: E402
 from nas_service.training.generalization import (  # noqa: E402
     architecture_sets,
     evaluate_generalization,

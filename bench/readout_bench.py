@@ -10,7 +10,9 @@ images (the service's protocol):
   ``families[-densenet,-inception,-convmixer]`` seeds 100-109), on which the penalty was chosen;
 * ``ranked``: the 39 held-out ``cells``/``macro`` architectures with 5-epoch ground truth
   (``bench/results/ranking-fashion-mnist/ground-truth.json``), on which each readout's mean
-  accuracy and Kendall tau against trained accuracy are reported, out of sample.
+  accuracy and Kendall tau against trained accuracy are reported, out of sample;
+* ``reference``: the reference zoo (``nas_service.zoo``: ResNet-18/50, MobileNetV2, DenseNet-BC,
+  a small ViT, an MLP), whose classifiers are the widest here (up to 2,048 features).
 
 Each network is predicted and recalibrated once; the classifier's features on the recalibration
 images and on the validation images are read once and every readout is fit on the same features.
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
-from nas_service.graph import to_module  # noqa: E402
+from nas_service.graph import from_module, to_module  # noqa: E402
 from nas_service.scoring.evaluation import (  # noqa: E402
     READOUT_L2,
     _logistic_regression,
@@ -45,11 +47,12 @@ from nas_service.scoring.evaluation import (  # noqa: E402
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402
 from nas_service.spaces import get_space  # noqa: E402
 from nas_service.training.evaluate import evaluation_tensors, training_config_of  # noqa: E402
-from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
 from nas_service.training.generalization import (  # noqa: E402
     SAMPLING_BOUNDS,
     TRAINED_FAMILIES_SPACE,
 )
+from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
+from nas_service.zoo import evaluation_models  # noqa: E402
 
 RANKED_RESULT = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
 OUT = ROOT / "bench" / "results" / "readout_bench.json"
@@ -124,6 +127,8 @@ def main() -> int:
                    for seed in seeds],
         "ranked": [g for g in held_out_architectures(training_config_of(ghn), 50, shape, classes)
                    if g.content_hash() in truth],
+        "reference": [from_module(make().eval(), shape, name=name)
+                      for name, make in evaluation_models(shape, classes)[0].items()],
     }
     started = time.time()
     result: dict = {"benchmark": "readout", "task": task.spec.name, "ghn": "bundled",

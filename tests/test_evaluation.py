@@ -20,9 +20,9 @@ from nas_service.data import DatasetError, load_task
 from nas_service.ghn import GHNConfig, GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, GraphBuilder, from_module, to_module
 from nas_service.scoring.evaluation import (
+    _logistic_regression,
     accuracy,
     classifier_of,
-    _logistic_regression,
     fit_readout,
     normalize_activations,
     recalibrate,

@@ -42,12 +42,12 @@ READOUT_BATCH_SIZE = 128
 READOUT_L2 = 1e-3
 """L2 penalty of :func:`fit_readout` on the standardised classifier weights (beside the mean
 cross-entropy). Chosen on 26 tuning architectures (``cells``/``macro`` seeds 100-107 and
-``families`` seeds 100-109, none of them in any benchmark) from 1e-4, 1e-3 and 1e-2: the
-readout's mean accuracy there was 73.1, 73.9 and 73.2 %, a least-squares (ridge) readout's at
-best 72.4 % (``docs/evaluation.md``)."""
+``families`` seeds 100-109, none of them in any other benchmark) from 1e-4, 1e-3 and 1e-2: mean
+readout accuracy 73.1, 73.9 and 73.3 %, a least-squares (ridge) readout's at best 72.4 %
+(``bench/readout_bench.py``)."""
 READOUT_ITERATIONS = 100
 """L-BFGS iterations of :func:`fit_readout` (strong-Wolfe line search): a fixed budget, so that
-a score does not depend on a tolerance; 0.1-0.3 s on one CPU thread."""
+a score does not depend on a tolerance; 0.1 s (median) on one CPU thread."""
 _DEAD_CHANNEL_STD = 1e-5
 """A channel whose output varies less than this on the batch is only centred, not scaled: its
 scale cannot be read off the batch, and dividing by ~0 would blow up on other inputs."""
@@ -231,7 +231,8 @@ def fit_readout(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     (:func:`_logistic_regression`), and the standardisation is folded back into the layer's
     weight and bias. Cross-entropy, not least squares, because a least-squares fit to one-hot
     targets spends its few degrees of freedom on matching the targets' 0/1 values rather than
-    on separating classes: on narrow features (16-128 channels) it lost 5-9 points.
+    on separating classes: on classifiers of at most 32 features it lost 3 points on average
+    (``bench/readout_bench.py``).
     """
     found = classifier_of(net, images)
     if found is None:
@@ -268,17 +269,26 @@ def _logistic_regression(z: torch.Tensor, y: torch.Tensor, classes: int, *, l2: 
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Weights ``(d, classes)`` and bias ``(classes,)`` minimising the mean cross-entropy of
     ``z @ w + b`` plus :math:`\lambda \lVert w \rVert^2`, by L-BFGS from zero
-    (:data:`READOUT_ITERATIONS`, float64, deterministic). With more features than images
-    (``d > N``) the minimiser lies in the span of the images (representer theorem), so it is
-    found as :math:`w = z^\top a` over the ``N x classes`` coefficients :math:`a`, with the
-    kernel :math:`K = z z^\top`: the logits are :math:`K a` and the penalty
-    :math:`\operatorname{tr}(a^\top K a)`. A 25,088-wide flattened feature map then costs
-    products of ``N x N`` matrices, not ``N x 25,088`` ones. ``kernel_form`` forces either
-    form (``None``: the kernel form exactly when ``d > N``)."""
+    (:data:`READOUT_ITERATIONS`, float64, deterministic).
+
+    With more features than images (``d > N``) the minimiser lies in the span of the images
+    (representer theorem), so the same problem is solved on ``N`` features: with the kernel
+    :math:`K = z z^\top = U S U^\top`, the features :math:`\Phi = U S^{1/2}` have the same
+    inner products as ``z``, a weight :math:`\beta` on them is the weight
+    :math:`w = z^\top U S^{-1/2} \beta` on ``z`` with the same logits and the same norm. A
+    25,088-wide flattened feature map then costs products of ``N x N`` matrices, not
+    ``N x 25,088`` ones, and L-BFGS sees the primal problem's conditioning (optimising the
+    coefficients of :math:`w = z^\top a` directly squares it, and 100 iterations fell short).
+    ``kernel_form`` forces either form (``None``: the kernel form exactly when ``d > N``)."""
     n, d = z.shape
-    dual = d > n if kernel_form is None else kernel_form
-    kernel = z @ z.T if dual else None
-    coef = z.new_zeros(n if dual else d, classes, requires_grad=True)
+    if kernel_form if kernel_form is not None else d > n:
+        eigenvalues, vectors = torch.linalg.eigh(z @ z.T)
+        keep = eigenvalues > eigenvalues.max().clamp_min(0) * 1e-10
+        root = eigenvalues[keep].sqrt()
+        beta, offset = _logistic_regression(vectors[:, keep] * root, y, classes, l2=l2,
+                                            bias=bias, kernel_form=False)
+        return z.T @ (vectors[:, keep] @ (beta / root[:, None])), offset
+    coef = z.new_zeros(d, classes, requires_grad=True)
     offset = z.new_zeros(classes, requires_grad=bias)
     params = [coef, offset] if bias else [coef]
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=READOUT_ITERATIONS, history_size=10,
@@ -286,19 +296,12 @@ def _logistic_regression(z: torch.Tensor, y: torch.Tensor, classes: int, *, l2: 
 
     def objective() -> torch.Tensor:
         opt.zero_grad()
-        if dual:
-            logits = kernel @ coef
-            penalty = (coef * logits).sum()
-        else:
-            logits = z @ coef
-            penalty = (coef * coef).sum()
-        loss = F.cross_entropy(logits + offset, y) + l2 * penalty
+        loss = F.cross_entropy(z @ coef + offset, y) + l2 * (coef * coef).sum()
         loss.backward()
         return loss
 
     opt.step(objective)
-    coef, offset = coef.detach(), offset.detach()
-    return (z.T @ coef if dual else coef), offset
+    return coef.detach(), offset.detach()
 
 
 def recalibrate(net: nn.Module, images: Sequence[torch.Tensor],
