@@ -47,11 +47,13 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *,
+                  rtol: float) -> None:
+    """Every tensor of ``b`` within ``rtol`` of its counterpart's largest magnitude."""
     assert a.keys() == b.keys()
     for k in a:
         scale = a[k].abs().max().item()
-        assert (a[k] - b[k]).abs().max().item() <= 1e-4 * scale + 1e-8, k
+        assert (a[k] - b[k]).abs().max().item() <= rtol * scale + 1e-8, k
 
 
 def _fashion_mnist_installed() -> bool:
@@ -79,9 +81,15 @@ def test_two_gloo_processes_resume_a_run_exactly_as_one_process_continues_it(tmp
     assert done.stdout.count("GHN written to") == 1
 
     assert json.loads((split / "state.json").read_text())["step"] == 4
-    _assert_close(load_file(single / "ghn.safetensors"), load_file(split / "ghn.safetensors"))
+    # Summed over two ranks, the gradients add in another order: the optimizer's moments agree
+    # to about 1e-6 of their scale. Adam divides by the root of the second moment, so a weight
+    # whose gradient is near zero turns that rounding into up to about 1e-4 of the tensor's
+    # scale (measured: one element of `block_head.weight`); a lost or doubled gradient would be
+    # off by the learning rate, 3e-3, on most elements.
+    _assert_close(load_file(single / "ghn.safetensors"), load_file(split / "ghn.safetensors"),
+                  rtol=1e-3)
     _assert_close(load_file(single / "optimizer.safetensors"),
-                  load_file(split / "optimizer.safetensors"))
+                  load_file(split / "optimizer.safetensors"), rtol=1e-4)
     expected = _losses(single)
     assert sorted(_losses(split)) == [1, 2, 3, 4]
     assert _losses(split) == pytest.approx(expected, rel=1e-5)
