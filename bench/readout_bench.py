@@ -40,6 +40,7 @@ from nas_service.scoring.evaluation import (  # noqa: E402
     READOUT_L2,
     _logistic_regression,
     classifier_of,
+    feature_standardisation,
     load_parameters,
     recalibrate,
     recalibration_batches,
@@ -59,12 +60,6 @@ OUT = ROOT / "bench" / "results" / "readout_bench.json"
 LOGISTIC_PENALTIES = (1e-4, 1e-3, 1e-2)
 RIDGE_PENALTIES = (0.01, 0.1, 1.0)
 """Ridge penalties relative to the number of images, as a least-squares readout takes them."""
-
-
-def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    mean, std = train.mean(0), train.std(0)
-    std = torch.where(std > 1e-5, std, torch.ones_like(std))
-    return [(t - mean) / std for t in (train, *others)]
 
 
 def ridge_logits(z: torch.Tensor, y: torch.Tensor, zv: torch.Tensor, classes: int,
@@ -93,7 +88,9 @@ def readouts(graph, ghn, task, x_val, y_val) -> dict[str, float] | None:
         val = classifier_of(net, x_val)
     if train is None or val is None:
         return None
-    z, zv = standardise(train[1].double(), val[1].double())
+    features = train[1].double()
+    mean, std = feature_standardisation(features)  # as the service's readout standardises
+    z, zv = (features - mean) / std, (val[1].double() - mean) / std
     classes = train[0].out_features
     out: dict[str, float] = {"features": z.shape[1]}
     for l2 in RIDGE_PENALTIES:

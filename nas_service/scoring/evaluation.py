@@ -240,17 +240,24 @@ def fit_readout(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     return _fit_classifier(*found, labels, l2=l2)
 
 
+def feature_standardisation(features: torch.Tensor, *, centre: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-column ``(mean, std)`` the readout standardises ``features`` (``(N, d)``) with:
+    the mean is zero when ``centre`` is off, and a column that does not vary (std below
+    :data:`_DEAD_CHANNEL_STD`) keeps its scale (std 1)."""
+    mean = features.mean(0) if centre else features.new_zeros(features.shape[1])
+    std = features.std(0)
+    return mean, torch.where(std > _DEAD_CHANNEL_STD, std, torch.ones_like(std))
+
+
 def _fit_classifier(layer: nn.Linear, features: torch.Tensor, labels: torch.Tensor, *,
                     l2: float = READOUT_L2) -> nn.Linear | None:
     """:func:`fit_readout` on features already read (``(N, in_features)``, one per label)."""
     f = features.detach().double()
     if not torch.isfinite(f).all():
         return None
-    n, d = f.shape
     # Without a bias there is nothing to fold the centring into: the features stay uncentred.
-    mean = f.mean(0) if layer.bias is not None else f.new_zeros(d)
-    std = f.std(0)
-    std = torch.where(std > _DEAD_CHANNEL_STD, std, torch.ones_like(std))
+    mean, std = feature_standardisation(f, centre=layer.bias is not None)
     z = (f - mean) / std
     y = labels.long().clamp(0, layer.out_features - 1)
     with torch.enable_grad():
@@ -281,7 +288,7 @@ def _logistic_regression(z: torch.Tensor, y: torch.Tensor, classes: int, *, l2: 
     coefficients of :math:`w = z^\top a` directly squares it, and 100 iterations fell short).
     ``kernel_form`` forces either form (``None``: the kernel form exactly when ``d > N``)."""
     n, d = z.shape
-    if kernel_form if kernel_form is not None else d > n:
+    if d > n if kernel_form is None else kernel_form:
         eigenvalues, vectors = torch.linalg.eigh(z @ z.T)
         keep = eigenvalues > eigenvalues.max().clamp_min(0) * 1e-10
         root = eigenvalues[keep].sqrt()
