@@ -63,11 +63,10 @@ def ghn_trained_on(path: str | None) -> list[str] | None:
     return None if not isinstance(training, dict) else training.get("config", {}).get("spaces")
 
 
-def served_head(path: str | None) -> RankingHead | None:
-    """The ranking head served beside the checkpoint (fit on its scores), if any: what searches
-    rank by."""
-    checkpoint = path or bundled_checkpoint_path()
-    return head_for_checkpoint(checkpoint, ghn_sha256(path), SCORE_NAME)
+def served_head(path: str | None, sha256: str) -> RankingHead | None:
+    """The ranking head served beside the checkpoint (``sha256``: its :func:`ghn_sha256`; a
+    head fit on another checkpoint's scores is not its head), if any: what searches rank by."""
+    return head_for_checkpoint(path or bundled_checkpoint_path(), sha256, SCORE_NAME)
 
 
 def main() -> int:
@@ -109,18 +108,20 @@ def main() -> int:
         earlier = json.loads(args.out.read_text())
         result = summarize_generalization(rows_by_set(earlier["architectures"]), sets, task,
                                           cache, eval_images=earlier["protocol"]["eval_images"],
-                                          served_head=served_head(args.ghn))
+                                          served_head=served_head(args.ghn,
+                                                                  ghn_sha256(args.ghn)))
         result.update({k: earlier[k] for k in ("benchmark", "task", "ghn", "ghn_sha256",
                                                "ghn_trained_on", "torch", "threads",
                                                "timestamp", "seconds")
                        if k in earlier})
     else:
         ghn = load_ghn(args.ghn, "cpu")
+        sha256 = ghn_sha256(args.ghn)
         started = time.time()
         result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images,
-                                         served_head=served_head(args.ghn))
+                                         served_head=served_head(args.ghn, sha256))
         result.update({"benchmark": "generalization", "task": task.spec.name,
-                       "ghn": args.ghn or "bundled", "ghn_sha256": ghn_sha256(args.ghn),
+                       "ghn": args.ghn or "bundled", "ghn_sha256": sha256,
                        "ghn_trained_on": ghn_trained_on(args.ghn),
                        "torch": torch.__version__, "threads": torch.get_num_threads(),
                        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
