@@ -23,6 +23,7 @@ from nas_service.scoring.evaluation import (
     _logistic_regression,
     accuracy,
     classifier_of,
+    default_layout_accuracy,
     fit_readout,
     normalize_activations,
     recalibrate,
@@ -485,6 +486,44 @@ def test_one_pass_needs_labels_and_a_single_batch(fashion):
     classifier = unlabelled[6].weight.clone()
     recalibrate(unlabelled, [x[:64]], one_pass=True)
     assert torch.equal(classifier, unlabelled[6].weight)  # no labels: no readout
+
+
+def _conv_classifier(seed: int, classes: int = 10) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                         nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, classes)).eval()
+
+
+def test_default_layout_accuracy_is_the_plain_accuracy_of_the_same_weights() -> None:
+    images = torch.randn(300, 1, 12, 12)
+    for seed in range(3):
+        net = _conv_classifier(seed)
+        labels = net(images).argmax(1).roll(seed)  # some right, some wrong
+        expected = accuracy(net, images, labels, batch_size=1000)
+        got, again = default_layout_accuracy(net, images.contiguous(
+            memory_format=torch.channels_last), labels, batch_size=64)
+        assert got == expected and 0 <= again < len(images)
+        # Left in the default layout, as the state a checkpoint stores.
+        assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_default_layout_accuracy_evaluates_near_ties_again_in_the_default_layout() -> None:
+    images = torch.randn(200, 1, 12, 12)
+    net = _conv_classifier(0, classes=2)
+    head = net[-1]
+    with torch.no_grad():  # two classes whose logits differ by ~1e-7 of their size: all ties
+        head.weight[1] = head.weight[0] * (1 + 1e-7)
+        head.bias[1] = head.bias[0]
+    labels = torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(0))
+    got, again = default_layout_accuracy(net, images, labels, batch_size=50)
+    assert again == len(images)
+    assert got == accuracy(net, images, labels)
+    # A network with non-finite outputs: every image is evaluated again, none raises.
+    with torch.no_grad():
+        head.bias[0] = float("nan")
+    got, again = default_layout_accuracy(net, images, labels, batch_size=50)
+    assert again == len(images) and got == accuracy(net, images, labels)
 
 
 def test_held_out_set_follows_the_ghns_recorded_training_config(tiny_ghn):

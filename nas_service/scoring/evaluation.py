@@ -369,6 +369,59 @@ def _recalibrate_in_one_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -
         _fit_classifier(*found, y)
 
 
+TIE_MARGIN = 1e-3
+"""An image whose two largest logits lie within this fraction of its largest absolute logit is
+a near tie for :func:`default_layout_accuracy`: a change of layout, which moves logits only in
+their last bits (about 1e-7 of their size in float32), could flip its prediction, so it is
+evaluated again in PyTorch's default layout."""
+
+
+@torch.no_grad()
+def default_layout_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                            batch_size: int) -> tuple[float, int]:
+    """:func:`accuracy` (eval mode) of ``net`` as PyTorch's default (NCHW) layout computes it,
+    with the forward passes run channels-last, which PyTorch's CPU convolutions run 1.3-2x
+    faster on small networks; returns ``(accuracy, images evaluated again)``.
+
+    ``net`` and ``images`` may be in either layout. The layout changes logits in their last bits
+    only, so it can change a prediction only where the two largest logits (nearly) tie: every
+    image within :data:`TIE_MARGIN` of a tie, or with a non-finite logit, is evaluated again
+    with ``net`` in the default layout, in which this function leaves it. The result is what a
+    user gets from the network's ``state_dict`` the plain way (``to_module``,
+    ``load_state_dict``, :func:`accuracy`), which is what lets the service's scores run
+    channels-last and still reproduce exactly from their checkpoints."""
+    net.eval()
+    net.to(memory_format=torch.channels_last)
+    correct = 0
+    doubtful: list[torch.Tensor] = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = net(x)
+        hits = logits.argmax(dim=1) == labels[start:start + batch_size]
+        near = _near_ties(logits)
+        correct += (hits & ~near).sum().item()
+        doubtful.append(near.nonzero().flatten() + start)
+    net.to(memory_format=torch.contiguous_format)
+    again = torch.cat(doubtful) if doubtful else torch.zeros(0, dtype=torch.long)
+    for start in range(0, len(again), batch_size):
+        index = again[start:start + batch_size].to(images.device)
+        x = images.index_select(0, index).contiguous()
+        correct += (net(x).argmax(dim=1) == labels.index_select(0, index)).sum().item()
+    return correct / max(len(images), 1), len(again)
+
+
+def _near_ties(logits: torch.Tensor) -> torch.Tensor:
+    """Which rows of ``(N, classes)`` logits another layout could give another argmax."""
+    if logits.shape[1] < 2:
+        return torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    top = logits.topk(2, dim=1).values
+    margin = top[:, 0] - top[:, 1]
+    scale = logits.abs().amax(dim=1)
+    return ~torch.isfinite(logits).all(dim=1) | (margin <= TIE_MARGIN * scale)
+
+
 @torch.no_grad()
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              bn_mode: BatchNormMode = "recalibrated", batch_size: int = 1000) -> float:

@@ -19,15 +19,15 @@ Guarantees:
   tensors is allocated, and the evaluation runs in batches small enough for the budget.
 - The returned ``state`` is exactly ``to_module(graph).state_dict()``'s key set (parameters and
   batch-norm buffers), as CPU tensors, ready for a safetensors checkpoint.
-- A full-fidelity score is what a user gets from the checkpoint the plain way
-  (``to_module``, ``load_state_dict``, ``accuracy`` on the same images): the batch size of the
-  evaluation does not change a network's outputs in eval mode, and the tensors keep PyTorch's
-  default layout. The cheaper views of :meth:`ArchitectureScorer.at_fidelity` (the lower rungs
-  of a search) run networks and images in the channels-last layout on a CPU, which PyTorch's
-  CPU convolutions run faster: it changes logits in the last bits, so a plain re-evaluation of
-  such a checkpoint can differ by a near-tied image; those scores only decide promotions, and
-  only full scores compete for a job's best (``bench/multi_fidelity_bench.py`` measures each
-  rung's Kendall tau and its CPU time).
+- A score is what a user gets from the checkpoint the plain way (``to_module``,
+  ``load_state_dict``, ``accuracy`` on the same images): the batch size of the evaluation does
+  not change a network's outputs in eval mode. On a CPU the forward passes run channels-last,
+  which PyTorch's CPU convolutions run 1.3-2x faster on small networks; the layout moves logits
+  in their last bits, so the images whose two largest logits nearly tie are evaluated again in
+  the default layout (:func:`~nas_service.scoring.evaluation.default_layout_accuracy`) and the
+  score is the default layout's. The recalibrated statistics and the refitted classifier are
+  computed channels-last and stored as they came out (the scores' ``ghn_version`` names the
+  layout), so the checkpoint holds exactly the weights that were evaluated.
 - With a single recalibration batch (the cheap rungs), the classifier's readout reads its
   features off the recalibration's own forward pass
   (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``), one pass fewer.
@@ -72,6 +72,7 @@ from .evaluation import (
     READOUT_ITERATIONS,
     READOUT_L2,
     accuracy,
+    default_layout_accuracy,
     load_parameters,
     recalibrate,
     recalibration_batches,
@@ -167,10 +168,13 @@ class _TaskTensors:
 
 def score_version(checkpoint_sha256: str, eval_images: int | None,
                   recalibration_batches: int, recalibration_batch_size: int,
-                  ranking_head: RankingHead | None = None, readout: bool = READOUT) -> str:
+                  ranking_head: RankingHead | None = None, readout: bool = READOUT,
+                  channels_last: bool = False) -> str:
     """16 hex digits naming how scores are made: the GHN checkpoint (its SHA-256), the score,
     the validation images, the recalibration (batch-norm statistics; activations of networks
-    without batch norm; the classifier's readout) and the ranking head, if any."""
+    without batch norm; the classifier's readout), the layout the networks run in
+    (channels-last on a CPU: the recalibration's results differ in their last bits) and the
+    ranking head, if any."""
     protocol = (f"{checkpoint_sha256}|{score_name(readout)}|{SCORE_SPLIT}"
                 f"|images={eval_images or 'all'}"
                 f"|recalibration={recalibration_batches}x{recalibration_batch_size}"
@@ -178,6 +182,8 @@ def score_version(checkpoint_sha256: str, eval_images: int | None,
     if readout:
         protocol += (f"|readout=logistic(l2={READOUT_L2},lbfgs={READOUT_ITERATIONS})"
                      + _readout_pass(recalibration_batches))
+    if channels_last:
+        protocol += "|layout=channels-last"
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"
@@ -231,9 +237,9 @@ class ArchitectureScorer:
         self._tasks: dict[str, _TaskTensors] = {}
         self._tasks_lock = threading.Lock()
         self._full: ArchitectureScorer | None = None  # set on the views of at_fidelity
-        self.channels_last = False
-        """Whether networks and images run in the channels-last layout (the cheaper views of
-        :meth:`at_fidelity` on a CPU; see the module docstring)."""
+        self.channels_last = self.device.type == "cpu"
+        """Whether networks and images run in the channels-last layout (on a CPU; see the
+        module docstring)."""
         self._fidelities: dict[Fidelity, ArchitectureScorer] = {}
 
     @classmethod
@@ -260,7 +266,8 @@ class ArchitectureScorer:
         sha256 = file_sha256(resolved)
         head = head_for_checkpoint(resolved, sha256, score_name(readout))
         version = score_version(sha256, eval_images, recalibration_batches,
-                                recalibration_batch_size, head, readout)
+                                recalibration_batch_size, head, readout,
+                                channels_last=ghn.device.type == "cpu")
         adapted = None
         if adapted_dir is not None:
             adapted = AdaptedSource(Path(adapted_dir), Path(tasks_dir or adapted_dir), sha256)
@@ -374,13 +381,11 @@ class ArchitectureScorer:
         with full._tasks_lock:
             view = full._fidelities.get(fidelity)
             if view is None:
-                channels_last = full.device.type == "cpu"
                 protocol = (f"{full.ghn_version}|images={fidelity.images}"
                             f"|recalibration={fidelity.recalibration_batches}"
                             f"x{full.recalibration_batch_size}"
                             + (_readout_pass(fidelity.recalibration_batches)
-                               if full.readout else "")
-                            + ("|layout=channels-last" if channels_last else ""))
+                               if full.readout else ""))
                 view = ArchitectureScorer(
                     full.ghn, ghn_version=hashlib.sha256(protocol.encode()).hexdigest()[:16],
                     ghn_path=full.ghn_path, eval_images=fidelity.images,
@@ -389,7 +394,6 @@ class ArchitectureScorer:
                     data_root=full.data_root, ranking_head=full.ranking_head,
                     budget=full.budget, readout=full.readout)
                 view.lock = full.lock  # one GHN, one lock
-                view.channels_last = channels_last
                 view._full = full
                 full._fidelities[fidelity] = view
         return view
@@ -482,8 +486,9 @@ class ArchitectureScorer:
             recalibration = recalibration_batches(data, self.device,
                                                   batches=self.recalibration_batches,
                                                   batch_size=self.recalibration_batch_size)
-            tensors = _TaskTensors(spec, x.contiguous(), y.contiguous(),
-                                   [xb for xb, _ in recalibration],
+            layout = _layout(self.channels_last)
+            tensors = _TaskTensors(spec, layout(x.contiguous()), y.contiguous(),
+                                   [layout(xb) for xb, _ in recalibration],
                                    [yb for _, yb in recalibration])
             self._tasks[spec.name] = tensors
             return tensors
@@ -505,10 +510,8 @@ class ArchitectureScorer:
             cached = self._tasks.get(spec.name)
             if cached is None:
                 images, batches = self.eval_images, self.recalibration_batches
-                layout = _layout(self.channels_last)
-                cached = _TaskTensors(spec, layout(full.val_images[:images]),
-                                      full.val_labels[:images],
-                                      [layout(x) for x in full.recalibration[:batches]],
+                cached = _TaskTensors(spec, full.val_images[:images], full.val_labels[:images],
+                                      full.recalibration[:batches],
                                       full.recalibration_labels[:batches])
                 self._tasks[spec.name] = cached
             return cached
@@ -604,8 +607,13 @@ class ArchitectureScorer:
         recalibrate(net, data.recalibration,
                     data.recalibration_labels if self.readout else None,
                     one_pass=len(data.recalibration) == 1)
-        value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
-                         batch_size=self.cost(graph, data).eval_batch_size)
+        batch_size = self.cost(graph, data).eval_batch_size
+        if self.channels_last:
+            value, _ = default_layout_accuracy(net, data.val_images, data.val_labels,
+                                               batch_size=batch_size)
+        else:
+            value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
+                             batch_size=batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
         ranking = None
         # The head maps the GHN's own task's scores to trained accuracy; not another task's.
