@@ -194,8 +194,9 @@ async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="nas-latency-bench-"))
+    scoring = {"NAS_SCORING_THREADS": str(args.scoring_threads)} if args.scoring_threads else {}
     env = service_env(data_dir, threads=args.threads, NAS_WORKER_POLL_SECONDS="0.5",
-                      NAS_SCORING_PROCESSES=str(args.scoring_processes))
+                      NAS_SCORING_PROCESSES=str(args.scoring_processes), **scoring)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     before = machine_info()
@@ -216,7 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server": "nas-service serve (uvicorn, SQLite, bundled GHN, in-process worker)",
             "clients": args.clients, "miss_clients": args.miss_clients,
             "scoring_processes": args.scoring_processes,
-            "scoring_threads": "NAS_SCORING_THREADS default: one fewer than the cores",
+            "scoring_threads": args.scoring_threads
+            or "NAS_SCORING_THREADS default: one fewer than the cores",
             "seconds_per_phase": args.seconds, "mix": args.mix,
             "statistic": "latency percentiles of successful requests (nearest rank)",
             **results}
@@ -253,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scoring-processes", type=int, default=1,
                         help="NAS_SCORING_PROCESSES of the server: processes scoring misses, 0 "
                              "for a thread of the API process (default: %(default)s)")
+    parser.add_argument("--scoring-threads", type=int, default=None,
+                        help="NAS_SCORING_THREADS of the server: torch threads of each scoring "
+                             "process (default: the server's, one fewer than the cores)")
     parser.add_argument("--warm-architectures", type=int, default=6,
                         help="architectures stored before the phases, to read and repeat")
     parser.add_argument("--search-candidates", type=int, default=5000)

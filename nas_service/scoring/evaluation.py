@@ -380,8 +380,9 @@ evaluated again in PyTorch's default layout."""
 def default_layout_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                             batch_size: int) -> tuple[float, int]:
     """:func:`accuracy` (eval mode) of ``net`` as PyTorch's default (NCHW) layout computes it,
-    with the forward passes run channels-last, which PyTorch's CPU convolutions run 1.3-2x
-    faster on small networks; returns ``(accuracy, images evaluated again)``.
+    with the forward passes run channels-last, which PyTorch's CPU convolutions run faster (a
+    median 1.5x on small networks, ``bench/layout_bench.py``); returns ``(accuracy, images
+    evaluated again)``.
 
     ``net`` and ``images`` may be in either layout. The layout changes logits in their last bits
     only, so it can change a prediction only where the two largest logits (nearly) tie: every

@@ -22,10 +22,11 @@ Guarantees:
 - A score is what a user gets from the checkpoint the plain way (``to_module``,
   ``load_state_dict``, ``accuracy`` on the same images): the batch size of the evaluation does
   not change a network's outputs in eval mode. On a CPU the forward passes run channels-last,
-  which PyTorch's CPU convolutions run 1.3-2x faster on small networks; the layout moves logits
-  in their last bits, so the images whose two largest logits nearly tie are evaluated again in
-  the default layout (:func:`~nas_service.scoring.evaluation.default_layout_accuracy`) and the
-  score is the default layout's. The recalibrated statistics and the refitted classifier are
+  which PyTorch's CPU convolutions run faster (a median 1.5x on small networks,
+  ``bench/layout_bench.py``); the layout moves logits in their last bits, so the images whose
+  two largest logits nearly tie are evaluated again in the default layout
+  (:func:`~nas_service.scoring.evaluation.default_layout_accuracy`) and the score is the
+  default layout's. The recalibrated statistics and the refitted classifier are
   computed channels-last and stored as they came out (the scores' ``ghn_version`` names the
   layout), so the checkpoint holds exactly the weights that were evaluated.
 - With a single recalibration batch (the cheap rungs), the classifier's readout reads its

@@ -1,0 +1,184 @@
+"""The service's score in the channels-last layout against PyTorch's default layout, on a CPU:
+time per step, accuracy, and whether each score reproduces exactly from its checkpoint.
+
+    python bench/layout_bench.py          # writes bench/results/layout_bench.json
+
+Bundled GHN, Fashion-MNIST, the service's protocol (1,000 validation images, 4 recalibration
+batches of 128, logistic readout), one torch thread. Two sets:
+
+* ``misses``: the small networks ``bench/latency_bench.py`` sends as cache misses (``cells``
+  seeds from 2,000,000 up with at most 20 M MACs), on which the time per step is reported;
+* ``ranked``: the 39 held-out ``cells``/``macro`` architectures with 5-epoch ground truth
+  (``bench/results/ranking-fashion-mnist/result.json``), on which each layout's mean score and
+  Kendall tau against trained accuracy are reported too.
+
+Each network's parameters are predicted once; each layout then recalibrates a fresh copy,
+refits its classifier and evaluates it (channels-last through
+``nas_service.scoring.evaluation.default_layout_accuracy``, which evaluates near-tied images
+again in the default layout). "Reproduces" loads the resulting ``state_dict`` into a fresh
+``to_module`` network and checks that the plain ``accuracy`` in the default layout is the
+score, to the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nas_service.data import load_task  # noqa: E402
+from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
+from nas_service.graph import ArchitectureGraph, to_module  # noqa: E402
+from nas_service.scoring.evaluation import (  # noqa: E402
+    accuracy,
+    default_layout_accuracy,
+    fit_readout,
+    has_batch_norm,
+    load_parameters,
+    normalize_activations,
+    recalibrate_batch_norm,
+    recalibration_batches,
+)
+from nas_service.scoring.metrics import kendall_tau  # noqa: E402
+from nas_service.spaces import get_space  # noqa: E402
+from nas_service.training.evaluate import evaluation_tensors, training_config_of  # noqa: E402
+from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
+
+RANKED_RESULT = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
+OUT = ROOT / "bench" / "results" / "layout_bench.json"
+MISS_SEED_START = 2_000_000  # bench/latency_bench.py's corpus of misses
+MISS_MAX_FLOPS = 20_000_000
+EVAL_BATCH_SIZE = 100  # the service's on a CPU (nas_service.scoring.scorer.CPU_EVAL_BATCH_SIZE)
+
+
+def score_in(layout: str, graph: ArchitectureGraph, params: dict[str, torch.Tensor],
+             batches: list[tuple[torch.Tensor, torch.Tensor]], x_val: torch.Tensor,
+             y_val: torch.Tensor) -> dict[str, Any]:
+    """One layout's score of ``graph`` with the predicted ``params``: seconds per step, the
+    accuracy, images evaluated again, and whether the checkpoint reproduces it."""
+    channels_last = layout == "channels-last"
+    images = [x for x, _ in batches]
+    labels = torch.cat([y for _, y in batches])
+    if channels_last:
+        images = [x.contiguous(memory_format=torch.channels_last) for x in images]
+        x_val = x_val.contiguous(memory_format=torch.channels_last)
+    net = load_parameters(to_module(graph, initialize=False), params)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        started = time.perf_counter()
+        if has_batch_norm(net):
+            recalibrate_batch_norm(net, images)
+        else:
+            normalize_activations(net, images[0])
+        recalibrated = time.perf_counter()
+        fit_readout(net, torch.cat(images), labels)
+        read_out = time.perf_counter()
+        if channels_last:
+            value, again = default_layout_accuracy(net, x_val, y_val, batch_size=EVAL_BATCH_SIZE)
+        else:
+            value, again = accuracy(net, x_val, y_val, batch_size=EVAL_BATCH_SIZE), 0
+        evaluated = time.perf_counter()
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+        plain = to_module(graph, initialize=False)
+        plain.load_state_dict(state)
+        reproduced = accuracy(plain, x_val.contiguous(), y_val) == value
+    return {"accuracy": value, "evaluated_again": again, "reproduces": reproduced,
+            "seconds": {"recalibration": recalibrated - started,
+                        "readout": read_out - recalibrated, "evaluation": evaluated - read_out,
+                        "total": evaluated - started}}
+
+
+def small_misses(count: int, shape: tuple[int, ...], classes: int) -> list[ArchitectureGraph]:
+    space, seed, graphs = get_space("cells"), MISS_SEED_START, []
+    while len(graphs) < count:
+        graph = space.sample(seed, shape, classes)
+        if graph.flops <= MISS_MAX_FLOPS:
+            graphs.append(graph)
+        seed += 1
+    return graphs
+
+
+def summarise_set(rows: list[dict[str, Any]], truth: dict[str, float] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"architectures": len(rows)}
+    for layout in ("default", "channels-last"):
+        scores = [r[layout]["accuracy"] for r in rows]
+        totals = [r[layout]["seconds"]["total"] for r in rows]
+        out[layout] = {
+            "mean_accuracy": statistics.fmean(scores),
+            "seconds_median": statistics.median(totals), "seconds_max": max(totals),
+            "seconds_sum": sum(totals),
+            "reproduce": sum(r[layout]["reproduces"] for r in rows),
+            "evaluated_again": sum(r[layout]["evaluated_again"] for r in rows),
+        }
+        if truth is not None:
+            out[layout]["kendall_tau"] = kendall_tau(scores, [truth[r["hash"]] for r in rows])
+    speedups = [r["default"]["seconds"]["total"] / r["channels-last"]["seconds"]["total"]
+                for r in rows]
+    out["speedup_median"] = statistics.median(speedups)
+    out["speedup_range"] = [min(speedups), max(speedups)]
+    out["changed_scores"] = sum(r["default"]["accuracy"] != r["channels-last"]["accuracy"]
+                                for r in rows)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--misses", type=int, default=12, help="small networks to time")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    task = load_task("fashion-mnist")
+    ghn = load_ghn(None, "cpu").eval()
+    shape, classes = task.spec.input_shape, task.spec.num_classes
+    x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
+    batches = recalibration_batches(task, "cpu")
+    truth = {a["hash"]: a["trained_accuracy"]
+             for a in json.loads(RANKED_RESULT.read_text())["architectures"]}
+    sets = {
+        "misses": small_misses(args.misses, shape, classes),
+        "ranked": [g for g in held_out_architectures(training_config_of(ghn), 50, shape, classes)
+                   if g.content_hash() in truth],
+    }
+    result: dict[str, Any] = {
+        "benchmark": "layout", "task": task.spec.name, "ghn": "bundled", "threads": args.threads,
+        "torch": torch.__version__, "load_average_before": list(os.getloadavg()),
+        "protocol": "1,000 validation images, 4 x 128 recalibration images, logistic readout",
+        "sets": {}}
+    for name, graphs in sets.items():
+        rows = []
+        for i, graph in enumerate(graphs):
+            with torch.no_grad():
+                params = ghn.predict([graph])[0]
+            row = {"hash": graph.content_hash(), "name": graph.name, "flops": graph.flops}
+            for layout in ("default", "channels-last"):
+                row[layout] = score_in(layout, graph, params, batches, x_val, y_val)
+            rows.append(row)
+            print(f"{name} {i + 1}/{len(graphs)} {graph.name}: "
+                  f"default {row['default']['seconds']['total']:.2f} s "
+                  f"{row['default']['accuracy']:.4f}, channels-last "
+                  f"{row['channels-last']['seconds']['total']:.2f} s "
+                  f"{row['channels-last']['accuracy']:.4f}", flush=True)
+        result["sets"][name] = {"summary": summarise_set(rows, truth if name == "ranked" else None),
+                                "architectures": rows}
+        print(name, json.dumps(result["sets"][name]["summary"], indent=1), flush=True)
+    result["load_average_after"] = list(os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
