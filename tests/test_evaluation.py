@@ -488,17 +488,18 @@ def test_one_pass_needs_labels_and_a_single_batch(fashion):
     assert torch.equal(classifier, unlabelled[6].weight)  # no labels: no readout
 
 
-def _conv_classifier(seed: int, classes: int = 10) -> nn.Module:
+def _conv_classifier(seed: int, classes: int = 10, channels: int = 1) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(channels, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
                          nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=4), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, classes)).eval()
 
 
-def test_default_layout_accuracy_is_the_plain_accuracy_of_the_same_weights() -> None:
-    images = torch.randn(300, 1, 12, 12)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_default_layout_accuracy_is_the_plain_accuracy_of_the_same_weights(channels) -> None:
+    images = torch.randn(300, channels, 12, 12)
     for seed in range(3):
-        net = _conv_classifier(seed)
+        net = _conv_classifier(seed, channels=channels)
         labels = net(images).argmax(1).roll(seed)  # some right, some wrong
         expected = accuracy(net, images, labels, batch_size=1000)
         got, again = default_layout_accuracy(net, images.contiguous(
