@@ -68,6 +68,27 @@ def test_a_network_without_batch_norm_is_scored_and_reproduced_with_its_normalis
         assert accuracy(net.eval(), x[:IMAGES], y[:IMAGES]) == result.accuracy
 
 
+def test_every_family_reproduces_the_score_the_plain_way(batched_scorer) -> None:
+    # Attention, layer and group norm, concatenations, depthwise and grouped convolutions, MLPs:
+    # each runs channels-last in the scorer and the default layout in the user's hands.
+    space = get_space("families")
+    # One seed of each family at these bounds: vgg, resnet, mlp, resnet_bottleneck,
+    # preact_resnet, convmixer, inception, mobilenet, plain, resnext, vit, densenet.
+    seeds = (0, 1, 2, 3, 4, 5, 9, 10, 24, 26, 27, 43)
+    graphs = [space.sample(seed, (1, 28, 28), 10, max_parameters=200_000, max_flops=SMALL_FLOPS)
+              for seed in seeds]
+    assert len({g.name.split("/")[1] for g in graphs}) == len(seeds)
+    results = batched_scorer.score(graphs, "fashion-mnist")
+    x, y = load_task("fashion-mnist").tensors("val")
+    scored = [(g, r) for g, r in zip(graphs, results, strict=True) if isinstance(r, ScoredGraph)]
+    assert len(scored) == len(graphs), [r for r in results if not isinstance(r, ScoredGraph)]
+    for graph, result in scored:
+        net = to_module(graph)
+        net.load_state_dict(result.state, strict=True)
+        with torch.no_grad():
+            assert accuracy(net.eval(), x[:IMAGES], y[:IMAGES]) == result.accuracy, graph.name
+
+
 def test_scoring_twice_gives_the_same_score_and_state(batched_scorer) -> None:
     graph = get_space("cells").sample(7, (1, 28, 28), 10, max_flops=SMALL_FLOPS)
     (first,), (second,) = (batched_scorer.score([graph], "fashion-mnist") for _ in range(2))
