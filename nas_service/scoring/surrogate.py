@@ -150,7 +150,12 @@ def surrogate_accuracy(module_or_graph: nn.Module | ArchitectureGraph, task: str
                        bn_mode: BatchNormMode = SURROGATE_MODE,
                        images: int | None = DEFAULT_EVAL_IMAGES) -> float:
     """The service's score: accuracy with predicted parameters on the first ``images`` images
-    of the task's validation split (``None``: all of them)."""
+    of the task's validation split (``None``: all of them).
+
+    Computed in PyTorch's default layout, since a module of yours may reshape its maps in ways
+    only that layout allows. The service computes its recalibration and readout channels-last
+    on a CPU (:mod:`nas_service.scoring.scorer`), so the two can differ by the odd near-tied
+    image, as scores taken with different thread counts do."""
     if images is not None and images < 1:
         raise ValueError(f"images must be at least 1, got {images}")
     data = load_task(task, data_root)
