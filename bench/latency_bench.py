@@ -64,10 +64,9 @@ from support.processes import (
 
 sys.path.insert(0, str(ROOT))
 
-from nas_service.spaces import get_space  # noqa: E402
+from support.misses import small_misses  # noqa: E402  (imports nas_service, on ROOT)
 
 TASK = "fashion-mnist"
-SMALL_FLOPS = 20_000_000
 STARTUP_SECONDS = 180.0
 TARGETS_MS = {"read": 1000.0, "hit": 1000.0, "miss": 3000.0}
 
@@ -75,18 +74,15 @@ TARGETS_MS = {"read": 1000.0, "hit": 1000.0, "miss": 3000.0}
 class Corpus:
     """What the clients send: stored ids and graphs to read and repeat, fresh seeds to miss."""
 
-    def __init__(self, seed_start: int) -> None:
-        self.space = get_space("cells")
-        self.next_seed = seed_start
+    def __init__(self) -> None:
+        self.misses = small_misses()
         self.architecture_ids: list[str] = []
         self.graphs: list[dict[str, Any]] = []
         self.job_id: str | None = None
 
     def miss_body(self) -> dict[str, Any]:
-        while True:
-            seed, self.next_seed = self.next_seed, self.next_seed + 1
-            if self.space.sample(seed, (1, 28, 28), 10).flops <= SMALL_FLOPS:
-                return {"space": "cells", "seed": seed, "task": TASK}
+        seed, _ = next(self.misses)
+        return {"space": "cells", "seed": seed, "task": TASK}
 
     def stored(self, payload: dict[str, Any]) -> None:
         self.architecture_ids.append(payload["id"])
@@ -160,7 +156,7 @@ async def _phase(client: httpx.AsyncClient, corpus: Corpus, args: argparse.Names
 async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     connections = args.clients + args.miss_clients
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    corpus = Corpus(seed_start=2_000_000)
+    corpus = Corpus()
     async with httpx.AsyncClient(base_url=base_url, timeout=args.timeout,
                                  limits=limits) as client:
         alone = []  # misses with no other client: what the machine gives one miss now

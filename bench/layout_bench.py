@@ -6,8 +6,9 @@ time per step, accuracy, and whether each score reproduces exactly from its chec
 Bundled GHN, Fashion-MNIST, the service's protocol (1,000 validation images, 4 recalibration
 batches of 128, logistic readout), one torch thread. Two sets:
 
-* ``misses``: the small networks ``bench/latency_bench.py`` sends as cache misses (``cells``
-  seeds from 2,000,000 up with at most 20 M MACs), on which the time per step is reported;
+* ``misses``: the first small networks ``bench/latency_bench.py`` sends as cache misses
+  (``bench/support/misses.py``: ``cells`` seeds from 2,000,000 up with at most 20 M MACs), on
+  which the time per step is reported;
 * ``ranked``: the 39 held-out ``cells``/``macro`` architectures with 5-epoch ground truth
   (``bench/results/ranking-fashion-mnist/result.json``), on which each layout's mean score and
   Kendall tau against trained accuracy are reported too.
@@ -28,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from support.misses import small_misses  # noqa: E402
+
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
 from nas_service.graph import ArchitectureGraph, to_module  # noqa: E402
@@ -43,22 +47,17 @@ from nas_service.scoring.evaluation import (  # noqa: E402
     accuracy,
     default_layout_accuracy,
     fit_readout,
-    has_batch_norm,
     load_parameters,
-    normalize_activations,
-    recalibrate_batch_norm,
+    recalibrate,
     recalibration_batches,
 )
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402
-from nas_service.spaces import get_space  # noqa: E402
+from nas_service.scoring.scorer import CPU_EVAL_BATCH_SIZE  # noqa: E402
 from nas_service.training.evaluate import evaluation_tensors, training_config_of  # noqa: E402
 from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
 
 RANKED_RESULT = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
 OUT = ROOT / "bench" / "results" / "layout_bench.json"
-MISS_SEED_START = 2_000_000  # bench/latency_bench.py's corpus of misses
-MISS_MAX_FLOPS = 20_000_000
-EVAL_BATCH_SIZE = 100  # the service's on a CPU (nas_service.scoring.scorer.CPU_EVAL_BATCH_SIZE)
 
 
 def score_in(layout: str, graph: ArchitectureGraph, params: dict[str, torch.Tensor],
@@ -77,17 +76,15 @@ def score_in(layout: str, graph: ArchitectureGraph, params: dict[str, torch.Tens
         net = net.to(memory_format=torch.channels_last)
     with torch.no_grad():
         started = time.perf_counter()
-        if has_batch_norm(net):
-            recalibrate_batch_norm(net, images)
-        else:
-            normalize_activations(net, images[0])
+        recalibrate(net, images)  # batch norm or activations; the readout is timed apart
         recalibrated = time.perf_counter()
         fit_readout(net, torch.cat(images), labels)
         read_out = time.perf_counter()
         if channels_last:
-            value, again = default_layout_accuracy(net, x_val, y_val, batch_size=EVAL_BATCH_SIZE)
+            value, again = default_layout_accuracy(net, x_val, y_val,
+                                                   batch_size=CPU_EVAL_BATCH_SIZE)
         else:
-            value, again = accuracy(net, x_val, y_val, batch_size=EVAL_BATCH_SIZE), 0
+            value, again = accuracy(net, x_val, y_val, batch_size=CPU_EVAL_BATCH_SIZE), 0
         evaluated = time.perf_counter()
         state = {k: v.contiguous() for k, v in net.state_dict().items()}
         plain = to_module(graph, initialize=False)
@@ -97,16 +94,6 @@ def score_in(layout: str, graph: ArchitectureGraph, params: dict[str, torch.Tens
             "seconds": {"recalibration": recalibrated - started,
                         "readout": read_out - recalibrated, "evaluation": evaluated - read_out,
                         "total": evaluated - started}}
-
-
-def small_misses(count: int, shape: tuple[int, ...], classes: int) -> list[ArchitectureGraph]:
-    space, seed, graphs = get_space("cells"), MISS_SEED_START, []
-    while len(graphs) < count:
-        graph = space.sample(seed, shape, classes)
-        if graph.flops <= MISS_MAX_FLOPS:
-            graphs.append(graph)
-        seed += 1
-    return graphs
 
 
 def summarise_set(rows: list[dict[str, Any]], truth: dict[str, float] | None) -> dict[str, Any]:
@@ -147,7 +134,7 @@ def main() -> int:
     truth = {a["hash"]: a["trained_accuracy"]
              for a in json.loads(RANKED_RESULT.read_text())["architectures"]}
     sets = {
-        "misses": small_misses(args.misses, shape, classes),
+        "misses": [graph for _, graph in islice(small_misses(), args.misses)],
         "ranked": [g for g in held_out_architectures(training_config_of(ghn), 50, shape, classes)
                    if g.content_hash() in truth],
     }
