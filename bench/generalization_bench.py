@@ -109,7 +109,8 @@ def main() -> int:
         result = summarize_generalization(rows_by_set(earlier["architectures"]), sets, task,
                                           cache, eval_images=earlier["protocol"]["eval_images"],
                                           served_head=served_head(args.ghn,
-                                                                  ghn_sha256(args.ghn)))
+                                                                  ghn_sha256(args.ghn)),
+                                          ghn_sha256=earlier.get("ghn_sha256"))
         result.update({k: earlier[k] for k in ("benchmark", "task", "ghn", "ghn_sha256",
                                                "ghn_trained_on", "torch", "threads",
                                                "timestamp", "seconds")
@@ -119,7 +120,8 @@ def main() -> int:
         sha256 = ghn_sha256(args.ghn)
         started = time.time()
         result = evaluate_generalization(ghn, task, sets, cache, eval_images=args.eval_images,
-                                         served_head=served_head(args.ghn, sha256))
+                                         served_head=served_head(args.ghn, sha256),
+                                         ghn_sha256=sha256)
         result.update({"benchmark": "generalization", "task": task.spec.name,
                        "ghn": args.ghn or "bundled", "ghn_sha256": sha256,
                        "ghn_trained_on": ghn_trained_on(args.ghn),

@@ -8,6 +8,7 @@ The resource bombs are small valid graphs inside every count the graph layer lim
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -87,6 +88,33 @@ def test_the_footprint_of_a_chain_is_two_live_tensors_plus_workspace() -> None:
     assert fp.peak_elements == 784 + 2 * conv
     assert fp.largest_elements == conv
     assert fp.peak_node == "conv"
+
+
+def test_a_gradient_pass_is_counted_where_the_ranking_head_needs_one() -> None:
+    graph = tiny_graph(4)
+    fp = footprint(graph)
+    # Every output, and the conv's and the linear layer's reorder workspaces (one output each),
+    # may be kept for the backward pass.
+    outputs = sum(math.prod(n.shape) for n in graph.nodes)
+    assert fp.saved_elements == outputs + 4 * 14 * 14 + 10
+    plain = scoring_cost(graph, eval_images=1000, eval_batch_size=100,
+                         recalibration_batches=4, recalibration_batch_size=128)
+    with_gradient = scoring_cost(graph, eval_images=1000, eval_batch_size=100,
+                                 recalibration_batches=4, recalibration_batch_size=128,
+                                 grad_norm_images=128)
+    assert with_gradient.macs == plain.macs + 3 * 128 * graph.flops
+    fixed = SCORING_OVERHEAD_BYTES + PARAMETER_COPIES * 4 * graph.num_parameters
+    assert with_gradient.peak_bytes == max(
+        plain.peak_bytes, fixed + 4 * (fp.saved_elements + fp.peak_elements) * 128)
+    # A graph whose forward passes fit the budget but whose backward pass does not is refused
+    # (the gradient's batch is part of the protocol), not run in smaller batches.
+    budget = ScoringBudget(max_bytes=(plain.peak_bytes + with_gradient.peak_bytes) // 2)
+    check_affordable(plain, budget)
+    if with_gradient.peak_bytes > plain.peak_bytes:
+        with pytest.raises(ScoringTooCostly):
+            check_affordable(scoring_cost(graph, eval_images=1000, eval_batch_size=100,
+                                          recalibration_batches=4, recalibration_batch_size=128,
+                                          grad_norm_images=128, budget=budget), budget)
 
 
 def test_a_skip_connection_keeps_its_source_alive() -> None:

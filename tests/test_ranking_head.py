@@ -99,6 +99,59 @@ def test_a_head_file_round_trips_and_broken_ones_are_refused(tmp_path: Path) -> 
         RankingHead.load(path)
 
 
+def _trainability_population(count: int = 30) -> tuple[list[float], list[int], list[float],
+                                                        list[float]]:
+    """``(surrogate, parameters, grad_norm, trained)``: as :func:`made_up_population`, and a
+    fifth of the networks do not train (tiny gradients at initialisation, chance accuracy)
+    whatever their surrogate."""
+    s, p, t = made_up_population(count)
+    rng = np.random.default_rng(1)
+    g = [float(10 ** rng.uniform(0, 1.5)) for _ in range(count)]
+    for i in range(0, count, 5):
+        g[i], t[i] = float(10 ** rng.uniform(-3, -1.5)), 0.1
+    return s, p, g, t
+
+
+def test_a_head_reading_the_gradient_norm_ranks_untrainable_networks_last() -> None:
+    s, p, g, t = _trainability_population()
+    features = ("surrogate_accuracy", "log10_parameters", "log10_grad_norm")
+    head = fit_ranking_head(s, p, t, grad_norm=g, features=features, task="t", target="x")
+    plain = fit_ranking_head(s, p, t, task="t", target="x")
+    assert head.uses_grad_norm and not plain.uses_grad_norm
+    assert head.kendall_tau > plain.kendall_tau + 0.1
+    estimates = head.predict_many(s, p, g)
+    untrainable = [estimates[i] for i in range(0, 30, 5)]
+    assert max(untrainable) < min(e for i, e in enumerate(estimates) if i % 5)
+    with pytest.raises(ValueError, match="gradient norm"):
+        head.predict(0.7, 10_000)
+    # No usable gradient (vanished to 0, exploded, failed) reads as the smallest seen.
+    smallest = head.predict(0.7, 10_000, 10 ** head.low[2])
+    for unusable in (0.0, -1.0, float("nan"), float("inf")):
+        assert head.predict(0.7, 10_000, unusable) == pytest.approx(smallest)
+    # ... also in fitting: a failed gradient norm is not a reason to refuse the population.
+    g[1] = float("nan")
+    refit = fit_ranking_head(s, p, t, grad_norm=g, features=features, task="t", target="x")
+    assert refit.low[2] == pytest.approx(head.low[2])
+    with pytest.raises(ValueError, match="distinct names"):
+        fit_ranking_head(s, p, t, grad_norm=g, features=("flops",), task="t", target="x")
+
+
+def test_a_head_file_names_its_features(tmp_path: Path) -> None:
+    s, p, g, t = _trainability_population()
+    head = fit_ranking_head(s, p, t, grad_norm=g, task="t", target="x",
+                            features=("surrogate_accuracy", "log10_grad_norm"))
+    path = head.save(tmp_path / "h.json")
+    loaded = RankingHead.load(path)
+    assert loaded == head and loaded.features == ("surrogate_accuracy", "log10_grad_norm")
+    assert loaded.predict(0.6, 1000, 3.0) == head.predict(0.6, 1000, 3.0)
+    data = json.loads(path.read_text())
+    for broken in ({**data, "features": ["surrogate_accuracy", "surrogate_accuracy"]},
+                   {**data, "features": []}, {**data, "features": ["log10_grad_norm"]}):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(RankingHeadError):
+            RankingHead.load(path)
+
+
 def test_a_head_is_found_beside_its_own_checkpoint_only(tmp_path: Path) -> None:
     checkpoint = tmp_path / "ghn.safetensors"
     checkpoint.write_bytes(b"weights")

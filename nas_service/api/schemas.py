@@ -105,7 +105,8 @@ class Ranking(BaseModel):
     value: float = Field(description="the estimated accuracy after training, a fraction in "
                                      "[0, 1]; what search jobs rank candidates by")
     name: str = Field(description="which estimate: ranking-head (fit on trained architectures "
-                                  "from this accuracy and the parameter count)")
+                                  "from this accuracy, the parameter count and, where the "
+                                  "head reads it, grad_norm)")
     target: str = Field(description="what it estimates, e.g. test accuracy after 5 epochs of "
                                     "SGD")
     kendall_tau: float | None = Field(
@@ -113,6 +114,11 @@ class Ranking(BaseModel):
                                   "architectures named by measured_on")
     measured_on: str | None = Field(
         default=None, description="the architectures kendall_tau was measured on")
+    grad_norm: float | None = Field(
+        default=None, description="the network's gradient norm at its default initialisation "
+                                  "(seed 0, 128 training images), which the head reads as a "
+                                  "sign of whether SGD trains it; null when the head does not "
+                                  "read it or it was not finite")
 
 
 class Score(BaseModel):

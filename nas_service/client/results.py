@@ -53,11 +53,13 @@ class Ranking(_Result):
     target: str  # what it estimates, e.g. "test accuracy after 5 epochs of SGD"
     kendall_tau: float | None = None  # against the target, on the architectures below
     measured_on: str | None = None  # the architectures kendall_tau was measured on
+    grad_norm: float | None = None  # at initialisation, when the head reads it
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Ranking:
         return cls(value=float(data["value"]), name=data["name"], target=data["target"],
-                   kendall_tau=data.get("kendall_tau"), measured_on=data.get("measured_on"))
+                   kendall_tau=data.get("kendall_tau"), measured_on=data.get("measured_on"),
+                   grad_norm=data.get("grad_norm"))
 
 
 @dataclass(frozen=True)

@@ -269,12 +269,15 @@ def _evaluate_ghn(args: argparse.Namespace) -> int:
 def _rank_ghn(args: argparse.Namespace) -> int:
     from nas_service.data import DatasetError
     from nas_service.ghn.checkpoint import bundled_checkpoint_path
-    from nas_service.scoring.ranking_head import RankingHead, head_path_for
+    from nas_service.scoring.protocol import READOUT, score_name
+    from nas_service.scoring.ranking_head import RankingHead, head_for_checkpoint, head_path_for
     from nas_service.scoring.scorer import file_sha256
     from nas_service.training.ranking import rank_surrogates, train_ground_truth
     from nas_service.training.report import write_report
 
     ghn = _ghn_for(args)
+    checkpoint = args.ghn or bundled_checkpoint_path()
+    sha256 = file_sha256(checkpoint)
     cache = args.cache or Path(args.out) / "ground-truth.json"
     if args.shard != (0, 1) and not args.truth_only:
         raise CommandError("--shard needs --truth-only")
@@ -294,8 +297,8 @@ def _rank_ghn(args: argparse.Namespace) -> int:
             sgd_epochs_baseline=args.sgd_epochs or None, sgd_max_images=args.sgd_max_images,
             eval_images=args.eval_images, truth_eval_images=args.truth_eval_images,
             data_root=args.data_root, progress=True, cached_only=args.cached_only,
-            ghn_sha256=file_sha256(args.ghn or bundled_checkpoint_path()),
-            spaces=_held_out_spaces(args))
+            ghn_sha256=sha256, spaces=_held_out_spaces(args),
+            served_head=head_for_checkpoint(checkpoint, sha256, score_name(READOUT)))
     except (DatasetError, ValueError) as e:
         raise CommandError(str(e)) from None
     paths = write_report(result, args.out)
@@ -303,7 +306,7 @@ def _rank_ghn(args: argparse.Namespace) -> int:
         paths["ranking_head"] = RankingHead.from_dict(result["ranking_head"]).save(
             Path(args.out) / "ranking-head.json")
         print(f"the service ranks by the head once it lies beside the checkpoint as "
-              f"{head_path_for(args.ghn or bundled_checkpoint_path())}")
+              f"{head_path_for(checkpoint)}")
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 

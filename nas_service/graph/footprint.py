@@ -45,6 +45,9 @@ class Footprint:
     """Multiply-accumulates of one forward pass of one sample."""
     peak_node: str
     """The node at which ``peak_elements`` is reached."""
+    saved_elements: int = 0
+    """Elements of every output and workspace of the pass: what autograd may keep for a
+    backward pass (an upper bound: some operations save less)."""
 
 
 def footprint(graph: ArchitectureGraph, *, layer_workspace: int = 1) -> Footprint:
@@ -60,10 +63,11 @@ def footprint(graph: ArchitectureGraph, *, layer_workspace: int = 1) -> Footprin
     for j, last in enumerate(last_use):
         freed_after[last].append(j)
     sizes = [math.prod(n.shape) for n in graph.nodes]
-    live = peak = largest = 0
+    live = peak = largest = saved = 0
     peak_node = graph.nodes[0].id
     for i, n in enumerate(graph.nodes):
         tensors = _workspace(n, layer_workspace)
+        saved += sizes[i] + sum(tensors)
         here = live + sizes[i] + sum(tensors)
         largest = max(largest, sizes[i], *tensors)
         if here > peak:
@@ -72,7 +76,8 @@ def footprint(graph: ArchitectureGraph, *, layer_workspace: int = 1) -> Footprin
         for j in freed_after[i]:
             live -= sizes[j]
     return Footprint(peak_elements=peak, largest_elements=largest,
-                     parameters=graph.num_parameters, macs=graph.flops, peak_node=peak_node)
+                     parameters=graph.num_parameters, macs=graph.flops, peak_node=peak_node,
+                     saved_elements=saved)
 
 
 def _workspace(node: GraphNode, layer_workspace: int) -> list[int]:

@@ -13,14 +13,24 @@ safetensors checkpoint. So::
                          + peak_elements x max(recalibration batch, readout batch, eval batch))
     MACs        = macs per sample x (recalibration images + readout images + eval images)
 
+When the ranking head reads the gradient norm at initialisation (:mod:`~.trainability`), one
+forward and backward pass over ``grad_norm_images`` training images of a freshly initialised
+copy of the network follows the evaluation; the peak is then the larger of the above and::
+
+    SCORING_OVERHEAD_BYTES + 4 x (PARAMETER_COPIES x parameters
+                                  + (saved_elements + peak_elements) x grad_norm_images)
+
+and the MACs grow by ``3 x macs per sample x grad_norm_images`` (forward and backward),
 with ``peak_elements`` the per-sample peak of one forward pass
 (:func:`nas_service.graph.footprint.footprint`: live outputs plus the running node's output and
 workspace; padding and adaptive pooling that grow the spatial size, and attention's token x token
 scores, are in it). A network without batch norm has each convolution's and linear layer's output
 normalised in a forward hook (:func:`nas_service.scoring.evaluation.normalize_activations`),
 which holds two more outputs' worth (the centred output and the quotient): its layers get a
-workspace of 2 outputs instead of 1. ``PARAMETER_COPIES`` counts the GHN's predicted tensors and its decoder's
-tiles, the network's parameters, the CPU copy of the state and the serialised checkpoint.
+workspace of 2 outputs instead of 1; ``saved_elements`` is every output and workspace of the
+pass, what autograd may keep for the backward pass. ``PARAMETER_COPIES`` counts the GHN's
+predicted tensors and its decoder's tiles, the network's parameters, the CPU copy of the state
+and the serialised checkpoint (the gradient pass's network and gradients fit within them).
 
 A graph is refused (:class:`ScoringTooCostly`) when its peak bytes pass the memory budget at the
 recalibration batch (which the protocol fixes: its statistics depend on it), or its MACs pass the
@@ -96,8 +106,10 @@ class ScoringTooCostly(ValueError):
 def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size: int,
                  recalibration_batches: int, recalibration_batch_size: int,
                  readout_images: int = 0, readout_batch_size: int = 0,
+                 grad_norm_images: int = 0,
                  budget: ScoringBudget | None = None) -> ScoringCost:
-    """The cost of scoring ``graph`` this way; with ``budget``, the evaluation batch is cut to
+    """The cost of scoring ``graph`` this way (``grad_norm_images``: the batch of the gradient
+    norm at initialisation, 0 without one); with ``budget``, the evaluation batch is cut to
     what fits it (never below 1)."""
     has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
     fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
@@ -108,10 +120,12 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
     if budget is not None and fixed + per_sample * batch > budget.max_bytes:
         batch = max(1, min(eval_batch_size, (budget.max_bytes - fixed) // max(per_sample, 1)))
     images = recalibration_batches * recalibration_batch_size + readout_images + eval_images
-    return ScoringCost(peak_bytes=fixed + per_sample * max(fixed_batch, batch),
+    backward = BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements) * grad_norm_images
+    return ScoringCost(peak_bytes=fixed + max(per_sample * max(fixed_batch, batch), backward),
                        largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements
-                       * max(fixed_batch, batch),
-                       macs=fp.macs * images, eval_batch_size=batch, footprint=fp)
+                       * max(fixed_batch, batch, grad_norm_images),
+                       macs=fp.macs * (images + 3 * grad_norm_images), eval_batch_size=batch,
+                       footprint=fp)
 
 
 def check_affordable(cost: ScoringCost, budget: ScoringBudget) -> None:

@@ -21,9 +21,9 @@ mean better for every one. They are the baselines the GHN's ranking is compared 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
+from copy import deepcopy as _copy
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +41,18 @@ def _weighted(net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, _WEIGHTED)]
 
 
-def grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    net = copy.deepcopy(net).train()
+def grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+              copy: bool = True) -> float:
+    """With ``copy=False`` the gradients are taken on ``net`` itself (left in train mode, with
+    its ``.grad`` set): no second copy of a large network."""
+    net = (_copy(net) if copy else net).train()
     net.zero_grad()
     F.cross_entropy(net(images), labels).backward()
     return float(sum(m.weight.grad.norm() for m in _weighted(net) if m.weight.grad is not None))
 
 
 def synflow(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    net = copy.deepcopy(net).double()
+    net = _copy(net).double()
     for m in net.modules():
         if isinstance(m, _BN):  # batch norm off: the identity, so the signal is the weights'
             m.reset_running_stats()
@@ -65,7 +68,7 @@ def synflow(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float
 
 
 def naswot(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    net = copy.deepcopy(net).train()
+    net = _copy(net).train()
     n = len(images)
     kernel = torch.zeros(n, n, dtype=torch.float64, device=images.device)
 
@@ -87,7 +90,7 @@ def naswot(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def zico(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    net = copy.deepcopy(net).train()
+    net = _copy(net).train()
     layers = _weighted(net)
     grads: list[list[torch.Tensor]] = [[] for _ in layers]
     for xb, yb in zip(images.chunk(2), labels.chunk(2), strict=True):

@@ -17,6 +17,12 @@ SHA-256: a head read beside another checkpoint is ignored, since another GHN's s
 another scale. Features outside the range seen in fitting are clamped into it, and the estimate
 into [0, 1]: a 25 M-parameter ResNet gets the estimate of the largest network the head has seen,
 not a linear extrapolation past 100 %.
+
+A head names its features (:data:`KNOWN_FEATURES`). Besides the score and the size, a head may
+read the network's gradient norm at initialisation (:mod:`~.trainability`): the one signal of the
+three that says whether plain SGD trains the network at all, which the GHN's score cannot see
+(``docs/evaluation.md``). A gradient norm that is not finite or not positive counts as the
+smallest the head has seen.
 """
 
 from __future__ import annotations
@@ -35,7 +41,11 @@ from .metrics import kendall_tau
 from .protocol import SCORE_NAME
 
 HEAD_FORMAT = "nas-ranking-head/1"
+KNOWN_FEATURES = ("surrogate_accuracy", "log10_parameters", "log10_grad_norm")
+"""What a head may read: the surrogate accuracy, log10 of the parameter count and log10 of the
+gradient norm at initialisation (:func:`~.trainability.initial_grad_norm`)."""
 FEATURES = ("surrogate_accuracy", "log10_parameters")
+"""The features of a head whose file names none, and of one fit without gradient norms."""
 DEFAULT_L2 = 1.0
 """Ridge penalty on the standardised weights. With two features the ranking depends only on the
 ratio of the two weights: leave-one-out τ on the 34 architectures trained at the time moved by
@@ -47,13 +57,32 @@ class RankingHeadError(ValueError):
     """A ranking head file that is missing fields, of another format, or not finite."""
 
 
-def feature_matrix(surrogate: Sequence[float], parameters: Sequence[float]) -> np.ndarray:
-    """``(n, 2)``: the surrogate accuracy and log10 of the parameter count of each architecture."""
+def feature_matrix(surrogate: Sequence[float], parameters: Sequence[float],
+                   grad_norm: Sequence[float] | None = None,
+                   features: Sequence[str] = FEATURES) -> np.ndarray:
+    """``(n, len(features))``: each architecture's ``features`` (:data:`KNOWN_FEATURES`) from
+    its surrogate accuracy, parameter count and, when a feature needs it, gradient norm at
+    initialisation (``-inf`` where that is not finite or not positive)."""
     s = np.asarray(surrogate, dtype=np.float64)
     p = np.asarray(parameters, dtype=np.float64)
     if s.shape != p.shape or s.ndim != 1:
         raise ValueError(f"expected two equal-length sequences, got {s.shape} and {p.shape}")
-    return np.stack([s, np.log10(np.maximum(p, 1.0))], axis=1)
+    columns = {"surrogate_accuracy": lambda: s,
+               "log10_parameters": lambda: np.log10(np.maximum(p, 1.0)),
+               "log10_grad_norm": lambda: _log_grad_norm(grad_norm, s.shape)}
+    return np.stack([columns[name]() for name in features], axis=1)
+
+
+def _log_grad_norm(grad_norm: Sequence[float] | None, shape: tuple[int, ...]) -> np.ndarray:
+    if grad_norm is None:
+        raise ValueError("this ranking head reads log10_grad_norm: pass each architecture's "
+                         "gradient norm at initialisation")
+    g = np.asarray(grad_norm, dtype=np.float64)
+    if g.shape != shape:
+        raise ValueError(f"expected {shape[0]} gradient norms, got {g.size}")
+    usable = np.isfinite(g) & (g > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(usable, np.log10(np.where(usable, g, 1.0)), -np.inf)
 
 
 @dataclass(frozen=True)
@@ -86,14 +115,23 @@ class RankingHead:
     measured_on: str | None = None
     """The architectures its ``kendall_tau`` was measured on, in words."""
 
-    def predict(self, surrogate_accuracy: float, num_parameters: int) -> float:
-        """The estimated trained accuracy, a fraction in [0, 1]."""
-        return float(self.predict_many([surrogate_accuracy], [num_parameters])[0])
+    @property
+    def uses_grad_norm(self) -> bool:
+        """Whether :meth:`predict` needs the gradient norm at initialisation."""
+        return "log10_grad_norm" in self.features
 
-    def predict_many(self, surrogate: Sequence[float], parameters: Sequence[float]) -> np.ndarray:
-        return _estimate(feature_matrix(surrogate, parameters), np.asarray(self.weights),
-                         self.bias, np.asarray(self.mean), np.asarray(self.std),
-                         np.asarray(self.low), np.asarray(self.high))
+    def predict(self, surrogate_accuracy: float, num_parameters: int,
+                grad_norm: float | None = None) -> float:
+        """The estimated trained accuracy, a fraction in [0, 1]. ``grad_norm`` (at
+        initialisation) is needed when the head reads it (:attr:`uses_grad_norm`)."""
+        return float(self.predict_many([surrogate_accuracy], [num_parameters],
+                                       None if grad_norm is None else [grad_norm])[0])
+
+    def predict_many(self, surrogate: Sequence[float], parameters: Sequence[float],
+                     grad_norm: Sequence[float] | None = None) -> np.ndarray:
+        return _estimate(feature_matrix(surrogate, parameters, grad_norm, self.features),
+                         np.asarray(self.weights), self.bias, np.asarray(self.mean),
+                         np.asarray(self.std), np.asarray(self.low), np.asarray(self.high))
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -125,10 +163,11 @@ class RankingHead:
             raise RankingHeadError(f"malformed ranking head: no field {e}") from None
         except (TypeError, ValueError) as e:
             raise RankingHeadError(f"malformed ranking head: {e}") from None
-        if head.features != FEATURES:
-            raise RankingHeadError(f"ranking head features {list(head.features)} are not "
-                                   f"{list(FEATURES)}")
-        n = len(FEATURES)
+        unknown = [f for f in head.features if f not in KNOWN_FEATURES]
+        if unknown or not head.features or len(set(head.features)) != len(head.features):
+            raise RankingHeadError(f"ranking head features {list(head.features)} must be "
+                                   f"distinct names of {list(KNOWN_FEATURES)}")
+        n = len(head.features)
         vectors = (head.weights, head.mean, head.std, head.low, head.high)
         if any(len(v) != n for v in vectors):
             raise RankingHeadError(f"ranking head vectors must have {n} entries each")
@@ -162,7 +201,7 @@ def _estimate(x: np.ndarray, weights: np.ndarray, bias: float, mean: np.ndarray,
               low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """The head's formula on feature rows ``x``: clamped into ``[low, high]``, standardised,
     weighted, and the estimate clipped to [0, 1]."""
-    z = (np.clip(x, low, high) - mean) / std
+    z = (np.clip(x, low, high) - mean) / std  # -inf (no usable gradient norm) becomes low
     return np.clip(bias + z @ weights, 0.0, 1.0)
 
 
@@ -178,15 +217,23 @@ def _solve(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float, 
     return weights, bias, mean, std
 
 
-def _check(surrogate: Sequence[float], parameters: Sequence[float], trained: Sequence[float]
+def _check(surrogate: Sequence[float], parameters: Sequence[float], trained: Sequence[float],
+           grad_norm: Sequence[float] | None, features: Sequence[str]
            ) -> tuple[np.ndarray, np.ndarray]:
-    x = feature_matrix(surrogate, parameters)
+    unknown = [f for f in features if f not in KNOWN_FEATURES]
+    if unknown or not features or len(set(features)) != len(features):
+        raise ValueError(f"features {list(features)} must be distinct names of "
+                         f"{list(KNOWN_FEATURES)}")
+    x = feature_matrix(surrogate, parameters, grad_norm, features)
     y = np.asarray(trained, dtype=np.float64)
     if y.shape != (x.shape[0],):
         raise ValueError(f"{x.shape[0]} architectures but {y.size} trained accuracies")
     if x.shape[0] < MIN_ARCHITECTURES:
         raise ValueError(f"a ranking head needs at least {MIN_ARCHITECTURES} trained "
                          f"architectures, got {x.shape[0]}")
+    # A network without a usable gradient norm is fit as the smallest one seen, as predict
+    # clamps it.
+    x = np.where(np.isneginf(x), np.min(np.where(np.isfinite(x), x, np.inf), axis=0), x)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("scores, parameter counts and trained accuracies must be finite")
     return x, y
@@ -194,28 +241,34 @@ def _check(surrogate: Sequence[float], parameters: Sequence[float], trained: Seq
 
 def fit_ranking_head(surrogate: Sequence[float], parameters: Sequence[float],
                      trained: Sequence[float], *, task: str, target: str,
+                     grad_norm: Sequence[float] | None = None,
+                     features: Sequence[str] = FEATURES,
                      ghn_sha256: str | None = None, eval_images: int | None = None,
                      score: str = SCORE_NAME, measured_on: str | None = None,
                      l2: float = DEFAULT_L2) -> RankingHead:
     """Fits the head on every architecture given and records its leave-one-out Kendall τ.
-    ``score`` names the score ``surrogate`` holds, ``measured_on`` the architectures."""
-    x, y = _check(surrogate, parameters, trained)
+    ``features`` are what it reads (``grad_norm``, at initialisation, is needed for
+    ``log10_grad_norm``), ``score`` names the score ``surrogate`` holds, ``measured_on`` the
+    architectures."""
+    x, y = _check(surrogate, parameters, trained, grad_norm, features)
     weights, bias, mean, std = _solve(x, y, l2)
-    tau = kendall_tau(leave_one_out(surrogate, parameters, trained, l2=l2), y)
+    tau = kendall_tau(leave_one_out(surrogate, parameters, trained, grad_norm=grad_norm,
+                                    features=features, l2=l2), y)
     return RankingHead(weights=_floats(weights), bias=bias, mean=_floats(mean),
                        std=_floats(std), low=_floats(x.min(axis=0)),
                        high=_floats(x.max(axis=0)), l2=l2, task=task, target=target,
                        architectures=int(x.shape[0]), ghn_sha256=ghn_sha256,
                        kendall_tau=None if math.isnan(tau) else float(tau),
-                       eval_images=eval_images, score=score,
+                       eval_images=eval_images, features=tuple(features), score=score,
                        measured_on=measured_on or f"{int(x.shape[0])} trained architectures "
                        "(leave-one-out)")
 
 
 def leave_one_out(surrogate: Sequence[float], parameters: Sequence[float],
-                  trained: Sequence[float], *, l2: float = DEFAULT_L2) -> list[float]:
+                  trained: Sequence[float], *, grad_norm: Sequence[float] | None = None,
+                  features: Sequence[str] = FEATURES, l2: float = DEFAULT_L2) -> list[float]:
     """Each architecture's estimate by a head fit on all the others (an honest test score)."""
-    x, y = _check(surrogate, parameters, trained)
+    x, y = _check(surrogate, parameters, trained, grad_norm, features)
     out = []
     for i in range(x.shape[0]):
         keep = np.arange(x.shape[0]) != i

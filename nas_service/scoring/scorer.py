@@ -44,6 +44,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -91,6 +92,7 @@ from .protocol import (
 )
 from .ranking_head import RankingHead, head_for_checkpoint
 from .task_fit import check_graph_fits_task
+from .trainability import GRAD_NORM_IMAGES, grad_norm_batch, initial_grad_norm
 
 log = logging.getLogger("nas_service.scoring")
 
@@ -165,6 +167,9 @@ class _TaskTensors:
     val_labels: torch.Tensor  # (N,); (N, T) next tokens of a character task
     recalibration: list[torch.Tensor] = field(default_factory=list)  # images, (B, C, H, W)
     recalibration_labels: list[torch.Tensor] = field(default_factory=list)  # (B,)
+    grad_norm_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    """Training images and labels of the gradient norm at initialisation (default layout),
+    when the ranking head reads it (:mod:`~.trainability`)."""
 
 
 def score_version(checkpoint_sha256: str, eval_images: int | None,
@@ -455,6 +460,20 @@ class ArchitectureScorer:
                               "architectures": self.ranking_head.architectures,
                               "features": list(self.ranking_head.features)}}}
 
+    def _ranking(self, graph: ArchitectureGraph, value: float, data: _TaskTensors
+                 ) -> dict[str, Any]:
+        """The ranking record of ``graph`` scored ``value``: the head's estimate, what it read
+        besides the score, and what the head says of itself."""
+        head = self.ranking_head
+        assert head is not None
+        if not head.uses_grad_norm:
+            return {"value": head.predict(value, graph.num_parameters), **self._ranking_fields()}
+        assert data.grad_norm_batch is not None
+        gradient = initial_grad_norm(graph, *data.grad_norm_batch)
+        return {"value": head.predict(value, graph.num_parameters, gradient),
+                "grad_norm": gradient if math.isfinite(gradient) else None,
+                **self._ranking_fields()}
+
     def _ranking_fields(self) -> dict[str, Any]:
         """What every ranking record says of the head besides its value."""
         head = self.ranking_head
@@ -491,6 +510,8 @@ class ArchitectureScorer:
             tensors = _TaskTensors(spec, layout(x.contiguous()), y.contiguous(),
                                    [layout(xb) for xb, _ in recalibration],
                                    [yb for _, yb in recalibration])
+            if self.ranking_head is not None and self.ranking_head.uses_grad_norm:
+                tensors.grad_norm_batch = grad_norm_batch(data, self.device)
             self._tasks[spec.name] = tensors
             return tensors
 
@@ -513,7 +534,8 @@ class ArchitectureScorer:
                 images, batches = self.eval_images, self.recalibration_batches
                 cached = _TaskTensors(spec, full.val_images[:images], full.val_labels[:images],
                                       full.recalibration[:batches],
-                                      full.recalibration_labels[:batches])
+                                      full.recalibration_labels[:batches],
+                                      full.grad_norm_batch)
                 self._tasks[spec.name] = cached
             return cached
 
@@ -568,7 +590,11 @@ class ArchitectureScorer:
                             recalibration_batch_size=self.recalibration_batch_size,
                             readout_images=(len(data.recalibration) * self.recalibration_batch_size
                                             if self.readout else 0),
-                            readout_batch_size=READOUT_BATCH_SIZE, budget=self.budget)
+                            readout_batch_size=READOUT_BATCH_SIZE,
+                            grad_norm_images=(GRAD_NORM_IMAGES if data.grad_norm_batch is not None
+                                              and self._embedding_task(data.spec) is None
+                                              else 0),
+                            budget=self.budget)
 
     def check_affordable(self, graph: ArchitectureGraph, task: str | TaskSpec) -> ScoringCost:
         """The cost of scoring ``graph`` on ``task``; :class:`ScoringTooCostly` when it passes
@@ -616,11 +642,11 @@ class ArchitectureScorer:
             value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
                              batch_size=batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+        del net  # the ranking's gradient norm builds a network of its own
         ranking = None
         # The head maps the GHN's own task's scores to trained accuracy; not another task's.
         if self.ranking_head is not None and self._embedding_task(data.spec) is None:
-            ranking = {"value": self.ranking_head.predict(value, graph.num_parameters),
-                       **self._ranking_fields()}
+            ranking = self._ranking(graph, value, data)
         return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels), state=state,
                            timings={"predict": predict_seconds,
                                     "score": time.perf_counter() - started},

@@ -36,6 +36,7 @@ from nas_service.graph import ArchitectureGraph, from_module, to_module
 from nas_service.scoring.metrics import compare_scores, kendall_tau
 from nas_service.scoring.proxies import PROXIES, proxy_scores
 from nas_service.scoring.ranking_head import MIN_ARCHITECTURES, RankingHead, fit_ranking_head
+from nas_service.scoring.trainability import GRAD_NORM_IMAGES, GRAD_NORM_SEED, grad_norm_batch
 from nas_service.spaces import get_space
 from nas_service.zoo import evaluation_models
 from nas_service.zoo.handwritten import handwritten_models
@@ -76,7 +77,10 @@ SETS = ("in_distribution", "held_out_families", "handwritten", "reference")
 OUT_OF_DISTRIBUTION = ("held_out_families", "handwritten")
 SAMPLING_BOUNDS = {"max_parameters": 1_000_000, "max_flops": 20_000_000}
 """The bounds sampled architectures are drawn at: those the GHN is trained at."""
-PROXY_BATCH = 128
+PROXY_BATCH = GRAD_NORM_IMAGES
+"""Training images every zero-cost proxy reads: the batch of the service's gradient norm
+(:func:`~nas_service.scoring.trainability.grad_norm_batch`), so the ``grad_norm`` proxy here is
+the number a served ranking head reads."""
 
 
 def architecture_sets(input_shape: Sequence[int], num_classes: int, per_set: int = 18
@@ -129,7 +133,7 @@ def _score_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph, task: 
     record = evaluate_architecture(ghn, graph, task, modes=("recalibrated",), random_init=False,
                                    sgd_epochs=None, split="val", eval_images=eval_images)
     t0 = time.perf_counter()
-    torch.manual_seed(0)
+    torch.manual_seed(GRAD_NORM_SEED)  # as initial_grad_norm initialises
     net = to_module(graph, device=ghn.device)
     record.update(proxy_scores(net, *proxy_batch))
     record["seconds"]["proxies"] = time.perf_counter() - t0
@@ -139,18 +143,15 @@ def _score_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph, task: 
 def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
                             sets: dict[str, list[ArchitectureGraph]], cache: GroundTruthCache,
                             *, eval_images: int = 1000, served_head: RankingHead | None = None,
-                            progress: bool = True) -> dict[str, Any]:
+                            ghn_sha256: str | None = None, progress: bool = True
+                            ) -> dict[str, Any]:
     """Every score of every architecture, the ground truth the cache holds for it, and per set:
     the mean predicted accuracy and each score's agreement with the ground truth
     (:func:`~nas_service.scoring.metrics.compare_scores`). Architectures without ground truth
     in the cache are scored but left out of the rank comparisons. ``served_head`` is the
     ranking head served beside ``ghn`` (what searches rank by; see
     :func:`summarize_generalization`)."""
-    dev = ghn.device
-    x, y = task.tensors("train", device=dev)
-    gen = torch.Generator().manual_seed(0)
-    pick = torch.randperm(len(y), generator=gen)[:PROXY_BATCH].to(dev)
-    proxy_batch = (x[pick], y[pick])
+    proxy_batch = grad_norm_batch(task, ghn.device)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -170,13 +171,14 @@ def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
         if bar is not None:
             bar.close()
     return summarize_generalization(rows, sets, task, cache, eval_images=eval_images,
-                                    served_head=served_head)
+                                    served_head=served_head, ghn_sha256=ghn_sha256)
 
 
 def summarize_generalization(rows: dict[str, list[dict[str, Any]]],
                              sets: dict[str, list[ArchitectureGraph]], task: TaskData,
                              cache: GroundTruthCache, *, eval_images: int,
-                             served_head: RankingHead | None = None) -> dict[str, Any]:
+                             served_head: RankingHead | None = None,
+                             ghn_sha256: str | None = None) -> dict[str, Any]:
     """The results of :func:`evaluate_generalization` from its scored ``rows`` (one list per
     set, in the order of ``sets``): the ground truth the cache holds now attached, the ranking
     head fit, every set summarised. Cheap, so results can be brought up to date when more
@@ -200,13 +202,11 @@ def summarize_generalization(rows: dict[str, list[dict[str, Any]]],
                                                      eval_images=2000))
                 record[key] = None if hit is None else hit["accuracy"]
                 record["seconds"][key] = None if hit is None else hit["seconds"]
-    head = _fit_head(rows.get("in_distribution", []), task)
+    head = _fit_head(rows.get("in_distribution", []), task, ghn_sha256, eval_images)
     for records in rows.values():
         for r in records:
-            r["ranking_head"] = (None if head is None else
-                                 head.predict(r[SERVICE_SCORE], r["parameters"]))
-            r["served_ranking_head"] = (None if served_head is None else
-                                        served_head.predict(r[SERVICE_SCORE], r["parameters"]))
+            r["ranking_head"] = _estimate(head, r)
+            r["served_ranking_head"] = _estimate(served_head, r)
     if head is not None:
         # The tau a served head quotes: measured on architectures it was not fit on, of
         # families the GHN was not trained on.
@@ -278,7 +278,20 @@ def mean_of(values: Any) -> float | None:
     return statistics.fmean(kept) if kept else None
 
 
-def _fit_head(records: Sequence[dict[str, Any]], task: TaskData) -> RankingHead | None:
+HEAD_FEATURES = ("surrogate_accuracy", "log10_parameters", "log10_grad_norm")
+"""What the head fit on the in-distribution set reads (the head a GHN trained on these families
+ships): the score, the size and the gradient norm at initialisation."""
+
+
+def _estimate(head: RankingHead | None, record: dict[str, Any]) -> float | None:
+    if head is None:
+        return None
+    return head.predict(record[SERVICE_SCORE], record["parameters"],
+                        record.get("grad_norm") if head.uses_grad_norm else None)
+
+
+def _fit_head(records: Sequence[dict[str, Any]], task: TaskData, ghn_sha256: str | None,
+              eval_images: int) -> RankingHead | None:
     trained = [r for r in records if r.get("trained_accuracy") is not None]
     if len(trained) < MIN_ARCHITECTURES:
         return None
@@ -286,5 +299,7 @@ def _fit_head(records: Sequence[dict[str, Any]], task: TaskData) -> RankingHead 
                             [r["parameters"] for r in trained],
                             [r["trained_accuracy"] for r in trained], task=task.spec.name,
                             target=f"test accuracy after {GROUND_TRUTH.describe()}",
+                            grad_norm=[r["grad_norm"] for r in trained], features=HEAD_FEATURES,
+                            ghn_sha256=ghn_sha256, eval_images=eval_images,
                             measured_on=f"{len(trained)} in-distribution architectures "
                                         "(leave-one-out)")

@@ -34,7 +34,13 @@ from nas_service.graph import ArchitectureGraph
 from nas_service.scoring.evaluation import accuracy
 from nas_service.scoring.metrics import compare_scores
 from nas_service.scoring.protocol import READOUT, score_name
-from nas_service.scoring.ranking_head import MIN_ARCHITECTURES, fit_ranking_head, leave_one_out
+from nas_service.scoring.ranking_head import (
+    MIN_ARCHITECTURES,
+    RankingHead,
+    fit_ranking_head,
+    leave_one_out,
+)
+from nas_service.scoring.trainability import grad_norm_batch, initial_grad_norm
 
 from .evaluate import (
     EVAL_BATCH_SIZE,
@@ -50,13 +56,14 @@ from .evaluate import (
 from .ghn_training import held_out_architectures
 
 RANKED_SCORES = ("predicted_batch", "predicted_recalibrated", "predicted_readout",
-                 "ranking_head", "parameters",
+                 "ranking_head", "served_ranking_head", "parameters",
                  "flops", "sgd_1_epoch", "random_init")
 """The cheap scores :func:`rank_surrogates` compares with the ground truth; higher is taken to
 mean better for every one of them (more parameters, more FLOPs, higher accuracy).
 ``ranking_head`` is the :mod:`~nas_service.scoring.ranking_head` estimate of each architecture
 by a head fit on all the *other* ranked architectures (leave-one-out), so its agreement is a
-test score, not a fit."""
+test score, not a fit. ``served_ranking_head`` is the estimate of the head served beside the
+GHN (what searches rank by), when one is given: fit elsewhere, so also a test score."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,7 +270,8 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
                     truth_eval_images: int | None = None, seed: int = 0,
                     data_root: str | None = None, progress: bool = True,
                     cached_only: bool = False, ghn_sha256: str | None = None,
-                    spaces: Sequence[str] | None = None) -> dict[str, Any]:
+                    spaces: Sequence[str] | None = None,
+                    served_head: RankingHead | None = None) -> dict[str, Any]:
     """Ranks the GHN's held-out architectures by each cheap score and by training; compares.
 
     The held-out architectures come from the spaces the GHN was trained on, or from ``spaces``
@@ -308,6 +316,7 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     else:
         seeds = list(range(len(graphs)))
 
+    gradient_batch = grad_norm_batch(data, dev)
     rows: list[dict[str, Any]] = []
     kept: list[ArchitectureGraph] = []
     excluded: list[dict[str, Any]] = []
@@ -333,6 +342,14 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
             counting = time.perf_counter() - t0
             r["seconds"].update(parameters=counting, flops=counting)
             r.update(name=name, seed=i)
+            if served_head is not None:
+                t0 = time.perf_counter()
+                gradient = (initial_grad_norm(graph, *gradient_batch)
+                            if served_head.uses_grad_norm else None)
+                r["served_ranking_head"] = served_head.predict(r[SERVICE_SCORE],
+                                                               r["parameters"], gradient)
+                r["seconds"]["served_ranking_head"] = (r["seconds"][SERVICE_SCORE]
+                                                       + time.perf_counter() - t0)
             rows.append(r)
             kept.append(graph)
     finally:
@@ -381,7 +398,7 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
         {k: r.get(k) for k in ("name", "seed", "hash", "parameters", "flops", "nodes",
                                "trained_accuracy", "trained_seconds", "predicted_batch",
                                "predicted_recalibrated", "predicted_readout", "ranking_head",
-                               "sgd_1_epoch",
+                               "served_ranking_head", "sgd_1_epoch",
                                "random_init")}
         for r in rows]
     return {

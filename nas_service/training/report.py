@@ -295,6 +295,7 @@ _SCORE_TITLES = {
     "predicted_recalibrated": "GHN, recalibrated",
     "predicted_readout": "GHN, recalibrated + readout (the service's score)",
     "ranking_head": "ranking head (service score + size, leave-one-out)",
+    "served_ranking_head": "served ranking head (what searches rank by)",
     "random_init": "random init",
     "sgd_1_epoch": "SGD baseline",
     "parameters": "parameter count",
@@ -394,17 +395,20 @@ def _ranking_markdown(rk: dict[str, Any]) -> list[str]:
 def _scatter_series(evaluation: dict[str, Any] | None, ranking: dict[str, Any] | None
                     ) -> tuple[list[tuple[str, Color, list[tuple[float, float]]]], str, str, str]:
     if ranking is not None:
-        # The score the service ranks by: the ranking head's estimate when there is one.
-        key = "ranking_head" if ranking.get("scores", {}).get("ranking_head") else \
-            SERVICE_SCORE
+        # The score the service ranks by: the served head's estimate when there is one, else
+        # a head fit here (leave-one-out), else the score itself.
+        scores = ranking.get("scores", {})
+        key = next((k for k in ("served_ranking_head", "ranking_head") if scores.get(k)),
+                   SERVICE_SCORE)
         pts = [(a["trained_accuracy"], a[key]) for a in ranking.get("architectures", [])
                if a.get("trained_accuracy") is not None and a.get(key) is not None]
         st = ranking.get("scores", {}).get(key, {})
         title = (f"tau {_fmt(st.get('kendall_tau'), 2)}  rho {_fmt(st.get('spearman_rho'), 2)}"
                  f"  n {len(pts)}")
         epochs = ranking.get("protocol", {}).get("epochs")
-        y_label = ("ranking head (leave-one-out)" if key == "ranking_head"
-                   else "GHN predicted (service score, val)")
+        y_label = {"served_ranking_head": "served ranking head",
+                   "ranking_head": "ranking head (leave-one-out)"}.get(
+                       key, "GHN predicted (service score, val)")
         return ([("held-out", BLUE, pts)], f"trained accuracy (test, {epochs} ep)", y_label,
                 title)
     assert evaluation is not None

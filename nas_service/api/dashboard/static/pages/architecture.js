@@ -72,8 +72,15 @@ export function architectureView(arch, {downloadUrl, heading} = {}) {
                         + `${score.recalibration_images ?? "?"} training images` : "not scored"],
       score && score.ranking ? ["Estimated trained accuracy", h("span", {id: "arch-ranking"},
         `${formatScore(score.ranking.value)}: ${score.ranking.target}, estimated by the GHN's `
-        + `ranking head from the predicted accuracy and the size (${rankingQuality(score.ranking)}); `
-        + "searches rank candidates by it")] : null,
+        + `ranking head from the predicted accuracy, the size`
+        + (score.ranking.grad_norm != null ? " and the gradient norm at initialisation" : "")
+        + ` (${rankingQuality(score.ranking)}); searches rank candidates by it`)] : null,
+      score && score.ranking && score.ranking.grad_norm != null
+        ? ["Gradient norm at initialisation", h("span", {id: "arch-grad-norm",
+            title: "Summed over convolution and linear weights, default initialisation (seed 0), "
+                   + "one batch of 128 training images: a network whose gradients vanish there "
+                   + "does not train, whatever its predicted accuracy"},
+            score.ranking.grad_norm.toPrecision(3))] : null,
       ["Task", arch.task],
       ["Timings", timings(arch.timings)],
       ["Created", timeCell(arch.created_at)],

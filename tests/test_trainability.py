@@ -1,0 +1,120 @@
+"""The gradient norm at initialisation: a fixed protocol (the offline benchmark's number is the
+service's), no effect on the caller's random state, and a ranking head that reads it served
+through the scorer."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.register_assert_rewrite("service_support")
+
+from service_support import SMALL_FLOPS, requires_fashion_mnist  # noqa: E402
+
+from nas_service.data import load_task  # noqa: E402
+from nas_service.graph import GraphBuilder, from_module, to_module  # noqa: E402
+from nas_service.scoring import ArchitectureScorer  # noqa: E402
+from nas_service.scoring.proxies import proxy_scores  # noqa: E402
+from nas_service.scoring.ranking_head import fit_ranking_head, head_path_for  # noqa: E402
+from nas_service.scoring.scorer import file_sha256  # noqa: E402
+from nas_service.scoring.trainability import (  # noqa: E402
+    GRAD_NORM_IMAGES,
+    grad_norm_batch,
+    initial_grad_norm,
+)
+from nas_service.spaces import get_space  # noqa: E402
+
+pytest_plugins = ("service_support",)
+
+FEATURES = ("surrogate_accuracy", "log10_parameters", "log10_grad_norm")
+
+
+def _batch(seed: int = 0, count: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(count, 1, 28, 28, generator=g), torch.randint(0, 10, (count,), generator=g)
+
+
+def test_the_value_is_fixed_and_the_callers_random_state_untouched() -> None:
+    graph = get_space("cells").sample(5, (1, 28, 28), 10, max_flops=SMALL_FLOPS)
+    images, labels = _batch()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = initial_grad_norm(graph, images, labels)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)  # another global state: the same value
+    assert initial_grad_norm(graph, images, labels) == first
+    assert math.isfinite(first) and first > 0
+    # The offline protocol (bench/generalization_bench.py's grad_norm proxy) gives this number.
+    torch.manual_seed(0)
+    offline = proxy_scores(to_module(graph), images, labels, ("grad_norm",))["grad_norm"]
+    assert offline == pytest.approx(first, rel=1e-6)
+
+
+def test_vanishing_gradients_read_small() -> None:
+    """A deep sigmoid MLP without normalisation (does not train from default initialisation)
+    against the same depth with ReLU and batch norm."""
+    def mlp(activation: type[torch.nn.Module], norm: bool) -> torch.nn.Module:
+        layers: list[torch.nn.Module] = [torch.nn.Flatten(), torch.nn.Linear(784, 64)]
+        for _ in range(12):
+            layers += [torch.nn.BatchNorm1d(64)] if norm else []
+            layers += [activation(), torch.nn.Linear(64, 64)]
+        return torch.nn.Sequential(*layers, activation(), torch.nn.Linear(64, 10))
+
+    images, labels = _batch(count=64)
+    deep_sigmoid = from_module(mlp(torch.nn.Sigmoid, False), (1, 28, 28))
+    deep_relu_bn = from_module(mlp(torch.nn.ReLU, True), (1, 28, 28))
+    assert (initial_grad_norm(deep_sigmoid, images, labels) * 10
+            < initial_grad_norm(deep_relu_bn, images, labels))
+
+
+def test_a_gradient_that_is_not_finite_is_nan() -> None:
+    b = GraphBuilder((1, 28, 28))
+    x = b.add("flatten", b.input)
+    graph = b.build(b.add("linear", x, out_features=10), num_classes=10)
+    images, labels = _batch()
+    images[0, 0, 0, 0] = float("inf")
+    assert math.isnan(initial_grad_norm(graph, images, labels))
+
+
+@requires_fashion_mnist
+def test_the_batch_is_a_seeded_pick_of_the_training_split() -> None:
+    task = load_task("fashion-mnist")
+    images, labels = grad_norm_batch(task)
+    assert images.shape == (GRAD_NORM_IMAGES, 1, 28, 28) and labels.shape == (GRAD_NORM_IMAGES,)
+    # The same images as picking from the whole normalised split (how the benchmark did).
+    x, y = task.tensors("train")
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:GRAD_NORM_IMAGES]
+    assert torch.equal(images, x[pick]) and torch.equal(labels, y[pick])
+
+
+@requires_fashion_mnist
+def test_the_scorer_serves_a_head_that_reads_the_gradient_norm(tiny_ghn_path: Path,
+                                                               tmp_path: Path) -> None:
+    path = tmp_path / "ghn.safetensors"
+    shutil.copyfile(tiny_ghn_path, path)
+    g = torch.Generator().manual_seed(0)
+    s = (0.3 + 0.4 * torch.rand(12, generator=g)).tolist()
+    p = (10 ** (3 + 3 * torch.rand(12, generator=g))).tolist()
+    gn = (10 ** (-2 + 3 * torch.rand(12, generator=g))).tolist()
+    t = [0.5 + 0.3 * a + 0.05 * math.log10(b) for a, b in zip(s, gn, strict=True)]
+    head = fit_ranking_head(s, p, t, grad_norm=gn, features=FEATURES, task="fashion-mnist",
+                            target="test accuracy after 4 epochs", ghn_sha256=file_sha256(path))
+    head.save(head_path_for(path))
+    scorer = ArchitectureScorer.load(path, device="cpu", eval_images=64, recalibration_batches=1,
+                                     recalibration_batch_size=32)
+    assert scorer.ranking_head is not None and scorer.ranking_head.uses_grad_norm
+    assert scorer.info()["score"]["ranking"]["features"] == list(FEATURES)
+    graph = get_space("cells").sample(3, (1, 28, 28), 10, max_flops=SMALL_FLOPS)
+    (scored,) = scorer.score([graph], "fashion-mnist")
+    record = scored.score_record(32)["ranking"]
+    expected = initial_grad_norm(graph, *grad_norm_batch(load_task("fashion-mnist")))
+    assert record["grad_norm"] == pytest.approx(expected, rel=1e-6)
+    assert record["value"] == pytest.approx(
+        head.predict(scored.accuracy, graph.num_parameters, expected))
+    # Admission counts the gradient's forward and backward pass.
+    data = scorer.task_tensors("fashion-mnist")
+    assert scorer.cost(graph, data).macs == graph.flops * (64 + 32 + 32 + 3 * GRAD_NORM_IMAGES)
