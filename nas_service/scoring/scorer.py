@@ -47,6 +47,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ log = logging.getLogger("nas_service.scoring")
 CPU_EVAL_BATCH_SIZE = 100
 """Images per forward pass when scoring on a CPU: batches of 1,000 cost about 3x more CPU time
 (activations of a cell network at 28x28 no longer fit in cache), smaller ones gain nothing."""
+GRAD_NORM_CACHE_SIZE = 4096
+"""Gradient norms a scorer remembers (a few dozen bytes each): enough for a search's rungs."""
 DEVICE_EVAL_BATCH_SIZE = 1000
 """Images per forward pass on an accelerator, where bigger batches are cheaper per image."""
 
@@ -247,6 +250,9 @@ class ArchitectureScorer:
         """Whether networks and images run in the channels-last layout (on a CPU; see the
         module docstring)."""
         self._fidelities: dict[Fidelity, ArchitectureScorer] = {}
+        self._grad_norms: OrderedDict[tuple[str, str], float] = OrderedDict()
+        """Gradient norms at initialisation by (task, graph content hash), shared with the
+        views of :meth:`at_fidelity`: a candidate promoted through rungs pays for it once."""
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -469,7 +475,17 @@ class ArchitectureScorer:
         if not head.uses_grad_norm:
             return {"value": head.predict(value, graph.num_parameters), **self._ranking_fields()}
         assert data.grad_norm_batch is not None
-        gradient = initial_grad_norm(graph, *data.grad_norm_batch)
+        cache = (self._full or self)._grad_norms  # under self.lock, which the views share
+        key = (data.spec.name, graph.content_hash())
+        gradient = cache.get(key)
+        if gradient is None:
+            gradient = initial_grad_norm(graph, *data.grad_norm_batch,
+                                         channels_last=self.channels_last)
+            cache[key] = gradient
+            if len(cache) > GRAD_NORM_CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
         return {"value": head.predict(value, graph.num_parameters, gradient),
                 "grad_norm": gradient if math.isfinite(gradient) else None,
                 **self._ranking_fields()}
