@@ -78,8 +78,8 @@ def main() -> int:
     parser.add_argument("--resummarize", action="store_true",
                         help="bring --out up to date with the ground truth the cache holds now, "
                              "without scoring anything again")
-    parser.add_argument("--per-set", type=int, default=18,
-                        help="sampled architectures per sampled set (default: 18)")
+    parser.add_argument("--per-set", type=int, default=30,
+                        help="sampled architectures per sampled set (default: 30)")
     parser.add_argument("--eval-images", type=int, default=1000)
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=OUT)

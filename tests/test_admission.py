@@ -106,15 +106,22 @@ def test_a_gradient_pass_is_counted_where_the_ranking_head_needs_one() -> None:
     fixed = SCORING_OVERHEAD_BYTES + PARAMETER_COPIES * 4 * graph.num_parameters
     assert with_gradient.peak_bytes == max(
         plain.peak_bytes, fixed + 4 * (fp.saved_elements + fp.peak_elements) * 128)
-    # A graph whose forward passes fit the budget but whose backward pass does not is refused
-    # (the gradient's batch is part of the protocol), not run in smaller batches.
-    budget = ScoringBudget(max_bytes=(plain.peak_bytes + with_gradient.peak_bytes) // 2)
-    check_affordable(plain, budget)
-    if with_gradient.peak_bytes > plain.peak_bytes:
-        with pytest.raises(ScoringTooCostly):
-            check_affordable(scoring_cost(graph, eval_images=1000, eval_batch_size=100,
-                                          recalibration_batches=4, recalibration_batch_size=128,
-                                          grad_norm_images=128, budget=budget), budget)
+    assert with_gradient.grad_norm_batch_size == 128 and plain.grad_norm_batch_size == 0
+    # Where the whole batch's backward pass does not fit, the gradient is accumulated over
+    # smaller batches that do; where not even one image fits, the graph is refused.
+    backward = 4 * (fp.saved_elements + fp.peak_elements)
+    assert with_gradient.peak_bytes > plain.peak_bytes  # the backward pass is the peak here
+    budget = ScoringBudget(max_bytes=plain.peak_bytes)
+    cut = scoring_cost(graph, eval_images=1000, eval_batch_size=100, recalibration_batches=4,
+                       recalibration_batch_size=128, grad_norm_images=128, budget=budget)
+    assert cut.grad_norm_batch_size == (plain.peak_bytes - fixed) // backward
+    assert 1 <= cut.grad_norm_batch_size < 128 and cut.macs == with_gradient.macs
+    check_affordable(cut, budget)
+    tiny = ScoringBudget(max_bytes=fixed + backward // 2)
+    with pytest.raises(ScoringTooCostly):
+        check_affordable(scoring_cost(graph, eval_images=1000, eval_batch_size=1,
+                                      recalibration_batches=0, recalibration_batch_size=0,
+                                      grad_norm_images=128, budget=tiny), tiny)
 
 
 def test_a_skip_connection_keeps_its_source_alive() -> None:

@@ -252,6 +252,7 @@ def test_the_bundled_ghn_ships_a_head_fit_on_its_own_scores() -> None:
 
     checkpoint = bundled_checkpoint_path()
     head = head_for_checkpoint(checkpoint, file_sha256(checkpoint))
-    assert head is not None, "retrain the head (rank-ghn) after replacing the bundled GHN"
+    assert head is not None, ("refit the head (python bench/generalization_bench.py) after "
+                              "replacing the bundled GHN")
     assert head.task == "fashion-mnist" and head.architectures >= 30
     assert head.kendall_tau is not None and head.kendall_tau > 0.5

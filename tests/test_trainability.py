@@ -74,6 +74,25 @@ def test_vanishing_gradients_read_small() -> None:
             < initial_grad_norm(deep_relu_bn, images, labels))
 
 
+def test_smaller_batches_accumulate_the_same_gradient_without_batch_norm() -> None:
+    b = GraphBuilder((1, 28, 28))
+    x = b.add("conv2d", b.input, out_channels=4, kernel_size=3, stride=2, padding=1)
+    x = b.add("relu", x)
+    x = b.add("flatten", b.add("global_avg_pool", x))
+    graph = b.build(b.add("linear", x, out_features=10), num_classes=10)
+    images, labels = _batch(count=16)
+    whole = initial_grad_norm(graph, images, labels)
+    for size in (1, 5, 8):
+        assert initial_grad_norm(graph, images, labels, batch_size=size) == pytest.approx(
+            whole, rel=1e-5)
+    # With batch norm each batch has its own statistics: close, not equal.
+    with_bn = get_space("cells").sample(5, (1, 28, 28), 10, max_flops=SMALL_FLOPS)
+    assert any(n.op == "batch_norm" for n in with_bn.nodes)
+    full = initial_grad_norm(with_bn, images, labels)
+    assert initial_grad_norm(with_bn, images, labels, batch_size=8) == pytest.approx(full,
+                                                                                      rel=0.5)
+
+
 def test_a_gradient_that_is_not_finite_is_nan() -> None:
     b = GraphBuilder((1, 28, 28))
     x = b.add("flatten", b.input)

@@ -20,7 +20,10 @@ copy of the network follows the evaluation; the peak is then the larger of the a
     SCORING_OVERHEAD_BYTES + 4 x (PARAMETER_COPIES x parameters
                                   + (saved_elements + peak_elements) x grad_norm_images)
 
-and the MACs grow by ``3 x macs per sample x grad_norm_images`` (forward and backward),
+and the MACs grow by ``3 x macs per sample x grad_norm_images`` (forward and backward). Where
+that peak passes the budget, the gradient is accumulated over smaller batches that fit it
+(:func:`~nas_service.scoring.trainability.initial_grad_norm`; batch norm then normalises each
+with its own statistics, so the value is an approximation of the protocol's),
 with ``peak_elements`` the per-sample peak of one forward pass
 (:func:`nas_service.graph.footprint.footprint`: live outputs plus the running node's output and
 workspace; padding and adaptive pooling that grow the spatial size, and attention's token x token
@@ -86,6 +89,9 @@ class ScoringCost:
     eval_batch_size: int
     """The evaluation's batch: the device's, or less where the budget asks for less."""
     footprint: Footprint
+    grad_norm_batch_size: int = 0
+    """Images per forward and backward pass of the gradient norm at initialisation: all of
+    them, or fewer (gradients accumulated) where the budget asks for fewer; 0 without one."""
 
     def to_dict(self) -> dict[str, int | str]:
         return {"peak_bytes": self.peak_bytes, "largest_tensor_bytes": self.largest_tensor_bytes,
@@ -108,9 +114,9 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
                  readout_images: int = 0, readout_batch_size: int = 0,
                  grad_norm_images: int = 0,
                  budget: ScoringBudget | None = None) -> ScoringCost:
-    """The cost of scoring ``graph`` this way (``grad_norm_images``: the batch of the gradient
-    norm at initialisation, 0 without one); with ``budget``, the evaluation batch is cut to
-    what fits it (never below 1)."""
+    """The cost of scoring ``graph`` this way (``grad_norm_images``: the images of the gradient
+    norm at initialisation, 0 without one); with ``budget``, the evaluation's batch and the
+    gradient's are cut to what fits it (never below 1)."""
     has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
     fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
     fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
@@ -120,12 +126,18 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
     if budget is not None and fixed + per_sample * batch > budget.max_bytes:
         batch = max(1, min(eval_batch_size, (budget.max_bytes - fixed) // max(per_sample, 1)))
     images = recalibration_batches * recalibration_batch_size + readout_images + eval_images
-    backward = BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements) * grad_norm_images
-    return ScoringCost(peak_bytes=fixed + max(per_sample * max(fixed_batch, batch), backward),
+    backward_per_sample = BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements)
+    gradient_batch = grad_norm_images
+    if (budget is not None and gradient_batch
+            and fixed + backward_per_sample * gradient_batch > budget.max_bytes):
+        gradient_batch = max(1, min(grad_norm_images, (budget.max_bytes - fixed)
+                                    // max(backward_per_sample, 1)))
+    return ScoringCost(peak_bytes=fixed + max(per_sample * max(fixed_batch, batch),
+                                              backward_per_sample * gradient_batch),
                        largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements
-                       * max(fixed_batch, batch, grad_norm_images),
+                       * max(fixed_batch, batch, gradient_batch),
                        macs=fp.macs * (images + 3 * grad_norm_images), eval_batch_size=batch,
-                       footprint=fp)
+                       footprint=fp, grad_norm_batch_size=gradient_batch)
 
 
 def check_affordable(cost: ScoringCost, budget: ScoringBudget) -> None:

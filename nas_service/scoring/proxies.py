@@ -31,14 +31,15 @@ from torch import nn
 
 PROXIES = ("grad_norm", "synflow", "naswot", "zico")
 
-_WEIGHTED = (nn.Conv2d, nn.Linear)
+WEIGHTED = (nn.Conv2d, nn.Linear)
+"""The layers whose weights' gradients ``grad_norm`` and ``synflow`` read."""
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
                 nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _weighted(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if isinstance(m, _WEIGHTED)]
+    return [m for m in net.modules() if isinstance(m, WEIGHTED)]
 
 
 def grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,

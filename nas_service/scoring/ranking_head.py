@@ -1,15 +1,16 @@
-"""The ranking head: an estimate of an architecture's trained accuracy from its surrogate score and
-its parameter count, fit on a small set of trained architectures.
+"""The ranking head: an estimate of an architecture's trained accuracy from a few cheap features,
+fit on a small set of trained architectures; what searches rank candidates by.
 
-Why it exists (``bench/results/ranking-fashion-mnist``, 39 held-out architectures trained 5
-epochs): the GHN's predicted accuracy alone ranks them with Kendall τ 0.56, the parameter count
-0.50, one epoch of SGD 0.69. The two cheap scores are nearly independent evidence (the predicted
-weights say how well the wiring works, the size how much a network can fit in five epochs), and
-a ridge regression on both, scored by leave-one-out cross-validation, reaches τ 0.74 (0.73–0.76
-with the previous bundled GHNs on 34 architectures): better than one epoch of training, at the
-surrogate's cost. Mean-pooled GHN graph embeddings as further features (1–8 principal
-components) lowered the leave-one-out τ to 0.40–0.73 on 34 architectures: a few dozen are too
-few to fit more than a couple of weights.
+A head names its features (:data:`KNOWN_FEATURES`): the GHN's score, log10 of the parameter
+count, log10 of the gradient norm at initialisation (:mod:`~.trainability`). They are nearly
+independent evidence: the predicted weights say how well the wiring works, the size how much a
+network can fit in a short training, the gradient whether plain SGD trains it at all, which the
+GHN's score cannot see. The bundled head reads the score and the gradient norm; it is fit on
+one set of families and measured on others (``docs/evaluation.md``, "The ranking head").
+A gradient norm that is not finite or not positive counts as the smallest the head has seen.
+With a few dozen trained architectures, more than a couple of weights overfit: mean-pooled GHN
+graph embeddings as further features (1–8 principal components) lowered the leave-one-out τ
+to 0.40–0.73 on 34 architectures.
 
 The head is a few numbers, stored as JSON next to the GHN checkpoint whose scores it was fit on
 (``<checkpoint stem>.ranking-head.json``, see :func:`head_path_for`). It names that checkpoint's
@@ -17,12 +18,6 @@ SHA-256: a head read beside another checkpoint is ignored, since another GHN's s
 another scale. Features outside the range seen in fitting are clamped into it, and the estimate
 into [0, 1]: a 25 M-parameter ResNet gets the estimate of the largest network the head has seen,
 not a linear extrapolation past 100 %.
-
-A head names its features (:data:`KNOWN_FEATURES`). Besides the score and the size, a head may
-read the network's gradient norm at initialisation (:mod:`~.trainability`): the one signal of the
-three that says whether plain SGD trains the network at all, which the GHN's score cannot see
-(``docs/evaluation.md``). A gradient norm that is not finite or not positive counts as the
-smallest the head has seen.
 """
 
 from __future__ import annotations

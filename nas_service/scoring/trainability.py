@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from nas_service.data import TaskData
 from nas_service.graph import ArchitectureGraph, to_module
 
-from .proxies import grad_norm
+from .proxies import WEIGHTED, grad_norm
 
 GRAD_NORM_IMAGES = 128
 """Training images of the gradient (the batch the offline proxies use, ``PROXY_BATCH``)."""
@@ -45,12 +47,16 @@ def grad_norm_batch(task: TaskData, device: torch.device | str = "cpu"
 
 
 def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: torch.Tensor,
-                      *, channels_last: bool = False) -> float:
+                      *, channels_last: bool = False, batch_size: int | None = None) -> float:
     """``graph``'s gradient norm at its seeded default initialisation on ``images`` and
     ``labels`` (:func:`grad_norm_batch`), on their device. ``nan`` when it is not finite (the
     ranking head takes that as a network that does not train). ``channels_last`` runs it in
     that layout (1.7x faster on a CPU for the latency benchmark's small networks; the value moves
-    in its last bits, which a ranking head's estimate does not notice)."""
+    in its last bits, which a ranking head's estimate does not notice). ``batch_size`` below
+    the number of images accumulates the gradient of the mean loss over batches of that many
+    (what admission control asks for when the whole batch's backward pass does not fit the
+    memory budget): exact without batch norm, an approximation with it (each batch is
+    normalised with its own statistics)."""
     device = images.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             torch.enable_grad():
@@ -59,5 +65,21 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
         if channels_last and images.dim() == 4:
             net = net.to(memory_format=torch.channels_last)
             images = images.contiguous(memory_format=torch.channels_last)
-        value = grad_norm(net, images, labels, copy=False)
+        if batch_size is None or batch_size >= len(labels):
+            value = grad_norm(net, images, labels, copy=False)
+        else:
+            value = _accumulated_grad_norm(net, images, labels, max(1, batch_size))
     return value if math.isfinite(value) else math.nan
+
+
+def _accumulated_grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                           batch_size: int) -> float:
+    """:func:`~.proxies.grad_norm` of the mean loss over all of ``images``, its gradient summed
+    over batches of ``batch_size`` (each batch's mean loss weighted by its share)."""
+    net.train()
+    net.zero_grad()
+    for start in range(0, len(labels), batch_size):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        (F.cross_entropy(net(x), y) * (len(y) / len(labels))).backward()
+    return float(sum(m.weight.grad.norm() for m in net.modules()
+                     if isinstance(m, WEIGHTED) and m.weight.grad is not None))
