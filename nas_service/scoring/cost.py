@@ -91,7 +91,8 @@ class ScoringCost:
     footprint: Footprint
     grad_norm_batch_size: int = 0
     """Images per forward and backward pass of the gradient norm at initialisation: all of
-    them, or fewer (gradients accumulated) where the budget asks for fewer; 0 without one."""
+    them, or fewer (an even number; gradients accumulated) where the budget asks for fewer; 0
+    without one."""
 
     def to_dict(self) -> dict[str, int | str]:
         return {"peak_bytes": self.peak_bytes, "largest_tensor_bytes": self.largest_tensor_bytes,
@@ -130,8 +131,10 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
     gradient_batch = grad_norm_images
     if (budget is not None and gradient_batch
             and fixed + backward_per_sample * gradient_batch > budget.max_bytes):
-        gradient_batch = max(1, min(grad_norm_images, (budget.max_bytes - fixed)
-                                    // max(backward_per_sample, 1)))
+        fits = (budget.max_bytes - fixed) // max(backward_per_sample, 1)
+        # Even, at least 2: torch 2.13's CPU backward corrupts the heap at odd batch sizes
+        # (nas_service.scoring.trainability).
+        gradient_batch = max(2, min(grad_norm_images, fits) // 2 * 2)
     return ScoringCost(peak_bytes=fixed + max(per_sample * max(fixed_batch, batch),
                                               backward_per_sample * gradient_batch),
                        largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements

@@ -56,8 +56,14 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
     the number of images accumulates the gradient of the mean loss over batches of that many
     (what admission control asks for when the whole batch's backward pass does not fit the
     memory budget): exact without batch norm, an approximation with it (each batch is
-    normalised with its own statistics)."""
-    device = images.device
+    normalised with its own statistics). An odd ``batch_size`` is rounded down to an even one
+    (at least 2): a backward pass over an odd number of images corrupted the heap of torch
+    2.13's CPU build (``cells`` networks, batches of 3, 61, 63: ``corrupted size vs.
+    prev_size``, the process aborted), never an even one in the same runs."""
+    even = len(labels) // 2 * 2  # see above: never an odd batch
+    if even == 0:
+        return math.nan
+    images, labels, device = images[:even], labels[:even], images.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             torch.enable_grad():
         torch.manual_seed(GRAD_NORM_SEED)
@@ -68,7 +74,7 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
         if batch_size is None or batch_size >= len(labels):
             value = grad_norm(net, images, labels, copy=False)
         else:
-            value = _accumulated_grad_norm(net, images, labels, max(1, batch_size))
+            value = _accumulated_grad_norm(net, images, labels, max(2, batch_size // 2 * 2))
     return value if math.isfinite(value) else math.nan
 
 
