@@ -118,7 +118,8 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
     Protocol: nesterov SGD (``momentum``, ``weight_decay`` on every parameter), learning rate
     ``lr`` decayed per step by a cosine to 0, cross-entropy, gradient norm clipped at
     :data:`SGD_GRAD_CLIP`. An epoch is one pass over ``max_images`` images (all of them when
-    ``None``) drawn by a fresh seeded shuffle, in full batches of ``min(batch_size, images)``;
+    ``None``) drawn by a fresh seeded shuffle, in full batches of ``min(batch_size, images)``
+    (one fewer where that is odd and above 1: see :mod:`nas_service.scoring.trainability`);
     ``epochs`` may be fractional (``0.1`` runs a tenth of an epoch's steps, at least one step;
     ``0`` trains nothing). Training stops early (within 25 steps) once the loss is non-finite.
     """
@@ -129,7 +130,10 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
     dev = resolve_device(device)
     train = task_data.split("train")
     per_epoch = len(train) if max_images is None else min(len(train), max_images)
+    # Never an odd batch (but a batch of 1): torch 2.13's CPU backward pass corrupted the heap
+    # of cells networks at odd batch sizes (nas_service.scoring.trainability).
     bs = min(batch_size, per_epoch)
+    bs = bs - 1 if bs % 2 and bs > 1 else bs
     steps_per_epoch = per_epoch // bs
     total = 0 if epochs == 0 else max(1, math.ceil(epochs * steps_per_epoch))
 
