@@ -54,6 +54,7 @@ from nas_service.graph import ArchitectureGraph
 from nas_service.graph.footprint import Footprint, footprint
 
 from .protocol import DEFAULT_MAX_SCORING_BYTES, DEFAULT_MAX_SCORING_MACS
+from .trainability import even_batch_size
 
 BYTES_PER_ELEMENT = 4  # float32: the GHN predicts and the networks run in it
 PARAMETER_COPIES = 6
@@ -132,9 +133,7 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
     if (budget is not None and gradient_batch
             and fixed + backward_per_sample * gradient_batch > budget.max_bytes):
         fits = (budget.max_bytes - fixed) // max(backward_per_sample, 1)
-        # Even, at least 2: torch 2.13's CPU backward corrupts the heap at odd batch sizes
-        # (nas_service.scoring.trainability).
-        gradient_batch = max(2, min(grad_norm_images, fits) // 2 * 2)
+        gradient_batch = even_batch_size(min(grad_norm_images, fits))  # what the pass runs
     return ScoringCost(peak_bytes=fixed + max(per_sample * max(fixed_batch, batch),
                                               backward_per_sample * gradient_batch),
                        largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements

@@ -31,15 +31,14 @@ from torch import nn
 
 PROXIES = ("grad_norm", "synflow", "naswot", "zico")
 
-WEIGHTED = (nn.Conv2d, nn.Linear)
-"""The layers whose weights' gradients ``grad_norm`` and ``synflow`` read."""
+_WEIGHTED = (nn.Conv2d, nn.Linear)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
                 nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _weighted(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if isinstance(m, WEIGHTED)]
+    return [m for m in net.modules() if isinstance(m, _WEIGHTED)]
 
 
 def grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
@@ -49,6 +48,12 @@ def grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     net = (_copy(net) if copy else net).train()
     net.zero_grad()
     F.cross_entropy(net(images), labels).backward()
+    return weight_grad_norm(net)
+
+
+def weight_grad_norm(net: nn.Module) -> float:
+    """:math:`\\sum_l \\lVert \\partial L / \\partial W_l \\rVert_2` over ``net``'s convolution and
+    linear weights, from the gradients their ``.grad`` holds."""
     return float(sum(m.weight.grad.norm() for m in _weighted(net) if m.weight.grad is not None))
 
 

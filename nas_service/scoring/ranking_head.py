@@ -158,10 +158,10 @@ class RankingHead:
             raise RankingHeadError(f"malformed ranking head: no field {e}") from None
         except (TypeError, ValueError) as e:
             raise RankingHeadError(f"malformed ranking head: {e}") from None
-        unknown = [f for f in head.features if f not in KNOWN_FEATURES]
-        if unknown or not head.features or len(set(head.features)) != len(head.features):
-            raise RankingHeadError(f"ranking head features {list(head.features)} must be "
-                                   f"distinct names of {list(KNOWN_FEATURES)}")
+        try:
+            _check_features(head.features)
+        except ValueError as e:
+            raise RankingHeadError(f"ranking head {e}") from None
         n = len(head.features)
         vectors = (head.weights, head.mean, head.std, head.low, head.high)
         if any(len(v) != n for v in vectors):
@@ -212,13 +212,18 @@ def _solve(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float, 
     return weights, bias, mean, std
 
 
+def _check_features(features: Sequence[str]) -> None:
+    """``ValueError`` unless ``features`` are distinct names of :data:`KNOWN_FEATURES`."""
+    if (not features or len(set(features)) != len(features)
+            or any(f not in KNOWN_FEATURES for f in features)):
+        raise ValueError(f"features {list(features)} must be distinct names of "
+                         f"{list(KNOWN_FEATURES)}")
+
+
 def _check(surrogate: Sequence[float], parameters: Sequence[float], trained: Sequence[float],
            grad_norm: Sequence[float] | None, features: Sequence[str]
            ) -> tuple[np.ndarray, np.ndarray]:
-    unknown = [f for f in features if f not in KNOWN_FEATURES]
-    if unknown or not features or len(set(features)) != len(features):
-        raise ValueError(f"features {list(features)} must be distinct names of "
-                         f"{list(KNOWN_FEATURES)}")
+    _check_features(features)
     x = feature_matrix(surrogate, parameters, grad_norm, features)
     y = np.asarray(trained, dtype=np.float64)
     if y.shape != (x.shape[0],):

@@ -466,10 +466,11 @@ class ArchitectureScorer:
                               "architectures": self.ranking_head.architectures,
                               "features": list(self.ranking_head.features)}}}
 
-    def _ranking(self, graph: ArchitectureGraph, value: float, data: _TaskTensors
-                 ) -> dict[str, Any]:
+    def _ranking(self, graph: ArchitectureGraph, value: float, data: _TaskTensors,
+                 grad_norm_batch_size: int) -> dict[str, Any]:
         """The ranking record of ``graph`` scored ``value``: the head's estimate, what it read
-        besides the score, and what the head says of itself."""
+        besides the score (the gradient norm taken in batches of ``grad_norm_batch_size``, as
+        admission control sized them), and what the head says of itself."""
         head = self.ranking_head
         assert head is not None
         if not head.uses_grad_norm:
@@ -481,7 +482,7 @@ class ArchitectureScorer:
         if gradient is None:
             gradient = initial_grad_norm(graph, *data.grad_norm_batch,
                                          channels_last=self.channels_last,
-                                         batch_size=self.cost(graph, data).grad_norm_batch_size)
+                                         batch_size=grad_norm_batch_size)
             cache[key] = gradient
             if len(cache) > GRAD_NORM_CACHE_SIZE:
                 cache.popitem(last=False)
@@ -651,19 +652,19 @@ class ArchitectureScorer:
         recalibrate(net, data.recalibration,
                     data.recalibration_labels if self.readout else None,
                     one_pass=len(data.recalibration) == 1)
-        batch_size = self.cost(graph, data).eval_batch_size
+        cost = self.cost(graph, data)
         if self.channels_last:
             value, _ = default_layout_accuracy(net, data.val_images, data.val_labels,
-                                               batch_size=batch_size)
+                                               batch_size=cost.eval_batch_size)
         else:
             value = accuracy(net, data.val_images, data.val_labels, bn_mode=SURROGATE_MODE,
-                             batch_size=batch_size)
+                             batch_size=cost.eval_batch_size)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
         del net  # the ranking's gradient norm builds a network of its own
         ranking = None
         # The head maps the GHN's own task's scores to trained accuracy; not another task's.
         if self.ranking_head is not None and self._embedding_task(data.spec) is None:
-            ranking = self._ranking(graph, value, data)
+            ranking = self._ranking(graph, value, data, cost.grad_norm_batch_size)
         return ScoredGraph(graph=graph, accuracy=value, images=len(data.val_labels), state=state,
                            timings={"predict": predict_seconds,
                                     "score": time.perf_counter() - started},

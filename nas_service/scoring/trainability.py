@@ -27,12 +27,18 @@ from torch import nn
 from nas_service.data import TaskData
 from nas_service.graph import ArchitectureGraph, to_module
 
-from .proxies import WEIGHTED, grad_norm
+from .proxies import grad_norm, weight_grad_norm
 
 GRAD_NORM_IMAGES = 128
 """Training images of the gradient (the batch the offline proxies use, ``PROXY_BATCH``)."""
 GRAD_NORM_SEED = 0
 """Seeds both the pick of the images and the network's initialisation."""
+
+
+def even_batch_size(size: int, minimum: int = 2) -> int:
+    """``size`` rounded down to an even number, at least ``minimum``: the batch a backward pass
+    may run on (see :func:`initial_grad_norm` for why never an odd one)."""
+    return max(minimum, size // 2 * 2)
 
 
 def grad_norm_batch(task: TaskData, device: torch.device | str = "cpu"
@@ -74,7 +80,7 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
         if batch_size is None or batch_size >= len(labels):
             value = grad_norm(net, images, labels, copy=False)
         else:
-            value = _accumulated_grad_norm(net, images, labels, max(2, batch_size // 2 * 2))
+            value = _accumulated_grad_norm(net, images, labels, even_batch_size(batch_size))
     return value if math.isfinite(value) else math.nan
 
 
@@ -87,5 +93,4 @@ def _accumulated_grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.T
     for start in range(0, len(labels), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         (F.cross_entropy(net(x), y) * (len(y) / len(labels))).backward()
-    return float(sum(m.weight.grad.norm() for m in net.modules()
-                     if isinstance(m, WEIGHTED) and m.weight.grad is not None))
+    return weight_grad_norm(net)

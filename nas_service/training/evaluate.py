@@ -58,6 +58,7 @@ from nas_service.scoring.protocol import (
     BatchNormMode,
 )
 from nas_service.scoring.surrogate import as_graph
+from nas_service.scoring.trainability import even_batch_size
 
 from .config import TrainingConfig
 from .ghn_training import held_out_architectures
@@ -130,10 +131,7 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
     dev = resolve_device(device)
     train = task_data.split("train")
     per_epoch = len(train) if max_images is None else min(len(train), max_images)
-    # Never an odd batch (but a batch of 1): torch 2.13's CPU backward pass corrupted the heap
-    # of cells networks at odd batch sizes (nas_service.scoring.trainability).
-    bs = min(batch_size, per_epoch)
-    bs = bs - 1 if bs % 2 and bs > 1 else bs
+    bs = even_batch_size(min(batch_size, per_epoch), minimum=1)
     steps_per_epoch = per_epoch // bs
     total = 0 if epochs == 0 else max(1, math.ceil(epochs * steps_per_epoch))
 

@@ -316,7 +316,8 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
     else:
         seeds = list(range(len(graphs)))
 
-    gradient_batch = grad_norm_batch(data, dev)
+    gradient_batch = (grad_norm_batch(data, dev)
+                      if served_head is not None and served_head.uses_grad_norm else None)
     rows: list[dict[str, Any]] = []
     kept: list[ArchitectureGraph] = []
     excluded: list[dict[str, Any]] = []
@@ -344,8 +345,8 @@ def rank_surrogates(ghn: GraphHyperNetwork, task: str | TaskData = "fashion-mnis
             r.update(name=name, seed=i)
             if served_head is not None:
                 t0 = time.perf_counter()
-                gradient = (initial_grad_norm(graph, *gradient_batch)
-                            if served_head.uses_grad_norm else None)
+                gradient = (None if gradient_batch is None
+                            else initial_grad_norm(graph, *gradient_batch))
                 r["served_ranking_head"] = served_head.predict(r[SERVICE_SCORE],
                                                                r["parameters"], gradient)
                 r["seconds"]["served_ranking_head"] = (r["seconds"][SERVICE_SCORE]
