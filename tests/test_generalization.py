@@ -44,7 +44,8 @@ def test_the_baseline_costs_a_quarter_of_the_ground_truth():
 
 def _record(i: int, truth: float | None) -> dict:
     return {"predicted_recalibrated": 0.1 * i, "predicted_readout": 0.2 * i,
-            "ranking_head": 0.3 * i, "served_ranking_head": 0.25 * i, "grad_norm": float(i), "synflow": math.nan,
+            "ranking_head": 0.3 * i, "served_ranking_head": 0.25 * i, "grad_norm": float(i),
+            "service_grad_norm": 1.5 * i, "synflow": math.nan,
             "naswot": -float(i), "zico": float(i), "parameters": 1000 * i,
             "sgd_baseline": 0.5, "trained_accuracy": truth,
             "seconds": {"predicted_readout": 1.0, "proxies": 0.5}}
@@ -58,6 +59,7 @@ def test_a_set_summary_ranks_every_score_against_the_ground_truth():
     assert set(ranking) == set(RANKED)
     assert ranking["predicted_readout"]["kendall_tau"] == 1.0
     assert ranking["naswot"]["kendall_tau"] == -1.0
+    assert ranking["service_grad_norm"]["kendall_tau"] == 1.0
     assert ranking["sgd_baseline"]["kendall_tau"] is None  # constant: undefined
     assert ranking["synflow"]["kendall_tau"] is None  # failed everywhere: all tied last
     assert summary["mean"]["predicted_readout"] == sum(0.2 * i for i in (1, 2, 3, 4, 5, 6, 9)) / 7

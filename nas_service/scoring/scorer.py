@@ -481,7 +481,6 @@ class ArchitectureScorer:
         gradient = cache.get(key)
         if gradient is None:
             gradient = initial_grad_norm(graph, *data.grad_norm_batch,
-                                         channels_last=self.channels_last,
                                          batch_size=grad_norm_batch_size)
             cache[key] = gradient
             if len(cache) > GRAD_NORM_CACHE_SIZE:

@@ -14,6 +14,12 @@ one measured by the service are the same number: the network built with ``torch.
 the same seeded generator), cross-entropy on :data:`GRAD_NORM_IMAGES` training images picked by a
 seeded permutation of the training split, the sum of the convolution and linear weights'
 gradient norms. The global random state is left as it was.
+
+32 images, not the 128 the offline zero-cost proxies read: on the 86 trained networks of
+``bench/generalization_bench.py`` the gradient on the first 32 of those 128 ranks as well (Kendall
+τ against trained accuracy, 128 / 32 images: 0.39 / 0.41 on the trained families, 0.49 / 0.51 on
+the held-out ones, 0.72 / 0.74 on hand-written CNNs) at a quarter of the backward pass, which is
+what a cache miss and a search candidate pay for it.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from nas_service.graph import ArchitectureGraph, to_module
 
 from .proxies import grad_norm, weight_grad_norm
 
-GRAD_NORM_IMAGES = 128
-"""Training images of the gradient (the batch the offline proxies use, ``PROXY_BATCH``)."""
+GRAD_NORM_IMAGES = 32
+"""Training images of the gradient: the first of the batch the offline proxies read
+(:data:`~nas_service.training.generalization.PROXY_BATCH`)."""
 GRAD_NORM_SEED = 0
 """Seeds both the pick of the images and the network's initialisation."""
 
@@ -41,31 +48,36 @@ def even_batch_size(size: int, minimum: int = 2) -> int:
     return max(minimum, size // 2 * 2)
 
 
-def grad_norm_batch(task: TaskData, device: torch.device | str = "cpu"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The :data:`GRAD_NORM_IMAGES` training images (normalised) and labels of ``task`` the
-    gradient is taken on, on ``device``: the first of a permutation of the training split seeded
-    with :data:`GRAD_NORM_SEED`."""
+def grad_norm_batch(task: TaskData, device: torch.device | str = "cpu",
+                    images: int = GRAD_NORM_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (normalised) and labels of ``task`` the gradient is taken on, on
+    ``device``: the first ``images`` of a permutation of the training split seeded with
+    :data:`GRAD_NORM_SEED`. A longer batch (the offline proxies') begins with the gradient's."""
     split = task.train
     generator = torch.Generator().manual_seed(GRAD_NORM_SEED)
-    pick = torch.randperm(len(split), generator=generator)[:GRAD_NORM_IMAGES]
+    pick = torch.randperm(len(split), generator=generator)[:images]
     return task.normalize(split.images[pick].to(device)), split.labels[pick].to(device)
 
 
 def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: torch.Tensor,
-                      *, channels_last: bool = False, batch_size: int | None = None) -> float:
+                      *, batch_size: int | None = None) -> float:
     """``graph``'s gradient norm at its seeded default initialisation on ``images`` and
     ``labels`` (:func:`grad_norm_batch`), on their device. ``nan`` when it is not finite (the
-    ranking head takes that as a network that does not train). ``channels_last`` runs it in
-    that layout (1.7x faster on a CPU for the latency benchmark's small networks; the value moves
-    in its last bits, which a ranking head's estimate does not notice). ``batch_size`` below
-    the number of images accumulates the gradient of the mean loss over batches of that many
-    (what admission control asks for when the whole batch's backward pass does not fit the
-    memory budget): exact without batch norm, an approximation with it (each batch is
-    normalised with its own statistics). An odd ``batch_size`` is rounded down to an even one
-    (at least 2): a backward pass over an odd number of images corrupted the heap of torch
-    2.13's CPU build (``cells`` networks, batches of 3, 61, 63: ``corrupted size vs.
-    prev_size``, the process aborted), never an even one in the same runs."""
+    ranking head takes that as a network that does not train). ``batch_size`` below the number
+    of images accumulates the gradient of the mean loss over batches of that many (what
+    admission control asks for when the whole batch's backward pass does not fit the memory
+    budget): exact without batch norm, an approximation with it (each batch is normalised with
+    its own statistics).
+
+    Always in the default (contiguous) layout, never channels-last, though the scorer's forward
+    passes run channels-last on a CPU: torch 2.13's CPU backward pass in channels-last gave
+    wrong weight gradients in some ``cells`` networks (a 1x1 convolution's gradient 100x too
+    large: a norm of 11.7 where the contiguous pass and a single thread give 7.6,
+    ``tests/test_trainability.py``) and, in runs beside other CPU work, stalled in the
+    backward pass. The contiguous pass on two threads matches one thread's. An odd
+    ``batch_size`` is rounded down to an even one (at least 2): a backward pass over an odd
+    number of images corrupted the heap of that build (``cells`` networks, batches of 3, 61, 63:
+    ``corrupted size vs. prev_size``, the process aborted), never an even one in the same runs."""
     even = len(labels) // 2 * 2  # see above: never an odd batch
     if even == 0:
         return math.nan
@@ -74,9 +86,6 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
             torch.enable_grad():
         torch.manual_seed(GRAD_NORM_SEED)
         net = to_module(graph, device=device)
-        if channels_last and images.dim() == 4:
-            net = net.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
         if batch_size is None or batch_size >= len(labels):
             value = grad_norm(net, images, labels, copy=False)
         else:

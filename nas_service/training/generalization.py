@@ -34,7 +34,7 @@ from nas_service.data import TaskData
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, from_module, to_module
 from nas_service.scoring.metrics import compare_scores, kendall_tau
-from nas_service.scoring.proxies import PROXIES, proxy_scores
+from nas_service.scoring.proxies import PROXIES, grad_norm, proxy_scores
 from nas_service.scoring.ranking_head import MIN_ARCHITECTURES, RankingHead, fit_ranking_head
 from nas_service.scoring.trainability import GRAD_NORM_IMAGES, GRAD_NORM_SEED, grad_norm_batch
 from nas_service.spaces import get_space
@@ -77,10 +77,15 @@ SETS = ("in_distribution", "held_out_families", "handwritten", "reference")
 OUT_OF_DISTRIBUTION = ("held_out_families", "handwritten")
 SAMPLING_BOUNDS = {"max_parameters": 1_000_000, "max_flops": 20_000_000}
 """The bounds sampled architectures are drawn at: those the GHN is trained at."""
-PROXY_BATCH = GRAD_NORM_IMAGES
-"""Training images every zero-cost proxy reads: the batch of the service's gradient norm
-(:func:`~nas_service.scoring.trainability.grad_norm_batch`), so the ``grad_norm`` proxy here is
-the number a served ranking head reads."""
+PROXY_BATCH = 128
+"""Training images every zero-cost proxy reads: a batch that begins with the
+:data:`~nas_service.scoring.trainability.GRAD_NORM_IMAGES` images of the service's gradient norm
+(:func:`~nas_service.scoring.trainability.grad_norm_batch`)."""
+SERVICE_GRAD_NORM = "service_grad_norm"
+"""The record key of the gradient norm as the service takes it
+(:func:`~nas_service.scoring.trainability.initial_grad_norm`: the same seeded network, the first
+:data:`~nas_service.scoring.trainability.GRAD_NORM_IMAGES` images of the proxies' batch): the
+number a ranking head reads."""
 
 
 def architecture_sets(input_shape: Sequence[int], num_classes: int, per_set: int = 30
@@ -137,7 +142,17 @@ def _score_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph, task: 
     net = to_module(graph, device=ghn.device)
     record.update(proxy_scores(net, *proxy_batch))
     record["seconds"]["proxies"] = time.perf_counter() - t0
+    record[SERVICE_GRAD_NORM] = service_grad_norm(net, *proxy_batch)
     return record
+
+
+def service_grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The service's gradient norm of ``net`` (as seeded for
+    :func:`~nas_service.scoring.trainability.initial_grad_norm`, left unchanged: the gradient is
+    taken on a copy) from the proxies' batch ``images``, ``labels``: on its first
+    :data:`~nas_service.scoring.trainability.GRAD_NORM_IMAGES` images, ``nan`` if not finite."""
+    value = grad_norm(net, images[:GRAD_NORM_IMAGES], labels[:GRAD_NORM_IMAGES])
+    return value if math.isfinite(value) else math.nan
 
 
 def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
@@ -151,7 +166,7 @@ def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
     in the cache are scored but left out of the rank comparisons. ``served_head`` is the
     ranking head served beside ``ghn`` (what searches rank by; see
     :func:`summarize_generalization`)."""
-    proxy_batch = grad_norm_batch(task, ghn.device)
+    proxy_batch = grad_norm_batch(task, ghn.device, images=PROXY_BATCH)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -239,7 +254,7 @@ def rows_by_set(architectures: Sequence[dict[str, Any]]) -> dict[str, list[dict[
 
 
 RANKED = ("predicted_recalibrated", "predicted_readout", "ranking_head", "served_ranking_head",
-          *PROXIES, "parameters", "sgd_baseline")
+          *PROXIES, SERVICE_GRAD_NORM, "parameters", "sgd_baseline")
 
 
 def summarize_set(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -289,7 +304,7 @@ def _estimate(head: RankingHead | None, record: dict[str, Any]) -> float | None:
     if head is None:
         return None
     return head.predict(record[SERVICE_SCORE], record["parameters"],
-                        record.get("grad_norm") if head.uses_grad_norm else None)
+                        record.get(SERVICE_GRAD_NORM) if head.uses_grad_norm else None)
 
 
 def _fit_head(records: Sequence[dict[str, Any]], task: TaskData, ghn_sha256: str | None,
@@ -301,7 +316,8 @@ def _fit_head(records: Sequence[dict[str, Any]], task: TaskData, ghn_sha256: str
                             [r["parameters"] for r in trained],
                             [r["trained_accuracy"] for r in trained], task=task.spec.name,
                             target=f"test accuracy after {GROUND_TRUTH.describe()}",
-                            grad_norm=[r["grad_norm"] for r in trained], features=HEAD_FEATURES,
+                            grad_norm=[r[SERVICE_GRAD_NORM] for r in trained],
+                            features=HEAD_FEATURES,
                             ghn_sha256=ghn_sha256, eval_images=eval_images,
                             measured_on=f"{len(trained)} in-distribution architectures "
                                         "(leave-one-out)")
