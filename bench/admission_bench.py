@@ -1,8 +1,8 @@
 """Admission control against what scoring really costs: for each graph, the service scorer's
 own estimate (:mod:`nas_service.scoring.cost`) beside the peak memory and the time of scoring it
 with the bundled GHN and the service's default protocol (1,000 validation images, 4 x 128
-recalibration images, the bundled ranking head's gradient norm at initialisation on 128
-training images, CPU).
+recalibration images, the bundled ranking head's gradient norm at initialisation on
+``GRAD_NORM_IMAGES`` training images, CPU).
 
 Each graph is scored in a fresh child process, so its peak resident set (``VmHWM``) is its own:
 the child loads the GHN and the task data, reads ``VmHWM``, scores the graph with admission
@@ -116,6 +116,7 @@ def main() -> int:
         print(json.dumps(measure_one(json.loads(args.one))))
         return 0
     from nas_service.graph import ArchitectureGraph
+    from nas_service.scoring.trainability import GRAD_NORM_IMAGES
 
     rows = []
     for name, doc in {**space_graphs(), **costly_graphs()}.items():
@@ -139,7 +140,7 @@ def main() -> int:
               f"{row['macs_per_second'] / 1e9:6.1f} GMAC/s", flush=True)
     under = [r["graph"] for r in rows if r["estimated_peak_bytes"] < r["measured_peak_bytes"]]
     result = {"benchmark": "admission_bench", "protocol": {"eval_images": 1000,
-              "eval_batch_size": 100, "recalibration": "4x128", "grad_norm_images": 128,
+              "eval_batch_size": 100, "recalibration": "4x128", "grad_norm_images": GRAD_NORM_IMAGES,
               "device": "cpu"},
               "graphs": rows, "underestimated": under,
               "min_macs_per_second": min(r["macs_per_second"] for r in rows)}

@@ -70,11 +70,14 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
     its own statistics).
 
     Always in the default (contiguous) layout, never channels-last, though the scorer's forward
-    passes run channels-last on a CPU: torch 2.13's CPU backward pass in channels-last gave
-    wrong weight gradients in some ``cells`` networks (a 1x1 convolution's gradient 100x too
-    large: a norm of 11.7 where the contiguous pass and a single thread give 7.6,
-    ``tests/test_trainability.py``) and, in runs beside other CPU work, stalled in the
-    backward pass. The contiguous pass on two threads matches one thread's. An odd
+    passes run channels-last on a CPU. In channels-last, torch 2.13's CPU backward pass runs
+    oneDNN's AVX2 1x1-convolution weight-gradient kernel on the ``nhwc`` layout, which on two
+    threads gave wrong gradients in some ``cells`` networks (a 1x1 convolution's gradient 100x
+    too large: a norm of 11.7 where the contiguous pass and a single thread give 7.6,
+    ``tests/test_trainability.py``) and hung a search worker for good (one OpenMP thread
+    spinning inside that kernel, the other waiting at its barrier). In the default layout
+    oneDNN runs the kernel's blocked-layout variant, whose result on two threads matches one
+    thread's. An odd
     ``batch_size`` is rounded down to an even one (at least 2): a backward pass over an odd
     number of images corrupted the heap of that build (``cells`` networks, batches of 3, 61, 63:
     ``corrupted size vs. prev_size``, the process aborted), never an even one in the same runs."""
