@@ -77,10 +77,12 @@ def initial_grad_norm(graph: ArchitectureGraph, images: torch.Tensor, labels: to
     ``tests/test_trainability.py``) and hung a search worker for good (one OpenMP thread
     spinning inside that kernel, the other waiting at its barrier). In the default layout
     oneDNN runs the kernel's blocked-layout variant, whose result on two threads matches one
-    thread's. An odd
-    ``batch_size`` is rounded down to an even one (at least 2): a backward pass over an odd
-    number of images corrupted the heap of that build (``cells`` networks, batches of 3, 61, 63:
-    ``corrupted size vs. prev_size``, the process aborted), never an even one in the same runs."""
+    thread's.
+
+    An odd ``batch_size`` is rounded down to an even one (at least 2): a backward pass over an
+    odd number of images corrupted the heap of that build (``cells`` networks, batches of 3, 61,
+    63: ``corrupted size vs. prev_size``, the process aborted), never an even one in the same
+    runs."""
     even = len(labels) // 2 * 2  # see above: never an odd batch
     if even == 0:
         return math.nan
