@@ -34,9 +34,14 @@ from nas_service.data import TaskData
 from nas_service.ghn import GraphHyperNetwork
 from nas_service.graph import ArchitectureGraph, from_module, to_module
 from nas_service.scoring.metrics import compare_scores, kendall_tau
-from nas_service.scoring.proxies import PROXIES, grad_norm, proxy_scores
+from nas_service.scoring.proxies import PROXIES, proxy_scores
 from nas_service.scoring.ranking_head import MIN_ARCHITECTURES, RankingHead, fit_ranking_head
-from nas_service.scoring.trainability import GRAD_NORM_IMAGES, GRAD_NORM_SEED, grad_norm_batch
+from nas_service.scoring.trainability import (
+    GRAD_NORM_IMAGES,
+    GRAD_NORM_SEED,
+    grad_norm_batch,
+    initial_grad_norm,
+)
 from nas_service.spaces import get_space
 from nas_service.zoo import evaluation_models
 from nas_service.zoo.handwritten import handwritten_models
@@ -83,7 +88,7 @@ PROXY_BATCH = 128
 (:func:`~nas_service.scoring.trainability.grad_norm_batch`)."""
 SERVICE_GRAD_NORM = "service_grad_norm"
 """The record key of the gradient norm as the service takes it
-(:func:`~nas_service.scoring.trainability.initial_grad_norm`: the same seeded network, the first
+(:func:`~nas_service.scoring.trainability.initial_grad_norm` on the first
 :data:`~nas_service.scoring.trainability.GRAD_NORM_IMAGES` images of the proxies' batch): the
 number a ranking head reads."""
 
@@ -142,17 +147,10 @@ def _score_architecture(ghn: GraphHyperNetwork, graph: ArchitectureGraph, task: 
     net = to_module(graph, device=ghn.device)
     record.update(proxy_scores(net, *proxy_batch))
     record["seconds"]["proxies"] = time.perf_counter() - t0
-    record[SERVICE_GRAD_NORM] = service_grad_norm(net, *proxy_batch)
+    # The service's own computation, on the service's images: the first of the proxies' batch.
+    record[SERVICE_GRAD_NORM] = initial_grad_norm(
+        graph, *(t[:GRAD_NORM_IMAGES] for t in proxy_batch))
     return record
-
-
-def service_grad_norm(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The service's gradient norm of ``net`` (as seeded for
-    :func:`~nas_service.scoring.trainability.initial_grad_norm`, left unchanged: the gradient is
-    taken on a copy) from the proxies' batch ``images``, ``labels``: on its first
-    :data:`~nas_service.scoring.trainability.GRAD_NORM_IMAGES` images, ``nan`` if not finite."""
-    value = grad_norm(net, images[:GRAD_NORM_IMAGES], labels[:GRAD_NORM_IMAGES])
-    return value if math.isfinite(value) else math.nan
 
 
 def evaluate_generalization(ghn: GraphHyperNetwork, task: TaskData,
