@@ -3,6 +3,7 @@ per-architecture scores, the reference-model set, and the report with its hand-m
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -27,6 +28,7 @@ from nas_service.scoring.evaluation import (
     fit_readout,
     normalize_activations,
     recalibrate,
+    recalibrate_batch_norm,
 )
 from nas_service.scoring.metrics import (
     average_ranks,
@@ -34,6 +36,7 @@ from nas_service.scoring.metrics import (
     kendall_tau,
     spearman_rho,
 )
+from nas_service.spaces import get_space
 from nas_service.training.evaluate import (
     SCORES,
     evaluate_architecture,
@@ -489,17 +492,54 @@ def test_one_pass_recalibration_reads_the_readout_features_off_the_recalibration
                - accuracy(two_pass, val_x[:500], val_y[:500])) <= 0.01
 
 
-def test_one_pass_needs_labels_and_a_single_batch(fashion):
+@pytest.mark.parametrize("which", [0, 1], ids=["batch-norm", "bn-free"])
+def test_one_pass_over_several_batches_makes_one_pass_per_batch(fashion, which):
     x, y = fashion.tensors("train")
-    nets = [_readout_nets()[0] for _ in range(2)]
-    recalibrate(nets[0], [x[:64], x[64:128]], [y[:64], y[64:128]])
-    recalibrate(nets[1], [x[:64], x[64:128]], [y[:64], y[64:128]], one_pass=True)
-    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(),
-                                                 nets[1].state_dict().values(), strict=True))
+    # The service's recalibration: four batches of 128.
+    batches = [x[i:i + 128] for i in range(0, 512, 128)]
+    labels = [y[i:i + 128] for i in range(0, 512, 128)]
+    two_pass, one_pass = _readout_nets()[which], _readout_nets()[which]
+    calls = []
+    one_pass[0].register_forward_hook(lambda *_: calls.append(1))
+    recalibrate(two_pass, batches, labels)
+    recalibrate(one_pass, batches, labels, one_pass=True)
+    assert len(calls) == len(batches) and not one_pass.training
+    if which == 0:  # the statistics are the same average over the same batches
+        assert torch.equal(one_pass[1].running_mean, two_pass[1].running_mean)
+        assert torch.equal(one_pass[1].running_var, two_pass[1].running_var)
+        assert one_pass[1].num_batches_tracked == len(batches)
+    val_x, val_y = fashion.tensors("val")
+    with torch.no_grad():
+        agree = (one_pass(val_x[:500]).argmax(1) == two_pass(val_x[:500]).argmax(1)).float()
+    # Without batch norm the features are exactly eval mode's; with it, each batch's own
+    # statistics stand in for their average: a few predictions may move.
+    assert agree.mean() >= (1.0 if which == 1 else 0.97)
+    assert abs(accuracy(one_pass, val_x[:500], val_y[:500])
+               - accuracy(two_pass, val_x[:500], val_y[:500])) <= 0.02
+
+
+def test_one_pass_needs_labels(fashion):
+    x, _ = fashion.tensors("train")
     unlabelled = _readout_nets()[0]
     classifier = unlabelled[6].weight.clone()
-    recalibrate(unlabelled, [x[:64]], one_pass=True)
+    recalibrate(unlabelled, [x[:64], x[64:128]], one_pass=True)
     assert torch.equal(classifier, unlabelled[6].weight)  # no labels: no readout
+    reference = _readout_nets()[0]
+    recalibrate(reference, [x[:64], x[64:128]])
+    assert all(torch.equal(a, b) for a, b in zip(unlabelled.state_dict().values(),
+                                                 reference.state_dict().values(), strict=True))
+
+
+def test_one_pass_without_a_classifier_still_recalibrates_on_every_batch(fashion):
+    x, y = fashion.tensors("train")
+    pooled = nn.Sequential(nn.Conv2d(1, 10, 3), nn.BatchNorm2d(10), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten())  # logits not from a linear layer: nothing to refit
+    reference = copy.deepcopy(pooled)
+    batches, labels = [x[:64], x[64:128], x[128:192]], [y[:64], y[64:128], y[128:192]]
+    recalibrate(pooled, batches, labels, one_pass=True)
+    recalibrate_batch_norm(reference, batches)
+    assert torch.equal(pooled[1].running_mean, reference[1].running_mean)
+    assert pooled[1].num_batches_tracked == 3
 
 
 def _conv_classifier(seed: int, classes: int = 10, channels: int = 1) -> nn.Module:
@@ -730,3 +770,65 @@ def test_report_png_opens_with_pillow_when_it_is_installed(tmp_path: Path):
 def test_report_refuses_something_that_is_not_a_result(tmp_path: Path):
     with pytest.raises(ValueError):
         write_report({"foo": 1}, tmp_path)
+
+
+class _ConvReadTwice(nn.Module):
+    """A convolution whose output a batch norm and an addition both read: not foldable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head(self.bn(y) + y)
+
+
+def _with_statistics(net: nn.Module, shape: tuple[int, ...], seed: int) -> nn.Module:
+    """``net`` with batch-norm running statistics of random batches, in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(32, *shape, generator=generator) * 2 + 0.5)
+    return net.eval()
+
+
+def _folded_batch_norms(net: nn.Module) -> int:
+    """How many of ``net``'s batch norms its folded view skips."""
+    return sum(isinstance(ours, nn.BatchNorm2d) and theirs is not ours
+               for (ours, _, _), (theirs, _, _) in zip(net._plan,
+                                                       net.with_batch_norm_folded()._plan,
+                                                       strict=True))
+
+
+@pytest.mark.parametrize("space,seed", [("cells", 0), ("macro", 1), ("families", 2),
+                                        ("families", 5), ("families", 9)])
+def test_batch_norm_folded_network_computes_the_same_function(space, seed) -> None:
+    graph = get_space(space).sample(seed, (3, 16, 16), 10)
+    net = _with_statistics(to_module(graph), (3, 16, 16), seed)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    folded = net.with_batch_norm_folded()
+    with torch.no_grad():
+        expected, got = net(images), folded(images)
+    scale = expected.abs().amax(1, keepdim=True).clamp_min(1e-6)
+    assert ((got - expected).abs() / scale).max() < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # untouched
+    assert not folded.state_dict()  # a view for one evaluation: nothing registered
+    # Scores on it are the plain network's, exactly.
+    labels = expected.argmax(1).roll(seed)
+    assert default_layout_accuracy(net, images, labels, batch_size=16)[0] == \
+        accuracy(net, images, labels)
+
+
+def test_batch_norm_is_folded_only_where_it_is_the_convolutions_only_reader() -> None:
+    sample = get_space("cells").sample(0, (1, 12, 12), 10)
+    assert _folded_batch_norms(_with_statistics(to_module(sample), (1, 12, 12), 0)) > 0
+    graph = from_module(_ConvReadTwice().eval(), (1, 12, 12))
+    net = _with_statistics(to_module(graph), (1, 12, 12), 0)
+    assert _folded_batch_norms(net) == 0
+    # Batch norm in training mode normalises by each batch's statistics: nothing to fold.
+    assert _folded_batch_norms(to_module(sample).train()) == 0

@@ -29,9 +29,9 @@ Guarantees:
   default layout's. The recalibrated statistics and the refitted classifier are
   computed channels-last and stored as they came out (the scores' ``ghn_version`` names the
   layout), so the checkpoint holds exactly the weights that were evaluated.
-- With a single recalibration batch (the cheap rungs), the classifier's readout reads its
-  features off the recalibration's own forward pass
-  (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``), one pass fewer.
+- The classifier's readout reads its features off the recalibration's own forward passes
+  (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``): no second pass over
+  the recalibration images.
 
 Speed: on a CPU nearly all of a candidate's time is the network's forward passes over the
 validation images (``bench/search_bench.py``), so they run in batches of
@@ -190,19 +190,13 @@ def score_version(checkpoint_sha256: str, eval_images: int | None,
                 f"|bn-free=normalize-activations")
     if readout:
         protocol += (f"|readout=logistic(l2={READOUT_L2},lbfgs={READOUT_ITERATIONS})"
-                     + _readout_pass(recalibration_batches))
+                     "|readout-features=recalibration-passes")
     if channels_last:
         protocol += "|layout=channels-last"
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"
     return hashlib.sha256(protocol.encode()).hexdigest()[:16]
-
-
-def _readout_pass(recalibration_batches: int) -> str:
-    """What :func:`score_version` adds when the readout reads its features off the
-    recalibration's own pass (one recalibration batch: ``recalibrate(..., one_pass=True)``)."""
-    return "|readout-features=recalibration-pass" if recalibration_batches == 1 else ""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -395,9 +389,7 @@ class ArchitectureScorer:
             if view is None:
                 protocol = (f"{full.ghn_version}|images={fidelity.images}"
                             f"|recalibration={fidelity.recalibration_batches}"
-                            f"x{full.recalibration_batch_size}"
-                            + (_readout_pass(fidelity.recalibration_batches)
-                               if full.readout else ""))
+                            f"x{full.recalibration_batch_size}")
                 view = ArchitectureScorer(
                     full.ghn, ghn_version=hashlib.sha256(protocol.encode()).hexdigest()[:16],
                     ghn_path=full.ghn_path, eval_images=fidelity.images,
@@ -649,8 +641,7 @@ class ArchitectureScorer:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         recalibrate(net, data.recalibration,
-                    data.recalibration_labels if self.readout else None,
-                    one_pass=len(data.recalibration) == 1)
+                    data.recalibration_labels if self.readout else None, one_pass=True)
         cost = self.cost(graph, data)
         if self.channels_last:
             value, _ = default_layout_accuracy(net, data.val_images, data.val_labels,
