@@ -15,7 +15,7 @@ batches of 128, logistic readout), one torch thread. Two sets:
   Kendall tau against trained accuracy are reported too.
 
 Each network's parameters are predicted once; each way then recalibrates a fresh copy, refits
-its classifier off the recalibration's passes and evaluates it (channels-last through
+its classifier as the service does and evaluates it (channels-last through
 ``nas_service.scoring.evaluation.default_layout_accuracy``, which evaluates near-tied images
 again in the default layout, unfolded). "Reproduces" loads the resulting ``state_dict`` into a fresh
 ``to_module`` network and checks that the plain ``accuracy`` in the default layout is the
@@ -79,7 +79,7 @@ def score_in(way: str, graph: ArchitectureGraph, params: dict[str, torch.Tensor]
         net = net.to(memory_format=torch.channels_last)
     with torch.no_grad():
         started = time.perf_counter()
-        recalibrate(net, images, labels, one_pass=True)
+        recalibrate(net, images, labels, one_pass=len(images) == 1)  # as the service does
         read_out = time.perf_counter()
         if channels_last:
             value, again = default_layout_accuracy(
@@ -147,8 +147,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "benchmark": "layout", "task": task.spec.name, "ghn": "bundled", "threads": args.threads,
         "torch": torch.__version__, "load_average_before": list(os.getloadavg()),
-        "protocol": "1,000 validation images, 4 x 128 recalibration images, logistic readout "
-                    "off the recalibration's passes",
+        "protocol": "1,000 validation images, 4 x 128 recalibration images, logistic readout",
         "sets": {}}
     for name, graphs in sets.items():
         rows = []

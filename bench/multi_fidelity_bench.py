@@ -223,7 +223,8 @@ def rung_breakdown(scorer: ArchitectureScorer, images: int, candidates: int, see
                     net = net.to(memory_format=torch.channels_last)
                 timed("build_network", started)
                 started = time.process_time()
-                recalibrate(net, data.recalibration, data.recalibration_labels, one_pass=True)
+                recalibrate(net, data.recalibration, data.recalibration_labels,
+                            one_pass=len(data.recalibration) == 1)
                 timed("recalibrate_and_readout", started)
                 started = time.process_time()
                 value = accuracy(net, data.val_images, data.val_labels,

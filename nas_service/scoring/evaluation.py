@@ -323,17 +323,19 @@ def recalibrate(net: nn.Module, images: Sequence[torch.Tensor],
     mode.
 
     ``one_pass`` (with labels): the classifier's features are read off the recalibration's own
-    forward passes, one per batch, instead of a second pass over every batch in eval mode,
-    which saves a quarter of a score's forward passes. With batch norm, each batch is
-    normalised by its own statistics, whose average is what the network is recalibrated to, and
-    runs with dropout off; with a single batch that is the recalibrated network's eval-mode
-    features up to the unbiased variance's ``n / (n - 1)``, with several the batches'
-    statistics differ from their average by sampling noise (on 86 networks of three families
-    the scores moved by 0.3 points on average, Kendall tau against trained accuracy by at most
-    0.02 either way, ``docs/evaluation.md``). Without batch norm, the features are the rescaled
-    activations :func:`normalize_activations` passes on for the first batch and eval-mode
-    passes for the others: exactly what eval mode computes afterwards. The network is evaluated
-    in eval mode either way."""
+    forward passes, one per batch, instead of a second pass over every batch in eval mode.
+    With batch norm, each batch is normalised by its own statistics, whose average is what the
+    network is recalibrated to, with dropout off; without batch norm, the features are the
+    rescaled activations :func:`normalize_activations` passes on for the first batch and
+    eval-mode passes for the others, what eval mode computes afterwards up to rounding. With a
+    single batch the batch-norm features are the recalibrated network's eval-mode ones up to
+    the unbiased variance's ``n / (n - 1)``: the service's cheap rungs read them so. With
+    several, each batch's statistics differ from their average by sampling noise, which costs
+    ranking quality: on the service's four batches it saves 31 % of the recalibration's time,
+    and lowers Kendall tau against trained accuracy on each of four sets (by 0.05 on the 39
+    ranked ``cells``/``macro`` networks, by 0.01 on three others; ``python
+    bench/readout_pass_bench.py``), so full scores take the second pass. The network is
+    evaluated in eval mode either way."""
     if one_pass and labels is not None and images:
         _recalibrate_in_one_pass(net, images, labels)
         return net.eval()
@@ -390,11 +392,11 @@ def default_layout_accuracy(net: nn.Module, images: torch.Tensor, labels: torch.
                             batch_size: int, fold_batch_norm: bool = True) -> tuple[float, int]:
     """:func:`accuracy` (eval mode) of ``net`` as PyTorch's default (NCHW) layout computes it,
     with the forward passes run faster: channels-last, which PyTorch's CPU convolutions run
-    faster (a median 1.5x on small networks, ``bench/layout_bench.py``), and, for a
+    faster (a median 1.3x on small networks, ``bench/layout_bench.py``), and, for a
     :class:`~nas_service.graph.GraphNetwork` and ``fold_batch_norm``, with each batch norm that
     follows a convolution folded into it
-    (:meth:`~nas_service.graph.GraphNetwork.with_batch_norm_folded`, about 15 % less); returns
-    ``(accuracy, images evaluated again)``.
+    (:meth:`~nas_service.graph.GraphNetwork.with_batch_norm_folded`, a median 6-11 % less);
+    returns ``(accuracy, images evaluated again)``.
 
     ``net`` and ``images`` may be in either layout. Both speed-ups change logits in their last
     bits only, so they can change a prediction only where the two largest logits (nearly) tie:

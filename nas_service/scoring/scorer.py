@@ -22,16 +22,17 @@ Guarantees:
 - A score is what a user gets from the checkpoint the plain way (``to_module``,
   ``load_state_dict``, ``accuracy`` on the same images): the batch size of the evaluation does
   not change a network's outputs in eval mode. On a CPU the forward passes run channels-last,
-  which PyTorch's CPU convolutions run faster (a median 1.5x on small networks,
-  ``bench/layout_bench.py``); the layout moves logits in their last bits, so the images whose
-  two largest logits nearly tie are evaluated again in the default layout
+  which PyTorch's CPU convolutions run faster (a median 1.3x a score on small networks,
+  ``bench/layout_bench.py``), and the evaluation's with batch norm folded into the
+  convolutions before it; both move logits in their last bits, so the images whose two
+  largest logits nearly tie are evaluated again on the plain network in the default layout
   (:func:`~nas_service.scoring.evaluation.default_layout_accuracy`) and the score is the
   default layout's. The recalibrated statistics and the refitted classifier are
   computed channels-last and stored as they came out (the scores' ``ghn_version`` names the
   layout), so the checkpoint holds exactly the weights that were evaluated.
-- The classifier's readout reads its features off the recalibration's own forward passes
-  (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``): no second pass over
-  the recalibration images.
+- With a single recalibration batch (the cheap rungs), the classifier's readout reads its
+  features off the recalibration's own forward pass
+  (:func:`~nas_service.scoring.evaluation.recalibrate` with ``one_pass``), one pass fewer.
 
 Speed: on a CPU nearly all of a candidate's time is the network's forward passes over the
 validation images (``bench/search_bench.py``), so they run in batches of
@@ -190,13 +191,19 @@ def score_version(checkpoint_sha256: str, eval_images: int | None,
                 f"|bn-free=normalize-activations")
     if readout:
         protocol += (f"|readout=logistic(l2={READOUT_L2},lbfgs={READOUT_ITERATIONS})"
-                     "|readout-features=recalibration-passes")
+                     + _readout_pass(recalibration_batches))
     if channels_last:
         protocol += "|layout=channels-last"
     if ranking_head is not None:
         head = json.dumps(ranking_head.to_dict(), sort_keys=True)
         protocol += f"|{RANKING_NAME}={hashlib.sha256(head.encode()).hexdigest()}"
     return hashlib.sha256(protocol.encode()).hexdigest()[:16]
+
+
+def _readout_pass(recalibration_batches: int) -> str:
+    """What :func:`score_version` adds when the readout reads its features off the
+    recalibration's own pass (one recalibration batch: ``recalibrate(..., one_pass=True)``)."""
+    return "|readout-features=recalibration-pass" if recalibration_batches == 1 else ""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -389,7 +396,9 @@ class ArchitectureScorer:
             if view is None:
                 protocol = (f"{full.ghn_version}|images={fidelity.images}"
                             f"|recalibration={fidelity.recalibration_batches}"
-                            f"x{full.recalibration_batch_size}")
+                            f"x{full.recalibration_batch_size}"
+                            + (_readout_pass(fidelity.recalibration_batches)
+                               if full.readout else ""))
                 view = ArchitectureScorer(
                     full.ghn, ghn_version=hashlib.sha256(protocol.encode()).hexdigest()[:16],
                     ghn_path=full.ghn_path, eval_images=fidelity.images,
@@ -641,7 +650,8 @@ class ArchitectureScorer:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         recalibrate(net, data.recalibration,
-                    data.recalibration_labels if self.readout else None, one_pass=True)
+                    data.recalibration_labels if self.readout else None,
+                    one_pass=len(data.recalibration) == 1)
         cost = self.cost(graph, data)
         if self.channels_last:
             value, _ = default_layout_accuracy(net, data.val_images, data.val_labels,
