@@ -24,6 +24,7 @@ from nas_service.scoring.protocol import (
     DEFAULT_EVAL_IMAGES,
     DEFAULT_MAX_SCORING_BYTES,
     DEFAULT_MAX_SCORING_MACS,
+    DEFAULT_SCORING_TIMEOUT_SECONDS,
     RECALIBRATION_BATCH_SIZE,
     RECALIBRATION_BATCHES,
 )
@@ -105,6 +106,10 @@ class Settings(BaseSettings):
                                            "the API answers 503")
     scoring_batch_size: int = Field(default=8, ge=1, le=256,
                                     description="waiting architectures per GHN forward pass")
+    scoring_timeout_seconds: float = Field(
+        default=DEFAULT_SCORING_TIMEOUT_SECONDS, gt=0,
+        description="seconds a scoring process may take per architecture of a batch before it "
+                    "is killed (the batch answered 503) and started again")
     scoring_threads: int | None = Field(
         default=None, ge=1, le=256,
         description="torch threads of each scoring process; None: one core fewer than the "

@@ -121,6 +121,29 @@ def test_a_scoring_process_that_cannot_start_answers_503_not_ready(
         assert assert_problem(again, 503, "scoring-unavailable")["detail"] == body["detail"]
 
 
+def test_a_scoring_process_that_stops_answering_is_killed_and_replaced(make_client) -> None:
+    client = make_client(scoring_processes=1, scoring_timeout_seconds=5)
+    _until(lambda: client.get("/readyz").status_code == 200, "the scoring process")
+    pool = client.app.state.service.scoring_pool
+    stuck = pool._children[0].process
+    os.kill(stuck.pid, signal.SIGSTOP)  # never answers, as a kernel that spins forever would
+    try:
+        miss = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
+        body = assert_problem(miss, 503, "scoring-unavailable")
+        assert "did not finish scoring 1 architecture(s) in 5 s" in body["detail"]
+        assert miss.headers["Retry-After"]
+        _until(lambda: not stuck.is_alive(), "the stuck scoring process to be killed")
+    finally:
+        if stuck.is_alive():
+            os.kill(stuck.pid, signal.SIGCONT)
+    # Nothing of the stuck request was stored; a new process scores the next request (without
+    # a deadline here: a busy test machine may take longer than 5 s for a cold start).
+    pool.timeout_seconds = None
+    again = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
+    assert again.status_code == 201, again.text
+    assert pool._children[0].process.pid != stuck.pid
+
+
 @pytest.mark.parametrize("error", [
     ScoringTooCostly("memory", 10, 5, "needs 10 bytes"),
     RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes"),

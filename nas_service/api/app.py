@@ -125,7 +125,9 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
                                     checkpoint_dir=str(settings.checkpoint_dir),
                                     threads=settings.scoring_threads),
             processes=settings.scoring_processes, max_waiting=settings.scoring_queue,
-            batch_size=settings.scoring_batch_size, on_batch=metrics.scoring_batches.observe)
+            batch_size=settings.scoring_batch_size,
+            timeout_seconds=settings.scoring_timeout_seconds,
+            on_batch=metrics.scoring_batches.observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

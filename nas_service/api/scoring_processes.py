@@ -21,6 +21,13 @@ Guarantees:
 - **Crashes are answers.** A child that dies (killed, out of memory) fails the graphs it was
   scoring with :class:`ScoringUnavailable` (503) and is started again for the next batch; an
   allocation that fails inside the child is that graph's ``MemoryError`` (the API's 422).
+- **Hangs are answers too.** A child that has not answered a batch within ``timeout_seconds``
+  per graph of it (``NAS_SCORING_TIMEOUT_SECONDS``) is killed, the batch fails with
+  :class:`ScoringUnavailable` and the child is started again for the next one. Admission
+  control bounds what a graph may cost (:mod:`nas_service.scoring.cost`: at most one to two
+  minutes of a 2-core CPU), so a child past the timeout is stuck, not slow: a native kernel
+  that never returns (oneDNN's channels-last weight gradient once spun forever on two threads,
+  :mod:`nas_service.scoring.trainability`), or a process stopped from outside.
 - **Bounded shutdown.** :meth:`ScoringPool.close` fails what still waits, asks each child to
   exit, and kills those that do not within a few seconds.
 """
@@ -47,6 +54,7 @@ from nas_service.ghn import UnsupportedArchitectureError
 from nas_service.graph import ArchitectureGraph
 from nas_service.scoring import ArchitectureScorer, ScoringBudget, ScoringTooCostly
 from nas_service.scoring.cost import is_memory_failure
+from nas_service.scoring.protocol import DEFAULT_SCORING_TIMEOUT_SECONDS
 
 log = logging.getLogger("nas_service.api.scoring")
 
@@ -139,12 +147,16 @@ class ScoringPool:
 
     def __init__(self, config: ScoringProcessConfig, *, processes: int = 1,
                  max_waiting: int = 32, batch_size: int = 8,
+                 timeout_seconds: float | None = DEFAULT_SCORING_TIMEOUT_SECONDS,
                  on_batch: Callable[[int], None] | None = None) -> None:
         if processes < 1:
             raise ValueError("a scoring pool needs at least one process")
+        if timeout_seconds is not None and not timeout_seconds > 0:
+            raise ValueError(f"timeout_seconds must be positive, got {timeout_seconds!r}")
         self.config = config
         self.max_waiting = max_waiting
         self.batch_size = batch_size
+        self.timeout_seconds = timeout_seconds
         self._on_batch = on_batch or (lambda _size: None)
         self._context = multiprocessing.get_context("spawn")
         self._cond = threading.Condition()
@@ -289,7 +301,7 @@ class ScoringPool:
         process.start()
         child_end.close()
         child.process, child.connection = process, parent_end
-        message = self._receive(child, START_SECONDS, "while starting")
+        message = self._receive(child, START_SECONDS, "starting")
         if message[0] != "ready":
             raise ScoringUnavailable(f"the scoring process could not start: {message[1]}")
         log.info("scoring process %d ready (pid %d)", slot, process.pid)
@@ -302,7 +314,8 @@ class ScoringPool:
                                    [m.timings for m in batch], batch[0].task))
         except (OSError, EOFError, ValueError) as e:
             raise ScoringUnavailable(f"the scoring process is gone: {e}") from None
-        message = self._receive(child, None, "while scoring")
+        timeout = None if self.timeout_seconds is None else self.timeout_seconds * len(batch)
+        message = self._receive(child, timeout, f"scoring {len(batch)} architecture(s)")
         if message[0] == "failed":  # the whole batch: the task itself could not be scored
             error = _rebuild(message[1])
             return [error for _ in batch]
@@ -324,10 +337,13 @@ class ScoringPool:
                 raise ScoringUnavailable("the service is shutting down")
             if not child.alive():
                 code = child.process.exitcode if child.process is not None else None
-                raise ScoringUnavailable(f"the scoring process exited {doing} "
+                raise ScoringUnavailable(f"the scoring process exited while {doing} "
                                          f"(exit status {code})")
             if deadline is not None and time.monotonic() > deadline:
-                raise ScoringUnavailable(f"the scoring process did not answer in {timeout:g} s")
+                # The dispatcher stops (kills) the child and starts another for the next batch.
+                raise ScoringUnavailable(f"the scoring process did not finish {doing} in "
+                                         f"{timeout:g} s: it was stopped, and a new one scores "
+                                         "the next request")
 
     def _fail(self, batch: Sequence[_Miss], error: Exception) -> None:
         for miss in batch:

@@ -62,3 +62,7 @@ the default of the service's ``NAS_MAX_SCORING_BYTES`` (:mod:`nas_service.scorin
 DEFAULT_MAX_SCORING_MACS = 2_000_000_000_000
 """Multiply-accumulates one scoring may take (``NAS_MAX_SCORING_MACS``): one to two minutes of a
 2-core CPU (``bench/admission_bench.py`` measures the rate)."""
+DEFAULT_SCORING_TIMEOUT_SECONDS = 600.0
+"""How long a scoring process may take per graph of a batch before it is taken for stuck,
+killed and started again (``NAS_SCORING_TIMEOUT_SECONDS``): five to ten times what the most
+costly graph :data:`DEFAULT_MAX_SCORING_MACS` admits takes a 2-core CPU."""
