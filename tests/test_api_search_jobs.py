@@ -153,6 +153,40 @@ def test_rungs_that_cannot_run_are_a_422_naming_where(client, fidelity, location
     assert client.get("/v1/search-jobs").json()["items"] == []
 
 
+def test_a_worker_stuck_in_scoring_gives_its_job_back_and_readyz_says_so(
+        make_client, monkeypatch) -> None:
+    import threading
+
+    from nas_service.scoring import ArchitectureScorer
+
+    release = threading.Event()
+    original = ArchitectureScorer._evaluate
+
+    def never_returns(self, *args, **kwargs):  # until the test ends: a kernel that spins
+        release.wait(120)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArchitectureScorer, "_evaluate", never_returns)
+    client = make_client(worker_in_process=True, scoring_timeout_seconds=2,
+                         heartbeat_seconds=0.2, lease_seconds=5)
+    try:
+        job = client.post("/v1/search-jobs", json=JOB).json()
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code == 200:
+            assert time.monotonic() < deadline, "the worker never reported itself stuck"
+            time.sleep(0.1)
+        ready = client.get("/readyz")
+        assert_problem(ready, 503, "not-ready")
+        assert ready.json()["checks"]["worker"] == "stuck"
+        job = client.get(f"/v1/search-jobs/{job['id']}").json()
+        assert job["status"] == "queued" and job["attempts"] == 1  # given back for a retry
+        failed = client.get(job["links"]["candidates"], params={"order_by": "index"}).json()
+        assert failed["items"] and all(c["status"] == "failed" and "did not finish in" in
+                                       c["reason"] for c in failed["items"])
+    finally:
+        release.set()
+
+
 def test_a_job_with_rungs_shows_each_scores_fidelity_and_its_best_is_a_full_score(
         make_client) -> None:
     client = make_client(worker_in_process=True)

@@ -19,6 +19,9 @@ from nas_service.commands.errors import CommandError
 from nas_service.commands.output import PROG, graph_counts, print_stderr
 from nas_service.version import __version__
 
+EXIT_WORKER_STUCK = 3
+"""``nas-service worker``'s exit status when a batch got stuck in scoring (its job given back)."""
+
 # ------------------------------------------------------------------------------------------------
 # info
 # ------------------------------------------------------------------------------------------------
@@ -326,6 +329,9 @@ def _worker(args: argparse.Namespace) -> int:
     # a batch still running after NAS_SHUTDOWN_GRACE_SECONDS has its job released at once
     # (another worker claims it) and the process exits without waiting for it. The worker runs
     # in a thread so that the main thread, which receives the signals, is free to keep time.
+    # A batch stuck in scoring past NAS_SCORING_TIMEOUT_SECONDS (the worker's watchdog gave
+    # its job back) exits with status 3: the stuck thread goes with the process, and the
+    # supervisor (docker compose's restart policy, systemd) starts a fresh one.
     stop_asked = threading.Event()
 
     def stop(*_: object) -> None:
@@ -339,8 +345,12 @@ def _worker(args: argparse.Namespace) -> int:
                               name="nas-worker", daemon=True)
     try:
         runner.start()
-        while runner.is_alive() and not stop_asked.is_set():
+        while runner.is_alive() and not stop_asked.is_set() and not worker.stuck.is_set():
             runner.join(0.5)
+        if worker.stuck.is_set():
+            print(f"worker {worker.worker_id}: a batch is stuck in scoring (see the log); its "
+                  "job went back to the queue; exiting for a fresh process", file=sys.stderr)
+            return EXIT_WORKER_STUCK
         runner.join(settings.shutdown_grace_seconds)
         if runner.is_alive():
             print(f"worker {worker.worker_id}: the batch did not end in "

@@ -26,6 +26,18 @@ A background thread renews the lease every ``heartbeat_seconds`` while a batch i
 so a slow batch does not lose its lease; each write still names the token, so a worker whose
 lease was taken over writes nothing more (``LeaseLost`` stops it at once).
 
+A batch stuck in scoring: the same thread is the batch's watchdog. Admission control keeps what
+one candidate costs to a minute or two of a 2-core CPU, so a batch still scoring
+``scoring_timeout_seconds`` per candidate after it began (``NAS_SCORING_TIMEOUT_SECONDS``) is
+stuck, in a native kernel that never returns (oneDNN's channels-last weight gradient once spun
+forever on two threads), not slow. The watchdog then records the batch's candidates as
+``failed`` with that reason (at their rung, for a promotion), gives the job back to the queue
+as a crash does (the attempt counted; failed on the last one), so that another worker goes on
+with it and skips those candidates, and sets :attr:`Worker.stuck`. A thread stuck in native
+code cannot be stopped from Python: ``nas-service worker`` exits (status 3) for its supervisor
+to start a fresh process, and ``serve`` reports its worker ``stuck`` on ``/readyz``. Should the
+stuck thread ever return, its lease is gone and it writes nothing.
+
 Failures of a whole job: a job that cannot start (unknown space or task, no GHN for the task) is
 finished as ``failed`` at once. Any other exception (the database went away, out of memory)
 abandons the job without finishing it: it goes back to the queue at once, the attempt counted and
@@ -39,13 +51,14 @@ whole budget); the candidates recorded when it runs out are the job's result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +75,7 @@ from nas_service.scoring import (
     ranking_value,
 )
 from nas_service.scoring.fidelity import Fidelity, FidelitySchedule
+from nas_service.scoring.protocol import DEFAULT_SCORING_TIMEOUT_SECONDS
 from nas_service.spaces import SearchSpaceError
 
 from .adaptation import AdaptationRunner
@@ -96,10 +110,22 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class _BatchInFlight:
+    """What the watchdog needs of the batch being scored (:meth:`Worker._scoring`)."""
+
+    indices: tuple[int, ...]
+    rung: int
+    eval_images: int  # of the rung, for the failure a promotion records
+    deadline: float  # time.monotonic()
+    seconds: float
+
+
 @dataclass
 class _LeaseState:
     lost: bool = False
     cancel_requested: bool = False
+    in_flight: _BatchInFlight | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -110,9 +136,12 @@ class Worker:
                  worker_id: str | None = None, lease_seconds: float = 30.0,
                  heartbeat_seconds: float = 10.0, max_attempts: int = 3, batch_size: int = 8,
                  poll_seconds: float = 2.0, hooks: WorkerHooks | None = None,
-                 adaptation: AdaptationRunner | None = None) -> None:
+                 adaptation: AdaptationRunner | None = None,
+                 scoring_timeout_seconds: float | None = DEFAULT_SCORING_TIMEOUT_SECONDS) -> None:
         if heartbeat_seconds >= lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        if scoring_timeout_seconds is not None and not scoring_timeout_seconds > 0:
+            raise ValueError("scoring_timeout_seconds must be positive")
         self.engine = engine
         self.scorer = scorer
         self.store = store
@@ -126,6 +155,10 @@ class Worker:
         # Adaptations of the GHN to registered tasks come before search jobs: a task is not
         # scored at all until its adaptation is done.
         self.adaptation = adaptation
+        self.scoring_timeout_seconds = scoring_timeout_seconds
+        self.stuck = threading.Event()
+        """Set once a batch outlived its timeout: the thread running the worker is stuck in
+        it, and its job was given back (see the module's docstring)."""
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._current: ClaimedJob | None = None
@@ -146,7 +179,8 @@ class Worker:
                    heartbeat_seconds=settings.heartbeat_seconds,
                    max_attempts=settings.max_attempts, batch_size=settings.ghn_batch_size,
                    poll_seconds=settings.worker_poll_seconds, hooks=hooks,
-                   adaptation=adaptation)
+                   adaptation=adaptation,
+                   scoring_timeout_seconds=settings.scoring_timeout_seconds)
 
     # ---- control -------------------------------------------------------------------------------
 
@@ -341,9 +375,10 @@ class Worker:
         if not to_score:
             return
         scorer = run.scorer_at(self.scorer, 0)
-        evaluations = evaluate_architectures(self.engine, scorer, self.store,
-                                             [p.graph for p in to_score if p.graph is not None],
-                                             run.spec)
+        with self._scoring(run, [p.index for p in to_score], rung=0):
+            evaluations = evaluate_architectures(
+                self.engine, scorer, self.store,
+                [p.graph for p in to_score if p.graph is not None], run.spec)
         for p, ev in zip(to_score, evaluations, strict=True):
             graph = ev.graph
             if ev.architecture is None:
@@ -371,8 +406,9 @@ class Worker:
         graphs = [run.strategy.propose(i, run.history).graph for i in batch]
         scorer = run.scorer_at(self.scorer, rung)
         images = run.fidelity(self.scorer, rung).images
-        evaluations = evaluate_architectures(self.engine, scorer, self.store,
-                                             [g for g in graphs if g is not None], run.spec)
+        with self._scoring(run, batch, rung=rung, eval_images=images):
+            evaluations = evaluate_architectures(self.engine, scorer, self.store,
+                                                 [g for g in graphs if g is not None], run.spec)
         for index, ev in zip(batch, evaluations, strict=True):
             if run.lease.lost:
                 raise LeaseLost(claimed.job_id)
@@ -431,15 +467,67 @@ class Worker:
         self.hooks.heartbeat(status.held)
         return status
 
+    @contextlib.contextmanager
+    def _scoring(self, run: _JobRun, indices: Sequence[int], *, rung: int,
+                 eval_images: int = 0) -> Iterator[None]:
+        """Marks the batch ``indices`` in flight for the watchdog while its scoring runs."""
+        seconds = None if self.scoring_timeout_seconds is None else (
+            self.scoring_timeout_seconds * max(1, len(indices)))
+        if seconds is not None:
+            with run.lease.lock:
+                run.lease.in_flight = _BatchInFlight(tuple(indices), rung, eval_images,
+                                                     time.monotonic() + seconds, seconds)
+        try:
+            yield
+        finally:
+            with run.lease.lock:
+                # The watchdog gave the batch up meanwhile: what it scored is not to be written.
+                given_up = run.lease.lost and run.lease.in_flight is not None
+                run.lease.in_flight = None
+            if given_up:
+                raise LeaseLost(run.claimed.job_id)
+
     def _keep_lease(self, claimed: ClaimedJob, lease: _LeaseState,
                     done: threading.Event) -> None:
         while not done.wait(self.heartbeat_seconds):
+            if self._give_up_if_stuck(claimed, lease):
+                return
             try:
                 if not self._beat(claimed, lease):
                     return
             except Exception:  # the database is away: the next beat may succeed in time
                 log.warning("worker %s: heartbeat of job %s failed", self.worker_id,
                             claimed.job_id, exc_info=True)
+
+    def _give_up_if_stuck(self, claimed: ClaimedJob, lease: _LeaseState) -> bool:
+        """The watchdog: when the batch in flight passed its deadline, fails its candidates,
+        gives the job back and sets :attr:`stuck` (the module's docstring says why)."""
+        with lease.lock:
+            batch = lease.in_flight
+            if batch is None or time.monotonic() < batch.deadline or lease.lost:
+                return False
+            lease.lost = True  # from here on the stuck thread writes nothing
+        reason = (f"scoring did not finish in {batch.seconds:g} s (NAS_SCORING_TIMEOUT_SECONDS "
+                  f"per candidate): worker {self.worker_id} is stuck in it and gave the job up")
+        log.error("worker %s: job %s: %s (candidates %s, rung %d)", self.worker_id,
+                  claimed.job_id, reason, list(batch.indices), batch.rung)
+        try:
+            for index in batch.indices:
+                if batch.rung == 0:
+                    queue.record_candidate(self.engine, claimed.job_id, claimed.lease_token,
+                                           index, status="failed", reason=reason)
+                else:
+                    queue.promote_candidate(self.engine, claimed.job_id, claimed.lease_token,
+                                            index, rung=batch.rung,
+                                            eval_images=batch.eval_images, score=None,
+                                            error=reason)
+        except Exception:  # the database is away: the lease expires and the batch is redone
+            log.exception("worker %s: cannot record the stuck batch of job %s", self.worker_id,
+                          claimed.job_id)
+        self.hooks.job_finished(self._crashed(claimed, TimeoutError(reason)))
+        self.stuck.set()
+        self._stop.set()  # were the thread ever to come back, it claims nothing more
+        return True
 
     def _crashed(self, claimed: ClaimedJob, error: Exception) -> str:
         reason = f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH]
