@@ -3,6 +3,11 @@ Fashion-MNIST: completion, redo after a crash, cancel, lost leases, rejections, 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 pytest.register_assert_rewrite("service_support")
@@ -309,9 +314,12 @@ def test_batches_never_cross_a_generation() -> None:
     assert _batches([1, 3, 5, 6], 3, 4) == [[1, 3], [5, 6]]
 
 
-def _hang_when(scorer, monkeypatch, stuck, release) -> None:
-    """``scorer`` scores as usual, but blocks a graph for which ``stuck(data)`` holds until
-    ``release`` is set: a kernel that does not return, for as long as the test needs."""
+@contextlib.contextmanager
+def _stuck_worker(engine, scorer, tmp_path, monkeypatch, stuck) -> Iterator[Any]:
+    """Runs a worker (``scoring_timeout_seconds`` 5) whose scorer blocks every graph for which
+    ``stuck(data)`` holds, as a kernel that does not return would; yields the worker once its
+    watchdog gave the batch up, then lets the block end and waits for the worker's thread."""
+    release = threading.Event()
     original = scorer._evaluate
 
     def evaluate(graph, params, data, predict_seconds):
@@ -320,34 +328,34 @@ def _hang_when(scorer, monkeypatch, stuck, release) -> None:
         return original(graph, params, data, predict_seconds)
 
     monkeypatch.setattr(scorer, "_evaluate", evaluate)
-
-
-def test_a_batch_stuck_in_scoring_is_failed_and_its_job_given_back(engine, scorer, tmp_path,
-                                                                   monkeypatch) -> None:
-    import threading
-
-    job_id = _job(engine, 4)
-    release, seen = threading.Event(), []
-    # The second batch (batch_size 3: candidate 3) never returns.
-    _hang_when(scorer, monkeypatch, lambda data: seen.append(1) or len(seen) == 4, release)
     worker = make_worker(engine, scorer, tmp_path, scoring_timeout_seconds=5.0)
     thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
     thread.start()
     try:
         assert worker.stuck.wait(120)
+        yield worker
+    finally:
+        release.set()
+        thread.join(120)
+    assert not thread.is_alive()
+    monkeypatch.undo()
+
+
+def test_a_batch_stuck_in_scoring_is_failed_and_its_job_given_back(engine, scorer, tmp_path,
+                                                                   monkeypatch) -> None:
+    job_id = _job(engine, 4)
+    seen = []
+    # The second batch (batch_size 3: candidate 3) never returns.
+    with _stuck_worker(engine, scorer, tmp_path, monkeypatch,
+                       lambda data: seen.append(1) or len(seen) == 4):
         job, candidates = job_state(engine, job_id)
         # Back in the queue at once, the attempt counted; the stuck candidate failed, named.
         assert job.status.value == "queued" and job.lease_token is None
         assert [c.status.value for c in candidates] == ["scored"] * 3 + ["failed"]
         assert "scoring did not finish in 5 s" in candidates[3].reason
-    finally:
-        release.set()
-    thread.join(120)
-    assert not thread.is_alive()
     # The stuck thread came back to a lost lease: it wrote nothing more.
     assert [c.status.value for c in job_state(engine, job_id)[1]] == ["scored"] * 3 + ["failed"]
     # Another worker finishes the job without trying the stuck candidate again.
-    monkeypatch.undo()
     make_worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
     job, candidates = job_state(engine, job_id)
     assert job.status.value == "succeeded" and job.attempts == 2
@@ -356,23 +364,12 @@ def test_a_batch_stuck_in_scoring_is_failed_and_its_job_given_back(engine, score
 
 def test_a_promotion_stuck_in_scoring_records_the_rungs_failure(engine, scorer, tmp_path,
                                                                 monkeypatch) -> None:
-    import threading
-
     job_id = _job(engine, 2, fidelity={"rungs": [16, EVAL_IMAGES], "eta": 2, "bracket": 2})
-    release = threading.Event()
     # Rung 0 scores on 16 images; the promotion to the full budget never returns.
-    _hang_when(scorer, monkeypatch, lambda data: len(data.val_labels) == EVAL_IMAGES, release)
-    worker = make_worker(engine, scorer, tmp_path, scoring_timeout_seconds=5.0)
-    thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
-    thread.start()
-    try:
-        assert worker.stuck.wait(120)
+    with _stuck_worker(engine, scorer, tmp_path, monkeypatch,
+                       lambda data: len(data.val_labels) == EVAL_IMAGES):
         job, candidates = job_state(engine, job_id)
         assert job.status.value == "queued"
         promoted = [c for c in candidates if len(c.rung_scores or []) > 1]
         assert len(promoted) == 1 and promoted[0].rung == 0  # keeps its rung-0 score
         assert "did not finish" in promoted[0].rung_scores[-1]["error"]
-    finally:
-        release.set()
-    thread.join(120)
-    assert not thread.is_alive()
