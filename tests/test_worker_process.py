@@ -85,3 +85,43 @@ def test_worker_once_returns_at_once_on_an_empty_queue(tmp_path, tiny_ghn_path,
     finally:
         get_settings.cache_clear()
     assert (tmp_path / "nas.db").is_file()
+
+
+def test_a_worker_stuck_in_scoring_gives_its_job_back_and_exits_3(tmp_path, tiny_ghn_path,
+                                                                  monkeypatch) -> None:
+    import threading
+
+    from nas_service.commands import main
+    from nas_service.commands.service import EXIT_WORKER_STUCK
+    from nas_service.scoring import ArchitectureScorer
+    from nas_service.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    with write_session(engine) as session:
+        job, _ = queue.create_job(session, space="cells", task="fashion-mnist",
+                                  strategy="random", seed=3, budget_candidates=2,
+                                  constraints={"max_flops": SMALL_FLOPS})
+    release = threading.Event()
+
+    def never_returns(self, *args, **kwargs):  # a kernel that spins, until the test ends
+        release.wait(120)
+        raise RuntimeError("released by the test")
+
+    monkeypatch.setattr(ArchitectureScorer, "_evaluate", never_returns)
+    isolated_settings(monkeypatch, NAS_DATA_DIR=str(tmp_path), NAS_GHN_PATH=str(tiny_ghn_path),
+                       NAS_DEVICE="cpu", NAS_SCORING_TIMEOUT_SECONDS="2",
+                       NAS_HEARTBEAT_SECONDS="0.2", NAS_LEASE_SECONDS="5")
+    try:
+        assert main(["worker", "--id", "stuck"]) == EXIT_WORKER_STUCK
+    finally:
+        release.set()
+        get_settings.cache_clear()
+    with read_session(engine) as session:
+        stored = listings.get_job(session, job.id)
+        candidates = listings.list_candidates(session, job.id, order_by="index").items
+    assert stored.status.value == "queued" and stored.attempts == 1
+    assert [c.status.value for c in candidates] == ["failed", "failed"]
+    assert all("did not finish in 4 s" in c.reason for c in candidates)
+    engine.dispose()
