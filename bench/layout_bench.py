@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from support.misses import small_misses  # noqa: E402
+from support.ranked import ranked_architectures, ranked_truth  # noqa: E402
 
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
@@ -53,10 +54,8 @@ from nas_service.scoring.evaluation import (  # noqa: E402
 )
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402
 from nas_service.scoring.scorer import CPU_EVAL_BATCH_SIZE  # noqa: E402
-from nas_service.training.evaluate import evaluation_tensors, training_config_of  # noqa: E402
-from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
+from nas_service.training.evaluate import evaluation_tensors  # noqa: E402
 
-RANKED_RESULT = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
 OUT = ROOT / "bench" / "results" / "layout_bench.json"
 WAYS = ("default", "channels-last", "channels-last-unfolded")
 """PyTorch's default layout; the service's way (channels-last, batch norm folded for the
@@ -137,12 +136,10 @@ def main() -> int:
     shape, classes = task.spec.input_shape, task.spec.num_classes
     x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
     batches = recalibration_batches(task, "cpu")
-    truth = {a["hash"]: a["trained_accuracy"]
-             for a in json.loads(RANKED_RESULT.read_text())["architectures"]}
+    truth = ranked_truth()
     sets = {
         "misses": [graph for _, graph in islice(small_misses(), args.misses)],
-        "ranked": [g for g in held_out_architectures(training_config_of(ghn), 50, shape, classes)
-                   if g.content_hash() in truth],
+        "ranked": ranked_architectures(ghn, shape, classes, truth),
     }
     result: dict[str, Any] = {
         "benchmark": "layout", "task": task.spec.name, "ghn": "bundled", "threads": args.threads,

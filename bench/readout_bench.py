@@ -33,6 +33,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from support.ranked import ranked_architectures, ranked_truth  # noqa: E402
+
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
 from nas_service.graph import from_module, to_module  # noqa: E402
@@ -47,15 +49,13 @@ from nas_service.scoring.evaluation import (  # noqa: E402
 )
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402
 from nas_service.spaces import get_space  # noqa: E402
-from nas_service.training.evaluate import evaluation_tensors, training_config_of  # noqa: E402
+from nas_service.training.evaluate import evaluation_tensors  # noqa: E402
 from nas_service.training.generalization import (  # noqa: E402
     SAMPLING_BOUNDS,
     TRAINED_FAMILIES_SPACE,
 )
-from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
 from nas_service.zoo import evaluation_models  # noqa: E402
 
-RANKED_RESULT = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
 OUT = ROOT / "bench" / "results" / "readout_bench.json"
 LOGISTIC_PENALTIES = (1e-4, 1e-3, 1e-2)
 RIDGE_PENALTIES = (0.01, 0.1, 1.0)
@@ -115,15 +115,13 @@ def main() -> int:
     ghn = load_ghn(None, "cpu")
     shape, classes = task.spec.input_shape, task.spec.num_classes
     x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
-    truth = {a["hash"]: a["trained_accuracy"]
-             for a in json.loads(RANKED_RESULT.read_text())["architectures"]}
+    truth = ranked_truth()
     sets = {
         "tuning": [get_space(space).sample(seed, shape, classes, **SAMPLING_BOUNDS)
                    for space, seeds in (("cells", range(100, 108)), ("macro", range(100, 108)),
                                         (TRAINED_FAMILIES_SPACE, range(100, 110)))
                    for seed in seeds],
-        "ranked": [g for g in held_out_architectures(training_config_of(ghn), 50, shape, classes)
-                   if g.content_hash() in truth],
+        "ranked": ranked_architectures(ghn, shape, classes, truth),
         "reference": [from_module(make().eval(), shape, name=name)
                       for name, make in evaluation_models(shape, classes)[0].items()],
     }

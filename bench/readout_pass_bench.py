@@ -30,21 +30,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from support.ranked import ranked_architectures, ranked_truth  # noqa: E402
+
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
 from nas_service.graph import to_module  # noqa: E402
 from nas_service.scoring.evaluation import (  # noqa: E402
     accuracy,
     load_parameters,
+    recalibrate,
     recalibration_batches,
 )
-from nas_service.scoring.evaluation import recalibrate as recalibrate_network  # noqa: E402
 from nas_service.scoring.metrics import kendall_tau  # noqa: E402
-from nas_service.training.evaluate import evaluation_tensors, training_config_of  # noqa: E402
+from nas_service.training.evaluate import evaluation_tensors  # noqa: E402
 from nas_service.training.generalization import architecture_sets  # noqa: E402
-from nas_service.training.ghn_training import held_out_architectures  # noqa: E402
 
-RANKED_RESULT = ROOT / "bench" / "results" / "ranking-fashion-mnist" / "result.json"
 GENERALIZATION_RESULT = ROOT / "bench" / "results" / "generalization_bench.json"
 OUT = ROOT / "bench" / "results" / "readout_pass_bench.json"
 WAYS = {"one_pass": True, "two_pass": False}
@@ -59,7 +59,7 @@ def score_both_ways(graph, ghn, batches, x_val, y_val) -> dict[str, float]:
     for way, one_pass in WAYS.items():
         net = load_parameters(to_module(graph, initialize=False), params)
         started = time.perf_counter()
-        recalibrate_network(net, images, labels, one_pass=one_pass)
+        recalibrate(net, images, labels, one_pass=one_pass)
         row[f"{way}_seconds"] = time.perf_counter() - started
         row[way] = accuracy(net, x_val, y_val, batch_size=100)
     return row
@@ -89,12 +89,12 @@ def main() -> int:
     shape, classes = task.spec.input_shape, task.spec.num_classes
     x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
     batches = recalibration_batches(task, "cpu")
-    truth = {a["hash"]: a["trained_accuracy"]
-             for result in (RANKED_RESULT, GENERALIZATION_RESULT)
-             for a in json.loads(result.read_text())["architectures"]
-             if a.get("trained_accuracy") is not None}
+    truth = {**ranked_truth(),
+             **{a["hash"]: a["trained_accuracy"]
+                for a in json.loads(GENERALIZATION_RESULT.read_text())["architectures"]
+                if a.get("trained_accuracy") is not None}}
     generalization = architecture_sets(shape, classes)
-    sets = {"ranked": held_out_architectures(training_config_of(ghn), 50, shape, classes),
+    sets = {"ranked": ranked_architectures(ghn, shape, classes, truth),
             **{name: generalization[name]
                for name in ("in_distribution", "held_out_families", "handwritten")}}
     started = time.time()
