@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -32,15 +33,22 @@ pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 
-def test_sigterm_releases_the_job_and_exits_cleanly(tmp_path, tiny_ghn_path) -> None:
-    data_dir = tmp_path / "state"
+def _queued_job(data_dir, *, seed: int, candidates: int) -> tuple[Any, Any]:
+    """A migrated SQLite database in ``data_dir`` (the service's ``nas.db``) with one random
+    ``cells`` search job of ``candidates`` small networks queued: ``(engine, job)``."""
     url = f"sqlite:///{data_dir / 'nas.db'}"
     migrate.upgrade(url)
     engine = make_engine(url)
     with write_session(engine) as session:
         job, _ = queue.create_job(session, space="cells", task="fashion-mnist",
-                                  strategy="random", seed=1, budget_candidates=1000,
+                                  strategy="random", seed=seed, budget_candidates=candidates,
                                   constraints={"max_flops": SMALL_FLOPS})
+    return engine, job
+
+
+def test_sigterm_releases_the_job_and_exits_cleanly(tmp_path, tiny_ghn_path) -> None:
+    data_dir = tmp_path / "state"
+    engine, job = _queued_job(data_dir, seed=1, candidates=1000)
     worker = subprocess.Popen(
         [sys.executable, "-m", "nas_service", "worker", "--id", "process-under-test"],
         env=service_env(data_dir, tiny_ghn_path, NAS_GHN_BATCH_SIZE="1"),
@@ -96,13 +104,7 @@ def test_a_worker_stuck_in_scoring_gives_its_job_back_and_exits_3(tmp_path, tiny
     from nas_service.scoring import ArchitectureScorer
     from nas_service.settings import get_settings
 
-    url = f"sqlite:///{tmp_path / 'nas.db'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    with write_session(engine) as session:
-        job, _ = queue.create_job(session, space="cells", task="fashion-mnist",
-                                  strategy="random", seed=3, budget_candidates=2,
-                                  constraints={"max_flops": SMALL_FLOPS})
+    engine, job = _queued_job(tmp_path, seed=3, candidates=2)
     release = threading.Event()
 
     def never_returns(self, *args, **kwargs):  # a kernel that spins, until the test ends
