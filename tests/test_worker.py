@@ -315,7 +315,8 @@ def test_batches_never_cross_a_generation() -> None:
 
 
 @contextlib.contextmanager
-def _stuck_worker(engine, scorer, tmp_path, monkeypatch, stuck) -> Iterator[Any]:
+def _stuck_worker(engine, scorer, tmp_path, monkeypatch, stuck,
+                  hooks: WorkerHooks | None = None) -> Iterator[Any]:
     """Runs a worker (``scoring_timeout_seconds`` 5) whose scorer blocks every graph for which
     ``stuck(data)`` holds, as a kernel that does not return would; yields the worker once its
     watchdog gave the batch up, then lets the block end and waits for the worker's thread."""
@@ -328,7 +329,7 @@ def _stuck_worker(engine, scorer, tmp_path, monkeypatch, stuck) -> Iterator[Any]
         return original(graph, params, data, predict_seconds)
 
     monkeypatch.setattr(scorer, "_evaluate", evaluate)
-    worker = make_worker(engine, scorer, tmp_path, scoring_timeout_seconds=5.0)
+    worker = make_worker(engine, scorer, tmp_path, scoring_timeout_seconds=5.0, hooks=hooks)
     thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
     thread.start()
     try:
@@ -345,16 +346,21 @@ def test_a_batch_stuck_in_scoring_is_failed_and_its_job_given_back(engine, score
                                                                    monkeypatch) -> None:
     job_id = _job(engine, 4)
     seen = []
+    recorded: list[str] = []
+    outcomes: list[str] = []
+    hooks = WorkerHooks(candidate_recorded=recorded.append, job_finished=outcomes.append)
     # The second batch (batch_size 3: candidate 3) never returns.
     with _stuck_worker(engine, scorer, tmp_path, monkeypatch,
-                       lambda data: seen.append(1) or len(seen) == 4):
+                       lambda data: seen.append(1) or len(seen) == 4, hooks):
         job, candidates = job_state(engine, job_id)
         # Back in the queue at once, the attempt counted; the stuck candidate failed, named.
         assert job.status.value == "queued" and job.lease_token is None
         assert [c.status.value for c in candidates] == ["scored"] * 3 + ["failed"]
         assert "scoring did not finish in 5 s" in candidates[3].reason
-    # The stuck thread came back to a lost lease: it wrote nothing more.
+    # The stuck thread came back to a lost lease: it wrote nothing more, and the job's outcome
+    # was reported once, by the watchdog; the candidate it failed counts as recorded.
     assert [c.status.value for c in job_state(engine, job_id)[1]] == ["scored"] * 3 + ["failed"]
+    assert recorded == ["scored"] * 3 + ["failed"] and outcomes == ["abandoned"]
     # Another worker finishes the job without trying the stuck candidate again.
     make_worker(engine, scorer, tmp_path, worker_id="rescuer").run(once=True)
     job, candidates = job_state(engine, job_id)

@@ -100,8 +100,8 @@ def test_a_worker_stuck_in_scoring_gives_its_job_back_and_exits_3(tmp_path, tiny
     import threading
 
     from nas_service.commands import main
-    from nas_service.commands.service import EXIT_WORKER_STUCK
     from nas_service.scoring import ArchitectureScorer
+    from nas_service.search import EXIT_WORKER_STUCK
     from nas_service.settings import get_settings
 
     engine, job = _queued_job(tmp_path, seed=3, candidates=2)

@@ -19,9 +19,6 @@ from nas_service.commands.errors import CommandError
 from nas_service.commands.output import PROG, graph_counts, print_stderr
 from nas_service.version import __version__
 
-EXIT_WORKER_STUCK = 3
-"""``nas-service worker``'s exit status when a batch got stuck in scoring (its job given back)."""
-
 # ------------------------------------------------------------------------------------------------
 # info
 # ------------------------------------------------------------------------------------------------
@@ -311,7 +308,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from nas_service.api import load_scorer
     from nas_service.db import make_engine, migrate
-    from nas_service.search import CheckpointStore, Worker
+    from nas_service.search import EXIT_WORKER_STUCK, CheckpointStore, Worker
 
     settings = _service_settings()
     _prepare_database(settings)

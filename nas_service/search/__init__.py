@@ -28,10 +28,11 @@ from .strategies import (
     check_constraints,
     make_strategy,
 )
-from .worker import Worker, WorkerHooks, default_worker_id
+from .worker import EXIT_WORKER_STUCK, Worker, WorkerHooks, default_worker_id
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "EXIT_WORKER_STUCK",
     "AdaptationRunner",
     "AdaptationSettings",
     "STRATEGIES",

@@ -34,9 +34,10 @@ forever on two threads), not slow. The watchdog then records the batch's candida
 ``failed`` with that reason (at their rung, for a promotion), gives the job back to the queue
 as a crash does (the attempt counted; failed on the last one), so that another worker goes on
 with it and skips those candidates, and sets :attr:`Worker.stuck`. A thread stuck in native
-code cannot be stopped from Python: ``nas-service worker`` exits (status 3) for its supervisor
-to start a fresh process, and ``serve`` reports its worker ``stuck`` on ``/readyz``. Should the
-stuck thread ever return, its lease is gone and it writes nothing.
+code cannot be stopped from Python: ``nas-service worker`` and ``serve``'s worker process exit
+(:data:`EXIT_WORKER_STUCK`) for their supervisor (docker compose, ``serve``) to start a fresh
+process (:mod:`nas_service.api.workers`). Should the stuck thread ever return, its lease is gone
+and it writes nothing.
 
 Failures of a whole job: a job that cannot start (unknown space or task, no GHN for the task) is
 finished as ``failed`` at once. Any other exception (the database went away, out of memory)
@@ -89,6 +90,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("nas_service.worker")
 
 MAX_REASON_LENGTH = 2000
+EXIT_WORKER_STUCK = 3
+"""The exit status of a worker process (``nas-service worker``, ``serve``'s worker process) whose
+batch got stuck in scoring: its job was given back, and a fresh process is to take over."""
 
 
 def _ignore(*_args: object) -> None:
@@ -125,6 +129,7 @@ class _BatchInFlight:
 class _LeaseState:
     lost: bool = False
     cancel_requested: bool = False
+    given_up: bool = False  # by the watchdog, which reported the job's outcome itself
     in_flight: _BatchInFlight | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -277,7 +282,8 @@ class Worker:
             done.set()
             keeper.join()
         log.info("worker %s: job %s %s", self.worker_id, claimed.job_id, outcome)
-        self.hooks.job_finished(outcome)
+        if not lease.given_up:
+            self.hooks.job_finished(outcome)
         return outcome
 
     def _run(self, claimed: ClaimedJob, lease: _LeaseState) -> str:
@@ -507,6 +513,7 @@ class Worker:
             if batch is None or time.monotonic() < batch.deadline or lease.lost:
                 return False
             lease.lost = True  # from here on the stuck thread writes nothing
+            lease.given_up = True
         reason = (f"scoring did not finish in {batch.seconds:g} s (NAS_SCORING_TIMEOUT_SECONDS "
                   f"per candidate): worker {self.worker_id} is stuck in it and gave the job up")
         log.error("worker %s: job %s: %s (candidates %s, rung %d)", self.worker_id,
@@ -516,6 +523,7 @@ class Worker:
                 if batch.rung == 0:
                     queue.record_candidate(self.engine, claimed.job_id, claimed.lease_token,
                                            index, status="failed", reason=reason)
+                    self.hooks.candidate_recorded("failed")
                 else:
                     queue.promote_candidate(self.engine, claimed.job_id, claimed.lease_token,
                                             index, rung=batch.rung,
