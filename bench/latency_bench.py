@@ -1,5 +1,5 @@
 """The API's latency budget while a search runs in the same process: a real ``nas-service serve``
-(the embedded default: SQLite, the bundled GHN, its in-process worker), ``--clients`` concurrent
+(the embedded default: SQLite, the bundled GHN, its own worker), ``--clients`` concurrent
 clients reading and repeating (weights ``--mix``) beside ``--miss-clients`` clients scoring new
 networks, first with the worker idle, then while it runs a search job.
 
@@ -18,7 +18,9 @@ closed loop where any client may send a miss, every client ends up waiting in th
 (a miss costs seconds, a read milliseconds), so the miss latency measured would be the queue's
 length times the scoring time, whatever the search does. With ``--miss-clients 1`` it is the
 time one new small network takes while reads, hits and the search run. ``--scoring-processes``
-sets ``NAS_SCORING_PROCESSES`` (``0``: misses scored in a thread of the API process, to compare).
+sets ``NAS_SCORING_PROCESSES`` (``0``: misses scored in a thread of the API process, to compare);
+``--worker-thread`` runs ``serve``'s worker in a thread of the API process
+(``NAS_WORKER_PROCESS=false``) instead of its own child process.
 
 The search job (cells space, random strategy, ``--search-candidates`` candidates, no
 constraints) is queued between the two phases; the second phase starts once the worker has
@@ -192,7 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="nas-latency-bench-"))
     scoring = {"NAS_SCORING_THREADS": str(args.scoring_threads)} if args.scoring_threads else {}
     env = service_env(data_dir, threads=args.threads, NAS_WORKER_POLL_SECONDS="0.5",
-                      NAS_SCORING_PROCESSES=str(args.scoring_processes), **scoring)
+                      NAS_SCORING_PROCESSES=str(args.scoring_processes),
+                      NAS_WORKER_PROCESS="false" if args.worker_thread else "true", **scoring)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     before = machine_info()
@@ -210,7 +213,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"benchmark": "latency", **before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "server": "nas-service serve (uvicorn, SQLite, bundled GHN, in-process worker)",
+            "server": "nas-service serve (uvicorn, SQLite, bundled GHN, its own worker)",
+            "worker": "a thread of the API process" if args.worker_thread
+            else "a child process of its own",
             "clients": args.clients, "miss_clients": args.miss_clients,
             "scoring_processes": args.scoring_processes,
             "scoring_threads": args.scoring_threads
@@ -257,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-architectures", type=int, default=6,
                         help="architectures stored before the phases, to read and repeat")
     parser.add_argument("--search-candidates", type=int, default=5000)
+    parser.add_argument("--worker-thread", action="store_true",
+                        help="NAS_WORKER_PROCESS=false: serve's worker in a thread of the API "
+                             "process rather than a child process")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--output", type=Path,

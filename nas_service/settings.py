@@ -70,8 +70,13 @@ class Settings(BaseSettings):
     # The surrogate (nas_service.scoring.scorer) and the workers.
     ghn_path: Path | None = Field(default=None,
                                   description="GHN checkpoint; None: the bundled Fashion-MNIST GHN")
-    worker_in_process: bool = Field(default=True,
-                                    description="`serve` also runs one worker thread")
+    worker_in_process: bool = Field(default=True, description="`serve` also runs a worker")
+    # In a child process (nas_service.api.workers), started again when it dies or gets stuck in
+    # scoring, and whose Python does not compete with the API's requests; false: a thread of
+    # the API process.
+    worker_process: bool = Field(default=True,
+                                 description="`serve`'s worker runs in a child process of its "
+                                             "own; false: in a thread of the API process")
     worker_poll_seconds: float = Field(default=2.0, gt=0)
     ghn_batch_size: int = Field(default=8, ge=1, le=256,
                                 description="graphs per GHN forward pass in a search")

@@ -159,7 +159,7 @@ def service_settings(database_url: str, data_dir: Path, ghn_path: Path | None = 
         database_url=database_url, data_dir=data_dir, ghn_path=ghn_path,
         eval_images=EVAL_IMAGES, recalibration_batches=1, recalibration_batch_size=32,
         lease_seconds=5.0, heartbeat_seconds=0.5, worker_poll_seconds=0.1,
-        worker_in_process=False, scoring_processes=0)
+        worker_in_process=False, worker_process=False, scoring_processes=0)
     values.update(overrides)
     return Settings(**values)
 
@@ -179,8 +179,9 @@ def make_settings(engine: Any, database_url: str, tmp_path: Path,
 def make_client(make_settings: Callable[..., Settings],
                 scorer: ArchitectureScorer) -> Iterator[Callable[..., Any]]:
     """``make_client(**settings_overrides)``: a started TestClient on a fresh app (no worker
-    unless ``worker_in_process=True``), with the session's scorer unless ``scorer=`` gives
-    another."""
+    unless ``worker_in_process=True``: a thread sharing the session's GHN, or with
+    ``worker_process=True`` a child process loading it), with the session's scorer unless
+    ``scorer=`` gives another."""
     from fastapi.testclient import TestClient
 
     from nas_service.api import create_app

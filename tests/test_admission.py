@@ -297,7 +297,7 @@ def test_the_api_scores_while_the_in_process_worker_holds_its_scorer(make_client
     process never holds a lock a request waits for."""
     client = make_client(worker_in_process=True)
     service = client.app.state.service
-    worker_scorer = service.worker.scorer
+    worker_scorer = service.worker.worker.scorer
     assert worker_scorer is not service.scorer
     assert worker_scorer.lock is not service.scorer.lock
     assert worker_scorer.ghn is not service.scorer.ghn

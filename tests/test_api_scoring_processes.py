@@ -1,5 +1,5 @@
 """Cache misses scored in processes of their own (``NAS_SCORING_PROCESSES``): in an app on both
-databases, and in a real ``nas-service serve`` (SQLite, its in-process worker running a search)
+databases, and in a real ``nas-service serve`` (SQLite, its worker process running a search)
 whose scoring child is paused, killed and whose server gets SIGTERM.
 
 A paused child (SIGSTOP) holds the misses it was given without answering, which is how these
@@ -170,8 +170,15 @@ def test_a_failure_in_the_scoring_process_reaches_the_api_as_its_kind(error) -> 
 
 
 def _scoring_children(server_pid: int) -> list[int]:
-    """The server's scoring processes: its children started by multiprocessing's spawn (its
-    resource tracker excepted)."""
+    """The server's scoring processes: its children started by multiprocessing's spawn at the
+    server's CPU priority (its worker process runs at a lower one)."""
+    own_nice = os.getpriority(os.PRIO_PROCESS, server_pid)
+    return [pid for pid, nice in _spawned_children(server_pid) if nice == own_nice]
+
+
+def _spawned_children(server_pid: int) -> list[tuple[int, int]]:
+    """The server's children started by multiprocessing's spawn (its resource tracker
+    excepted), with their nice values."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -181,9 +188,10 @@ def _scoring_children(server_pid: int) -> list[int]:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == server_pid and "spawn_main" in command and "resource_tracker" not in command:
-            found.append(int(entry.name))
+        fields = stat.rsplit(")", 1)[1].split()
+        if (int(fields[1]) == server_pid and "spawn_main" in command
+                and "resource_tracker" not in command):
+            found.append((int(entry.name), int(fields[16])))
     return found
 
 
@@ -233,8 +241,10 @@ def test_serve_scores_misses_in_a_child_that_can_be_full_killed_and_stopped(
         wait_ready(base, server, log_path)
         client = httpx.Client(base_url=base, timeout=WAIT_SECONDS)
         (child,) = _scoring_children(server.pid)
+        spawned = [pid for pid, _ in _spawned_children(server.pid)]
+        assert len(spawned) == 2  # the scoring process and the worker process
 
-        # A search runs in the server's worker thread; a miss is answered meanwhile.
+        # A search runs in the server's worker process; a miss is answered meanwhile.
         job = client.post("/v1/search-jobs", json={
             "space": "cells", "seed": 3, "budget": {"candidates": 5000},
             "constraints": {"max_flops": SMALL_FLOPS}}).json()
@@ -302,6 +312,7 @@ def test_serve_scores_misses_in_a_child_that_can_be_full_killed_and_stopped(
     # machine busy with other tests; the uvicorn default would wait for the request for ever.
     assert stopped_after < GRACE_SECONDS + 30, (stopped_after, output)
     assert not _alive(child), "the scoring process outlived the server"
+    assert not any(_alive(pid) for pid in spawned), "a child outlived the server"
     # The request the grace period cut short was answered, with a problem it can retry.
     assert_problem(stranded.result(), 503, "scoring-unavailable")
     engine = make_engine(f"sqlite:///{data_dir / 'nas.db'}")

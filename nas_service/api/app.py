@@ -4,7 +4,7 @@ Built eagerly: ``create_app`` opens the database engine, refuses a database whos
 this version's (:class:`nas_service.db.SchemaError`), and loads the GHN (raises
 :class:`nas_service.ghn.checkpoint.CheckpointError` when the checkpoint is missing), so a
 misconfigured service fails at start-up, not on its first request. The lifespan starts and
-stops the scoring processes and the in-process worker thread, and warms the task data; its end
+stops the scoring processes and ``serve``'s worker (:mod:`nas_service.api.workers`), and warms the task data; its end
 is bounded (``NAS_SHUTDOWN_GRACE_SECONDS``, see :func:`_shut_down`).
 
 Layers, outermost first: Starlette's error middleware (the catch-all 500 problem), request
@@ -15,7 +15,6 @@ its exception handlers.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +42,7 @@ from .middleware import BodySizeLimit, RequestMetrics, StrictJSONBody
 from .openapi import finish_openapi
 from .routers import architectures, candidates, catalog, health, search_jobs, tasks
 from .scoring_processes import ScoringPool, ScoringProcessConfig
+from .workers import ServiceWorker, WorkerProcess, WorkerTarget, WorkerThread
 
 log = logging.getLogger("nas_service.api")
 
@@ -66,11 +66,6 @@ def graph_limits(settings: Settings) -> GraphLimits:
                    max_flops=min(settings.max_graph_flops, d.max_flops))
 
 
-WORKER_NICENESS = 10
-"""How much lower the in-process worker thread's CPU priority is than the API's (Linux nice
-values): a search uses the cores the API leaves idle, and a request does not wait for it."""
-
-
 def scoring_budget(settings: Settings) -> ScoringBudget:
     return ScoringBudget(max_bytes=settings.max_scoring_bytes,
                          max_macs=settings.max_scoring_macs)
@@ -91,15 +86,15 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     """The service's ASGI app.
 
     ``scorer`` replaces the GHN the settings name (tests share one); ``run_worker`` overrides
-    ``settings.worker_in_process`` (the worker thread runs while the app's lifespan does).
+    ``settings.worker_in_process`` (the worker runs while the app's lifespan does).
 
     The API's cache misses are scored in ``settings.scoring_processes`` child processes
     (:class:`~nas_service.api.scoring_processes.ScoringPool`, started with the lifespan), or,
     with none, in a thread of this process with a scorer of its own (:meth:`ArchitectureScorer.
-    sibling`: a GHN and a lock each, the task data shared). The in-process worker has its own
-    scorer too, under the same budget, and its thread runs at a lower CPU priority: a search
-    running in this process never holds a lock an API request waits for, and the cores go to
-    the API first.
+    sibling`: a GHN and a lock each, the task data shared). ``serve``'s worker has its own
+    scorer too, under the same budget, in a child process (``settings.worker_process``) or a
+    thread, at a lower CPU priority: a search never holds a lock an API request waits for, and
+    the cores go to the API first.
     """
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
@@ -117,8 +112,7 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
                          api_keys=APIKeys(settings.api_keys),
                          graph_limits=graph_limits(settings))
     if settings.worker_in_process if run_worker is None else run_worker:
-        state.worker = Worker.from_settings(settings, engine, scorer.sibling(budget),
-                                            state.store, hooks=_metrics_hooks(metrics))
+        state.worker = build_worker(state, scorer.sibling(budget))
     if settings.scoring_processes > 0:
         state.scoring_pool = ScoringPool(
             ScoringProcessConfig.of(state.scorer, database_url=settings.database_url,
@@ -135,10 +129,7 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
         if state.scoring_pool is not None:
             state.scoring_pool.start()
         if state.worker is not None:
-            state.worker_thread = threading.Thread(target=_run_in_background,
-                                                   args=(state.worker,), name="nas-worker",
-                                                   daemon=True)
-            state.worker_thread.start()
+            state.worker.start()
         try:
             yield
         finally:
@@ -169,22 +160,33 @@ def create_app(settings: Settings | None = None, *, scorer: ArchitectureScorer |
     return app
 
 
+def build_worker(state: ServiceState, scorer: ArchitectureScorer, *,
+                 target: WorkerTarget | None = None) -> ServiceWorker:
+    """``serve``'s worker (not started), on ``state``'s database and metrics, scoring with
+    ``scorer`` (a thread) or a scorer built as ``scorer`` was (a process, whose body ``target``
+    replaces in tests)."""
+    settings, metrics = state.settings, state.metrics
+    hooks = _metrics_hooks(metrics)
+    if not settings.worker_process:
+        return WorkerThread(Worker.from_settings(settings, state.engine, scorer, state.store,
+                                                 hooks=hooks))
+    return WorkerProcess(
+        ScoringProcessConfig.of(scorer, database_url=settings.database_url,
+                                checkpoint_dir=str(settings.checkpoint_dir)),
+        settings, hooks=hooks, target=target,
+        on_restart=lambda reason: metrics.worker_restarts.inc(reason=reason))
+
+
 def _shut_down(state: ServiceState) -> None:
     """The end of the lifespan (after the server stopped accepting and its in-flight requests
     finished or were cancelled): bounded by ``shutdown_grace_seconds`` for the worker. The
     worker stops between two batches and releases its job; a batch still running at the end of
-    the grace period has its job released from here, so another worker claims it at once
-    instead of waiting for the lease to expire, and its thread (a daemon) ends with the
-    process. The scoring processes are stopped, killed if they do not exit."""
-    worker, thread = state.worker, state.worker_thread
+    the grace period has its job released, so another worker claims it at once instead of
+    waiting for the lease to expire (:meth:`~nas_service.api.workers.ServiceWorker.shut_down`).
+    The scoring processes are stopped, killed if they do not exit."""
     try:
-        if worker is not None and thread is not None:
-            worker.stop()
-            thread.join(state.settings.shutdown_grace_seconds)
-            if thread.is_alive():
-                log.warning("the worker did not stop in %g s: releasing its job",
-                            state.settings.shutdown_grace_seconds)
-                worker.release_current_job()
+        if state.worker is not None:
+            state.worker.shut_down(state.settings.shutdown_grace_seconds)
     finally:
         if state.scoring_pool is not None:
             state.scoring_pool.close()
@@ -216,17 +218,6 @@ def _metrics_hooks(metrics: ServiceMetrics) -> WorkerHooks:
                        candidate_promoted=lambda rung: metrics.promotions.inc(rung=str(rung)),
                        heartbeat=heartbeat,
                        job_finished=lambda outcome: metrics.jobs_finished.inc(outcome=outcome))
-
-
-def _run_in_background(worker: Worker) -> None:
-    """The worker thread's body: its CPU priority lowered first, so the threads its torch
-    work starts (each thread's own OpenMP team) inherit it (Linux: nice is per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS))
-    except (AttributeError, OSError) as e:  # not Linux, or not permitted: run at equal priority
-        log.info("cannot lower the worker thread's priority: %s", e)
-    worker.run()
 
 
 def _warm_up(state: ServiceState) -> None:

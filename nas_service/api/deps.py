@@ -11,7 +11,6 @@ transaction has committed before the response is sent (a client that reads right
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -24,13 +23,14 @@ from sqlalchemy.orm import Session
 from nas_service.db import read_session
 from nas_service.graph import GraphLimits
 from nas_service.scoring import ArchitectureScorer
-from nas_service.search import CheckpointStore, Worker
+from nas_service.search import CheckpointStore
 from nas_service.settings import Settings
 
 from .auth import APIKeys
 from .errors import Problem
 from .metrics import ServiceMetrics
 from .scoring_processes import ScoringPool
+from .workers import ServiceWorker
 
 
 @dataclass
@@ -44,8 +44,7 @@ class ServiceState:
     metrics: ServiceMetrics
     api_keys: APIKeys
     graph_limits: GraphLimits
-    worker: Worker | None = None
-    worker_thread: threading.Thread | None = None
+    worker: ServiceWorker | None = None  # serve's own worker, in a child process or a thread
     # Where cache misses are scored: processes of their own (NAS_SCORING_PROCESSES > 0), else
     # one at a time in a thread of this process through ``scoring_limiter``; waiting requests
     # wait in the event loop, not in a thread pool slot (which the database endpoints need).

@@ -182,6 +182,10 @@ class ServiceMetrics:
             "Unix time of this process's worker's last lease renewal.")
         self.jobs_finished = Counter(
             "nas_worker_jobs_total", "Jobs this process's worker ran, by outcome.", ("outcome",))
+        self.worker_restarts = Counter(
+            "nas_worker_restarts_total",
+            "Times this process's worker process was started again, by why: stuck in scoring, "
+            "crashed, or it could not start.", ("reason",))
         # Set at scrape time from the database.
         self.queue_depth = Gauge("nas_queue_depth", "Search jobs waiting for a worker.")
         self.jobs = Gauge("nas_search_jobs", "Search jobs in the database, by status.",
@@ -192,8 +196,8 @@ class ServiceMetrics:
     def all(self) -> list[_Metric]:
         return [self.request_seconds, self.unhandled_errors, self.architectures, self.candidates,
                 self.promotions, self.ghn_seconds, self.scoring_batches, self.scoring_busy,
-                self.heartbeats, self.last_heartbeat,
-                self.jobs_finished, self.queue_depth, self.jobs, self.database_up]
+                self.heartbeats, self.last_heartbeat, self.jobs_finished,
+                self.worker_restarts, self.queue_depth, self.jobs, self.database_up]
 
     def render(self) -> str:
         lines: list[str] = []

@@ -123,6 +123,19 @@ class ScoringProcessConfig:
                    adapted_dir=str(scorer.adapted.ghn_dir) if scorer.adapted else None,
                    tasks_dir=str(scorer.adapted.tasks_dir) if scorer.adapted else None)
 
+    def load_scorer(self) -> ArchitectureScorer:
+        """The scorer this configuration describes (in the child); ``RuntimeError`` when its
+        GHN does not score as the API's does (the file changed since the API loaded it)."""
+        scorer = ArchitectureScorer.load(
+            self.ghn_path, device=self.device, eval_images=self.eval_images,
+            recalibration_batches=self.recalibration_batches,
+            recalibration_batch_size=self.recalibration_batch_size, budget=self.budget,
+            readout=self.readout, adapted_dir=self.adapted_dir, tasks_dir=self.tasks_dir)
+        if scorer.base_version != self.base_version:
+            raise RuntimeError(f"the GHN at {self.ghn_path} scores as version "
+                               f"{scorer.base_version}, the API's as {self.base_version}")
+        return scorer
+
 
 @dataclass
 class _Miss:
@@ -416,14 +429,7 @@ def serve_scoring(config: ScoringProcessConfig, connection: Connection) -> None:
     from nas_service.search import CheckpointStore, evaluate_architectures
 
     try:
-        scorer = ArchitectureScorer.load(
-            config.ghn_path, device=config.device, eval_images=config.eval_images,
-            recalibration_batches=config.recalibration_batches,
-            recalibration_batch_size=config.recalibration_batch_size, budget=config.budget,
-            readout=config.readout, adapted_dir=config.adapted_dir, tasks_dir=config.tasks_dir)
-        if scorer.base_version != config.base_version:
-            raise RuntimeError(f"the GHN at {config.ghn_path} scores as version "
-                               f"{scorer.base_version}, the API's as {config.base_version}")
+        scorer = config.load_scorer()
         engine = make_engine(config.database_url)
         store = CheckpointStore(config.checkpoint_dir)
         if scorer.task is not None:

@@ -42,9 +42,8 @@ def readyz(service: ServiceDep) -> Any:
     checks["ghn"] = "ok" if service.scorer is not None else "not loaded"
     if service.scoring_pool is not None:
         checks["scoring"] = "ok" if service.scoring_pool.ready else "starting"
-    if service.worker_thread is not None:
-        checks["worker"] = ("stuck" if service.worker is not None and service.worker.stuck.is_set()
-                            else "ok" if service.worker_thread.is_alive() else "stopped")
+    if service.worker is not None:
+        checks["worker"] = service.worker.health
     if all(v == "ok" for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     failing = ", ".join(k for k, v in checks.items() if v != "ok")
