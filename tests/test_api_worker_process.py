@@ -47,6 +47,11 @@ def _candidates(client: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
     return client.get(job["links"]["candidates"], params={"order_by": "index"}).json()["items"]
 
 
+def _worker_metrics(client: Any) -> list[str]:
+    return [line for line in client.get("/metrics").text.splitlines()
+            if line.startswith(("nas_candidates_recorded", "nas_worker_"))]
+
+
 def stuck_once_worker(config: Any, settings: Any, connection: Any, log_level: int) -> None:
     """A worker process's body whose first scored graph (the first ever, over every process
     with this data directory) never returns, as a kernel that spins forever; the rest score."""
@@ -108,12 +113,14 @@ def test_a_worker_process_stuck_in_scoring_is_replaced_and_the_job_finishes(
         failed = [c for c in _candidates(client, job) if c["status"] == "failed"]
         assert failed and statuses.count("scored") == 4 - len(failed)
         assert all("scoring did not finish in" in c["reason"] for c in failed)
-        metrics = [line for line in client.get("/metrics").text.splitlines()
-                   if line.startswith(("nas_candidates_recorded", "nas_worker_"))]
-        assert 'nas_worker_restarts_total{reason="stuck"} 1' in metrics, metrics
-        assert f'nas_candidates_recorded_total{{status="failed"}} {len(failed)}' in metrics, metrics
-        assert 'nas_worker_jobs_total{outcome="abandoned"} 1' in metrics, metrics
-        assert 'nas_worker_jobs_total{outcome="succeeded"} 1' in metrics, metrics
+        expected = {'nas_worker_restarts_total{reason="stuck"} 1',
+                    f'nas_candidates_recorded_total{{status="failed"}} {len(failed)}',
+                    'nas_worker_jobs_total{outcome="abandoned"} 1',
+                    'nas_worker_jobs_total{outcome="succeeded"} 1'}
+        try:
+            _until(lambda: expected <= set(_worker_metrics(client)), "the metrics", 10)
+        except AssertionError:
+            raise AssertionError(_worker_metrics(client)) from None
         assert client.get("/readyz").json()["checks"]["worker"] == "ok"
     finally:
         service.worker.shut_down(5)
