@@ -205,6 +205,19 @@ def client(make_client: Callable[..., Any]) -> Any:
     return make_client()
 
 
+def wait_until(condition: Callable[[], Any], what: str, seconds: float = 120.0,
+               interval: float = 0.1) -> Any:
+    """``condition()``'s first truthy value, polled every ``interval``; fails naming ``what``
+    after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
 def assert_problem(response: Any, status: int, slug: str | None = None) -> dict[str, Any]:
     """``response`` is an RFC 9457 problem with ``status`` (and type ``slug``)."""
     assert response.status_code == status, response.text

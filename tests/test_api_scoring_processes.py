@@ -28,6 +28,7 @@ from service_support import (  # noqa: E402
     start_server,
     tiny_graph_doc,
     wait_ready,
+    wait_until,
 )
 
 from nas_service.api.errors import Problem  # noqa: E402
@@ -44,16 +45,6 @@ WAIT_SECONDS = 120.0
 GRACE_SECONDS = 3.0
 
 
-def _until(condition: Any, what: str, seconds: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _batches(client: Any) -> int:
     """How many batches the API's scoring processes were given (``/metrics``)."""
     for line in client.get("/metrics").text.splitlines():
@@ -67,7 +58,7 @@ def _batches(client: Any) -> int:
 
 def test_identical_concurrent_misses_are_scored_once_and_batched(make_client) -> None:
     client = make_client(scoring_processes=1)
-    _until(lambda: client.get("/readyz").status_code == 200, "the scoring process")
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the scoring process")
     assert client.get("/readyz").json()["checks"]["scoring"] == "ok"
 
     first = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
@@ -123,7 +114,7 @@ def test_a_scoring_process_that_cannot_start_answers_503_not_ready(
 
 def test_a_scoring_process_that_stops_answering_is_killed_and_replaced(make_client) -> None:
     client = make_client(scoring_processes=1, scoring_timeout_seconds=5)
-    _until(lambda: client.get("/readyz").status_code == 200, "the scoring process")
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the scoring process")
     pool = client.app.state.service.scoring_pool
     stuck = pool._children[0].process
     os.kill(stuck.pid, signal.SIGSTOP)  # never answers, as a kernel that spins forever would
@@ -132,7 +123,7 @@ def test_a_scoring_process_that_stops_answering_is_killed_and_replaced(make_clie
         body = assert_problem(miss, 503, "scoring-unavailable")
         assert "did not finish scoring 1 architecture(s) in 5 s" in body["detail"]
         assert miss.headers["Retry-After"]
-        _until(lambda: not stuck.is_alive(), "the stuck scoring process to be killed")
+        wait_until(lambda: not stuck.is_alive(), "the stuck scoring process to be killed")
     finally:
         if stuck.is_alive():
             os.kill(stuck.pid, signal.SIGCONT)
@@ -248,7 +239,7 @@ def test_serve_scores_misses_in_a_child_that_can_be_full_killed_and_stopped(
         job = client.post("/v1/search-jobs", json={
             "space": "cells", "seed": 3, "budget": {"candidates": 5000},
             "constraints": {"max_flops": SMALL_FLOPS}}).json()
-        _until(lambda: client.get(job["links"]["self"]).json()["progress"]["done"] > 0,
+        wait_until(lambda: client.get(job["links"]["self"]).json()["progress"]["done"] > 0,
                "the search's first candidate")
         miss = client.post("/v1/architectures", json={"graph": tiny_graph_doc(4)})
         assert miss.status_code == 201, miss.text
@@ -259,7 +250,7 @@ def test_serve_scores_misses_in_a_child_that_can_be_full_killed_and_stopped(
         paused.append(child)
         batches = _batches(client)
         waiting = _InFlight(base, tiny_graph_doc(5))
-        _until(lambda: _batches(client) > batches, "the miss to reach the scoring process")
+        wait_until(lambda: _batches(client) > batches, "the miss to reach the scoring process")
         same = _InFlight(base, tiny_graph_doc(5))
         refused = client.post("/v1/architectures", json={"graph": tiny_graph_doc(6)})
         body = assert_problem(refused, 503, "busy")
@@ -276,14 +267,14 @@ def test_serve_scores_misses_in_a_child_that_can_be_full_killed_and_stopped(
         paused.append(child)
         batches = _batches(client)
         doomed = _InFlight(base, tiny_graph_doc(7))
-        _until(lambda: _batches(client) > batches, "the miss to reach the scoring process")
+        wait_until(lambda: _batches(client) > batches, "the miss to reach the scoring process")
         os.kill(child, signal.SIGKILL)
         paused.remove(child)
         body = assert_problem(doomed.result(), 503, "scoring-unavailable")
         assert "exited" in body["detail"] and doomed.result().headers["Retry-After"]
         again = client.post("/v1/architectures", json={"graph": tiny_graph_doc(7)})
         assert again.status_code == 201, again.text
-        (child,) = _until(lambda: _scoring_children(server.pid), "the new scoring process")
+        (child,) = wait_until(lambda: _scoring_children(server.pid), "the new scoring process")
 
         # SIGTERM with a miss in flight (its child paused) and the search running: the server
         # stops within its grace period plus the bounded end of its lifespan.
@@ -291,7 +282,7 @@ def test_serve_scores_misses_in_a_child_that_can_be_full_killed_and_stopped(
         paused.append(child)
         batches = _batches(client)
         stranded = _InFlight(base, tiny_graph_doc(8))
-        _until(lambda: _batches(client) > batches, "the miss to reach the scoring process")
+        wait_until(lambda: _batches(client) > batches, "the miss to reach the scoring process")
         client.close()
         signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)

@@ -14,7 +14,7 @@ import pytest
 
 pytest.register_assert_rewrite("service_support")
 
-from service_support import SMALL_FLOPS, requires_fashion_mnist  # noqa: E402
+from service_support import SMALL_FLOPS, requires_fashion_mnist, wait_until  # noqa: E402
 
 pytest_plugins = ("service_support",)
 pytestmark = [requires_fashion_mnist,
@@ -25,22 +25,12 @@ JOB = {"space": "cells", "task": "fashion-mnist", "strategy": "random", "seed": 
 WAIT_SECONDS = 180.0
 
 
-def _until(condition: Any, what: str, seconds: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _finished(client: Any, job_id: str) -> dict[str, Any]:
     def final() -> dict[str, Any] | None:
         job = client.get(f"/v1/search-jobs/{job_id}").json()
         return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
-    return _until(final, f"job {job_id} to finish")
+    return wait_until(final, f"job {job_id} to finish", WAIT_SECONDS)
 
 
 def _candidates(client: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -77,7 +67,7 @@ def stuck_once_worker(config: Any, settings: Any, connection: Any, log_level: in
 def test_the_worker_process_runs_a_search_and_the_api_counts_it(make_client) -> None:
     client = make_client(worker_in_process=True, worker_process=True)
     worker = client.app.state.service.worker
-    _until(lambda: client.get("/readyz").status_code == 200, "the worker process")
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the worker process")
     assert client.get("/readyz").json()["checks"]["worker"] == "ok"
     assert worker.pid is not None and worker.pid != os.getpid()
     job = _finished(client, client.post("/v1/search-jobs", json=JOB).json()["id"])
@@ -102,7 +92,7 @@ def test_a_worker_process_stuck_in_scoring_is_replaced_and_the_job_finishes(
     service.worker = build_worker(service, service.scorer, target=stuck_once_worker)
     service.worker.start()
     try:
-        first = _until(lambda: service.worker.pid, "the first worker process")
+        first = wait_until(lambda: service.worker.pid, "the first worker process")
         job = client.post("/v1/search-jobs", json=JOB).json()
         # The watchdog failed the stuck batch and gave the job back; the process exited 3 and a
         # fresh one took the job again and finished it without the stuck candidates.
@@ -118,7 +108,7 @@ def test_a_worker_process_stuck_in_scoring_is_replaced_and_the_job_finishes(
                     'nas_worker_jobs_total{outcome="abandoned"} 1',
                     'nas_worker_jobs_total{outcome="succeeded"} 1'}
         try:
-            _until(lambda: expected <= set(_worker_metrics(client)), "the metrics", 10)
+            wait_until(lambda: expected <= set(_worker_metrics(client)), "the metrics", 10)
         except AssertionError:
             raise AssertionError(_worker_metrics(client)) from None
         assert client.get("/readyz").json()["checks"]["worker"] == "ok"
@@ -129,15 +119,15 @@ def test_a_worker_process_stuck_in_scoring_is_replaced_and_the_job_finishes(
 def test_a_killed_worker_process_is_started_again_while_the_api_answers(make_client) -> None:
     client = make_client(worker_in_process=True, worker_process=True)
     worker = client.app.state.service.worker
-    first = _until(lambda: worker.pid, "the worker process")
+    first = wait_until(lambda: worker.pid, "the worker process")
     os.kill(first, signal.SIGKILL)
-    checks = _until(lambda: (r := client.get("/readyz")).status_code == 503 and r.json(),
+    checks = wait_until(lambda: (r := client.get("/readyz")).status_code == 503 and r.json(),
                     "/readyz to report the worker down")["checks"]
     assert checks["worker"].startswith("restarting: the last worker process was killed by "
                                        "SIGKILL"), checks
     assert client.get("/healthz").status_code == 200
-    _until(lambda: worker.pid not in (None, first), "a new worker process")
-    _until(lambda: client.get("/readyz").status_code == 200, "the new worker process")
+    wait_until(lambda: worker.pid not in (None, first), "a new worker process")
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the new worker process")
     assert 'nas_worker_restarts_total{reason="crashed"} 1' in client.get("/metrics").text
     job = _finished(client, client.post("/v1/search-jobs", json=JOB).json()["id"])
     assert job["status"] == "succeeded"

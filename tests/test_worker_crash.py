@@ -8,13 +8,17 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 pytest.register_assert_rewrite("service_support")
 
-from service_support import SMALL_FLOPS, requires_fashion_mnist, service_env  # noqa: E402
+from service_support import (  # noqa: E402
+    SMALL_FLOPS,
+    requires_fashion_mnist,
+    service_env,
+    wait_until,
+)
 
 from nas_service.db import (  # noqa: E402
     listings,
@@ -30,6 +34,7 @@ pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 BUDGET = 10
 LEASE_SECONDS = "3"
+WAIT_SECONDS = 150.0
 
 
 def _start_worker(name: str, url: str, data_dir, ghn_path) -> subprocess.Popen:
@@ -37,16 +42,6 @@ def _start_worker(name: str, url: str, data_dir, ghn_path) -> subprocess.Popen:
                       NAS_HEARTBEAT_SECONDS="1", NAS_GHN_BATCH_SIZE="1")
     return subprocess.Popen([sys.executable, "-m", "nas_service", "worker", "--id", name],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(predicate, what: str, seconds: float = 150.0):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_a_job_survives_the_sigkill_of_its_worker(empty_database_url, tmp_path,
@@ -66,15 +61,16 @@ def test_a_job_survives_the_sigkill_of_its_worker(empty_database_url, tmp_path,
     first = _start_worker("first", url, tmp_path / "a", tiny_ghn_path)
     second = None
     try:
-        _wait(lambda: current().progress_done >= 2 and current().lease_owner == "first",
-              "the first worker to record two candidates")
+        wait_until(lambda: current().progress_done >= 2 and current().lease_owner == "first",
+                   "the first worker to record two candidates", WAIT_SECONDS, 0.2)
         second = _start_worker("second", url, tmp_path / "b", tiny_ghn_path)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         killed_at = current().progress_done
         assert killed_at < BUDGET, "the first worker finished before it could be killed"
-        finished = _wait(lambda: (j := current()).status.value not in ("queued", "running") and j,
-                         "the second worker to finish the job")
+        finished = wait_until(
+            lambda: (j := current()).status.value not in ("queued", "running") and j,
+            "the second worker to finish the job", WAIT_SECONDS, 0.2)
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

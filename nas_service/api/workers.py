@@ -15,7 +15,9 @@ In a child process, which is the default, nothing the worker does can take the A
   a native library) is started again; its job's lease expires and the queue hands it out again.
   The API process keeps answering throughout.
 - **The interpreter lock is the API's.** The worker's Python (building networks, the scoring
-  loops) runs in another interpreter, so it does not make requests wait.
+  loops) runs in another interpreter, never between a request's steps (torch's own work releases
+  the lock in a thread too: ``bench/latency_bench.py --worker-thread`` measures no difference
+  beyond its noise).
 
 What crosses the process boundary: the scorer's configuration
 (:class:`~nas_service.api.scoring_processes.ScoringProcessConfig`) and the settings, once; a
