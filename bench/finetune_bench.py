@@ -5,10 +5,14 @@ and better than the same steps from a random initialisation?
     python bench/finetune_bench.py --threads 2     # writes bench/results/finetune_bench.json
     python bench/finetune_bench.py --threads 2 --steps 2 --lrs \
         --out bench/results/finetune_bench_2steps.json       # the random start alone, 2 steps
+    python bench/finetune_bench.py --threads 2 --lrs --sets ranked \
+        --out bench/results/finetune_bench_ranked.json       # the GHN's own spaces
 
 Bundled GHN, Fashion-MNIST, the generalisation benchmark's sets with ground truth (trained
 accuracy, ``bench/results/generalization_bench.json``): in-distribution families, held-out
-families and hand-written CNNs. For each architecture:
+families and hand-written CNNs; and the 39 ranked ``cells``/``macro`` architectures of the GHN's
+own spaces (5-epoch trained accuracy, ``bench/support/ranked.py``; ``--sets ranked``). For each
+architecture:
 
 * ``service`` — the service's predicted-parameter accuracy (predicted weights, batch norm
   recalibrated and the readout refit on the 4 recalibration batches, 1,000 validation images);
@@ -42,6 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from support.ranked import ranked_architectures, ranked_truth  # noqa: E402
+
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
 from nas_service.graph import to_module  # noqa: E402
@@ -67,7 +73,8 @@ from nas_service.training.generalization import (  # noqa: E402
 
 GENERALIZATION_RESULT = ROOT / "bench" / "results" / "generalization_bench.json"
 OUT = ROOT / "bench" / "results" / "finetune_bench.json"
-SETS = ("held_out_families", "handwritten", "in_distribution")
+SETS = ("held_out_families", "handwritten", "in_distribution", "ranked")
+HEAD_SETS = SETS[:3]  # those with the generalisation benchmark's records (the gradient norm)
 
 
 def score(graph, ghn, task, batches, x_val, y_val, steps: int, lrs: list[float]
@@ -112,13 +119,14 @@ def head_analysis(rows: list[dict]) -> dict:
     in-distribution set's trained accuracy, their Kendall τ on every set (in sample on the
     first). The gradient norm is the service's (``service_grad_norm`` of the generalisation
     benchmark's records); the short training is the ``random`` way."""
+    rows = [r for r in rows if r["set"] in HEAD_SETS]
     fit_on = [r for r in rows if r["set"] == "in_distribution"]
     out: dict = {"fit_on": f"{len(fit_on)} in-distribution architectures"}
     for name, features in HEADS.items():
         weights, bias, mean, std = _solve(np.array([[r[f] for f in features] for r in fit_on]),
                                           np.array([r["truth"] for r in fit_on]), 1.0)
         taus = {}
-        for set_name in SETS:
+        for set_name in HEAD_SETS:
             members = [r for r in rows if r["set"] == set_name]
             x = np.array([[r[f] for f in features] for r in members])
             estimate = bias + ((x - mean) / std) @ weights
@@ -134,6 +142,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--lrs", type=float, nargs="*", default=[0.005],
                         help="fine-tune learning rates (none: the random start alone)")
+    parser.add_argument("--sets", default=",".join(HEAD_SETS),
+                        help=f"comma-separated, of {', '.join(SETS)}")
     parser.add_argument("--resummarize", action="store_true",
                         help="recompute the summaries and heads of --out without scoring")
     args = parser.parse_args()
@@ -148,16 +158,18 @@ def main() -> int:
     ghn = load_ghn(None, "cpu")
     x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
     batches = recalibration_batches(task, "cpu")
-    truth = {a["hash"]: a["trained_accuracy"] for a in records.values()
-             if a.get("trained_accuracy") is not None}
-    sets = architecture_sets(task.spec.input_shape, task.spec.num_classes)
+    truth = {**ranked_truth(), **{a["hash"]: a["trained_accuracy"] for a in records.values()
+                                  if a.get("trained_accuracy") is not None}}
+    sets = {**architecture_sets(task.spec.input_shape, task.spec.num_classes),
+            "ranked": ranked_architectures(ghn, task.spec.input_shape, task.spec.num_classes,
+                                           truth)}
     ways = ["service", *(f"finetune_lr{lr:g}" for lr in args.lrs), "random"]
     started = time.time()
     result: dict = {"benchmark": "finetune", "task": task.spec.name, "ghn": "bundled",
                     "steps": args.steps, "batch_size": SGD_BATCH_SIZE, "lrs": args.lrs,
                     "threads": args.threads, "torch": torch.__version__,
                     "ground_truth": GROUND_TRUTH.describe(), "sets": {}, "architectures": []}
-    for name in SETS:
+    for name in args.sets.split(","):
         rows = []
         for graph in sets[name]:
             if graph.content_hash() not in truth:
@@ -180,26 +192,30 @@ def finish(result: dict, records: dict, out: Path) -> None:
     ways = result.get("ways") or [w for w in rows[0] if w not in ("set", "name", "truth")
                                   and not w.endswith("_seconds")]
     result["ways"] = ways
-    result["sets"] = {name: summarize([r for r in rows if r["set"] == name], ways)
-                      for name in SETS}
-    result["chosen_on_in_distribution"] = max(
-        (w for w in ways if w.startswith("finetune")), default=None,
-        key=lambda w: result["sets"]["in_distribution"][w]["kendall_tau"])
+    result["sets"] = {name: summarize(members, ways) for name in SETS
+                      if (members := [r for r in rows if r["set"] == name])}
+    if "in_distribution" in result["sets"]:
+        result["chosen_on_in_distribution"] = max(
+            (w for w in ways if w.startswith("finetune")), default=None,
+            key=lambda w: result["sets"]["in_distribution"][w]["kendall_tau"])
     for r in rows:
-        grad_norm = records[(r["set"], r["name"])][SERVICE_GRAD_NORM]
-        r["log10_grad_norm"] = math.log10(max(grad_norm, 1e-12))
-    result["heads"] = head_analysis(rows)
+        if (r["set"], r["name"]) in records:
+            grad_norm = records[(r["set"], r["name"])][SERVICE_GRAD_NORM]
+            r["log10_grad_norm"] = math.log10(max(grad_norm, 1e-12))
+    if all(name in result["sets"] for name in HEAD_SETS):
+        result["heads"] = head_analysis(rows)
     out.write_text(json.dumps(result, indent=1) + "\n")
     for name, s in result["sets"].items():
         print(f"{name} ({s['architectures']}):")
         for way in ways:
             print(f"  {way:22s} mean {s[way]['mean']:.4f} tau {s[way]['kendall_tau']:+.3f} "
                   f"{s[way]['seconds_mean']:.2f} s")
-    print(f"heads fit on {result['heads']['fit_on']}:")
-    for name, taus in result["heads"].items():
-        if name != "fit_on":
-            print(f"  {name:42s} " + "  ".join(f"{k} {v:+.3f}" for k, v in taus.items()))
-    print(f"fine-tune chosen on in-distribution: {result['chosen_on_in_distribution']}; "
+    if "heads" in result:
+        print(f"heads fit on {result['heads']['fit_on']}:")
+        for name, taus in result["heads"].items():
+            if name != "fit_on":
+                print(f"  {name:42s} " + "  ".join(f"{k} {v:+.3f}" for k, v in taus.items()))
+    print(f"fine-tune chosen on in-distribution: {result.get('chosen_on_in_distribution')}; "
           f"wrote {out}")
 
 
