@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         description="torch threads of each scoring process; None: one core fewer than the "
                     "machine has (at least 1), so the API's requests keep a core")
     # SIGTERM: requests in flight get this long to finish; then they are cancelled, the
-    # in-process worker's job is released to the queue and the scoring processes are stopped.
+    # worker's job is released to the queue and the scoring processes are stopped.
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
 
     # Registered tasks (POST /v1/tasks): what an upload may hold, where it is kept, and the

@@ -2,7 +2,7 @@
 
 ``remote_service`` is module-scoped: each test module that uses it starts one uvicorn process on a
 free port (SQLite file and checkpoints under a temporary folder, the tiny GHN of
-``service_support``, its in-process worker) and stops it with SIGTERM after the module's last
+``service_support``, its worker process) and stops it with SIGTERM after the module's last
 test. API keys are on (``API_KEY``), so every test also exercises the key header, and the
 unauthorized case needs no second server.
 """

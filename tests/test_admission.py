@@ -293,7 +293,7 @@ def test_a_worker_rejects_what_it_cannot_afford_with_the_reason(engine, scorer, 
 
 @requires_fashion_mnist
 def test_the_api_scores_while_the_in_process_worker_holds_its_scorer(make_client) -> None:
-    """The API and the in-process worker have a GHN and a lock each: a search in the same
+    """The API and a worker thread have a GHN and a lock each: a search in the same
     process never holds a lock a request waits for."""
     client = make_client(worker_in_process=True)
     service = client.app.state.service

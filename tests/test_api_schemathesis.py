@@ -1,5 +1,5 @@
 """Schemathesis against the live OpenAPI document: a real ``nas-service serve`` process (uvicorn,
-a SQLite file, the in-process worker, a tiny GHN, API keys on), its schema read from
+a SQLite file, its worker process, a tiny GHN, API keys on), its schema read from
 ``/openapi.json``, and a bounded, seeded number of generated requests per operation.
 
 Every response must be no server error (nothing may reach the catch-all 500 handler) and must
@@ -79,7 +79,7 @@ def live_service(tmp_path_factory: pytest.TempPathFactory, tiny_ghn_path: Path) 
     base = f"http://127.0.0.1:{port}"
     env = service_env(
         state, tiny_ghn_path, NAS_API_KEYS=API_KEY,
-        # Generated jobs and graphs stay small: the in-process worker scores them meanwhile.
+        # Generated jobs and graphs stay small: the server's worker scores them meanwhile.
         NAS_MAX_SEARCH_CANDIDATES="4", NAS_MAX_GRAPH_FLOPS="20000000",
         NAS_MAX_BODY_BYTES=str(256 * 1024))
     log_path = state / "server.log"

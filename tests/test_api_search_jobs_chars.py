@@ -1,5 +1,5 @@
-"""Search jobs on the character task (``gcide-chars``, space ``charlm``) through the API and an
-in-process worker, on SQLite and PostgreSQL: candidates are scored in bits per character and the
+"""Search jobs on the character task (``gcide-chars``, space ``charlm``) through the API and a
+worker thread, on SQLite and PostgreSQL: candidates are scored in bits per character and the
 best is the one with the lowest."""
 
 from __future__ import annotations

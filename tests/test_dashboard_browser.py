@@ -1,6 +1,6 @@
 """The web dashboard in a real browser: Debian's chromium driven by Playwright, against
-``python -m nas_service serve`` as a real uvicorn process (SQLite in a temporary folder, the
-in-process worker, a tiny GHN) with API keys on, so the key flow is exercised too.
+``python -m nas_service serve`` as a real uvicorn process (SQLite in a temporary folder,
+its worker process, a tiny GHN) with API keys on, so the key flow is exercised too.
 
 Every check compares what the page shows with what the API answers. Screenshots go to
 ``tests/artifacts/``; with ``NAS_UPDATE_DOCS_IMAGES=1`` the two in ``docs/images/`` that the

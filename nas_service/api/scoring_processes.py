@@ -2,7 +2,7 @@
 
 A miss costs seconds of torch work and of Python between the ops (building the network, the
 recalibration and evaluation loops). Run in a thread of the API process, that Python competes
-for the interpreter lock with every request the API answers, and with the in-process worker;
+for the interpreter lock with every request the API answers (and with a worker thread);
 ``bench/latency_bench.py`` measured misses waiting tens of seconds behind readers. Here each
 miss goes to a child process (``NAS_SCORING_PROCESSES`` of them, started with ``spawn``) that
 loaded the GHN once, scores, and stores the result itself (checkpoint file, then the rows, as

@@ -185,7 +185,7 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 def add_serve(add_parser: AddParser) -> None:
-    p = add_parser("serve", help="run the HTTP API (and, by default, one worker thread)",
+    p = add_parser("serve", help="run the HTTP API (and, by default, one worker process)",
                    description="Serve the /v1 API with uvicorn. Settings come from NAS_* "
                                "variables (docs/api.md). A SQLite database is migrated at "
                                "start-up; PostgreSQL must be migrated with `nas-service db "
@@ -193,7 +193,7 @@ def add_serve(add_parser: AddParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--no-worker", action="store_true",
-                   help="no in-process worker (run `nas-service worker` processes instead)")
+                   help="no worker of its own (run `nas-service worker` processes instead)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=_serve)

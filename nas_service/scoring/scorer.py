@@ -4,8 +4,8 @@ recalibrated on a few training batches, and accuracy on the validation split in 
 
 :class:`ArchitectureScorer` is the one object that owns the GHN in a process. It holds the task
 data in memory (decoded once, cut to the evaluation images, on the GHN's device) and a lock: the
-API's request threads and the in-process worker thread share one GHN, and torch gains nothing
-from two forward passes racing on the same cores.
+threads that share one scorer score one at a time, since torch gains nothing from two forward
+passes racing on the same cores (a worker thread gets a scorer of its own, :meth:`sibling`).
 
 Guarantees:
 
