@@ -327,33 +327,26 @@ def serve_worker(config: ScoringProcessConfig, settings: Settings, connection: C
     except Exception as e:  # noqa: BLE001 - reported to the API, which starts another later
         send("failed", f"{type(e).__name__}: {e}")
         return
-    stop_asked = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop_asked.set())
-    runner = threading.Thread(target=worker.run, name="nas-worker", daemon=True)
-    runner.start()
-    send("ready", worker.worker_id)
-    while runner.is_alive() and not stop_asked.is_set() and not worker.stuck.is_set():
+    sigterm = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
+
+    def should_stop() -> bool:
+        """The API's messages for up to a poll: ``True`` once it says stop or is gone."""
         try:
             if not connection.poll(POLL_SECONDS):
-                continue
+                return sigterm.is_set()
             message = connection.recv()
         except (EOFError, OSError):  # the API process is gone
-            break
+            return True
         if message is None or message[0] == "stop":
-            break
+            return True
         if message[0] == "wake":
             worker.wake()
-    if worker.stuck.is_set():
-        log.error("worker %s: a batch is stuck in scoring; its job went back to the queue; "
-                  "exiting for a fresh process", worker.worker_id)
+        return sigterm.is_set()
+
+    send("ready", worker.worker_id)
+    ended = worker.run_until_stopped(should_stop, settings.shutdown_grace_seconds)
+    if ended != "stopped":  # a thread still in torch cannot be joined, nor the interpreter end
         logging.shutdown()
-        os._exit(EXIT_WORKER_STUCK)  # the stuck thread cannot be joined, nor the interpreter end
-    worker.stop()
-    runner.join(settings.shutdown_grace_seconds)
-    if runner.is_alive():
-        log.warning("worker %s: the batch did not end in %g s; releasing its job",
-                    worker.worker_id, settings.shutdown_grace_seconds)
-        worker.release_current_job()
-        logging.shutdown()
-        os._exit(0)  # the batch's thread is still in torch: do not wait for it
+        os._exit(EXIT_WORKER_STUCK if ended == "stuck" else 0)
     engine.dispose()

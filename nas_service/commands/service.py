@@ -324,11 +324,10 @@ def _worker(args: argparse.Namespace) -> int:
                                   CheckpointStore(settings.checkpoint_dir), worker_id=args.id)
     # SIGTERM (docker stop, systemd) and SIGINT: finish the batch, release the job, exit 0;
     # a batch still running after NAS_SHUTDOWN_GRACE_SECONDS has its job released at once
-    # (another worker claims it) and the process exits without waiting for it. The worker runs
-    # in a thread so that the main thread, which receives the signals, is free to keep time.
-    # A batch stuck in scoring past NAS_SCORING_TIMEOUT_SECONDS (the worker's watchdog gave
-    # its job back) exits with status 3: the stuck thread goes with the process, and the
-    # supervisor (docker compose's restart policy, systemd) starts a fresh one.
+    # (another worker claims it) and the process exits without waiting for it. A batch stuck in
+    # scoring past NAS_SCORING_TIMEOUT_SECONDS (the worker's watchdog gave its job back) exits
+    # with status 3: the stuck thread goes with the process, and the supervisor (docker
+    # compose's restart policy, systemd) starts a fresh one (Worker.run_until_stopped).
     stop_asked = threading.Event()
 
     def stop(*_: object) -> None:
@@ -338,21 +337,11 @@ def _worker(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     print(f"worker {worker.worker_id} polling {settings.database_url.split('@')[-1]}",
           file=sys.stderr)
-    runner = threading.Thread(target=worker.run, kwargs={"once": args.once},
-                              name="nas-worker", daemon=True)
     try:
-        runner.start()
-        while runner.is_alive() and not stop_asked.is_set() and not worker.stuck.is_set():
-            runner.join(0.5)
-        if worker.stuck.is_set():
-            print(f"worker {worker.worker_id}: a batch is stuck in scoring (see the log); its "
-                  "job went back to the queue; exiting for a fresh process", file=sys.stderr)
+        ended = worker.run_until_stopped(lambda: stop_asked.wait(0.5),
+                                         settings.shutdown_grace_seconds, once=args.once)
+        if ended == "stuck":
             return EXIT_WORKER_STUCK
-        runner.join(settings.shutdown_grace_seconds)
-        if runner.is_alive():
-            print(f"worker {worker.worker_id}: the batch did not end in "
-                  f"{settings.shutdown_grace_seconds:g} s; releasing its job", file=sys.stderr)
-            worker.release_current_job()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -245,6 +245,34 @@ class Worker:
             if once:
                 return
 
+    def run_until_stopped(self, should_stop: Callable[[], bool], grace_seconds: float, *,
+                          once: bool = False) -> str:
+        """Runs :meth:`run` in a daemon thread, the caller's thread keeping time, as a worker
+        process does: until ``run`` returns, ``should_stop()`` (called in a loop, it may block
+        for a moment) answers ``True``, or a batch gets stuck. Returns ``"stuck"`` (the thread
+        is left in its batch, whose job the watchdog gave back: the process should exit with
+        :data:`EXIT_WORKER_STUCK`), ``"released"`` (stopped, but the batch outlived
+        ``grace_seconds``: its job was released for another worker, and its thread is still in
+        torch, not to be waited for) or ``"stopped"``."""
+        runner = threading.Thread(target=self.run, kwargs={"once": once}, name="nas-worker",
+                                  daemon=True)
+        runner.start()
+        while runner.is_alive() and not self.stuck.is_set():
+            if should_stop():
+                break
+        if self.stuck.is_set():
+            log.error("worker %s: a batch is stuck in scoring; its job went back to the queue; "
+                      "exiting for a fresh process", self.worker_id)
+            return "stuck"
+        self.stop()
+        runner.join(grace_seconds)
+        if runner.is_alive():
+            log.warning("worker %s: the batch did not end in %g s; releasing its job",
+                        self.worker_id, grace_seconds)
+            self.release_current_job()
+            return "released"
+        return "stopped"
+
     def _adapt(self) -> bool:
         """Runs one adaptation of the GHN to a registered task, if one is waiting."""
         if self.adaptation is None:
