@@ -4,8 +4,8 @@ Built eagerly: ``create_app`` opens the database engine, refuses a database whos
 this version's (:class:`nas_service.db.SchemaError`), and loads the GHN (raises
 :class:`nas_service.ghn.checkpoint.CheckpointError` when the checkpoint is missing), so a
 misconfigured service fails at start-up, not on its first request. The lifespan starts and
-stops the scoring processes and ``serve``'s worker (:mod:`nas_service.api.workers`), and warms the task data; its end
-is bounded (``NAS_SHUTDOWN_GRACE_SECONDS``, see :func:`_shut_down`).
+stops the scoring processes and ``serve``'s worker (:mod:`nas_service.api.workers`), and warms
+the task data; its end is bounded (``NAS_SHUTDOWN_GRACE_SECONDS``, see :func:`_shut_down`).
 
 Layers, outermost first: Starlette's error middleware (the catch-all 500 problem), request
 metrics, the body-size limit and read deadline, strict JSON bodies, then FastAPI's routing with
