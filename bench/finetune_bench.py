@@ -46,7 +46,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from support.ranked import ranked_architectures, ranked_truth  # noqa: E402
+from support.ranked import (  # noqa: E402
+    generalization_records,
+    ranked_architectures,
+    trained_accuracy,
+)
 
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
@@ -71,7 +75,6 @@ from nas_service.training.generalization import (  # noqa: E402
     architecture_sets,
 )
 
-GENERALIZATION_RESULT = ROOT / "bench" / "results" / "generalization_bench.json"
 OUT = ROOT / "bench" / "results" / "finetune_bench.json"
 SETS = ("held_out_families", "handwritten", "in_distribution", "ranked")
 HEAD_SETS = SETS[:3]  # those with the generalisation benchmark's records (the gradient norm)
@@ -147,8 +150,7 @@ def main() -> int:
     parser.add_argument("--resummarize", action="store_true",
                         help="recompute the summaries and heads of --out without scoring")
     args = parser.parse_args()
-    records = {(a["set"], a["name"]): a
-               for a in json.loads(GENERALIZATION_RESULT.read_text())["architectures"]}
+    records = {(a["set"], a["name"]): a for a in generalization_records()}
     if args.resummarize:
         result = json.loads(args.out.read_text())
         finish(result, records, args.out)
@@ -158,8 +160,7 @@ def main() -> int:
     ghn = load_ghn(None, "cpu")
     x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
     batches = recalibration_batches(task, "cpu")
-    truth = {**ranked_truth(), **{a["hash"]: a["trained_accuracy"] for a in records.values()
-                                  if a.get("trained_accuracy") is not None}}
+    truth = trained_accuracy(list(records.values()))
     sets = {**architecture_sets(task.spec.input_shape, task.spec.num_classes),
             "ranked": ranked_architectures(ghn, task.spec.input_shape, task.spec.num_classes,
                                            truth)}

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from support.ranked import ranked_architectures, ranked_truth  # noqa: E402
+from support.ranked import ranked_architectures, trained_accuracy  # noqa: E402
 
 from nas_service.data import load_task  # noqa: E402
 from nas_service.ghn.checkpoint import load_ghn  # noqa: E402
@@ -45,7 +45,6 @@ from nas_service.scoring.metrics import kendall_tau  # noqa: E402
 from nas_service.training.evaluate import evaluation_tensors  # noqa: E402
 from nas_service.training.generalization import architecture_sets  # noqa: E402
 
-GENERALIZATION_RESULT = ROOT / "bench" / "results" / "generalization_bench.json"
 OUT = ROOT / "bench" / "results" / "readout_pass_bench.json"
 WAYS = {"one_pass": True, "two_pass": False}
 
@@ -89,10 +88,7 @@ def main() -> int:
     shape, classes = task.spec.input_shape, task.spec.num_classes
     x_val, y_val = evaluation_tensors(task, "val", 1000, "cpu")
     batches = recalibration_batches(task, "cpu")
-    truth = {**ranked_truth(),
-             **{a["hash"]: a["trained_accuracy"]
-                for a in json.loads(GENERALIZATION_RESULT.read_text())["architectures"]
-                if a.get("trained_accuracy") is not None}}
+    truth = trained_accuracy()
     generalization = architecture_sets(shape, classes)
     sets = {"ranked": ranked_architectures(ghn, shape, classes, truth),
             **{name: generalization[name]

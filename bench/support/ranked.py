@@ -1,7 +1,9 @@
-"""The ranked ``cells``/``macro`` architectures several benchmarks report Kendall tau on: the
-held-out architectures of the GHN's training spaces (``held_out_architectures``, the first
-:data:`HELD_OUT`) that have 5-epoch trained accuracy in :data:`RANKED_RESULT` (written by
-``nas-service rank-ghn``; 39 of them for the bundled GHN)."""
+"""The architectures with ground truth several benchmarks report Kendall tau on. The ranked
+``cells``/``macro`` architectures: the held-out architectures of the GHN's training spaces
+(``held_out_architectures``, the first :data:`HELD_OUT`) that have 5-epoch trained accuracy in
+:data:`RANKED_RESULT` (written by ``nas-service rank-ghn``; 39 of them for the bundled GHN). And
+the generalisation benchmark's sets, whose records (trained accuracy, proxies) are in
+:data:`GENERALIZATION_RESULT`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,20 @@ from nas_service.training.ghn_training import held_out_architectures
 RANKED_RESULT = (Path(__file__).resolve().parents[2] / "bench" / "results"
                  / "ranking-fashion-mnist" / "result.json")
 HELD_OUT = 50
+GENERALIZATION_RESULT = RANKED_RESULT.parents[1] / "generalization_bench.json"
+
+
+def generalization_records() -> list[dict]:
+    """The generalisation benchmark's record of every architecture it scored."""
+    return json.loads(GENERALIZATION_RESULT.read_text())["architectures"]
+
+
+def trained_accuracy(records: Sequence[dict] | None = None) -> dict[str, float]:
+    """Trained accuracy by content hash: the ranked architectures' and those of the
+    generalisation ``records`` (read from :data:`GENERALIZATION_RESULT` when not given)."""
+    records = generalization_records() if records is None else records
+    return {**ranked_truth(), **{a["hash"]: a["trained_accuracy"] for a in records
+                                 if a.get("trained_accuracy") is not None}}
 
 
 def ranked_truth() -> dict[str, float]:
