@@ -363,7 +363,8 @@ def test_the_schema_says_what_a_candidates_score_is(client) -> None:
     properties = fields["properties"]
     assert "ranking head" in properties["score_kind"]["description"]
     assert properties["score_kind"]["anyOf"] == [
-        {"enum": ["estimated-trained-accuracy", "predicted-accuracy", "negative-predicted-bpc"],
+        {"enum": ["estimated-trained-accuracy", "predicted-accuracy", "negative-predicted-bpc",
+                  "short-training-accuracy"],
          "type": "string"},
         {"type": "null"}]
     assert "predicted weights" in properties["predicted_accuracy"]["description"]

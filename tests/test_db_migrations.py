@@ -93,7 +93,7 @@ def test_migrations_ship_inside_the_package() -> None:
 
     assert migrate.MIGRATIONS_DIR.is_relative_to(next(iter(nas_service.__path__)))
     assert (migrate.MIGRATIONS_DIR / "env.py").is_file()
-    assert migrate.head_revision() == "0004_registered_tasks"
+    assert migrate.head_revision() == "0005_job_ranking"
 
 
 def _architecture_rows(engine) -> list[tuple[str, str | None]]:

@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from nas_service.data import DatasetError, get_task, list_tasks
 from nas_service.scoring.fidelity import MAX_BRACKET, MAX_ETA, MAX_RUNGS
+from nas_service.scoring.protocol import (
+    DEFAULT_SHORT_TRAINING_STEPS,
+    MAX_SHORT_TRAINING_STEPS,
+    SHORT_TRAINING_KIND,
+)
 from nas_service.spaces import SPACES, SearchSpaceError, get_space
 
 MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
@@ -18,7 +23,10 @@ MAX_SEED = 2**63 - 1  # the seed column is a signed 64-bit integer
 Strategy = Literal["random", "evolution"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 CandidateStatusName = Literal["scored", "rejected", "failed"]
-ScoreKind = Literal["estimated-trained-accuracy", "predicted-accuracy", "negative-predicted-bpc"]
+ScoreKind = Literal["estimated-trained-accuracy", "predicted-accuracy", "negative-predicted-bpc",
+                    "short-training-accuracy"]
+assert SHORT_TRAINING_KIND in ScoreKind.__args__  # type: ignore[attr-defined]
+RankingMethod = Literal["ghn", "short-training"]
 
 
 # Documented as enums, so that clients (and generated tests) see the names that exist; validated
@@ -196,6 +204,31 @@ class FidelityConfig(_Request):
                     "default eta ** len(rungs)")
 
 
+class RankingConfig(_Request):
+    """What a search job ranks its candidates by (``docs/api.md``, "Ranking")."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"method": "short-training", "steps": 8}]})
+
+    method: RankingMethod = Field(
+        description="ghn: the GHN's score (its ranking head's estimate of trained accuracy "
+                    "where the GHN has one), about 2 s a candidate on a CPU; short-training: "
+                    "the candidate's validation accuracy after a few SGD steps from its default "
+                    "initialisation, which ranks families the GHN was not trained on far "
+                    "better, at about twice the cost. Every candidate gets its GHN-predicted "
+                    "checkpoint and score either way")
+    steps: int | None = Field(
+        default=None, ge=1, le=MAX_SHORT_TRAINING_STEPS,
+        description=f"SGD steps (batches of 128) of short-training; default "
+                    f"{DEFAULT_SHORT_TRAINING_STEPS}, the number its Kendall tau was measured at")
+
+    @model_validator(mode="after")
+    def _steps_only_for_short_training(self) -> RankingConfig:
+        if self.method != "short-training" and self.steps is not None:
+            raise ValueError("steps applies to method 'short-training' only")
+        return self
+
+
 class SearchJobRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"space": "cells", "seed": 0, "budget": {"candidates": 200}},
@@ -204,6 +237,8 @@ class SearchJobRequest(_Request):
          "constraints": {"max_parameters": 100000, "max_flops": 2000000}},
         {"space": "cells", "seed": 2, "budget": {"candidates": 256},
          "fidelity": {"rungs": [250, 1000], "eta": 4}},
+        {"space": "families[vit,densenet]", "seed": 3, "budget": {"candidates": 32},
+         "ranking": {"method": "short-training"}},
     ]})
 
     space: SpaceName
@@ -215,6 +250,10 @@ class SearchJobRequest(_Request):
     fidelity: FidelityConfig | None = Field(
         default=None, description="score every candidate cheaply first and only the best "
                                   "at the full budget; null: every candidate in full")
+    ranking: RankingConfig | None = Field(
+        default=None, description="what candidates are ranked by; null: the GHN's score. With "
+                                  "fidelity rungs, a short training ranks the last rung only: "
+                                  "the cheaper rungs screen by the GHN's score")
 
     @field_validator("task")
     @classmethod
@@ -242,6 +281,12 @@ class RungScore(BaseModel):
     architecture_id: str | None = Field(
         default=None, description="the architecture stored with this rung's score and "
                                   "checkpoint")
+    score_kind: ScoreKind | None = Field(
+        default=None, description="short-training-accuracy when score is the candidate's short "
+                                  "training (the job's ranking); null: the GHN's score, "
+                                  "of the candidate's score_kind")
+    short_training_seconds: float | None = Field(
+        default=None, description="seconds its short training took")
     error: str | None = None
 
 
@@ -262,7 +307,10 @@ class CandidateResponse(BaseModel):
                     "accuracy of the network with its GHN-predicted weights (its "
                     "architecture's score.value, the same as predicted_accuracy); "
                     "negative-predicted-bpc on a character task: minus predicted_bpc, so that "
-                    "the best candidate has the lowest bits per character; null when the "
+                    "the best candidate has the lowest bits per character; "
+                    "short-training-accuracy in a job ranked by short training: the "
+                    "validation accuracy after the job's ranking.steps SGD steps from the "
+                    "default initialisation (the job's ranking.target); null when the "
                     "candidate has no score or no scored architecture")
     predicted_accuracy: float | None = Field(
         description="the accuracy of the network with its GHN-predicted weights, a fraction in "
@@ -291,6 +339,20 @@ class CandidateResponse(BaseModel):
     created_at: datetime
 
 
+class JobRanking(BaseModel):
+    method: RankingMethod
+    steps: int | None = Field(default=None, description="SGD steps of short-training")
+    target: str | None = Field(
+        default=None, description="what the score is, in words (short-training; for ghn each "
+                                  "architecture's score.ranking.target says it)")
+    kendall_tau: float | None = Field(
+        default=None, description="Kendall tau of short-training's accuracy against trained "
+                                  "accuracy, as bench/finetune_bench.py measured it for this "
+                                  "task and number of steps; null where it was not measured")
+    measured_on: str | None = Field(default=None,
+                                    description="the architectures kendall_tau was measured on")
+
+
 class SearchJobResponse(BaseModel):
     id: str
     status: JobStatusName
@@ -302,6 +364,7 @@ class SearchJobResponse(BaseModel):
     constraints: Constraints
     fidelity: FidelityConfig | None = Field(description="the job's rungs (bracket filled in); "
                                                         "null: every candidate in full")
+    ranking: JobRanking = Field(description="what the job ranks its candidates by")
     progress: Progress
     rate: float | None = Field(description="candidates recorded per second of running time")
     best_candidate: CandidateResponse | None

@@ -17,7 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nas_service.db import Architecture, Candidate, Checkpoint, SearchJob
-from nas_service.scoring.protocol import BPC_NAME
+from nas_service.scoring.protocol import (
+    BPC_NAME,
+    DEFAULT_SHORT_TRAINING_STEPS,
+    SHORT_TRAINING_KIND,
+    short_training_description,
+)
 
 from .schemas import (
     ArchitectureResponse,
@@ -26,6 +31,7 @@ from .schemas import (
     CheckpointLink,
     Constraints,
     FidelityConfig,
+    JobRanking,
     Progress,
     RungScore,
     Score,
@@ -94,15 +100,27 @@ def architecture_view(architecture: Architecture,
 
 
 def score_kind(candidate: Candidate, scores: Mapping[str, Any] | None) -> ScoreKind | None:
-    """Which accuracy ``candidate.score`` is, from its architecture's stored ``scores``: the
-    ranking head's estimate when they hold one (searches rank by it then), else the accuracy
-    with the predicted weights; for a character task, minus the bits per character with the
-    predicted weights (searches maximise it: the best candidate has the lowest bpc)."""
+    """Which accuracy ``candidate.score`` is: its short training's, where the entry of its rung
+    says so (a job ranked by short training); else, from its architecture's stored ``scores``,
+    the ranking head's estimate when they hold one (searches rank by it then), else the
+    accuracy with the predicted weights; for a character task, minus the bits per character
+    with the predicted weights (searches maximise it: the best candidate has the lowest bpc)."""
     if candidate.score is None or not scores or "value" not in scores:
         return None
+    if _rung_entry(candidate).get("score_kind") == SHORT_TRAINING_KIND:
+        return SHORT_TRAINING_KIND
     if scores.get("name") == BPC_NAME:
         return "negative-predicted-bpc"
     return "estimated-trained-accuracy" if scores.get("ranking") else "predicted-accuracy"
+
+
+def _rung_entry(candidate: Candidate) -> Mapping[str, Any]:
+    """The entry of ``candidate.rung_scores`` of the rung its score was taken at."""
+    rung = candidate.rung or 0
+    for entry in candidate.rung_scores if isinstance(candidate.rung_scores, list) else []:
+        if isinstance(entry, dict) and entry.get("rung") == rung:
+            return entry
+    return {}
 
 
 def _rung_scores(entries: Any) -> list[RungScore]:
@@ -204,6 +222,16 @@ def _fidelity(fidelity: Any) -> FidelityConfig | None:
         return None
 
 
+def _ranking(job: SearchJob) -> JobRanking:
+    ranking = job.ranking if isinstance(job.ranking, dict) else None
+    if ranking is None or ranking.get("method") != "short-training":
+        return JobRanking(method="ghn")
+    steps = ranking.get("steps")
+    steps = steps if isinstance(steps, int) else DEFAULT_SHORT_TRAINING_STEPS
+    return JobRanking(method="short-training", steps=steps,
+                      **short_training_description(job.task, steps))
+
+
 def job_view(job: SearchJob, best: CandidateResponse | None,
              now: datetime | None = None) -> SearchJobResponse:
     """``best``: the job's best candidate (from :func:`best_candidates`), if any."""
@@ -222,7 +250,7 @@ def job_view(job: SearchJob, best: CandidateResponse | None,
         budget=Budget(candidates=job.budget_candidates, seconds=job.budget_seconds),
         constraints=Constraints(**{k: v for k, v in (job.constraints or {}).items()
                                    if k in Constraints.model_fields}),
-        fidelity=_fidelity(job.fidelity),
+        fidelity=_fidelity(job.fidelity), ranking=_ranking(job),
         progress=Progress(done=job.progress_done, total=total,
                           fraction=job.progress_done / total if total else 0.0),
         rate=rate, best_candidate=best,

@@ -178,6 +178,9 @@ class SearchJob(Leased, Base):
     # Multi-fidelity rungs, {"rungs": [250, 1000], "eta": 4, "bracket": 16}
     # (nas_service.scoring.fidelity); NULL: every candidate gets the full score.
     fidelity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What candidates are ranked by: {"method": "short-training", "steps": 8}
+    # (nas_service.scoring.short_training); NULL: the GHN's score.
+    ranking: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # Idempotency: a replayed request with the same key returns this job, unless its body
     # (request_hash) differs.

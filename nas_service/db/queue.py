@@ -131,6 +131,8 @@ class ClaimedJob:
     done_indices: frozenset[int]
     # The job's multi-fidelity schedule ({"rungs", "eta", "bracket"}); None: full scores only.
     fidelity: dict[str, Any] | None = None
+    # What candidates are ranked by ({"method": "short-training", "steps"}); None: the GHN's score.
+    ranking: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     fidelity: Mapping[str, Any] | None = None,
+    ranking: Mapping[str, Any] | None = None,
 ) -> tuple[SearchJob, bool]:
     """Queue a search job; return ``(job, created)``.
 
@@ -217,6 +220,7 @@ def create_job(
         strategy=SearchStrategy(strategy), seed=seed, budget_candidates=budget_candidates,
         budget_seconds=budget_seconds, constraints=dict(constraints or {}),
         fidelity=dict(fidelity) if fidelity is not None else None,
+        ranking=dict(ranking) if ranking is not None else None,
         idempotency_key=idempotency_key, request_hash=request_hash,
         progress_done=0, progress_total=budget_candidates, attempts=0, cancel_requested=False,
     )
@@ -303,7 +307,8 @@ def claim_next_job(
         claim = claim_oldest(conn, SearchJob.id, claimable, worker_id, lease_seconds, (
             SearchJob.attempts, SearchJob.lease_expires_at, SearchJob.space, SearchJob.task,
             SearchJob.strategy, SearchJob.seed, SearchJob.budget_candidates,
-            SearchJob.budget_seconds, SearchJob.constraints, SearchJob.fidelity))
+            SearchJob.budget_seconds, SearchJob.constraints, SearchJob.fidelity,
+            SearchJob.ranking))
         if claim is None:
             return None
         chosen, token, claimed = claim.chosen, claim.token, claim.claimed
@@ -321,6 +326,7 @@ def claim_next_job(
         budget_candidates=claimed.budget_candidates, budget_seconds=claimed.budget_seconds,
         constraints=dict(claimed.constraints or {}), done_indices=frozenset(done),
         fidelity=dict(claimed.fidelity) if claimed.fidelity is not None else None,
+        ranking=dict(claimed.ranking) if claimed.ranking is not None else None,
     )
 
 

@@ -94,6 +94,9 @@ class ScoringCost:
     """Images per forward and backward pass of the gradient norm at initialisation: all of
     them, or fewer (an even number; gradients accumulated) where the budget asks for fewer; 0
     without one."""
+    train_batch_size: int = 0
+    """Images per forward and backward pass of a short training: its batch, or fewer (an even
+    number; gradients accumulated) where the budget asks for fewer; 0 without one."""
 
     def to_dict(self) -> dict[str, int | str]:
         return {"peak_bytes": self.peak_bytes, "largest_tensor_bytes": self.largest_tensor_bytes,
@@ -142,18 +145,51 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
                        footprint=fp, grad_norm_batch_size=gradient_batch)
 
 
-def check_affordable(cost: ScoringCost, budget: ScoringBudget) -> None:
-    """Raises :class:`ScoringTooCostly` when ``cost`` passes ``budget``."""
+def short_training_cost(graph: ArchitectureGraph, *, steps: int, batch_size: int,
+                        eval_images: int, eval_batch_size: int, recalibration_images: int,
+                        recalibration_batch_size: int,
+                        budget: ScoringBudget | None = None) -> ScoringCost:
+    """The cost of a short training of ``graph`` (:mod:`~.short_training`): ``steps`` forward
+    and backward passes over batches of ``batch_size``, the recalibration, then the evaluation.
+    With ``budget``, the evaluation runs in the largest batch up to ``eval_batch_size`` that
+    fits it, and a training batch whose backward pass does not fit is accumulated over the
+    largest even number of images that does (``train_batch_size``; at least 2). The network,
+    its gradients and the optimiser's momentum are three copies of the parameters, within
+    :data:`PARAMETER_COPIES`."""
+    has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
+    fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
+    fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
+    per_sample = BYTES_PER_ELEMENT * fp.peak_elements
+    backward_per_sample = BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements)
+    batch = eval_batch_size
+    if budget is not None and fixed + per_sample * batch > budget.max_bytes:
+        batch = max(1, min(eval_batch_size, (budget.max_bytes - fixed) // max(per_sample, 1)))
+    train_batch = batch_size
+    if budget is not None and fixed + backward_per_sample * train_batch > budget.max_bytes:
+        fits = max(0, budget.max_bytes - fixed) // max(backward_per_sample, 1)
+        train_batch = even_batch_size(min(batch_size, fits))  # what the passes run
+    return ScoringCost(
+        peak_bytes=fixed + max(backward_per_sample * train_batch,
+                               per_sample * max(batch, recalibration_batch_size)),
+        largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements
+        * max(train_batch, batch, recalibration_batch_size),
+        macs=fp.macs * (3 * steps * batch_size + recalibration_images + eval_images),
+        eval_batch_size=batch, footprint=fp, train_batch_size=train_batch)
+
+
+def check_affordable(cost: ScoringCost, budget: ScoringBudget, what: str = "scoring") -> None:
+    """Raises :class:`ScoringTooCostly` when ``cost`` passes ``budget``; ``what`` names the work
+    in the message (``scoring``, ``short training``)."""
     if cost.peak_bytes > budget.max_bytes:
         raise ScoringTooCostly(
             "memory", cost.peak_bytes, budget.max_bytes,
-            f"scoring this graph needs an estimated {_mib(cost.peak_bytes)} of memory "
+            f"{what} this graph needs an estimated {_mib(cost.peak_bytes)} of memory "
             f"(largest tensor {_mib(cost.largest_tensor_bytes)}, peak at node "
             f"{cost.footprint.peak_node!r}); the limit is {_mib(budget.max_bytes)}")
     if cost.macs > budget.max_macs:
         raise ScoringTooCostly(
             "compute", cost.macs, budget.max_macs,
-            f"scoring this graph needs an estimated {cost.macs:,} multiply-accumulates "
+            f"{what} this graph needs an estimated {cost.macs:,} multiply-accumulates "
             f"({cost.footprint.macs:,} per image); the limit is {budget.max_macs:,}")
 
 

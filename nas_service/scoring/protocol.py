@@ -10,7 +10,10 @@ batch-norm statistics re-estimated, or, without batch norm, activations normalis
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
 
 BatchNormMode = Literal["batch", "recalibrated"]
 
@@ -66,3 +69,64 @@ DEFAULT_SCORING_TIMEOUT_SECONDS = 600.0
 """How long a scoring process may take per graph of a batch before it is taken for stuck,
 killed and started again (``NAS_SCORING_TIMEOUT_SECONDS``): five to ten times what the most
 costly graph :data:`DEFAULT_MAX_SCORING_MACS` admits takes a 2-core CPU."""
+
+# ---- plain SGD: the ground truth's protocol, and the short training searches may rank by ----
+
+SGD_BATCH_SIZE = 128
+SGD_LR = 0.05
+SGD_MOMENTUM = 0.9
+"""Nesterov momentum of every SGD run here (:func:`nas_service.training.evaluate.sgd_train`,
+:mod:`~nas_service.scoring.short_training`)."""
+SGD_WEIGHT_DECAY = 5e-4
+SGD_GRAD_CLIP = 5.0
+"""Gradient-norm clip: some sampled architectures (no batch norm, deep residual sums) diverge at
+lr 0.05 without it, and a NaN score says nothing about the GHN."""
+SGD_FINITE_CHECK_EVERY = 25
+"""Steps between two checks of the loss for a non-finite value (each check waits for the
+device); training stops at the first check that finds one."""
+SGD_EPOCH_IMAGES = 8000
+"""Training images of one epoch of the ground truth (4 epochs of them,
+:data:`nas_service.training.generalization.GROUND_TRUTH`): the short training draws its batches
+from the first epoch's shuffle."""
+
+SHORT_TRAINING_KIND = "short-training-accuracy"
+"""The ``score_kind`` of a candidate ranked by its short training (a search job's
+``ranking: {"method": "short-training"}``)."""
+DEFAULT_SHORT_TRAINING_STEPS = 8
+MAX_SHORT_TRAINING_STEPS = SGD_EPOCH_IMAGES // SGD_BATCH_SIZE
+"""At most one epoch of the ground truth's images (62 batches of 128)."""
+
+
+def short_training_target(steps: int) -> str:
+    """What a short training of ``steps`` steps is, in words."""
+    return (f"validation accuracy after {steps} step{'s' if steps != 1 else ''} of SGD from the "
+            f"default initialisation (batches of {SGD_BATCH_SIZE}, lr {SGD_LR:g}, cosine decay)")
+
+
+SHORT_TRAINING_MEASUREMENTS = Path(__file__).resolve().parents[1] / "assets" / "short-training.json"
+"""Kendall τ of short trainings against trained accuracy, by task and number of steps, as
+``bench/finetune_bench.py --asset`` measured them."""
+
+
+def short_training_description(task: str, steps: int) -> dict[str, Any]:
+    """What a job ranked by a short training of ``steps`` steps on ``task`` says of its score:
+    ``target`` in words and, where ``bench/finetune_bench.py`` measured this task and number
+    of steps, ``kendall_tau`` against trained accuracy on the architectures ``measured_on``
+    names (families neither the GHN nor the protocol's choices were fit on)."""
+    out: dict[str, Any] = {"target": short_training_target(steps), "kendall_tau": None,
+                           "measured_on": None}
+    measured = _short_training_measurements().get(task, {}).get(str(steps))
+    if isinstance(measured, dict):
+        out.update(kendall_tau=measured.get("kendall_tau"),
+                   measured_on=measured.get("measured_on"))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _short_training_measurements() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(SHORT_TRAINING_MEASUREMENTS.read_text())
+    except (OSError, ValueError):
+        return {}
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    return tasks if isinstance(tasks, dict) else {}

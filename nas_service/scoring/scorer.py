@@ -70,7 +70,14 @@ from nas_service.ghn.checkpoint import CheckpointError, bundled_checkpoint_path,
 from nas_service.ghn.tasks import MANIFEST, load_served
 from nas_service.graph import ArchitectureGraph, to_module
 
-from .cost import ScoringBudget, ScoringCost, ScoringTooCostly, check_affordable, scoring_cost
+from .cost import (
+    ScoringBudget,
+    ScoringCost,
+    ScoringTooCostly,
+    check_affordable,
+    scoring_cost,
+    short_training_cost,
+)
 from .evaluation import (
     READOUT_BATCH_SIZE,
     READOUT_ITERATIONS,
@@ -89,10 +96,17 @@ from .protocol import (
     RECALIBRATION_BATCH_SIZE,
     RECALIBRATION_BATCHES,
     SCORE_SPLIT,
+    SGD_BATCH_SIZE,
     SURROGATE_MODE,
     score_name,
 )
 from .ranking_head import RankingHead, head_for_checkpoint
+from .short_training import (
+    ShortTrainingResult,
+    TrainingBatches,
+    short_training_accuracy,
+    training_batches,
+)
 from .task_fit import check_graph_fits_task
 from .trainability import GRAD_NORM_IMAGES, grad_norm_batch, initial_grad_norm
 
@@ -254,6 +268,8 @@ class ArchitectureScorer:
         self._grad_norms: OrderedDict[tuple[str, str], float] = OrderedDict()
         """Gradient norms at initialisation by (task, graph content hash), shared with the
         views of :meth:`at_fidelity`: a candidate promoted through rungs pays for it once."""
+        self._training_batches: dict[str, TrainingBatches] = {}
+        """The images short trainings read, by task (:meth:`short_training`)."""
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -309,6 +325,7 @@ class ArchitectureScorer:
                                   budget=budget or self.budget, readout=self.readout,
                                   adapted=self.adapted)
         twin._tasks, twin._tasks_lock = self._tasks, self._tasks_lock  # read-only tensors
+        twin._training_batches = self._training_batches
         twin._served, twin._base_version = self._served, self._base_version
         return twin
 
@@ -599,6 +616,55 @@ class ArchitectureScorer:
                 except Exception as e:  # noqa: BLE001 - reported as this graph's failure
                     results[i] = e
         return results  # type: ignore[return-value]
+
+    def short_training(self, graph: ArchitectureGraph, task: str | TaskSpec,
+                       steps: int) -> ShortTrainingResult:
+        """``graph``'s accuracy after ``steps`` SGD steps from its default initialisation
+        (:mod:`~.short_training`), on this scorer's validation images and recalibration
+        batches: what a search job ranked by short training ranks by. Not under the GHN's lock:
+        it does not touch the GHN. Raises :class:`ScoringTooCostly` when it passes the budget,
+        :class:`TaskNotSupported` for a character task, ``ValueError`` for a graph that does
+        not fit the task."""
+        data = self.task_tensors(task)
+        spec = data.spec
+        misfit = _misfit(graph, spec)
+        if misfit is not None:
+            raise misfit
+        cost = self.short_training_cost(graph, spec, steps)
+        check_affordable(cost, self.budget, "a short training of")
+        batches = self._short_training_batches(spec, steps)
+        started = time.perf_counter()
+        value = short_training_accuracy(graph, batches, spec, data.recalibration,
+                                        data.val_images, data.val_labels, steps=steps,
+                                        eval_batch_size=cost.eval_batch_size,
+                                        train_batch_size=cost.train_batch_size,
+                                        device=self.device)
+        return ShortTrainingResult(value, steps, time.perf_counter() - started)
+
+    def short_training_cost(self, graph: ArchitectureGraph, task: str | TaskSpec,
+                            steps: int) -> ScoringCost:
+        """What :meth:`short_training` of ``graph`` costs under this scorer's budget (its
+        ``train_batch_size``: the parts a step's batch is accumulated in)."""
+        data = self.task_tensors(task)
+        if data.spec.is_language_model:
+            raise TaskNotSupported(f"short training ranks image classifiers; "
+                                   f"{data.spec.name!r} is a character task")
+        return short_training_cost(
+            graph, steps=steps, batch_size=SGD_BATCH_SIZE, eval_images=len(data.val_labels),
+            eval_batch_size=self.eval_batch_size,
+            recalibration_images=sum(len(x) for x in data.recalibration),
+            recalibration_batch_size=self.recalibration_batch_size, budget=self.budget)
+
+    def _short_training_batches(self, spec: TaskSpec, steps: int) -> TrainingBatches:
+        """The training batches of ``steps`` steps on ``spec``, loaded once per process and
+        task (a longer prefix kept for shorter trainings)."""
+        full = self._full or self  # the views of at_fidelity share the full scorer's
+        with full._tasks_lock:
+            held = full._training_batches.get(spec.name)
+            if held is None or len(held.labels) < steps:
+                held = training_batches(load_task(spec.name, full.data_root), steps, full.device)
+                full._training_batches[spec.name] = held
+            return held
 
     def cost(self, graph: ArchitectureGraph, data: _TaskTensors) -> ScoringCost:
         """What scoring ``graph`` on ``data`` costs under this scorer's protocol and budget."""

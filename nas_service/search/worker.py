@@ -76,12 +76,18 @@ from nas_service.scoring import (
     ranking_value,
 )
 from nas_service.scoring.fidelity import Fidelity, FidelitySchedule
-from nas_service.scoring.protocol import DEFAULT_SCORING_TIMEOUT_SECONDS
+from nas_service.scoring.protocol import (
+    DEFAULT_SCORING_TIMEOUT_SECONDS,
+    DEFAULT_SHORT_TRAINING_STEPS,
+    MAX_SHORT_TRAINING_STEPS,
+    SHORT_TRAINING_KIND,
+)
+from nas_service.scoring.short_training import ShortTrainingResult
 from nas_service.spaces import SearchSpaceError
 
 from .adaptation import AdaptationRunner
 from .checkpoints import CheckpointStore
-from .evaluation import evaluate_architectures
+from .evaluation import Evaluation, evaluate_architectures
 from .strategies import Outcome, Proposal, SearchStrategy, check_constraints, make_strategy
 
 if TYPE_CHECKING:
@@ -322,6 +328,7 @@ class Worker:
                                      constraints=claimed.constraints)
             schedule = FidelitySchedule.from_config(claimed.fidelity,
                                                     self.scorer.full_images(spec))
+            training_steps = _short_training_steps(claimed.ranking, spec.is_language_model)
         except (DatasetError, TaskNotSupported, SearchSpaceError, ValueError, KeyError,
                 TypeError) as e:
             queue.finish_job(self.engine, claimed.job_id, claimed.lease_token, "failed",
@@ -330,7 +337,8 @@ class Worker:
         history = self._history(claimed.job_id)
         deadline = (time.monotonic() + claimed.budget_seconds
                     if claimed.budget_seconds is not None else None)
-        run = _JobRun(claimed, spec, strategy, schedule, history, lease, deadline)
+        run = _JobRun(claimed, spec, strategy, schedule, history, lease, deadline,
+                      training_steps)
         for bracket in schedule.brackets(claimed.budget_candidates):
             pending = [i for i in bracket if i not in history]
             for batch in _batches(pending, self.batch_size, strategy.generation_size):
@@ -413,25 +421,49 @@ class Worker:
             evaluations = evaluate_architectures(
                 self.engine, scorer, self.store,
                 [p.graph for p in to_score if p.graph is not None], run.spec)
-        for p, ev in zip(to_score, evaluations, strict=True):
+            trainings = self._short_trainings(run, scorer, evaluations, rung=0)
+        for p, ev, training in zip(to_score, evaluations, trainings, strict=True):
             graph = ev.graph
-            if ev.architecture is None:
-                error = ev.error or RuntimeError("not scored")
+            error = (ev.error or RuntimeError("not scored")) if ev.architecture is None else (
+                training if isinstance(training, Exception) else None)
+            seconds = propose_seconds + ev.seconds + _seconds(training)
+            if error is not None:
                 # A candidate this worker cannot afford is a property of the candidate, not a
                 # failure of the worker: rejected, with the estimate or the allocation that failed.
                 unaffordable = isinstance(error, ScoringTooCostly) or is_memory_failure(error)
+                what = "short training: " if error is training else ""
                 self._record(run, p.index, "rejected" if unaffordable else "failed",
-                             reason=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH],
+                             reason=f"{what}{type(error).__name__}: {error}"[:MAX_REASON_LENGTH],
+                             architecture_id=ev.architecture.id if ev.architecture else None,
                              num_parameters=graph.num_parameters, flops=graph.flops,
-                             seconds=propose_seconds + ev.seconds)
+                             seconds=seconds)
                 continue
-            self._record(run, p.index, "scored",
-                         score=ranking_value(ev.architecture.scores),
+            assert ev.architecture is not None
+            score, fields = _rung_score(ev.architecture.scores, training)
+            self._record(run, p.index, "scored", score=score,
                          architecture_id=ev.architecture.id,
                          num_parameters=graph.num_parameters, flops=graph.flops,
-                         seconds=propose_seconds + ev.seconds, rung=0,
+                         seconds=seconds, rung=0,
                          eval_images=ev.architecture.scores.get("images"),
-                         architecture_scores=_rung_fields(ev.architecture.scores))
+                         architecture_scores=fields)
+
+    def _short_trainings(self, run: _JobRun, scorer: ArchitectureScorer,
+                         evaluations: Sequence[Evaluation], rung: int
+                         ) -> list[ShortTrainingResult | Exception | None]:
+        """Each scored graph's short training where the job ranks ``rung`` by it (its last
+        rung), on that rung's validation images; ``None`` elsewhere. A graph it cannot afford
+        or that fails gets the exception."""
+        out: list[ShortTrainingResult | Exception | None] = [None] * len(evaluations)
+        if run.training_steps is None or rung != run.schedule.top_rung:
+            return out
+        for k, ev in enumerate(evaluations):
+            if ev.architecture is None:
+                continue
+            try:
+                out[k] = scorer.short_training(ev.graph, run.spec, run.training_steps)
+            except Exception as e:  # noqa: BLE001 - this candidate's failure, recorded with it
+                out[k] = e
+        return out
 
     def _promote_batch(self, run: _JobRun, batch: Sequence[int], rung: int) -> None:
         """Scores the candidates ``batch`` (scored at ``rung - 1``) at ``rung``: the same
@@ -443,25 +475,29 @@ class Worker:
         with self._scoring(run, batch, rung=rung, eval_images=images):
             evaluations = evaluate_architectures(self.engine, scorer, self.store,
                                                  [g for g in graphs if g is not None], run.spec)
-        for index, ev in zip(batch, evaluations, strict=True):
+            trainings = self._short_trainings(run, scorer, evaluations, rung)
+        for index, ev, training in zip(batch, evaluations, trainings, strict=True):
             if run.lease.lost:
                 raise LeaseLost(claimed.job_id)
             outcome = run.history[index]
-            if ev.architecture is None:
-                error = ev.error or RuntimeError("not scored")
+            error = (ev.error or RuntimeError("not scored")) if ev.architecture is None else (
+                training if isinstance(training, Exception) else None)
+            if error is not None:
+                what = "short training: " if error is training else ""
                 queue.promote_candidate(
                     self.engine, claimed.job_id, claimed.lease_token, index, rung=rung,
                     eval_images=images, score=None,
-                    error=f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH])
+                    error=f"{what}{type(error).__name__}: {error}"[:MAX_REASON_LENGTH])
                 run.history[index] = Outcome(outcome.status, outcome.score,
                                              (*outcome.rung_scores, None))
                 continue
-            score = ranking_value(ev.architecture.scores)
+            assert ev.architecture is not None
+            score, fields = _rung_score(ev.architecture.scores, training)
             queue.promote_candidate(
                 self.engine, claimed.job_id, claimed.lease_token, index, rung=rung,
                 eval_images=ev.architecture.scores.get("images", images), score=score,
-                architecture_id=ev.architecture.id, seconds=ev.seconds,
-                architecture_scores=_rung_fields(ev.architecture.scores))
+                architecture_id=ev.architecture.id, seconds=ev.seconds + _seconds(training),
+                architecture_scores=fields)
             run.history[index] = Outcome(outcome.status, outcome.score,
                                          (*outcome.rung_scores, score))
             self.hooks.candidate_promoted(rung)
@@ -588,10 +624,38 @@ def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
     return [list(indices[i:i + size]) for i in range(0, len(indices), size)]
 
 
-def _rung_fields(scores: dict[str, Any]) -> dict[str, Any]:
-    """What a rung's entry keeps of its architecture's score besides the ranking value."""
-    return {"predicted_accuracy": scores.get("value"),
-            "recalibration_images": scores.get("recalibration_images")}
+def _rung_score(scores: dict[str, Any], training: ShortTrainingResult | Exception | None
+                ) -> tuple[float, dict[str, Any]]:
+    """A scored rung's ranking value and what its entry keeps besides: the short training's
+    accuracy where there is one, else the architecture's ranking value; the predicted-weights
+    accuracy either way."""
+    fields = {"predicted_accuracy": scores.get("value"),
+              "recalibration_images": scores.get("recalibration_images")}
+    if not isinstance(training, ShortTrainingResult):
+        return ranking_value(scores), fields
+    return training.accuracy, {**fields, "score_kind": SHORT_TRAINING_KIND,
+                               "short_training_seconds": round(training.seconds, 4)}
+
+
+def _seconds(training: ShortTrainingResult | Exception | None) -> float:
+    return training.seconds if isinstance(training, ShortTrainingResult) else 0.0
+
+
+def _short_training_steps(ranking: dict[str, Any] | None, language_task: bool) -> int | None:
+    """The SGD steps of a job ranked by short training (``None``: ranked by the GHN's score);
+    ``ValueError`` for a ranking that cannot run."""
+    if ranking is None or ranking.get("method", "ghn") == "ghn":
+        return None
+    if ranking.get("method") != "short-training":
+        raise ValueError(f"unknown ranking method {ranking.get('method')!r}")
+    if language_task:
+        raise ValueError("ranking by short-training needs an image classification task")
+    steps = ranking.get("steps", DEFAULT_SHORT_TRAINING_STEPS)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not (
+            1 <= steps <= MAX_SHORT_TRAINING_STEPS):
+        raise ValueError(f"short-training steps must be 1 to {MAX_SHORT_TRAINING_STEPS}, "
+                         f"got {steps!r}")
+    return steps
 
 
 def _outcome(status: str, score: float | None,
@@ -616,6 +680,9 @@ class _JobRun:
     history: dict[int, Outcome]
     lease: _LeaseState
     deadline: float | None
+    training_steps: int | None = None
+    """The SGD steps of the short training the job ranks its last rung by; ``None``: the GHN's
+    score."""
     out_of_time: bool = False
 
     def fidelity(self, scorer: ArchitectureScorer, rung: int) -> Fidelity:

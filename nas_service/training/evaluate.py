@@ -55,6 +55,12 @@ from nas_service.scoring.protocol import (
     READOUT,
     RECALIBRATION_BATCH_SIZE,
     RECALIBRATION_BATCHES,
+    SGD_BATCH_SIZE,
+    SGD_FINITE_CHECK_EVERY,
+    SGD_GRAD_CLIP,
+    SGD_LR,
+    SGD_MOMENTUM,
+    SGD_WEIGHT_DECAY,
     BatchNormMode,
 )
 from nas_service.scoring.surrogate import as_graph
@@ -72,12 +78,6 @@ SERVICE_SCORE = "predicted_readout" if READOUT else "predicted_recalibrated"
 EVAL_BATCH_SIZE = 250
 """Images per forward pass when scoring: small enough for ResNet-50 at 32x32 on a CPU."""
 
-SGD_BATCH_SIZE = 128
-SGD_LR = 0.05
-SGD_GRAD_CLIP = 5.0
-_FINITE_CHECK_EVERY = 25
-"""Gradient-norm clip of :func:`sgd_train`: some sampled architectures (no batch norm, deep
-residual sums) diverge at lr 0.05 without it, and a NaN score says nothing about the GHN."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,7 +102,8 @@ def _synchronize(device: torch.device) -> None:
 
 def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskData, *,
               epochs: float, batch_size: int = SGD_BATCH_SIZE, lr: float = SGD_LR,
-              momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+              momentum: float = SGD_MOMENTUM, weight_decay: float = SGD_WEIGHT_DECAY,
+              seed: int = 0,
               max_images: int | None = None, augment: bool = False,
               device: str | torch.device | None = None, progress: bool = False,
               on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
@@ -174,10 +175,10 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
                     for group in opt.param_groups:
                         group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
                     loss = F.cross_entropy(net(x), y)
-                    # Checked every _FINITE_CHECK_EVERY steps (reading it synchronises with
+                    # Checked every SGD_FINITE_CHECK_EVERY steps (reading it synchronises with
                     # the device); once non-finite, the parameters are lost anyway.
                     finite &= torch.isfinite(loss)
-                    if step % _FINITE_CHECK_EVERY == 0 and not finite:
+                    if step % SGD_FINITE_CHECK_EVERY == 0 and not finite:
                         return net.eval()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

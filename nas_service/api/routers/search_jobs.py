@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import DataError
 
-from nas_service.data import DatasetError
+from nas_service.data import DatasetError, TaskSpec
 from nas_service.db import (
     IdempotencyConflict,
     InvalidCursor,
@@ -19,6 +19,7 @@ from nas_service.db import (
 )
 from nas_service.scoring import TaskNotSupported
 from nas_service.scoring.fidelity import FidelityError, FidelitySchedule
+from nas_service.scoring.protocol import DEFAULT_SHORT_TRAINING_STEPS
 from nas_service.spaces import SearchSpaceError, get_space
 
 from ..deps import ReadSessionDep, ServiceDep
@@ -67,6 +68,20 @@ def _fidelity_schedule(config: dict[str, Any], full_images: int) -> dict[str, An
             location += f"/{e.index}"
         raise Problem(422, str(e), slug="invalid-request", title="Invalid request",
                       errors=[field_error(location, str(e), field=e.field)]) from None
+
+
+def _ranking(body: SearchJobRequest, spec: TaskSpec) -> dict[str, Any] | None:
+    """The job's stored ranking (steps filled in; ``None``: the GHN's score); a 422 problem for
+    a short training on a character task."""
+    if body.ranking is None or body.ranking.method == "ghn":
+        return None
+    if spec.is_language_model:
+        message = (f"ranking by short-training needs an image classification task; "
+                   f"{spec.name!r} is a character task")
+        raise Problem(422, message, slug="invalid-request", title="Invalid request",
+                      errors=[field_error("/body/ranking/method", message, field="method")])
+    return {"method": body.ranking.method,
+            "steps": body.ranking.steps or DEFAULT_SHORT_TRAINING_STEPS}
 
 
 def _check_space_fits_task(space: str, task: str, input_shape: tuple[int, ...]) -> None:
@@ -120,6 +135,7 @@ def create_search_job(
             raise Problem(503, f"the data of task {body.task!r} is not available: {e}",
                           slug="task-data-unavailable") from None
         fidelity = _fidelity_schedule(body.fidelity.model_dump(), full_images)
+    ranking = _ranking(body, spec)
     limit = service.settings.max_search_candidates
     if body.budget.candidates > limit:
         message = f"at most {limit} candidates per job"
@@ -133,7 +149,7 @@ def create_search_job(
                 seed=body.seed, budget_candidates=body.budget.candidates,
                 budget_seconds=body.budget.seconds,
                 constraints=body.constraints.model_dump(exclude_none=True),
-                fidelity=fidelity, idempotency_key=idempotency_key,
+                fidelity=fidelity, ranking=ranking, idempotency_key=idempotency_key,
                 request_hash=queue.fingerprint_request(body.model_dump(mode="json")))
             view = job_view(job, None)
     except IdempotencyConflict as e:
