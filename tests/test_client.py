@@ -209,6 +209,19 @@ def test_an_idempotency_key_reused_with_another_body_is_a_conflict(nas: Client) 
 # ---- search jobs --------------------------------------------------------------------------------
 
 
+def test_a_search_ranked_by_short_training_says_so(nas: Client) -> None:
+    # max_parameters=1 rejects every candidate before any work: only the job's ranking matters.
+    job = nas.submit_search(space="cells", candidates=2, max_parameters=1, short_training=2)
+    assert job.ranking is not None
+    assert (job.ranking["method"], job.ranking["steps"]) == ("short-training", 2)
+    assert "after 2 steps of SGD" in job.ranking["target"]
+    default = nas.submit_search(space="cells", candidates=2, max_parameters=1,
+                                short_training=True)
+    assert default.ranking is not None and default.ranking["steps"] == 8
+    plain = nas.submit_search(space="cells", candidates=2, max_parameters=1)
+    assert plain.ranking is not None and plain.ranking["method"] == "ghn"
+
+
 def test_a_search_finishes_and_lists_its_candidates_best_first(
         nas: Client, finished_job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
     job = finished_job

@@ -442,6 +442,8 @@ def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
     job = api.get(f"/v1/search-jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["constraints"]["max_flops"] == SMALL_FLOPS
     assert job["seed"] == MAX_SEED and str(MAX_SEED) in page.inner_text("#view .facts")
+    assert job["ranking"]["method"] == "ghn"
+    assert page.inner_text("#job-ranking") == "the GHN's score"
     assert page.get_attribute("#job-progress", "data-percent") == "100.0"
     assert page.inner_text("#job-progress") == f"{SEARCH_CANDIDATES} / {SEARCH_CANDIDATES} candidates"
     assert not page.is_visible("#cancel-job")  # finished: nothing to cancel
@@ -654,19 +656,41 @@ def test_a_running_job_updates_live_and_can_be_cancelled(tab: Tab, api: httpx.Cl
                            f".textContent == '{job['progress']['done']} / 5000 candidates'")
 
 
-def test_a_job_with_rungs_shows_the_fidelity_of_every_score(tab: Tab,
-                                                           api: httpx.Client) -> None:
+def test_the_search_form_ranks_by_short_training_when_asked(tab: Tab, api: httpx.Client) -> None:
+    page = tab.goto("#/new/search")
+    page.select_option("#search-form select[name=space]", "cells")
+    page.select_option("#search-form select[name=ranking]", "short-training")
+    page.fill("#search-form input[name=candidates]", "1")
+    page.fill("#search-form input[name=max_flops]", str(SMALL_FLOPS))
+    page.click("#search-form button[type=submit]")
+    page.wait_for_function("() => location.hash.startsWith('#/jobs/')")
+    job_id = page.evaluate("location.hash").split("/")[-1]
+    page.wait_for_selector("[data-job-status=succeeded]", timeout=JOB_SECONDS)
+    job = api.get(f"/v1/search-jobs/{job_id}").json()
+    assert job["ranking"]["method"] == "short-training" and job["ranking"]["steps"] == 8
+    assert page.inner_text("#job-ranking").startswith(
+        "short training, 8 SGD steps from the default initialisation")
+    assert job["best_candidate"]["score_kind"] == "short-training-accuracy"
+    assert page.inner_text("#best-candidate").startswith(
+        f"#0 · after short training {_percent(job['best_candidate']['score'])} · predicted ")
+
+
+def test_a_job_with_rungs_and_short_training_shows_the_fidelity_and_kind_of_every_score(
+        tab: Tab, api: httpx.Client) -> None:
     full = api.get("/v1/hypernetworks").json()[0]["score"]["images"]
     posted = api.post("/v1/search-jobs", json={
         "space": "cells", "seed": 13, "budget": {"candidates": 4},
         "constraints": {"max_flops": SMALL_FLOPS},
-        "fidelity": {"rungs": [16, full], "eta": 2}})
+        "fidelity": {"rungs": [16, full], "eta": 2},
+        "ranking": {"method": "short-training", "steps": 2}})
     assert posted.status_code == 202, posted.text
     job_id = posted.json()["id"]
     page = tab.goto(f"#/jobs/{job_id}")
     page.wait_for_selector("[data-job-status=succeeded]", timeout=JOB_SECONDS)
     assert page.inner_text("#job-fidelity") == (
         f"16 → {full:,} images, best 1/2 promoted in brackets of 4")
+    assert page.inner_text("#job-ranking").startswith(
+        "short training, 2 SGD steps from the default initialisation")
     candidates = _all_candidates(api, job_id, "index")
     for c in candidates:
         row = page.wait_for_selector(f"#candidates-table tr[data-candidate-id='{c['id']}']")
@@ -678,6 +702,10 @@ def test_a_job_with_rungs_shows_the_fidelity_of_every_score(tab: Tab,
     page = tab.goto(f"#/candidates/{best['id']}")
     page.wait_for_selector("#candidate-fidelity")
     assert page.inner_text("#candidate-fidelity").startswith(f"{full:,} images · full (16: ")
+    # The rung that ranks is the short training's, and the predicted accuracy stands beside it.
+    assert best["score_kind"] == "short-training-accuracy"
+    assert page.inner_text("#candidate-score-label") == "Accuracy after short training"
+    assert page.inner_text("#candidate-predicted") == _percent(best["predicted_accuracy"])
 
 
 def test_graphs_of_hundreds_of_nodes_are_laid_out_legibly(tab: Tab) -> None:

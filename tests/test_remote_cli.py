@@ -191,10 +191,11 @@ def test_search_waits_with_progress_and_prints_the_best_candidates(service, caps
     job_id = lines[0]
     assert len(job_id) == 32
     assert "4/4" in err  # the progress bar
-    fields = dict(line.split(None, 1) for line in lines[1:10])
+    fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in lines[1:11])
     assert fields["status"] == "succeeded" and fields["progress"] == "4/4"
     assert fields["fidelity"] == "full budget for every candidate"
-    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
+    assert fields["ranked by"] == "the GHN's score"
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "index"])
     rows = [line.split() for line in lines[header + 1:]]
     assert [r[0] for r in rows] == ["1", "2", "3"]
 
@@ -258,17 +259,29 @@ def test_tables_name_the_score_by_what_it_is() -> None:
                               _candidate(1, 0.7, "predicted-accuracy", 0.7)]).splitlines()
     assert re.split(r"\s{2,}", mixed[0])[3:5] == ["score", "predicted acc."]
     assert mixed[1].split()[3:5] == ["0.9000", "0.6000"]
+    # Ranked by short training: named so, the predicted accuracy beside it.
+    trained = _candidate_table([_candidate(0, 0.5, "short-training-accuracy", 0.7)]).splitlines()
+    assert re.split(r"\s{2,}", trained[0])[3:5] == ["short-training acc.", "predicted acc."]
+    assert _best_line(_candidate(0, 0.5, "short-training-accuracy", 0.7)).startswith(
+        "0.5000 after short training, predicted 0.7000 (candidate 0")
 
 
-def test_search_with_rungs_shows_the_fidelity_of_each_score(service, capsys) -> None:
+def test_search_with_rungs_and_short_training_shows_what_each_score_is(service,
+                                                                      capsys) -> None:
     status, out, err = _run(capsys, "search", "--budget", "4", "--max-flops", str(SMALL_FLOPS),
                             "--seed", "5", "--rungs", f"16,{EVAL_IMAGES}", "--eta", "2",
+                            "--short-training", "2",
                             "--wait", "--poll", "0.1", "--no-progress", "--top", "4")
     assert status == 0, err
     lines = out.splitlines()
-    fields = dict(line.split(None, 1) for line in lines[1:10])
+    fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in lines[1:11])
     assert fields["fidelity"] == f"16 -> {EVAL_IMAGES} images, best 1/2 of brackets of 4"
-    header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
+    assert fields["ranked by"].startswith(
+        "short training, 2 SGD steps from the default initialisation")
+    assert " after short training, predicted " in fields["best"]
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "index"])
+    # Rung 0's scores are the GHN's, rung 1's the short training's: "score", predicted beside.
+    assert re.split(r"\s{2,}", lines[header])[3:6] == ["score", "predicted acc.", "images"]
     images = [re.split(r"\s{2,}", line.strip())[5] for line in lines[header + 1:]]
     assert sorted(images) == sorted([f"{EVAL_IMAGES} full"] * 2 + ["16 rung 0"] * 2)
     status, _, err = _run(capsys, "search", "--budget", "4", "--rungs", "16,x")

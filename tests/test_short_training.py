@@ -4,6 +4,8 @@ API, on SQLite and PostgreSQL with a tiny GHN and the real Fashion-MNIST."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -24,7 +26,11 @@ from nas_service.db import catalog, queue, read_session, write_session  # noqa: 
 from nas_service.graph import ArchitectureGraph, GraphBuilder  # noqa: E402
 from nas_service.scoring import ScoringBudget, ScoringTooCostly, accuracy, recalibrate  # noqa: E402
 from nas_service.scoring.evaluation import recalibration_batches  # noqa: E402
-from nas_service.scoring.protocol import SGD_BATCH_SIZE, SGD_EPOCH_IMAGES  # noqa: E402
+from nas_service.scoring.protocol import (  # noqa: E402
+    SGD_BATCH_SIZE,
+    SGD_EPOCH_IMAGES,
+    SHORT_TRAINING_MEASUREMENTS,
+)
 from nas_service.scoring.short_training import (  # noqa: E402
     short_training_accuracy,
     training_batches,
@@ -191,10 +197,13 @@ def test_the_api_takes_the_ranking_and_labels_the_scores(make_client) -> None:
         assert c["score_kind"] == "short-training-accuracy"
         assert c["rung_scores"][0]["score_kind"] == "short-training-accuracy"
         assert c["predicted_accuracy"] is not None  # the GHN's score beside it
+    # At the default 8 steps the job quotes the tau the benchmark recorded, and where.
     default = client.post("/v1/search-jobs", json={**body, "ranking": {
         "method": "short-training"}}).json()["ranking"]
-    assert default["steps"] == 8 and (default["kendall_tau"] is None
-                                      or default["measured_on"])
+    measured = json.loads(SHORT_TRAINING_MEASUREMENTS.read_text())["tasks"]["fashion-mnist"]["8"]
+    assert default["steps"] == 8 and default["kendall_tau"] == measured["kendall_tau"]
+    assert default["measured_on"] == measured["measured_on"]
+    assert "held out of the GHN's training" in default["measured_on"]
     ghn = client.post("/v1/search-jobs", json={k: v for k, v in body.items()
                                                if k != "ranking"}).json()["ranking"]
     assert ghn == {"method": "ghn", "steps": None, "target": None, "kendall_tau": None,

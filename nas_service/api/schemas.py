@@ -237,7 +237,7 @@ class SearchJobRequest(_Request):
          "constraints": {"max_parameters": 100000, "max_flops": 2000000}},
         {"space": "cells", "seed": 2, "budget": {"candidates": 256},
          "fidelity": {"rungs": [250, 1000], "eta": 4}},
-        {"space": "families[vit,densenet]", "seed": 3, "budget": {"candidates": 32},
+        {"space": "families[densenet,inception,convmixer]", "seed": 3, "budget": {"candidates": 32},
          "ranking": {"method": "short-training"}},
     ]})
 

@@ -175,8 +175,10 @@ class Candidate(_Result):
     ``score`` is what the job ranks by and ``score_kind`` says which accuracy it is:
     ``"estimated-trained-accuracy"`` (the GHN's ranking head's estimate of the accuracy the
     network would reach if trained) or ``"predicted-accuracy"`` (the accuracy with its predicted
-    weights, when the GHN has no ranking head). ``predicted_accuracy`` is always the latter: what
-    the candidate's checkpoint reproduces. Both are ``None`` for an unscored candidate (and from a
+    weights, when the GHN has no ranking head), or ``"short-training-accuracy"`` in a job ranked
+    by short training (the validation accuracy after a few SGD steps from the default
+    initialisation, :attr:`Job.ranking`). ``predicted_accuracy`` is always the accuracy with the
+    predicted weights: what the candidate's checkpoint reproduces. Both are ``None`` for an unscored candidate (and from a
     service too old to send them). On a character task (``gcide-chars``) ``score_kind`` is
     ``"negative-predicted-bpc"``: ``score`` is minus ``predicted_bpc``, the validation bits per
     character with the predicted weights (the best candidate has the lowest)."""
@@ -205,7 +207,7 @@ class Candidate(_Result):
     the job's best candidate."""
     rung_scores: tuple[dict[str, Any], ...] = ()
     """Every rung's score: ``{"rung", "images", "score", "predicted_accuracy",
-    "architecture_id", "error"}``."""
+    "architecture_id", "score_kind", "short_training_seconds", "error"}``."""
     predicted_bpc: float | None = None
     """A character task's validation bits per character with the predicted weights."""
 
@@ -257,6 +259,9 @@ class Job(_Result):
     fidelity: dict[str, Any] | None = None
     """The job's rungs, ``{"rungs": [250, 1000], "eta": 4, "bracket": 16}``; ``None``: every
     candidate is scored in full."""
+    ranking: dict[str, Any] | None = None
+    """What the job ranks by: ``{"method": "ghn"}``, or ``{"method": "short-training", "steps",
+    "target", "kendall_tau", "measured_on"}``."""
 
     @property
     def finished(self) -> bool:
@@ -282,7 +287,8 @@ class Job(_Result):
             cancel_requested=bool(data.get("cancel_requested", False)),
             created_at=_datetime(data["created_at"]), started_at=_datetime(data.get("started_at")),
             finished_at=_datetime(data.get("finished_at")), links=dict(data.get("links") or {}),
-            fidelity=dict(data["fidelity"]) if data.get("fidelity") else None)
+            fidelity=dict(data["fidelity"]) if data.get("fidelity") else None,
+            ranking=dict(data["ranking"]) if data.get("ranking") else None)
 
 
 @dataclass(frozen=True)

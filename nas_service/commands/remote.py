@@ -77,17 +77,18 @@ def _count(value: int | None) -> str | None:
 
 _SCORE_LABELS = {"estimated-trained-accuracy": "est. trained acc.",
                 "predicted-accuracy": "predicted acc.",
-                "negative-predicted-bpc": "minus predicted bpc"}
+                "negative-predicted-bpc": "minus predicted bpc",
+                "short-training-accuracy": "short-training acc."}
 """A candidate's ``score_kind`` as a column header."""
 
 
 def _score_columns(candidates: Sequence[Candidate | None]) -> tuple[str, bool]:
     """The header of a column of these candidates' scores (what they are; "score" when they
     differ or the service does not say), and whether a column of their predicted accuracy
-    beside it says more (some score is the ranking head's estimate)."""
+    beside it says more (some score is the ranking head's estimate or a short training's)."""
     kinds = {c.score_kind for c in candidates if c is not None and c.score_kind}
     label = _SCORE_LABELS.get(next(iter(kinds)), "score") if len(kinds) == 1 else "score"
-    return label, "estimated-trained-accuracy" in kinds
+    return label, bool(kinds & {"estimated-trained-accuracy", "short-training-accuracy"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,6 +272,12 @@ def add_search(add_parser: AddParser) -> None:
                         "the first, the best 1/ETA of each rung on the next")
     p.add_argument("--eta", type=positive_int, default=None,
                    help="with --rungs: the fraction promoted, 1/ETA (service default 4)")
+    p.add_argument("--short-training", type=positive_int, nargs="?", const=True, default=None,
+                   metavar="STEPS",
+                   help="rank candidates (with --rungs: those of the last rung) by their "
+                        "accuracy after STEPS SGD steps from their default initialisation "
+                        "(service default 8) instead of the GHN's score: about twice the time "
+                        "a candidate, and a far better ranking out of the GHN's own spaces")
     p.add_argument("--idempotency-key", default=None, metavar="KEY",
                    help="re-running with the same key and options returns the same job")
     p.add_argument("--wait", action="store_true", help="follow the job until it finishes")
@@ -329,7 +336,21 @@ def _best_line(best: Candidate | None) -> str:
                                            if best.predicted_accuracy is not None else "")
     elif best.score_kind == "predicted-accuracy":
         what = " predicted accuracy"
+    elif best.score_kind == "short-training-accuracy":
+        what = " after short training" + (f", predicted {best.predicted_accuracy:.4f}"
+                                          if best.predicted_accuracy is not None else "")
     return f"{best.score:.4f}{what} (candidate {best.index}, {best.id})"
+
+
+def _ranking_line(job: Job) -> str:
+    """``GHN score`` or ``short training, 8 steps (Kendall tau 0.73 on ...)``."""
+    ranking = job.ranking or {}
+    if ranking.get("method") != "short-training":
+        return "the GHN's score"
+    line = f"short training, {ranking.get('steps')} SGD steps from the default initialisation"
+    if ranking.get("kendall_tau") is not None:
+        line += f" (Kendall tau {ranking['kendall_tau']:.2f} on {ranking.get('measured_on')})"
+    return line
 
 
 def _job_lines(job: Job) -> list[str]:
@@ -348,6 +369,7 @@ def _job_lines(job: Job) -> list[str]:
              " -> ".join(f"{r:,}" for r in job.fidelity["rungs"])
              + f" images, best 1/{job.fidelity['eta']} of brackets of "
                f"{job.fidelity['bracket']}"),
+            ("ranked by", _ranking_line(job)),
             ("progress", f"{job.progress.done}/{job.progress.total}"),
             ("rate", f"{job.rate:.2f} candidates/s" if job.rate else "-"),
             ("best", _best_line(job.best_candidate))]
@@ -370,7 +392,7 @@ def _search(args: argparse.Namespace) -> int:
             space=args.space, candidates=args.budget, seconds=args.seconds,
             max_parameters=args.max_parameters, max_flops=args.max_flops, task=args.task,
             seed=args.seed, strategy=args.strategy, idempotency_key=args.idempotency_key,
-            rungs=args.rungs, eta=args.eta)
+            rungs=args.rungs, eta=args.eta, short_training=args.short_training)
         if not args.wait:
             if args.json:
                 print_json(job.to_dict())

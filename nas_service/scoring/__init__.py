@@ -25,6 +25,8 @@ Modules:
 - :mod:`~.task_fit`: does a graph fit a task (input shape, classes).
 - :mod:`~.ranking_head`: the estimate of trained accuracy searches rank by.
 - :mod:`~.trainability`: the gradient norm at initialisation a ranking head may read.
+- :mod:`~.short_training`: a few SGD steps from the default initialisation, what search jobs
+  may rank by out of the GHN's spaces.
 - :mod:`~.metrics`: rank correlations (Kendall's tau, Spearman's rho) and top-1 regret.
 
 Names are imported on first use, so reading :mod:`~.protocol` (the settings do) loads no torch.

@@ -4,10 +4,10 @@ spaces.
 The GHN's score ranks architectures of its own training distribution well and those of families
 it never saw poorly; a network's accuracy after a handful of plain SGD steps from PyTorch's
 default initialisation ranks both (``bench/finetune_bench.py``; Kendall τ against trained
-accuracy in ``nas_service/assets/short-training.json``, which that benchmark writes,
-:func:`~.protocol.short_training_description` reads). A search
-job may rank its candidates by it (``ranking: {"method": "short-training"}``), each candidate
-still getting its GHN-predicted checkpoint and score beside it.
+accuracy in ``nas_service/assets/short-training.json``, which that benchmark writes and
+:func:`~.protocol.short_training_description` reads). A search job may rank its candidates by it
+(``ranking: {"method": "short-training"}``), each candidate still getting its GHN-predicted
+checkpoint and score beside it.
 
 The protocol is the ground truth's SGD (:func:`nas_service.training.evaluate.sgd_train`: the
 network built under ``torch.manual_seed(0)``, nesterov momentum 0.9, weight decay 5e-4 on every
@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,11 +153,8 @@ def _train(net: torch.nn.Module, params: list[torch.nn.Parameter], batches: Trai
 
 @dataclass(frozen=True)
 class ShortTrainingResult:
+    """What :meth:`~.scorer.ArchitectureScorer.short_training` gives a search job."""
+
     accuracy: float
     steps: int
     seconds: float
-
-    def record(self) -> dict[str, Any]:
-        """What a candidate's rung entry keeps of it."""
-        return {"short_training": {"accuracy": self.accuracy, "steps": self.steps,
-                                   "seconds": round(self.seconds, 4)}}

@@ -11,6 +11,8 @@ One job, as :meth:`Worker.run_job` runs it::
              constraints checked on the graph before any GHN work  ─> "rejected" + reason
              over the scoring budget, or out of memory ─> "rejected" + the estimate
              one GHN forward pass for the batch, then each network scored ─> "scored"
+             a job ranked by short training, at its last rung: each scored network trained
+             for a few SGD steps from its default initialisation, and ranked by that accuracy
              an exception while scoring one candidate ─> "failed" + the error, the job goes on
              record_candidate with the lease token, at rung 0
            then rung by rung, the bracket's best 1/eta of the rung below (not promoted yet),

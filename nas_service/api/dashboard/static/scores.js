@@ -1,15 +1,23 @@
 // What a candidate's score is, in words. A search ranks candidates by the GHN's ranking head's
 // estimate of the accuracy the network would reach if trained when the GHN has a ranking head
 // (score_kind "estimated-trained-accuracy"), else by the accuracy of the network with its
-// predicted weights ("predicted-accuracy"). predicted_accuracy is always the latter, so an
-// estimate is never shown as the network's accuracy.
+// predicted weights ("predicted-accuracy"); a job ranked by short training ranks by the accuracy
+// after a few SGD steps from the default initialisation ("short-training-accuracy").
+// predicted_accuracy is always the accuracy with the predicted weights, so neither an estimate
+// nor a short training is shown as the accuracy of the network the checkpoint holds.
 
 import {formatScore} from "./dom.js";
 
 export const ESTIMATE = "estimated-trained-accuracy";
 export const PREDICTED = "predicted-accuracy";
 export const BPC = "negative-predicted-bpc";
+export const SHORT_TRAINING = "short-training-accuracy";
 export const MIXED = "mixed";
+
+/** Whether scores of `kind` are not the predicted accuracy, which then goes beside them. */
+export function showsPredictedBeside(kind) {
+  return kind === ESTIMATE || kind === SHORT_TRAINING || kind === MIXED;
+}
 
 /** The kind of the scores of `candidates` (nulls skipped): ESTIMATE or PREDICTED when they all
  * say the same, MIXED when they differ, null when none says (nothing scored yet). */
@@ -40,6 +48,15 @@ export function scoreLabels(kind, target) {
     return {column: "Predicted acc.", name: "predicted accuracy", heading: "Predicted accuracy",
             title: `${PREDICTED_TITLE} The GHN has no ranking head: the search ranks by it.`};
   }
+  if (kind === SHORT_TRAINING) {
+    return {
+      column: "Short-training acc.", name: "accuracy after short training",
+      heading: "Accuracy after short training",
+      title: "Validation accuracy of the network after a few SGD steps from its default "
+        + "initialisation (the job's ranking): the search ranks candidates by it. Not the "
+        + "accuracy of the predicted weights: that is Predicted acc.",
+    };
+  }
   if (kind === BPC) {
     return {column: "Predicted bpc", name: "predicted bits per character (up: fewer)",
             heading: "Predicted bits per character",
@@ -63,6 +80,10 @@ export function describeScore(candidate) {
     return `est. trained accuracy ${formatScore(candidate.score)} · predicted `
       + formatScore(candidate.predicted_accuracy);
   }
+  if (candidate.score_kind === SHORT_TRAINING) {
+    return `after short training ${formatScore(candidate.score)} · predicted `
+      + formatScore(candidate.predicted_accuracy);
+  }
   if (candidate.score_kind === PREDICTED) return `predicted accuracy ${formatScore(candidate.score)}`;
   if (candidate.score_kind === BPC) return `predicted ${formatScore(candidate.score)}`;
   return formatScore(candidate.score);
@@ -75,6 +96,15 @@ export function rankingQuality(ranking) {
   const tau = ranking.kendall_tau == null ? "?" : ranking.kendall_tau.toFixed(2);
   return ranking.measured_on ? `Kendall τ ${tau} on ${ranking.measured_on}`
     : `leave-one-out Kendall τ ${tau}`;
+}
+
+/** What a job ranks by, in words: "the GHN's score", or "short training, 8 SGD steps (Kendall
+ * τ 0.73 on <measured_on>)". */
+export function describeRanking(ranking) {
+  if (!ranking || ranking.method !== "short-training") return "the GHN's score";
+  const tau = ranking.kendall_tau == null ? ""
+    : ` (Kendall τ ${ranking.kendall_tau.toFixed(2)} on ${ranking.measured_on})`;
+  return `short training, ${ranking.steps} SGD steps from the default initialisation${tau}`;
 }
 
 /** The fidelity a candidate's score was taken at, in words: "1,000 images · full" for a

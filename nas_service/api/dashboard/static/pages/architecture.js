@@ -10,7 +10,8 @@ import {
 import {renderGraph} from "../graph.js";
 import {problemBox} from "../problem.js";
 import {
-  ESTIMATE, FIDELITY_TITLE, PREDICTED_COLUMN, describeFidelity, rankingQuality, scoreLabels,
+  FIDELITY_TITLE, PREDICTED_COLUMN, describeFidelity, rankingQuality, scoreLabels,
+  showsPredictedBeside,
 } from "../scores.js";
 
 /** A link to a checkpoint route. Without an API key the browser follows it (and streams the
@@ -141,7 +142,7 @@ export async function renderCandidate(root, [id], ctx) {
     facts([
       [h("span", {title: labels.title, id: "candidate-score-label"}, labels.heading),
        h("span", {id: "candidate-score"}, formatScore(candidate.score))],
-      candidate.score_kind === ESTIMATE
+      showsPredictedBeside(candidate.score_kind)
         ? [h("span", {title: PREDICTED_COLUMN.title}, "Predicted accuracy"),
            h("span", {id: "candidate-predicted"}, formatScore(candidate.predicted_accuracy))] : null,
       candidate.rung != null

@@ -11,8 +11,8 @@ import {
 import {problemBox} from "../problem.js";
 import {renderScatter} from "../scatter.js";
 import {
-  ESTIMATE, FIDELITY_TITLE, MIXED, PREDICTED_COLUMN, describeFidelity, describeSchedule,
-  describeScore, scoreKindOf, scoreLabels,
+  ESTIMATE, FIDELITY_TITLE, PREDICTED_COLUMN, SHORT_TRAINING, describeFidelity, describeRanking,
+  describeSchedule, describeScore, scoreKindOf, scoreLabels, showsPredictedBeside,
 } from "../scores.js";
 import {ACTIVE} from "./jobs.js";
 
@@ -35,7 +35,7 @@ function columns(kind, target) {
     {key: "index", title: "#", sortable: true},
     {key: "status", title: "Status"},
     {key: "score", title: score.column, tooltip: score.title, sortable: true},
-    kind === ESTIMATE || kind === MIXED
+    showsPredictedBeside(kind)
       ? {key: "predicted_accuracy", title: PREDICTED_COLUMN.column, tooltip: PREDICTED_COLUMN.title,
          sortable: true, firstDir: -1} : null,
     {key: "fidelity", title: "Fidelity", tooltip: FIDELITY_TITLE},
@@ -122,7 +122,8 @@ export async function render(root, [jobId], ctx) {
       h("span", {class: "dot"}), " candidate  ", h("span", {class: "dot pareto"}),
       ` Pareto front: the best ${name} for its size (no candidate with at most as many ${size} `
         + "scores higher). ",
-      kind === ESTIMATE ? h("span", {class: "muted", id: "scatter-estimate"}, labels.title, " ") : null,
+      kind === ESTIMATE || kind === SHORT_TRAINING
+        ? h("span", {class: "muted", id: "scatter-estimate"}, labels.title, " ") : null,
       "Click a point to open the candidate.");
     const {element, points, front} = renderScatter(candidates, metric, labels);
     plot.replaceChildren(element);
@@ -291,6 +292,7 @@ export async function render(root, [jobId], ctx) {
                         .filter(Boolean).join(", ") || "none"],
       ["Fidelity", h("span", {id: "job-fidelity", title: FIDELITY_TITLE},
                      describeSchedule(job.fidelity))],
+      ["Ranked by", h("span", {id: "job-ranking"}, describeRanking(job.ranking))],
       ["Created", timeCell(job.created_at)], ["Started", timeCell(job.started_at)],
       ["Finished", timeCell(job.finished_at)],
       ["Attempts", String(job.attempts)],

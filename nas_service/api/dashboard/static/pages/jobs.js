@@ -6,7 +6,7 @@ import {
   formatScore, h, progressBar, route, shortId, statusBadge, timeCell,
 } from "../dom.js";
 import {problemBox} from "../problem.js";
-import {ESTIMATE, MIXED, PREDICTED_COLUMN, scoreKindOf, scoreLabels} from "../scores.js";
+import {PREDICTED_COLUMN, scoreKindOf, scoreLabels, showsPredictedBeside} from "../scores.js";
 
 const PAGE_SIZE = 25;
 const POLL_MS = 2000;
@@ -54,7 +54,7 @@ export async function render(root, params, ctx) {
     const kind = scoreKindOf(jobs.map((j) => j.best_candidate));
     const labels = scoreLabels(kind);
     bestHead.textContent = `Best ${labels.column.toLowerCase()}`;
-    bestHead.title = labels.title + (kind === ESTIMATE || kind === MIXED
+    bestHead.title = labels.title + (showsPredictedBeside(kind)
       ? ` The predicted accuracy follows it (pred.): ${PREDICTED_COLUMN.title}` : "");
     tbody.replaceChildren(...jobs.map(row));
     empty.hidden = jobs.length > 0;
@@ -119,7 +119,7 @@ function row(job) {
     h("td", null, job.strategy),
     h("td", {class: "num best-score"}, best
       ? [h("a", {href: route("candidates", best.id)}, formatScore(best.score)),
-         best.score_kind === ESTIMATE
+         showsPredictedBeside(best.score_kind)
            ? h("span", {class: "muted"}, ` · pred. ${formatScore(best.predicted_accuracy)}`) : null]
       : "–"),
     h("td", null, timeCell(job.created_at)));

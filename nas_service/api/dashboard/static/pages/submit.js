@@ -190,7 +190,12 @@ export function renderSearchForm(root, params, ctx) {
       field("Strategy", select({name: "strategy", "data-location": "/body/strategy"}, config.strategies, "random"),
             "random samples; evolution mutates the best of recent candidates"),
       field("Seed", input("seed", "/body/seed", {inputmode: "numeric", value: "0"}),
-            "the job is a pure function of it")),
+            "the job is a pure function of it"),
+      field("Ranking", h("select", {name: "ranking", "data-location": "/body/ranking/method"},
+                         h("option", {value: "ghn", selected: true}, "GHN score"),
+                         h("option", {value: "short-training"}, "short training")),
+            "short training: 8 SGD steps per candidate, about twice the time; it ranks "
+            + "families the GHN was not trained on far better")),
     h("fieldset", null, h("legend", null, "Budget"),
       h("div", {class: "row"},
         field("Candidates", input("candidates", "/body/budget/candidates", {inputmode: "numeric", value: "50"}),
@@ -221,6 +226,7 @@ export function renderSearchForm(root, params, ctx) {
     const value = (name) => form.elements[name].value;
     const body = {space: value("space"), task: value("task"), strategy: value("strategy"),
                   budget: {}, constraints: {}};
+    if (value("ranking") !== "ghn") body.ranking = {method: value("ranking")};
     const seed = integerValue(value("seed"));
     if (seed !== undefined) body.seed = seed;
     const candidates = integerValue(value("candidates"));
