@@ -428,18 +428,28 @@ def test_invalid_submissions_show_the_problem_by_the_form(tab: Tab, api: httpx.C
     assert api.get("/v1/search-jobs?status=queued").json()["items"] == []
 
 
-def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
-                                                              api: httpx.Client) -> None:
+def _run_search_form(tab: Tab, api: httpx.Client, selects: dict[str, str],
+                     inputs: dict[str, str]) -> tuple[Any, dict]:
+    """Fills in and submits the search form; the job page once the job succeeded, and the
+    job as the API answers it."""
     page = tab.goto("#/new/search")
-    page.select_option("#search-form select[name=space]", "cells")
-    page.fill("#search-form input[name=seed]", str(MAX_SEED))  # past 2^53: sent exactly
-    page.fill("#search-form input[name=candidates]", str(SEARCH_CANDIDATES))
-    page.fill("#search-form input[name=max_flops]", str(SMALL_FLOPS))
+    for name, value in selects.items():
+        page.select_option(f"#search-form select[name={name}]", value)
+    for name, value in inputs.items():
+        page.fill(f"#search-form input[name={name}]", value)
     page.click("#search-form button[type=submit]")
     page.wait_for_function("() => location.hash.startsWith('#/jobs/')")
     job_id = page.evaluate("location.hash").split("/")[-1]
     page.wait_for_selector("[data-job-status=succeeded]", timeout=JOB_SECONDS)
-    job = api.get(f"/v1/search-jobs/{job_id}").json()
+    return page, api.get(f"/v1/search-jobs/{job_id}").json()
+
+
+def test_a_search_job_live_with_its_table_plot_and_candidates(tab: Tab,
+                                                              api: httpx.Client) -> None:
+    page, job = _run_search_form(tab, api, {"space": "cells"}, {
+        "seed": str(MAX_SEED),  # past 2^53: sent exactly
+        "candidates": str(SEARCH_CANDIDATES), "max_flops": str(SMALL_FLOPS)})
+    job_id = job["id"]
     assert job["status"] == "succeeded" and job["constraints"]["max_flops"] == SMALL_FLOPS
     assert job["seed"] == MAX_SEED and str(MAX_SEED) in page.inner_text("#view .facts")
     assert job["ranking"]["method"] == "ghn"
@@ -657,16 +667,8 @@ def test_a_running_job_updates_live_and_can_be_cancelled(tab: Tab, api: httpx.Cl
 
 
 def test_the_search_form_ranks_by_short_training_when_asked(tab: Tab, api: httpx.Client) -> None:
-    page = tab.goto("#/new/search")
-    page.select_option("#search-form select[name=space]", "cells")
-    page.select_option("#search-form select[name=ranking]", "short-training")
-    page.fill("#search-form input[name=candidates]", "1")
-    page.fill("#search-form input[name=max_flops]", str(SMALL_FLOPS))
-    page.click("#search-form button[type=submit]")
-    page.wait_for_function("() => location.hash.startsWith('#/jobs/')")
-    job_id = page.evaluate("location.hash").split("/")[-1]
-    page.wait_for_selector("[data-job-status=succeeded]", timeout=JOB_SECONDS)
-    job = api.get(f"/v1/search-jobs/{job_id}").json()
+    page, job = _run_search_form(tab, api, {"space": "cells", "ranking": "short-training"},
+                                 {"candidates": "1", "max_flops": str(SMALL_FLOPS)})
     assert job["ranking"]["method"] == "short-training" and job["ranking"]["steps"] == 8
     assert page.inner_text("#job-ranking").startswith(
         "short training, 8 SGD steps from the default initialisation")

@@ -117,6 +117,8 @@ CPU_EVAL_BATCH_SIZE = 100
 (activations of a cell network at 28x28 no longer fit in cache), smaller ones gain nothing."""
 GRAD_NORM_CACHE_SIZE = 4096
 """Gradient norms a scorer remembers (a few dozen bytes each): enough for a search's rungs."""
+SHORT_TRAINING_CACHE_SIZE = 4096
+"""Short-training accuracies a scorer remembers (:meth:`ArchitectureScorer.short_training`)."""
 DEVICE_EVAL_BATCH_SIZE = 1000
 """Images per forward pass on an accelerator, where bigger batches are cheaper per image."""
 
@@ -270,6 +272,10 @@ class ArchitectureScorer:
         views of :meth:`at_fidelity`: a candidate promoted through rungs pays for it once."""
         self._training_batches: dict[str, TrainingBatches] = {}
         """The images short trainings read, by task (:meth:`short_training`)."""
+        self._short_trainings: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        """Accuracies of short trainings by (task, graph content hash, steps, validation
+        images, recalibration batches, training parts): deterministic, so a graph an evolution
+        proposes again, or another job samples, is not trained again."""
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: str | None = None,
@@ -325,7 +331,8 @@ class ArchitectureScorer:
                                   budget=budget or self.budget, readout=self.readout,
                                   adapted=self.adapted)
         twin._tasks, twin._tasks_lock = self._tasks, self._tasks_lock  # read-only tensors
-        twin._training_batches = self._training_batches
+        twin._training_batches, twin._short_trainings = (self._training_batches,
+                                                         self._short_trainings)
         twin._served, twin._base_version = self._served, self._base_version
         return twin
 
@@ -632,6 +639,13 @@ class ArchitectureScorer:
             raise misfit
         cost = self.short_training_cost(graph, spec, steps)
         check_affordable(cost, self.budget, "a short training of")
+        full = self._full or self
+        key = (spec.name, graph.content_hash(), steps, len(data.val_labels),
+               len(data.recalibration), cost.train_batch_size)
+        with full._tasks_lock:
+            if key in full._short_trainings:
+                full._short_trainings.move_to_end(key)
+                return ShortTrainingResult(full._short_trainings[key], steps, 0.0)
         batches = self._short_training_batches(spec, steps)
         started = time.perf_counter()
         value = short_training_accuracy(graph, batches, spec, data.recalibration,
@@ -639,6 +653,10 @@ class ArchitectureScorer:
                                         eval_batch_size=cost.eval_batch_size,
                                         train_batch_size=cost.train_batch_size,
                                         device=self.device)
+        with full._tasks_lock:
+            full._short_trainings[key] = value
+            if len(full._short_trainings) > SHORT_TRAINING_CACHE_SIZE:
+                full._short_trainings.popitem(last=False)
         return ShortTrainingResult(value, steps, time.perf_counter() - started)
 
     def short_training_cost(self, graph: ArchitectureGraph, task: str | TaskSpec,

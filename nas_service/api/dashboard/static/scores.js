@@ -66,7 +66,8 @@ export function scoreLabels(kind, target) {
   return {
     column: "Score", name: "score", heading: "Score",
     title: "What the search ranks by: the ranking head's estimate of trained accuracy where the "
-      + "GHN had one, else the accuracy with the predicted weights.",
+      + "GHN had one, else the accuracy with the predicted weights; the accuracy after a short "
+      + "training where the job ranks by it.",
   };
 }
 
