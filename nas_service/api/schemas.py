@@ -283,8 +283,8 @@ class RungScore(BaseModel):
                                   "checkpoint")
     score_kind: ScoreKind | None = Field(
         default=None, description="short-training-accuracy when score is the candidate's short "
-                                  "training (the job's ranking); null: the GHN's score, "
-                                  "of the candidate's score_kind")
+                                  "training (the job's ranking); null when it is the GHN's "
+                                  "score, of the kind the candidate's score_kind names")
     short_training_seconds: float | None = Field(
         default=None, description="seconds its short training took")
     error: str | None = None
