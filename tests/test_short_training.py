@@ -21,6 +21,7 @@ from service_support import (  # noqa: E402
     wait_until,
 )
 
+from nas_service.api.views import job_view  # noqa: E402
 from nas_service.data import load_task  # noqa: E402
 from nas_service.db import catalog, queue, read_session, write_session  # noqa: E402
 from nas_service.graph import ArchitectureGraph, GraphBuilder  # noqa: E402
@@ -227,3 +228,19 @@ def test_a_ranking_that_cannot_run_is_a_422_naming_where(client, ranking, locati
                                              "ranking": ranking})
     problem = assert_problem(r, 422)
     assert location in [e["location"] for e in problem["errors"]], problem
+
+
+@pytest.mark.parametrize("ranking", [{"method": "short-training", "steps": "8"},
+                                     {"method": "short-training", "steps": 10**6},
+                                     {"method": "anneal"}])
+def test_a_stored_ranking_that_cannot_run_fails_its_job_with_the_reason(
+        engine, scorer, tmp_path, ranking) -> None:
+    """A row the API would not have written (an older version, a hand edit): the worker fails
+    the job saying why, and the job still reads."""
+    job_id = _job(engine, 2, ranking=ranking)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
+    assert job.status.value == "failed" and candidates == []
+    assert job.error.startswith("cannot run this job: ")
+    assert ("steps" in job.error) if "steps" in ranking else ("anneal" in job.error)
+    assert job_view(job, None).ranking.method in ("ghn", "short-training")
