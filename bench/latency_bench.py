@@ -20,7 +20,8 @@ length times the scoring time, whatever the search does. With ``--miss-clients 1
 time one new small network takes while reads, hits and the search run. ``--scoring-processes``
 sets ``NAS_SCORING_PROCESSES`` (``0``: misses scored in a thread of the API process, to compare);
 ``--worker-thread`` runs ``serve``'s worker in a thread of the API process
-(``NAS_WORKER_PROCESS=false``) instead of its own child process.
+(``NAS_WORKER_PROCESS=false``) instead of its own child process; ``--short-training`` has the
+search rank by short training (a few SGD steps a candidate, backward passes in the worker).
 
 The search job (cells space, random strategy, ``--search-candidates`` candidates, no
 constraints) is queued between the two phases; the second phase starts once the worker has
@@ -171,9 +172,10 @@ async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"{len(corpus.graphs)} architectures stored, "
               f"{latency_summary(alone)['p50_ms'] if alone else '-'} ms each (p50)", flush=True)
         idle = await _phase(client, corpus, args, "worker idle", seed=1)
+        ranking = {"ranking": {"method": "short-training"}} if args.short_training else {}
         job = await client.post("/v1/search-jobs", json={
             "space": "cells", "task": TASK, "strategy": "random", "seed": 7,
-            "budget": {"candidates": args.search_candidates}})
+            "budget": {"candidates": args.search_candidates}, **ranking})
         job.raise_for_status()
         corpus.job_id = job.json()["id"]
         waited = time.monotonic()
@@ -216,6 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server": "nas-service serve (uvicorn, SQLite, bundled GHN, its own worker)",
             "worker": "a thread of the API process" if args.worker_thread
             else "a child process of its own",
+            "search_ranking": "short-training" if args.short_training else "ghn",
             "clients": args.clients, "miss_clients": args.miss_clients,
             "scoring_processes": args.scoring_processes,
             "scoring_threads": args.scoring_threads
@@ -265,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-thread", action="store_true",
                         help="NAS_WORKER_PROCESS=false: serve's worker in a thread of the API "
                              "process rather than a child process")
+    parser.add_argument("--short-training", action="store_true",
+                        help="the search job ranks by short training (8 SGD steps a candidate "
+                             "in the worker) instead of the GHN's score")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--output", type=Path,
