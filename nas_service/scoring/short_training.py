@@ -15,10 +15,10 @@ parameter, batches of 128, gradient norm clipped at 5, the learning rate 0.05 de
 cosine over the steps), cut to ``steps`` batches of the first epoch's seeded shuffle of the
 first 8,000 training images; then the network is recalibrated on the score's recalibration
 batches (batch-norm statistics; activations of a network without batch norm) and its accuracy
-taken on the score's validation images. ``tests/test_short_training.py`` checks that it gives
-what ``sgd_train`` gives for the same steps. Step for step this is ``sgd_train``'s loop; it is
-written out here because the service holds only the images those steps read, not the training
-split.
+taken on the score's validation images. Each step is :func:`sgd_step`, which ``sgd_train``
+takes too; the service holds only the images those steps read, not the training split
+(:func:`training_batches`). ``tests/test_short_training.py`` checks that it gives what
+``sgd_train`` gives for the same steps.
 
 Always in the default (contiguous) memory layout, never channels-last: the backward pass of
 torch 2.13's oneDNN on channels-last tensors gave wrong gradients and hung a worker
@@ -123,32 +123,57 @@ def short_training_accuracy(graph: ArchitectureGraph, batches: TrainingBatches, 
 def _train(net: torch.nn.Module, params: list[torch.nn.Parameter], batches: TrainingBatches,
            spec: TaskSpec, steps: int, lr: float, part: int) -> None:
     """``sgd_train``'s steps (see the module docstring), each over parts of ``part`` images."""
-    opt = torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, nesterov=True,
-                          weight_decay=SGD_WEIGHT_DECAY)
+    opt = sgd_optimizer(params, lr)
     finite = torch.ones((), dtype=torch.bool, device=batches.labels[0].device)
     net.train()
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
-        images, labels = batches.images[step], batches.labels[step]
-        if part >= len(labels):
-            loss = F.cross_entropy(net(normalize(images, spec)), labels)
+        x, y = normalize(batches.images[step], spec), batches.labels[step]
+        if not sgd_step(net, params, opt, x, y, step=step, total=steps, lr=lr, finite=finite,
+                        part=part):
+            return
+
+
+def sgd_optimizer(params: list[torch.nn.Parameter], lr: float, momentum: float = SGD_MOMENTUM,
+                  weight_decay: float = SGD_WEIGHT_DECAY) -> torch.optim.SGD:
+    """The SGD protocol's optimiser: nesterov momentum, weight decay on every parameter."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
+                           weight_decay=weight_decay)
+
+
+def sgd_step(net: torch.nn.Module, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+             x: torch.Tensor, y: torch.Tensor, *, step: int, total: int, lr: float,
+             finite: torch.Tensor, part: int | None = None) -> bool:
+    """Step ``step`` of ``total`` of the SGD protocol, the one of
+    :func:`~nas_service.training.evaluate.sgd_train` and of the short training: the learning
+    rate ``lr`` on a cosine down to 0, cross-entropy on the normalised images ``x`` and labels
+    ``y``, the gradient norm clipped at :data:`SGD_GRAD_CLIP`, the update. ``finite`` (a boolean
+    tensor, updated in place) gathers whether every loss so far was finite; it is read every
+    :data:`SGD_FINITE_CHECK_EVERY` steps (reading it waits for the device), and once it is
+    false the step returns ``False`` without updating: the parameters are lost anyway.
+    ``part`` below the batch's size accumulates the gradient of the batch's mean loss over
+    parts of that many images."""
+    for group in opt.param_groups:
+        group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+    check = step % SGD_FINITE_CHECK_EVERY == 0
+    if part is None or part >= len(y):
+        loss = F.cross_entropy(net(x), y)
+        finite &= torch.isfinite(loss)
+        if check and not finite:
+            return False
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+    else:
+        opt.zero_grad(set_to_none=True)
+        for start in range(0, len(y), part):
+            xs, ys = x[start:start + part], y[start:start + part]
+            loss = F.cross_entropy(net(xs), ys) * (len(ys) / len(y))
             finite &= torch.isfinite(loss)
-            if step % SGD_FINITE_CHECK_EVERY == 0 and not finite:
-                return
-            opt.zero_grad(set_to_none=True)
             loss.backward()
-        else:
-            opt.zero_grad(set_to_none=True)
-            for start in range(0, len(labels), part):
-                x, y = images[start:start + part], labels[start:start + part]
-                loss = F.cross_entropy(net(normalize(x, spec)), y) * (len(y) / len(labels))
-                finite &= torch.isfinite(loss)
-                loss.backward()
-            if step % SGD_FINITE_CHECK_EVERY == 0 and not finite:
-                return
-        torch.nn.utils.clip_grad_norm_(params, SGD_GRAD_CLIP)
-        opt.step()
+        if check and not finite:
+            return False
+    torch.nn.utils.clip_grad_norm_(params, SGD_GRAD_CLIP)
+    opt.step()
+    return True
 
 
 @dataclass(frozen=True)

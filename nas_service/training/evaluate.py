@@ -31,7 +31,6 @@ from dataclasses import asdict, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nas_service.data import TaskData, load_task, random_crop_flip
@@ -56,13 +55,12 @@ from nas_service.scoring.protocol import (
     RECALIBRATION_BATCH_SIZE,
     RECALIBRATION_BATCHES,
     SGD_BATCH_SIZE,
-    SGD_FINITE_CHECK_EVERY,
-    SGD_GRAD_CLIP,
     SGD_LR,
     SGD_MOMENTUM,
     SGD_WEIGHT_DECAY,
     BatchNormMode,
 )
+from nas_service.scoring.short_training import sgd_optimizer, sgd_step
 from nas_service.scoring.surrogate import as_graph
 from nas_service.scoring.trainability import even_batch_size
 
@@ -117,12 +115,13 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
     module is deep-copied and trained from the parameters it holds. The caller's random state is
     left untouched.
 
-    Protocol: nesterov SGD (``momentum``, ``weight_decay`` on every parameter), learning rate
-    ``lr`` decayed per step by a cosine to 0, cross-entropy, gradient norm clipped at
-    :data:`SGD_GRAD_CLIP`. An epoch is one pass over ``max_images`` images (all of them when
-    ``None``) drawn by a fresh seeded shuffle, in full batches of ``min(batch_size, images)``
-    (one fewer where that is odd and above 1: see :mod:`nas_service.scoring.trainability`);
-    ``epochs`` may be fractional (``0.1`` runs a tenth of an epoch's steps, at least one step;
+    Protocol (each step :func:`~nas_service.scoring.short_training.sgd_step`): nesterov SGD
+    (``momentum``, ``weight_decay`` on every parameter), learning rate ``lr`` decayed per step
+    by a cosine to 0, cross-entropy, gradient norm clipped at
+    :data:`~nas_service.scoring.protocol.SGD_GRAD_CLIP`. An epoch is one pass over
+    ``max_images`` images (all of them when ``None``) drawn by a fresh seeded shuffle, in full
+    batches of ``min(batch_size, images)`` (one fewer where that is odd and above 1: see
+    :mod:`nas_service.scoring.trainability`); ``epochs`` may be fractional (``0.1`` runs a tenth of an epoch's steps, at least one step;
     ``0`` trains nothing). Training stops early (within 25 steps) once the loss is non-finite.
     """
     if epochs < 0 or not math.isfinite(epochs):
@@ -147,8 +146,7 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
         params = [p for p in net.parameters() if p.requires_grad]
         if total == 0 or not params:
             return net.eval()
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
-                              weight_decay=weight_decay)
+        opt = sgd_optimizer(params, lr, momentum, weight_decay)
         shuffle = torch.Generator().manual_seed(seed)
         bar = None
         if progress:
@@ -172,18 +170,9 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
                         x = random_crop_flip(x, task_data.spec.augment_pad,
                                              task_data.spec.augment_flip, shuffle)
                     x, y = task_data.normalize(x), labels.index_select(0, idx)
-                    for group in opt.param_groups:
-                        group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
-                    loss = F.cross_entropy(net(x), y)
-                    # Checked every SGD_FINITE_CHECK_EVERY steps (reading it synchronises with
-                    # the device); once non-finite, the parameters are lost anyway.
-                    finite &= torch.isfinite(loss)
-                    if step % SGD_FINITE_CHECK_EVERY == 0 and not finite:
+                    if not sgd_step(net, params, opt, x, y, step=step, total=total, lr=lr,
+                                    finite=finite):
                         return net.eval()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, SGD_GRAD_CLIP)
-                    opt.step()
                     step += 1
                     if bar is not None:
                         bar.update(1)
