@@ -114,6 +114,43 @@ class ScoringTooCostly(ValueError):
         self.limit = limit
 
 
+@dataclass(frozen=True)
+class _Bytes:
+    """What a graph's passes hold: ``fixed`` whatever the batch, then per image of a forward
+    pass and of a forward and backward pass."""
+
+    footprint: Footprint
+    fixed: int
+    forward_per_image: int
+    backward_per_image: int
+
+    @classmethod
+    def of(cls, graph: ArchitectureGraph) -> _Bytes:
+        has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
+        fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
+        return cls(fp, SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES
+                   * fp.parameters, BYTES_PER_ELEMENT * fp.peak_elements,
+                   BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements))
+
+    def forward_batch(self, wanted: int, budget: ScoringBudget | None) -> int:
+        """A batch of forward passes in eval mode, ``wanted`` or the most that fit ``budget``
+        (at least 1): its size does not change a network's outputs."""
+        if budget is None or self.fixed + self.forward_per_image * wanted <= budget.max_bytes:
+            return wanted
+        return max(1, min(wanted, (budget.max_bytes - self.fixed)
+                          // max(self.forward_per_image, 1)))
+
+    def backward_batch(self, wanted: int, budget: ScoringBudget | None) -> int:
+        """A batch of forward and backward passes, ``wanted`` or, where that passes ``budget``,
+        the most that fit as an even number of at least 2 (gradients accumulated over such
+        batches; :func:`~.trainability.even_batch_size` says why even)."""
+        if (budget is None or not wanted
+                or self.fixed + self.backward_per_image * wanted <= budget.max_bytes):
+            return wanted
+        fits = (budget.max_bytes - self.fixed) // max(self.backward_per_image, 1)
+        return even_batch_size(min(wanted, fits))  # what the passes run
+
+
 def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size: int,
                  recalibration_batches: int, recalibration_batch_size: int,
                  readout_images: int = 0, readout_batch_size: int = 0,
@@ -122,27 +159,18 @@ def scoring_cost(graph: ArchitectureGraph, *, eval_images: int, eval_batch_size:
     """The cost of scoring ``graph`` this way (``grad_norm_images``: the images of the gradient
     norm at initialisation, 0 without one); with ``budget``, the evaluation's batch and the
     gradient's are cut to what fits it (never below 1)."""
-    has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
-    fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
-    fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
-    per_sample = BYTES_PER_ELEMENT * fp.peak_elements
+    b = _Bytes.of(graph)
     fixed_batch = max(recalibration_batch_size, min(readout_batch_size, readout_images))
-    batch = eval_batch_size
-    if budget is not None and fixed + per_sample * batch > budget.max_bytes:
-        batch = max(1, min(eval_batch_size, (budget.max_bytes - fixed) // max(per_sample, 1)))
+    batch = b.forward_batch(eval_batch_size, budget)
     images = recalibration_batches * recalibration_batch_size + readout_images + eval_images
-    backward_per_sample = BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements)
-    gradient_batch = grad_norm_images
-    if (budget is not None and gradient_batch
-            and fixed + backward_per_sample * gradient_batch > budget.max_bytes):
-        fits = (budget.max_bytes - fixed) // max(backward_per_sample, 1)
-        gradient_batch = even_batch_size(min(grad_norm_images, fits))  # what the pass runs
-    return ScoringCost(peak_bytes=fixed + max(per_sample * max(fixed_batch, batch),
-                                              backward_per_sample * gradient_batch),
-                       largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements
+    gradient_batch = b.backward_batch(grad_norm_images, budget)
+    return ScoringCost(peak_bytes=b.fixed + max(b.forward_per_image * max(fixed_batch, batch),
+                                                b.backward_per_image * gradient_batch),
+                       largest_tensor_bytes=BYTES_PER_ELEMENT * b.footprint.largest_elements
                        * max(fixed_batch, batch, gradient_batch),
-                       macs=fp.macs * (images + 3 * grad_norm_images), eval_batch_size=batch,
-                       footprint=fp, grad_norm_batch_size=gradient_batch)
+                       macs=b.footprint.macs * (images + 3 * grad_norm_images),
+                       eval_batch_size=batch, footprint=b.footprint,
+                       grad_norm_batch_size=gradient_batch)
 
 
 def short_training_cost(graph: ArchitectureGraph, *, steps: int, batch_size: int,
@@ -156,25 +184,16 @@ def short_training_cost(graph: ArchitectureGraph, *, steps: int, batch_size: int
     largest even number of images that does (``train_batch_size``; at least 2). The network,
     its gradients and the optimiser's momentum are three copies of the parameters, within
     :data:`PARAMETER_COPIES`."""
-    has_batch_norm = any(n.op == "batch_norm" for n in graph.nodes)
-    fp = footprint(graph, layer_workspace=1 if has_batch_norm else 2)
-    fixed = SCORING_OVERHEAD_BYTES + BYTES_PER_ELEMENT * PARAMETER_COPIES * fp.parameters
-    per_sample = BYTES_PER_ELEMENT * fp.peak_elements
-    backward_per_sample = BYTES_PER_ELEMENT * (fp.saved_elements + fp.peak_elements)
-    batch = eval_batch_size
-    if budget is not None and fixed + per_sample * batch > budget.max_bytes:
-        batch = max(1, min(eval_batch_size, (budget.max_bytes - fixed) // max(per_sample, 1)))
-    train_batch = batch_size
-    if budget is not None and fixed + backward_per_sample * train_batch > budget.max_bytes:
-        fits = max(0, budget.max_bytes - fixed) // max(backward_per_sample, 1)
-        train_batch = even_batch_size(min(batch_size, fits))  # what the passes run
+    b = _Bytes.of(graph)
+    batch = b.forward_batch(eval_batch_size, budget)
+    train_batch = b.backward_batch(batch_size, budget)
     return ScoringCost(
-        peak_bytes=fixed + max(backward_per_sample * train_batch,
-                               per_sample * max(batch, recalibration_batch_size)),
-        largest_tensor_bytes=BYTES_PER_ELEMENT * fp.largest_elements
+        peak_bytes=b.fixed + max(b.backward_per_image * train_batch,
+                                 b.forward_per_image * max(batch, recalibration_batch_size)),
+        largest_tensor_bytes=BYTES_PER_ELEMENT * b.footprint.largest_elements
         * max(train_batch, batch, recalibration_batch_size),
-        macs=fp.macs * (3 * steps * batch_size + recalibration_images + eval_images),
-        eval_batch_size=batch, footprint=fp, train_batch_size=train_batch)
+        macs=b.footprint.macs * (3 * steps * batch_size + recalibration_images + eval_images),
+        eval_batch_size=batch, footprint=b.footprint, train_batch_size=train_batch)
 
 
 def check_affordable(cost: ScoringCost, budget: ScoringBudget, what: str = "scoring") -> None:
