@@ -426,16 +426,14 @@ class Worker:
             trainings = self._short_trainings(run, scorer, evaluations, rung=0)
         for p, ev, training in zip(to_score, evaluations, trainings, strict=True):
             graph = ev.graph
-            error = (ev.error or RuntimeError("not scored")) if ev.architecture is None else (
-                training if isinstance(training, Exception) else None)
+            error = _failure(ev, training)
             seconds = propose_seconds + ev.seconds + _seconds(training)
             if error is not None:
                 # A candidate this worker cannot afford is a property of the candidate, not a
                 # failure of the worker: rejected, with the estimate or the allocation that failed.
                 unaffordable = isinstance(error, ScoringTooCostly) or is_memory_failure(error)
-                what = "short training: " if error is training else ""
                 self._record(run, p.index, "rejected" if unaffordable else "failed",
-                             reason=f"{what}{type(error).__name__}: {error}"[:MAX_REASON_LENGTH],
+                             reason=_reason(error, training),
                              architecture_id=ev.architecture.id if ev.architecture else None,
                              num_parameters=graph.num_parameters, flops=graph.flops,
                              seconds=seconds)
@@ -482,14 +480,11 @@ class Worker:
             if run.lease.lost:
                 raise LeaseLost(claimed.job_id)
             outcome = run.history[index]
-            error = (ev.error or RuntimeError("not scored")) if ev.architecture is None else (
-                training if isinstance(training, Exception) else None)
+            error = _failure(ev, training)
             if error is not None:
-                what = "short training: " if error is training else ""
                 queue.promote_candidate(
                     self.engine, claimed.job_id, claimed.lease_token, index, rung=rung,
-                    eval_images=images, score=None,
-                    error=f"{what}{type(error).__name__}: {error}"[:MAX_REASON_LENGTH])
+                    eval_images=images, score=None, error=_reason(error, training))
                 run.history[index] = Outcome(outcome.status, outcome.score,
                                              (*outcome.rung_scores, None))
                 continue
@@ -604,7 +599,7 @@ class Worker:
         return True
 
     def _crashed(self, claimed: ClaimedJob, error: Exception) -> str:
-        reason = f"{type(error).__name__}: {error}"[:MAX_REASON_LENGTH]
+        reason = _reason(error, None)
         if claimed.attempt < self.max_attempts:
             try:  # queued again at once, the attempt counted: any worker retries it now
                 queue.abandon_job(self.engine, claimed.job_id, claimed.lease_token, reason)
@@ -637,6 +632,21 @@ def _rung_score(scores: dict[str, Any], training: ShortTrainingResult | Exceptio
         return ranking_value(scores), fields
     return training.accuracy, {**fields, "score_kind": SHORT_TRAINING_KIND,
                                "short_training_seconds": round(training.seconds, 4)}
+
+
+def _failure(ev: Evaluation, training: ShortTrainingResult | Exception | None
+             ) -> Exception | None:
+    """What kept a candidate from its score: its evaluation's error, else its short
+    training's; ``None`` when it has one."""
+    if ev.architecture is None:
+        return ev.error or RuntimeError("not scored")
+    return training if isinstance(training, Exception) else None
+
+
+def _reason(error: Exception, training: ShortTrainingResult | Exception | None) -> str:
+    """The stored reason of a candidate's ``error`` (:func:`_failure`)."""
+    what = "short training: " if error is training else ""
+    return f"{what}{type(error).__name__}: {error}"[:MAX_REASON_LENGTH]
 
 
 def _seconds(training: ShortTrainingResult | Exception | None) -> float:
