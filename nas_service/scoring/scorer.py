@@ -123,6 +123,25 @@ DEVICE_EVAL_BATCH_SIZE = 1000
 """Images per forward pass on an accelerator, where bigger batches are cheaper per image."""
 
 
+class _Recent:
+    """The ``size`` most recently used values by key (callers hold the lock that guards it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[Any, float] = OrderedDict()
+
+    def get(self, key: Any) -> float | None:
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: float) -> None:
+        self._values[key] = value
+        if len(self._values) > self.size:
+            self._values.popitem(last=False)
+
+
 class TaskNotSupported(ValueError):
     """The loaded GHN was not trained for this task, nor adapted to it."""
 
@@ -267,12 +286,12 @@ class ArchitectureScorer:
         """Whether networks and images run in the channels-last layout (on a CPU; see the
         module docstring)."""
         self._fidelities: dict[Fidelity, ArchitectureScorer] = {}
-        self._grad_norms: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._grad_norms = _Recent(GRAD_NORM_CACHE_SIZE)
         """Gradient norms at initialisation by (task, graph content hash), shared with the
         views of :meth:`at_fidelity`: a candidate promoted through rungs pays for it once."""
         self._training_batches: dict[str, TrainingBatches] = {}
         """The images short trainings read, by task (:meth:`short_training`)."""
-        self._short_trainings: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self._short_trainings = _Recent(SHORT_TRAINING_CACHE_SIZE)
         """Accuracies of short trainings by (task, graph content hash, steps, validation
         images, recalibration batches, training parts): deterministic, so a graph an evolution
         proposes again, or another job samples, is not trained again."""
@@ -507,11 +526,7 @@ class ArchitectureScorer:
         if gradient is None:
             gradient = initial_grad_norm(graph, *data.grad_norm_batch,
                                          batch_size=grad_norm_batch_size)
-            cache[key] = gradient
-            if len(cache) > GRAD_NORM_CACHE_SIZE:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
+            cache.put(key, gradient)
         return {"value": head.predict(value, graph.num_parameters, gradient),
                 "grad_norm": gradient if math.isfinite(gradient) else None,
                 **self._ranking_fields()}
@@ -643,9 +658,9 @@ class ArchitectureScorer:
         key = (spec.name, graph.content_hash(), steps, len(data.val_labels),
                len(data.recalibration), cost.train_batch_size)
         with full._tasks_lock:
-            if key in full._short_trainings:
-                full._short_trainings.move_to_end(key)
-                return ShortTrainingResult(full._short_trainings[key], steps, 0.0)
+            remembered = full._short_trainings.get(key)
+        if remembered is not None:
+            return ShortTrainingResult(remembered, steps, 0.0)
         batches = self._short_training_batches(spec, steps)
         started = time.perf_counter()
         value = short_training_accuracy(graph, batches, spec, data.recalibration,
@@ -654,9 +669,7 @@ class ArchitectureScorer:
                                         train_batch_size=cost.train_batch_size,
                                         device=self.device)
         with full._tasks_lock:
-            full._short_trainings[key] = value
-            if len(full._short_trainings) > SHORT_TRAINING_CACHE_SIZE:
-                full._short_trainings.popitem(last=False)
+            full._short_trainings.put(key, value)
         return ShortTrainingResult(value, steps, time.perf_counter() - started)
 
     def short_training_cost(self, graph: ArchitectureGraph, task: str | TaskSpec,
