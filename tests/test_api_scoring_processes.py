@@ -8,6 +8,7 @@ tests keep a miss in flight for as long as they need, without timing anything.""
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import threading
 import time
@@ -35,6 +36,7 @@ from nas_service.api.errors import Problem  # noqa: E402
 from nas_service.data import DatasetError  # noqa: E402
 from nas_service.db import listings, make_engine, read_session  # noqa: E402
 from nas_service.ghn import UnsupportedArchitectureError  # noqa: E402
+from nas_service.graph import GraphBuilder  # noqa: E402
 from nas_service.scoring import ScoringTooCostly  # noqa: E402
 
 pytest_plugins = ("service_support",)
@@ -83,6 +85,37 @@ def test_identical_concurrent_misses_are_scored_once_and_batched(make_client) ->
     # Each graph stored once: one request created it (201), the other got the same row (200).
     assert sorted(sorted(codes) for codes in by_graph.values()) == [[200, 201]] * 3
     assert _batches(client) <= 1 + 3  # the first miss, then at most one batch per graph
+
+
+def _resident_kib(pid: int) -> tuple[int, int]:
+    """``(resident, peak resident)`` memory of ``pid`` in KiB (``/proc/PID/status``)."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_an_idle_scoring_process_hands_back_what_scoring_took(make_client) -> None:
+    client = make_client(scoring_processes=1)
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the scoring process")
+    pid = client.app.state.service.scoring_pool._children[0].process.pid
+    at_rest, _ = _resident_kib(pid)
+    # Four branches of 128 channels at full resolution, concatenated: each branch's activation
+    # of a 64-image batch takes 25 MiB, a block glibc serves from its heap (below the 32 MiB the
+    # service sets for reuse) rather than mapping it, and all four are alive at once.
+    b = GraphBuilder((1, 28, 28), name="wide-branches")
+    branches = [b.add("relu", b.add("conv2d", b.input, id=f"conv{i}", out_channels=128,
+                                    kernel_size=3, padding=1), id=f"act{i}") for i in range(4)]
+    x = b.add("global_avg_pool", b.add("concat", *branches, id="cat"), id="pool")
+    graph = b.build(b.add("linear", x, id="fc", out_features=10), num_classes=10)
+    miss = client.post("/v1/architectures", json={"graph": graph.to_dict()})
+    assert miss.status_code == 201, miss.text
+    _, peak = _resident_kib(pid)
+    grown = peak - at_rest
+    assert grown > 64 * 1024, grown  # enough to tell a release from noise
+    # Kept, the freed blocks would stay resident until the process ends; idle, it releases them.
+    wait_until(lambda: _resident_kib(pid)[0] - at_rest < grown / 2,
+               "the idle scoring process to hand back its peak", 30)
 
 
 def test_a_scoring_process_that_cannot_start_answers_503_not_ready(

@@ -52,6 +52,7 @@ from typing import Any
 from nas_service.data import DatasetError
 from nas_service.ghn import UnsupportedArchitectureError
 from nas_service.graph import ArchitectureGraph
+from nas_service.runtime import release_freed_memory, retain_freed_memory
 from nas_service.scoring import ArchitectureScorer, ScoringBudget, ScoringTooCostly
 from nas_service.scoring.cost import is_memory_failure
 from nas_service.scoring.protocol import DEFAULT_SCORING_TIMEOUT_SECONDS
@@ -426,6 +427,7 @@ def serve_scoring(config: ScoringProcessConfig, connection: Connection) -> None:
     # The API process answers reads and hits on the cores scoring leaves it: with torch on
     # every core, each miss would take the API's core too.
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) - 1))
+    retain_freed_memory()  # as every nas-service command: a batch reuses its blocks
     from nas_service.search import CheckpointStore, evaluate_architectures
 
     try:
@@ -460,6 +462,8 @@ def serve_scoring(config: ScoringProcessConfig, connection: Connection) -> None:
         except Exception as e:  # noqa: BLE001 - the task or the database, for the whole batch
             reply = ("failed", _describe(e))
         connection.send(reply)
+        if not connection.poll(0):  # idle: hold the process's base, not this batch's peak
+            release_freed_memory()
     engine.dispose()
 
 

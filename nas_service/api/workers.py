@@ -39,6 +39,7 @@ from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from nas_service.runtime import release_freed_memory, retain_freed_memory
 from nas_service.search import EXIT_WORKER_STUCK, Worker, WorkerHooks
 from nas_service.settings import Settings
 
@@ -317,8 +318,12 @@ def serve_worker(config: ScoringProcessConfig, settings: Settings, connection: C
     def forward(name: str) -> Callable[..., None]:
         return lambda *args: send("hook", _HookCall(name, args))
 
+    # The API and its scoring processes share this machine: between batches the worker holds
+    # its base memory, not the peak of every candidate it scored (nas_service.runtime).
+    retain_freed_memory()
     hooks = WorkerHooks(**{f.name: forward(f.name) for f in fields(WorkerHooks)
-                           if f.name != "batch_done"})
+                           if f.name != "batch_done"},
+                        batch_done=lambda *_: release_freed_memory())
     try:
         scorer = config.load_scorer()
         engine = make_engine(config.database_url)
