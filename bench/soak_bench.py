@@ -67,12 +67,14 @@ from support.processes import (
     ROOT,
     Child,
     children,
+    children_by_parent,
     free_port,
     latency_summary,
     machine_info,
     nas_service_command,
     run_benchmark,
     service_env,
+    tree_memory,
     wait_ready,
 )
 
@@ -333,47 +335,6 @@ async def _load(base_url: str, port: int, args: argparse.Namespace, ledger: Ledg
 # ---- processes -----------------------------------------------------------------------------------
 
 
-def _memory_bytes(pid: int) -> int | None:
-    """The proportional set size of ``pid`` (its private pages and its share of pages it shares
-    with other processes, such as a forked scoring process's copy-on-write pages), else its
-    RSS; ``None`` once it is gone."""
-    for path, prefix in ((f"/proc/{pid}/smaps_rollup", "Pss:"),
-                         (f"/proc/{pid}/status", "VmRSS:")):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith(prefix):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return None
-
-
-def _children_by_parent() -> dict[int, list[int]]:
-    """Every running process's children, read once from ``/proc``."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    return parents
-
-
-def _process_tree(pid: int, children: dict[int, list[int]]) -> list[int]:
-    """``pid`` and every process descended from it (the API's scoring processes)."""
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
 class Fleet:
     """The API and the workers, their memory, and the kills."""
 
@@ -408,10 +369,9 @@ class Fleet:
     def sample_memory(self) -> None:
         """Each started process's memory with its descendants' (the API with its scoring
         processes), summed as proportional set sizes so shared pages count once."""
-        children = _children_by_parent()
+        children = children_by_parent()
         for child in [c for c in self.started if c.alive()]:
-            sizes = [_memory_bytes(pid) for pid in _process_tree(child.pid, children)]
-            total = sum(size for size in sizes if size is not None)
+            total = sum(tree_memory(child.pid, children).values())
             if total:
                 self.peak_rss[child.name] = max(self.peak_rss.get(child.name, 0), total)
 

@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -257,3 +258,86 @@ def machine_info() -> dict[str, Any]:
 
 def relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+# ---- memory of a process tree ------------------------------------------------------------------
+
+
+def memory_bytes(pid: int) -> int | None:
+    """The proportional set size of ``pid`` (its private pages and its share of pages it shares
+    with other processes: libraries, copy-on-write pages), else its RSS; ``None`` once it is
+    gone. Summed over processes, shared pages count once."""
+    for path, prefix in ((f"/proc/{pid}/smaps_rollup", "Pss:"),
+                         (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return None
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every running process's children, read once from ``/proc``."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    return parents
+
+
+def tree_memory(pid: int, children: dict[int, list[int]] | None = None) -> dict[int, int]:
+    """:func:`memory_bytes` of ``pid`` and of every process descended from it (a server's
+    scoring processes and worker), by pid; processes gone meanwhile are left out."""
+    children = children_by_parent() if children is None else children
+    sizes, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        size = memory_bytes(p)
+        if size is not None:
+            sizes[p] = size
+        todo.extend(children.get(p, []))
+    return sizes
+
+
+class PeakMemory:
+    """The peak of a process tree's summed memory (:func:`tree_memory`) while the ``with``
+    block runs, sampled every ``interval`` seconds by a thread of its own."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.parts: dict[int, int] = {}  # each process's memory at the peak
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            sizes = tree_memory(self.pid)
+            if sum(sizes.values()) > self.peak:
+                self.peak, self.parts = sum(sizes.values()), sizes
+            if self._stop.wait(self.interval):
+                return
+
+    def report(self, name: Callable[[int], str] = str) -> dict[str, Any]:
+        """The peak in MiB and each process's part of it, by ``name(pid)``."""
+        return {"peak_mib": round(self.peak / 2**20),
+                "parts_at_peak_mib": {name(pid): round(size / 2**20)
+                                      for pid, size in sorted(self.parts.items())},
+                "measure": "proportional set size summed over the process and its descendants"}
