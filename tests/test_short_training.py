@@ -5,6 +5,7 @@ API, on SQLite and PostgreSQL with a tiny GHN and the real Fashion-MNIST."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -25,7 +26,13 @@ from nas_service.api.views import job_view  # noqa: E402
 from nas_service.data import load_task  # noqa: E402
 from nas_service.db import catalog, queue, read_session, write_session  # noqa: E402
 from nas_service.graph import ArchitectureGraph, GraphBuilder  # noqa: E402
-from nas_service.scoring import ScoringBudget, ScoringTooCostly, accuracy, recalibrate  # noqa: E402
+from nas_service.scoring import (  # noqa: E402
+    ArchitectureScorer,
+    ScoringBudget,
+    ScoringTooCostly,
+    accuracy,
+    recalibrate,
+)
 from nas_service.scoring.evaluation import recalibration_batches  # noqa: E402
 from nas_service.scoring.protocol import (  # noqa: E402
     SGD_BATCH_SIZE,
@@ -180,6 +187,40 @@ def test_a_candidate_whose_short_training_is_unaffordable_is_rejected_with_the_r
     for c in rejected:
         assert c.reason.startswith("short training: ScoringTooCostly: a short training of")
         assert c.score is None and c.architecture_id is not None  # its checkpoint is kept
+
+
+def test_a_cancel_stops_a_batch_of_short_trainings_after_the_one_running(
+        engine, scorer, tmp_path, monkeypatch) -> None:
+    job_id = _job(engine, 3)  # one batch of the test worker's 3
+    cancel_seen = threading.Event()
+    heartbeat = queue.heartbeat
+
+    def watched_heartbeat(*args, **kwargs):
+        status = heartbeat(*args, **kwargs)
+        if status.cancel_requested:
+            cancel_seen.set()
+        return status
+
+    trained = []
+    short_training = ArchitectureScorer.short_training
+
+    def cancelled_during_the_first(self, graph, task, steps):
+        trained.append(graph.content_hash())
+        if len(trained) == 1:  # the user cancels while the first candidate trains
+            with write_session(engine) as session:
+                queue.request_cancel(session, job_id)
+            assert cancel_seen.wait(60), "the worker's heartbeat never saw the cancel"
+        return short_training(self, graph, task, steps)
+
+    monkeypatch.setattr(queue, "heartbeat", watched_heartbeat)
+    monkeypatch.setattr(ArchitectureScorer, "short_training", cancelled_during_the_first)
+    make_worker(engine, scorer, tmp_path).run(once=True)
+    job, candidates = job_state(engine, job_id)
+    assert job.status.value == "cancelled"
+    # The other two were scored by the GHN in the same batch, but neither trained nor recorded.
+    assert len(trained) == 1
+    assert [(c.index, c.status.value) for c in candidates] == [(0, "scored")]
+    assert candidates[0].rung_scores[0]["score_kind"] == "short-training-accuracy"
 
 
 def test_the_api_takes_the_ranking_and_labels_the_scores(make_client) -> None:

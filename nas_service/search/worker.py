@@ -122,6 +122,10 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+class _JobStopping(Exception):
+    """A candidate's short training not run: its job was cancelled or its lease lost first."""
+
+
 @dataclass(frozen=True)
 class _BatchInFlight:
     """What the watchdog needs of the batch being scored (:meth:`Worker._scoring`)."""
@@ -425,6 +429,8 @@ class Worker:
                 [p.graph for p in to_score if p.graph is not None], run.spec)
             trainings = self._short_trainings(run, scorer, evaluations, rung=0)
         for p, ev, training in zip(to_score, evaluations, trainings, strict=True):
+            if isinstance(training, _JobStopping):
+                continue
             graph = ev.graph
             error = _failure(ev, training)
             seconds = propose_seconds + ev.seconds + _seconds(training)
@@ -452,12 +458,17 @@ class Worker:
                          ) -> list[ShortTrainingResult | Exception | None]:
         """Each scored graph's short training where the job ranks ``rung`` by it (its last
         rung), on that rung's validation images; ``None`` elsewhere. A graph it cannot afford
-        or that fails gets the exception."""
+        or that fails gets the exception; once the job is cancelled or its lease lost, the
+        graphs not trained yet get :class:`_JobStopping` and are left unrecorded (a batch of
+        short trainings takes minutes: a cancel waits for one of them, not for all)."""
         out: list[ShortTrainingResult | Exception | None] = [None] * len(evaluations)
         if run.training_steps is None or rung != run.schedule.top_rung:
             return out
         for k, ev in enumerate(evaluations):
             if ev.architecture is None:
+                continue
+            if run.lease.cancel_requested or run.lease.lost:
+                out[k] = _JobStopping()
                 continue
             try:
                 out[k] = scorer.short_training(ev.graph, run.spec, run.training_steps)
@@ -479,6 +490,8 @@ class Worker:
         for index, ev, training in zip(batch, evaluations, trainings, strict=True):
             if run.lease.lost:
                 raise LeaseLost(claimed.job_id)
+            if isinstance(training, _JobStopping):
+                continue  # stays at the rung it was scored at
             outcome = run.history[index]
             error = _failure(ev, training)
             if error is not None:
