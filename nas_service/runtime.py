@@ -10,12 +10,11 @@ recommends those; this needs no preloaded library). The process then keeps its p
 instead of returning it, which is what a long-running server does anyway.
 
 Where several such processes share one machine (``serve``'s scoring processes and its worker),
-each keeping the peak of every network it ever scored adds up: fragments of different networks'
-peaks stayed resident, a scoring process of ``serve`` held 1.2 GB after small misses
-(``bench/latency_bench.py``'s memory sampler). :func:`release_freed_memory` hands the freed
-memory back between batches, when the process goes idle: a scoring then reuses its blocks
-across its own batches and pays the page faults once (``bench/latency_bench.py``: misses as fast
-as with the blocks kept, within noise), and an idle process holds its base, not its history.
+each keeping the high-water mark of every network it scored adds up: kept, the fragments of
+different networks' peaks stay resident until the process ends. :func:`release_freed_memory`
+hands the freed memory back when the process goes idle, between batches: a scoring still reuses
+its blocks across its own forward passes and pays the page faults of one pass, and an idle
+process holds its base, not its history (``bench/latency_bench.py`` reads the memory at rest).
 
 ``NAS_RETAIN_FREED_MEMORY=0`` turns retaining off; neither does anything where the C library is
 not glibc.

@@ -61,7 +61,7 @@ DEFAULT_MAX_SCORING_BYTES = 640 * 1024 * 1024
 """Memory one scoring may take beyond what the process holds anyway (the GHN, the task data):
 the default of the service's ``NAS_MAX_SCORING_BYTES`` (:mod:`nas_service.scoring.cost`).
 ``serve`` scores for the API and for its worker at once, in processes that each hold torch and
-the GHN (about 1.3 GB at rest in all): 1.3 GB + 2 x this is its worst case, and what
+the GHN (about 1.5 GB at rest in all): 1.5 GB + 2 x this is its worst case, and what
 ``bench/latency_bench.py`` measures while a search runs is in the README."""
 DEFAULT_MAX_SCORING_MACS = 2_000_000_000_000
 """Multiply-accumulates one scoring may take (``NAS_MAX_SCORING_MACS``): one to two minutes of a
