@@ -28,6 +28,11 @@ constraints) is queued between the two phases; the second phase starts once the 
 recorded its first candidate, and the job is cancelled at the end. The targets (issue 18): while
 a search runs, p99 of reads and hits at most 1 s, of misses at most 3 s.
 
+Each phase also reports the server's peak memory: the proportional set sizes of the API process,
+its scoring processes and its worker summed (shared pages once), sampled every 0.25 s, and each
+process's part at that moment; the target is 2 GiB at the default limits. After the phases, once
+the cancelled search has stopped, it reads what the server holds at rest.
+
 The report says what the machine was doing (load average before and after): numbers taken on a
 machine shared with other work are pessimistic.
 
@@ -55,6 +60,7 @@ import httpx
 from support.processes import (
     ROOT,
     Child,
+    PeakMemory,
     children,
     free_port,
     latency_summary,
@@ -62,6 +68,7 @@ from support.processes import (
     nas_service_command,
     run_benchmark,
     service_env,
+    tree_memory,
     wait_ready,
 )
 
@@ -72,6 +79,11 @@ from support.misses import small_misses  # noqa: E402  (imports nas_service, on 
 TASK = "fashion-mnist"
 STARTUP_SECONDS = 180.0
 TARGETS_MS = {"read": 1000.0, "hit": 1000.0, "miss": 3000.0}
+MEMORY_TARGET_MIB = 2048  # the service's peak memory at the default limits (issue 18)
+REST_SECONDS = 3.0
+"""How long after the search stopped the memory at rest is read."""
+STOP_SECONDS = 600.0
+"""How long the cancelled search may take to stop before the memory is read anyway."""
 
 
 class Corpus:
@@ -119,7 +131,7 @@ async def _request(client: httpx.AsyncClient, kind: str, corpus: Corpus,
 
 
 async def _phase(client: httpx.AsyncClient, corpus: Corpus, args: argparse.Namespace,
-                 name: str, seed: int) -> dict[str, Any]:
+                 name: str, seed: int, server_pid: int) -> dict[str, Any]:
     kinds, weights = zip(*args.mix.items(), strict=True)
     all_kinds = (*kinds, "miss")
     samples: dict[str, list[float]] = defaultdict(list)
@@ -137,10 +149,13 @@ async def _phase(client: httpx.AsyncClient, corpus: Corpus, args: argparse.Names
                 samples[kind].append(seconds)
 
     started = time.monotonic()
-    await asyncio.gather(*(one_client(i, False) for i in range(args.clients)),
-                         *(one_client(args.clients + i, True) for i in range(args.miss_clients)))
+    with PeakMemory(server_pid) as memory:
+        await asyncio.gather(
+            *(one_client(i, False) for i in range(args.clients)),
+            *(one_client(args.clients + i, True) for i in range(args.miss_clients)))
     duration = time.monotonic() - started
-    report: dict[str, Any] = {"duration_s": round(duration, 2)}
+    report: dict[str, Any] = {"duration_s": round(duration, 2),
+                              "memory": memory.report(_Roles(server_pid))}
     for kind in all_kinds:
         latency = latency_summary(samples[kind])
         report[kind] = {"statuses": dict(statuses[kind]), "latency": latency,
@@ -151,12 +166,12 @@ async def _phase(client: httpx.AsyncClient, corpus: Corpus, args: argparse.Names
     print(f"{name}: " + "  ".join(
         f"{k} p50 {report[k]['latency']['p50_ms'] if report[k]['latency'] else '-'} "
         f"p99 {report[k]['latency']['p99_ms'] if report[k]['latency'] else '-'} ms "
-        f"(n={len(samples[k])})" for k in all_kinds) + f"  errors {report['errors']}",
-          flush=True)
+        f"(n={len(samples[k])})" for k in all_kinds) + f"  errors {report['errors']}"
+          f"  peak memory {report['memory']['peak_mib']} MiB", flush=True)
     return report
 
 
-async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def _drive(base_url: str, args: argparse.Namespace, server_pid: int) -> dict[str, Any]:
     connections = args.clients + args.miss_clients
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     corpus = Corpus()
@@ -171,7 +186,7 @@ async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
             corpus.stored(r.json())
         print(f"{len(corpus.graphs)} architectures stored, "
               f"{latency_summary(alone)['p50_ms'] if alone else '-'} ms each (p50)", flush=True)
-        idle = await _phase(client, corpus, args, "worker idle", seed=1)
+        idle = await _phase(client, corpus, args, "worker idle", seed=1, server_pid=server_pid)
         ranking = {"ranking": {"method": "short-training"}} if args.short_training else {}
         job = await client.post("/v1/search-jobs", json={
             "space": "cells", "task": TASK, "strategy": "random", "seed": 7,
@@ -184,12 +199,56 @@ async def _drive(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
             if time.monotonic() - waited > 600:
                 raise RuntimeError("the worker recorded no candidate in 600 s")
             await asyncio.sleep(0.5)
-        busy = await _phase(client, corpus, args, "search running", seed=2)
+        busy = await _phase(client, corpus, args, "search running", seed=2,
+                            server_pid=server_pid)
         final = (await client.get(f"/v1/search-jobs/{corpus.job_id}")).json()
         await client.post(f"/v1/search-jobs/{corpus.job_id}/cancel")
+        at_rest = await _memory_at_rest(client, corpus.job_id, server_pid)
     return {"miss_alone": latency_summary(alone), "worker_idle": idle, "search_running": busy,
+            "memory_at_rest_after_mib": at_rest,
             "search_candidates_recorded": final["progress"]["done"],
-            "targets_ms": TARGETS_MS}
+            "targets_ms": TARGETS_MS, "memory_target_mib": MEMORY_TARGET_MIB}
+
+
+async def _memory_at_rest(client: httpx.AsyncClient, job_id: str, server_pid: int
+                          ) -> dict[str, Any]:
+    """The server's memory once the cancelled search has stopped and nothing is asked of it:
+    what it holds on to after the load, each process's part (the API first)."""
+    waited = time.monotonic()
+    # A cancel reaches the worker at its next heartbeat and ends the job after the batch in
+    # flight, which a search ranked by short training can take minutes over.
+    while (status := (await client.get(f"/v1/search-jobs/{job_id}")).json()["status"]) in (
+            "queued", "running") and time.monotonic() - waited < STOP_SECONDS:
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(REST_SECONDS)
+    sizes, role = tree_memory(server_pid), _Roles(server_pid)
+    return {"total": round(sum(sizes.values()) / 2**20),
+            "parts": {role(pid): round(size / 2**20) for pid, size in sorted(sizes.items())},
+            "job": status, "seconds_after_cancel": round(time.monotonic() - waited, 1)}
+
+
+class _Roles:
+    """What each process of the server is: the API (the server itself), its worker (the child
+    at a lower CPU priority), its scoring processes, multiprocessing's resource tracker."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.scoring = 0
+
+    def __call__(self, pid: int) -> str:
+        if pid == self.server_pid:
+            return "api"
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (OSError, ValueError, IndexError):
+            return f"pid {pid}"
+        if b"resource_tracker" in command:
+            return "resource tracker"
+        if nice > 0:
+            return "worker"
+        self.scoring += 1
+        return f"scoring {self.scoring}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started.append(server)
             ready = wait_ready(base_url, server, STARTUP_SECONDS)
             print(f"server ready in {ready:.1f} s (pid {server.pid})", flush=True)
-            results = asyncio.run(_drive(base_url, args))
+            results = asyncio.run(_drive(base_url, args, server.pid))
             server.check_alive()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -236,6 +295,12 @@ def _summarise(report: dict[str, Any]) -> None:
         r = report["search_running"][kind]
         print(f"  while searching, {kind}: p99 {r['latency']['p99_ms'] if r['latency'] else '-'}"
               f" ms, within target: {r['p99_within_target']}")
+    memory = report["search_running"]["memory"]
+    print(f"  while searching, peak memory {memory['peak_mib']} MiB "
+          f"({memory['parts_at_peak_mib']}), within target "
+          f"({MEMORY_TARGET_MIB} MiB): {memory['peak_mib'] <= MEMORY_TARGET_MIB}")
+    rest = report["memory_at_rest_after_mib"]
+    print(f"  at rest afterwards: {rest['total']} MiB ({rest['parts']})")
 
 
 def _mix(text: str) -> dict[str, float]:
