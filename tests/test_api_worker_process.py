@@ -64,6 +64,41 @@ def stuck_once_worker(config: Any, settings: Any, connection: Any, log_level: in
     serve_worker(config, settings, connection, log_level)
 
 
+def releases_counted_worker(config: Any, settings: Any, connection: Any, log_level: int) -> None:
+    """A worker process's body that appends a line to ``releases`` in its data directory each
+    time it hands its freed memory back (then does so)."""
+    from nas_service.api import workers
+
+    marker = Path(settings.data_dir) / "releases"
+    release = workers.release_freed_memory
+
+    def counted() -> bool:
+        with marker.open("a") as f:
+            f.write("released\n")
+        return release()
+
+    workers.release_freed_memory = counted  # type: ignore[assignment]
+    workers.serve_worker(config, settings, connection, log_level)
+
+
+def test_the_worker_process_hands_back_its_memory_after_each_batch(make_client) -> None:
+    from nas_service.api.app import build_worker
+
+    client = make_client(worker_in_process=False, worker_process=True)
+    service = client.app.state.service
+    service.worker = build_worker(service, service.scorer, target=releases_counted_worker)
+    service.worker.start()
+    try:
+        wait_until(lambda: service.worker.pid, "the worker process")
+        job = _finished(client, client.post("/v1/search-jobs", json=JOB).json()["id"])
+        assert job["status"] == "succeeded"
+        batches = -(-JOB["budget"]["candidates"] // service.settings.ghn_batch_size)
+        releases = (Path(service.settings.data_dir) / "releases").read_text().splitlines()
+        assert len(releases) == batches, releases
+    finally:
+        service.worker.shut_down(5)
+
+
 def test_the_worker_process_runs_a_search_and_the_api_counts_it(make_client) -> None:
     client = make_client(worker_in_process=True, worker_process=True)
     worker = client.app.state.service.worker
