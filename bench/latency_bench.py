@@ -65,6 +65,7 @@ from support.processes import (
     free_port,
     latency_summary,
     machine_info,
+    mib_by_name,
     nas_service_command,
     run_benchmark,
     service_env,
@@ -221,9 +222,9 @@ async def _memory_at_rest(client: httpx.AsyncClient, job_id: str, server_pid: in
             "queued", "running") and time.monotonic() - waited < STOP_SECONDS:
         await asyncio.sleep(0.5)
     await asyncio.sleep(REST_SECONDS)
-    sizes, role = tree_memory(server_pid), _Roles(server_pid)
+    sizes = tree_memory(server_pid)
     return {"total": round(sum(sizes.values()) / 2**20),
-            "parts": {role(pid): round(size / 2**20) for pid, size in sorted(sizes.items())},
+            "parts": mib_by_name(sizes, _Roles(server_pid)),
             "job": status, "seconds_after_cancel": round(time.monotonic() - waited, 1)}
 
 

@@ -330,14 +330,18 @@ class PeakMemory:
     def _sample(self) -> None:
         while True:
             sizes = tree_memory(self.pid)
-            if sum(sizes.values()) > self.peak:
-                self.peak, self.parts = sum(sizes.values()), sizes
+            if (total := sum(sizes.values())) > self.peak:
+                self.peak, self.parts = total, sizes
             if self._stop.wait(self.interval):
                 return
 
     def report(self, name: Callable[[int], str] = str) -> dict[str, Any]:
         """The peak in MiB and each process's part of it, by ``name(pid)``."""
         return {"peak_mib": round(self.peak / 2**20),
-                "parts_at_peak_mib": {name(pid): round(size / 2**20)
-                                      for pid, size in sorted(self.parts.items())},
+                "parts_at_peak_mib": mib_by_name(self.parts, name),
                 "measure": "proportional set size summed over the process and its descendants"}
+
+
+def mib_by_name(sizes: dict[int, int], name: Callable[[int], str] = str) -> dict[str, int]:
+    """Bytes by pid (:func:`tree_memory`) as MiB by ``name(pid)``, in pid order."""
+    return {name(pid): round(size / 2**20) for pid, size in sorted(sizes.items())}

@@ -121,8 +121,9 @@ def sgd_train(graph_or_module: ArchitectureGraph | nn.Module, task_data: TaskDat
     :data:`~nas_service.scoring.protocol.SGD_GRAD_CLIP`. An epoch is one pass over
     ``max_images`` images (all of them when ``None``) drawn by a fresh seeded shuffle, in full
     batches of ``min(batch_size, images)`` (one fewer where that is odd and above 1: see
-    :mod:`nas_service.scoring.trainability`); ``epochs`` may be fractional (``0.1`` runs a tenth of an epoch's steps, at least one step;
-    ``0`` trains nothing). Training stops early (within 25 steps) once the loss is non-finite.
+    :mod:`nas_service.scoring.trainability`); ``epochs`` may be fractional (``0.1`` runs a
+    tenth of an epoch's steps, at least one step; ``0`` trains nothing). Training stops early
+    (within 25 steps) once the loss is non-finite.
     """
     if epochs < 0 or not math.isfinite(epochs):
         raise ValueError(f"epochs must be a finite number >= 0, got {epochs!r}")
